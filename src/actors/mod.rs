@@ -1,0 +1,6 @@
+//! The actors: one unit actor per trading unit, and the dispatcher in front of
+//! them. (The supervisor that tracks health comes with circuit breaking.)
+
+pub mod dispatcher;
+pub mod key_lock;
+pub mod unit;

@@ -1,0 +1,285 @@
+//! Wire types: what callers send and receive, and their conversion to and from
+//! domain types. These definitions also generate the OpenAPI schemas, so the
+//! document describes exactly what the server accepts (`deny_unknown_fields`
+//! becomes `additionalProperties: false`; the bounds below are tested against
+//! the domain's constants).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use crate::domain::values::{
+    Amount, Currency, Invalid, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
+};
+use crate::domain::{NewOrder, NewRefund, Order, OrderStatus, Refund};
+use crate::error::ApiError;
+
+fn field<T>(name: &str, r: Result<T, Invalid>) -> Result<T, ApiError> {
+    r.map_err(|e| ApiError::validation(name, format!("{name} {}", e.0)))
+}
+
+fn optional_text(name: &str, value: Option<String>) -> Result<Option<Text>, ApiError> {
+    value.map(|v| field(name, Text::parse(v))).transpose()
+}
+
+/// `POST /v1/orders`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrderRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$",
+        example = "m-1001"
+    )]
+    pub merchant_id: String,
+    /// The merchant's own order number; with `merchant_id`, the idempotency key.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$",
+        example = "20261122-0001"
+    )]
+    pub out_trade_no: String,
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$",
+        example = "u-42"
+    )]
+    pub user_id: String,
+    /// Minor units (fen, cents).
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 1999)]
+    pub amount: i64,
+    #[schema(
+        min_length = 3,
+        max_length = 3,
+        pattern = "^[A-Z]{3}$",
+        example = "CNY"
+    )]
+    pub currency: String,
+    #[serde(default)]
+    #[schema(max_length = 256, nullable = false, example = "2 coffees")]
+    pub description: Option<String>,
+    /// Named JSON sections (items, shipping, ...), readable one at a time.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>, nullable = false)]
+    pub sections: Option<Map<String, Value>>,
+}
+
+impl CreateOrderRequest {
+    pub fn into_domain(self) -> Result<NewOrder, ApiError> {
+        Ok(NewOrder {
+            merchant_id: field("merchant_id", MerchantId::parse(self.merchant_id))?,
+            out_trade_no: field("out_trade_no", OutTradeNo::parse(self.out_trade_no))?,
+            user_id: field("user_id", UserId::parse(self.user_id))?,
+            amount: field("amount", Amount::new(self.amount))?,
+            currency: field("currency", Currency::parse(&self.currency))?,
+            description: optional_text("description", self.description)?,
+            sections: field(
+                "sections",
+                Sections::parse(self.sections.unwrap_or_default()),
+            )?,
+        })
+    }
+}
+
+/// `POST /v1/orders/{order_id}/pay`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PayRequest {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$",
+        example = "wx-8842"
+    )]
+    pub payment_ref: String,
+    /// Must equal the order amount.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 1999)]
+    pub amount: i64,
+}
+
+impl PayRequest {
+    pub fn into_domain(self) -> Result<(PaymentRef, Amount), ApiError> {
+        Ok((
+            field("payment_ref", PaymentRef::parse(self.payment_ref))?,
+            field("amount", Amount::new(self.amount))?,
+        ))
+    }
+}
+
+/// `POST /v1/orders/{order_id}/close` (an empty object; an empty body is accepted too).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseRequest {}
+
+/// `POST /v1/orders/{order_id}/refunds`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// Makes the refund idempotent: the same id and body again returns the same refund.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[A-Za-z0-9_.:-]{1,64}$",
+        example = "r-1"
+    )]
+    pub refund_id: String,
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 500)]
+    pub amount: i64,
+    #[serde(default)]
+    #[schema(max_length = 256, nullable = false, example = "one coffee cold")]
+    pub reason: Option<String>,
+}
+
+impl RefundRequest {
+    pub fn into_domain(self) -> Result<NewRefund, ApiError> {
+        Ok(NewRefund {
+            refund_id: field("refund_id", RefundId::parse(self.refund_id))?,
+            amount: field("amount", Amount::new(self.amount))?,
+            reason: optional_text("reason", self.reason)?,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatusBody {
+    Created,
+    Paid,
+    Refunded,
+    Closed,
+}
+
+impl From<OrderStatus> for OrderStatusBody {
+    fn from(s: OrderStatus) -> Self {
+        match s {
+            OrderStatus::Created => Self::Created,
+            OrderStatus::Paid => Self::Paid,
+            OrderStatus::Refunded => Self::Refunded,
+            OrderStatus::Closed => Self::Closed,
+        }
+    }
+}
+
+/// An order as callers see it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderBody {
+    /// 28 digits: version, unit, UTC time, sequence, Damm check digit.
+    #[schema(example = "1000326112214301500000000425")]
+    pub order_id: String,
+    pub unit: u16,
+    pub merchant_id: String,
+    pub out_trade_no: String,
+    pub user_id: String,
+    pub amount: i64,
+    pub currency: String,
+    pub description: Option<String>,
+    pub status: OrderStatusBody,
+    pub paid_amount: i64,
+    pub refunded_amount: i64,
+    pub payment_ref: Option<String>,
+    /// Starts at 1, +1 on every change; send it back in `If-Match`.
+    pub version: i64,
+    #[schema(example = "2026-11-22T14:30:15.123Z")]
+    pub created_at: String,
+    pub updated_at: String,
+    /// Omitted when `?sections=` is empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub sections: Option<Map<String, Value>>,
+}
+
+/// `2026-11-22T14:30:15.123Z`
+pub fn timestamp(ms: i64) -> String {
+    DateTime::<Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl OrderBody {
+    /// The order with only the named sections (`None`: all of them; an empty
+    /// list: the `sections` field is left out).
+    pub fn new(order: Order, sections: Option<&[String]>) -> Self {
+        let mut s = order.sections;
+        let sections = match sections {
+            Some([]) => None,
+            Some(names) => {
+                s.retain_named(names);
+                Some(s.into_map())
+            }
+            None => Some(s.into_map()),
+        };
+        Self {
+            order_id: order.id.to_string(),
+            unit: order.id.unit(),
+            merchant_id: order.merchant_id.to_string(),
+            out_trade_no: order.out_trade_no.to_string(),
+            user_id: order.user_id.to_string(),
+            amount: order.amount.get(),
+            currency: order.currency.as_str().to_string(),
+            description: order.description.map(Text::into_string),
+            status: order.status.into(),
+            paid_amount: order.paid_amount,
+            refunded_amount: order.refunded_amount,
+            payment_ref: order.payment_ref.map(|p| p.to_string()),
+            version: order.version,
+            created_at: timestamp(order.created_at_ms),
+            updated_at: timestamp(order.updated_at_ms),
+            sections,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefundBody {
+    pub refund_id: String,
+    pub order_id: String,
+    pub amount: i64,
+    pub reason: Option<String>,
+    pub created_at: String,
+}
+
+impl From<Refund> for RefundBody {
+    fn from(r: Refund) -> Self {
+        Self {
+            refund_id: r.refund_id.to_string(),
+            order_id: r.order_id.to_string(),
+            amount: r.amount.get(),
+            reason: r.reason.map(Text::into_string),
+            created_at: timestamp(r.created_at_ms),
+        }
+    }
+}
+
+/// Reply to a refund: the refund and the order after it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefundResponse {
+    pub refund: RefundBody,
+    pub order: OrderBody,
+}
+
+/// An order's refunds, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RefundList {
+    pub refunds: Vec<RefundBody>,
+}
+
+/// A page of a user's orders, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserOrdersPage {
+    pub orders: Vec<OrderBody>,
+    /// Pass as `?cursor=` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    #[schema(example = "ready")]
+    pub status: String,
+    /// Units that can take a create right now.
+    pub units_taking_creates: usize,
+}

@@ -1,0 +1,360 @@
+//! Orders, refunds and the order state machine.
+//!
+//! ```text
+//! created --pay--> paid --refund (sum == paid)--> refunded
+//!    \                \--refund (sum <  paid)--> paid (refunded_amount > 0)
+//!     \--close--> closed
+//! ```
+//!
+//! The transitions are pure: storage loads the row under a lock, asks the state
+//! machine what the new row is, and writes it with the version guard.
+
+use super::order_id::OrderId;
+use super::values::{
+    Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderStatus {
+    Created,
+    Paid,
+    Refunded,
+    Closed,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Paid => "paid",
+            Self::Refunded => "refunded",
+            Self::Closed => "closed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "created" => Self::Created,
+            "paid" => Self::Paid,
+            "refunded" => Self::Refunded,
+            "closed" => Self::Closed,
+            _ => return None,
+        })
+    }
+}
+
+/// A create request, validated. `(merchant_id, out_trade_no)` is its idempotency key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOrder {
+    pub merchant_id: MerchantId,
+    pub out_trade_no: OutTradeNo,
+    pub user_id: UserId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub description: Option<Text>,
+    pub sections: Sections,
+}
+
+impl NewOrder {
+    /// True when `order` was created by an identical request: a replay gets the
+    /// existing order back, a different body under the same key is a conflict.
+    pub fn is_replay_of(&self, order: &Order) -> bool {
+        self.merchant_id == order.merchant_id
+            && self.out_trade_no == order.out_trade_no
+            && self.user_id == order.user_id
+            && self.amount == order.amount
+            && self.currency == order.currency
+            && self.description == order.description
+            && self.sections == order.sections
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Order {
+    pub id: OrderId,
+    pub merchant_id: MerchantId,
+    pub out_trade_no: OutTradeNo,
+    pub user_id: UserId,
+    pub amount: Amount,
+    pub currency: Currency,
+    pub description: Option<Text>,
+    pub status: OrderStatus,
+    pub paid_amount: i64,
+    pub refunded_amount: i64,
+    pub payment_ref: Option<PaymentRef>,
+    pub version: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub sections: Sections,
+}
+
+/// A business rule refused the change; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("cannot {action} an order that is {}", from.as_str())]
+    InvalidTransition {
+        from: OrderStatus,
+        action: &'static str,
+    },
+    #[error("the order is already paid with another payment_ref")]
+    PaidWithOtherRef,
+    #[error("the payment amount must equal the order amount ({expected})")]
+    AmountMismatch { expected: i64 },
+    #[error("refunds would total {requested}, more than the paid amount {paid}")]
+    RefundExceedsPaid { requested: i64, paid: i64 },
+    #[error("the order is at version {current}, not {expected}")]
+    VersionMismatch { current: i64, expected: i64 },
+    #[error("refund_id is already used for a refund with a different body")]
+    RefundIdConflict,
+}
+
+/// What a change does to an order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The order is already in the requested state (an idempotent replay).
+    Unchanged,
+    /// The order as it must be written.
+    Next(Box<Order>),
+}
+
+impl Order {
+    /// `If-Match` semantics: refuse a change when the caller saw another version.
+    pub fn check_version(&self, expected: Option<i64>) -> Result<(), RuleError> {
+        match expected {
+            Some(v) if v != self.version => Err(RuleError::VersionMismatch {
+                current: self.version,
+                expected: v,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn next(&self, now_ms: i64, edit: impl FnOnce(&mut Order)) -> Change {
+        let mut next = self.clone();
+        edit(&mut next);
+        next.version += 1;
+        next.updated_at_ms = now_ms.max(self.updated_at_ms);
+        Change::Next(Box::new(next))
+    }
+
+    pub fn pay(
+        &self,
+        payment_ref: &PaymentRef,
+        amount: Amount,
+        expected_version: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Change, RuleError> {
+        match self.status {
+            OrderStatus::Paid | OrderStatus::Refunded
+                if self.payment_ref.as_ref() == Some(payment_ref) && amount == self.amount =>
+            {
+                Ok(Change::Unchanged)
+            }
+            OrderStatus::Paid | OrderStatus::Refunded => Err(RuleError::PaidWithOtherRef),
+            OrderStatus::Closed => Err(RuleError::InvalidTransition {
+                from: self.status,
+                action: "pay",
+            }),
+            OrderStatus::Created if amount != self.amount => Err(RuleError::AmountMismatch {
+                expected: self.amount.get(),
+            }),
+            OrderStatus::Created => {
+                self.check_version(expected_version)?;
+                Ok(self.next(now_ms, |o| {
+                    o.status = OrderStatus::Paid;
+                    o.paid_amount = amount.get();
+                    o.payment_ref = Some(payment_ref.clone());
+                }))
+            }
+        }
+    }
+
+    pub fn close(&self, expected_version: Option<i64>, now_ms: i64) -> Result<Change, RuleError> {
+        match self.status {
+            OrderStatus::Closed => Ok(Change::Unchanged),
+            OrderStatus::Created => {
+                self.check_version(expected_version)?;
+                Ok(self.next(now_ms, |o| o.status = OrderStatus::Closed))
+            }
+            from => Err(RuleError::InvalidTransition {
+                from,
+                action: "close",
+            }),
+        }
+    }
+
+    /// A new refund of `amount` (idempotent replays are recognised by the caller,
+    /// which holds the refund rows).
+    pub fn refund(
+        &self,
+        amount: Amount,
+        expected_version: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Order, RuleError> {
+        if self.status != OrderStatus::Paid {
+            return Err(RuleError::InvalidTransition {
+                from: self.status,
+                action: "refund",
+            });
+        }
+        let requested = self.refunded_amount + amount.get();
+        if requested > self.paid_amount {
+            return Err(RuleError::RefundExceedsPaid {
+                requested,
+                paid: self.paid_amount,
+            });
+        }
+        self.check_version(expected_version)?;
+        match self.next(now_ms, |o| {
+            o.refunded_amount = requested;
+            if requested == o.paid_amount {
+                o.status = OrderStatus::Refunded;
+            }
+        }) {
+            Change::Next(o) => Ok(*o),
+            Change::Unchanged => unreachable!("next always changes"),
+        }
+    }
+}
+
+/// A refund request, validated. `refund_id` makes it idempotent per order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRefund {
+    pub refund_id: RefundId,
+    pub amount: Amount,
+    pub reason: Option<Text>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refund {
+    pub order_id: OrderId,
+    pub refund_id: RefundId,
+    pub amount: Amount,
+    pub reason: Option<Text>,
+    pub created_at_ms: i64,
+}
+
+impl NewRefund {
+    pub fn is_replay_of(&self, refund: &Refund) -> bool {
+        self.refund_id == refund.refund_id
+            && self.amount == refund.amount
+            && self.reason == refund.reason
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order(status: OrderStatus) -> Order {
+        Order {
+            id: OrderId::new(1, 1_795_000_000, 7).unwrap(),
+            merchant_id: MerchantId::parse("m").unwrap(),
+            out_trade_no: OutTradeNo::parse("o").unwrap(),
+            user_id: UserId::parse("u").unwrap(),
+            amount: Amount::new(100).unwrap(),
+            currency: Currency::parse("CNY").unwrap(),
+            description: None,
+            status,
+            paid_amount: if status == OrderStatus::Created {
+                0
+            } else {
+                100
+            },
+            refunded_amount: 0,
+            payment_ref: (status == OrderStatus::Paid).then(|| PaymentRef::parse("p1").unwrap()),
+            version: 1,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            sections: Sections::default(),
+        }
+    }
+
+    fn next(c: Change) -> Order {
+        match c {
+            Change::Next(o) => *o,
+            Change::Unchanged => panic!("expected a change"),
+        }
+    }
+
+    #[test]
+    fn pay_then_replay_then_other_ref() {
+        let p1 = PaymentRef::parse("p1").unwrap();
+        let paid = next(
+            order(OrderStatus::Created)
+                .pay(&p1, Amount::new(100).unwrap(), None, 5)
+                .unwrap(),
+        );
+        assert_eq!(paid.status, OrderStatus::Paid);
+        assert_eq!(
+            (paid.paid_amount, paid.version, paid.updated_at_ms),
+            (100, 2, 5)
+        );
+        assert_eq!(
+            paid.pay(&p1, Amount::new(100).unwrap(), Some(1), 6),
+            Ok(Change::Unchanged)
+        );
+        let p2 = PaymentRef::parse("p2").unwrap();
+        assert_eq!(
+            paid.pay(&p2, Amount::new(100).unwrap(), None, 6),
+            Err(RuleError::PaidWithOtherRef)
+        );
+    }
+
+    #[test]
+    fn pay_checks_amount_status_and_version() {
+        let p = PaymentRef::parse("p").unwrap();
+        let created = order(OrderStatus::Created);
+        assert_eq!(
+            created.pay(&p, Amount::new(99).unwrap(), None, 0),
+            Err(RuleError::AmountMismatch { expected: 100 })
+        );
+        assert!(matches!(
+            created.pay(&p, Amount::new(100).unwrap(), Some(3), 0),
+            Err(RuleError::VersionMismatch {
+                current: 1,
+                expected: 3
+            })
+        ));
+        assert!(matches!(
+            order(OrderStatus::Closed).pay(&p, Amount::new(100).unwrap(), None, 0),
+            Err(RuleError::InvalidTransition { .. })
+        ));
+    }
+
+    #[test]
+    fn close_is_idempotent_and_refuses_paid_orders() {
+        let closed = next(order(OrderStatus::Created).close(None, 1).unwrap());
+        assert_eq!(closed.status, OrderStatus::Closed);
+        assert_eq!(closed.close(None, 2), Ok(Change::Unchanged));
+        assert!(order(OrderStatus::Paid).close(None, 1).is_err());
+    }
+
+    #[test]
+    fn refunds_add_up_to_the_paid_amount_and_no_further() {
+        let ten = Amount::new(10).unwrap();
+        let mut o = order(OrderStatus::Paid);
+        for i in 1..=10 {
+            o = o.refund(ten, None, i).unwrap();
+            assert_eq!(o.refunded_amount, 10 * i);
+        }
+        assert_eq!(o.status, OrderStatus::Refunded);
+        assert_eq!(o.version, 11);
+        assert!(matches!(
+            o.refund(ten, None, 11),
+            Err(RuleError::InvalidTransition { .. })
+        ));
+        let partly = order(OrderStatus::Paid)
+            .refund(Amount::new(60).unwrap(), None, 1)
+            .unwrap();
+        assert_eq!(partly.status, OrderStatus::Paid);
+        assert_eq!(
+            partly.refund(Amount::new(50).unwrap(), None, 2),
+            Err(RuleError::RefundExceedsPaid {
+                requested: 110,
+                paid: 100
+            })
+        );
+        assert!(order(OrderStatus::Created).refund(ten, None, 1).is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! order-engine: an actor-based order engine built on trading units.
+//!
+//! Path of a request: `api` (HTTP -> typed command) -> `actors::dispatcher`
+//! (choose or parse the unit) -> `actors::unit` (one per trading unit) ->
+//! `storage` (that unit's own database). Pure rules live in `domain`.
+
+pub mod actors;
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod startup;
+pub mod storage;
+pub mod telemetry;

@@ -1,0 +1,45 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use order_engine::config::Settings;
+use order_engine::startup::Application;
+use order_engine::telemetry;
+
+/// An actor-based order engine built on trading units.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Settings file (TOML); `ORDERENGINE__*` environment variables override it.
+    #[arg(long, default_value = "config/default.toml")]
+    config: PathBuf,
+}
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match Settings::load(&args.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("order-engine: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log);
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = %e, "start-up failed");
+            eprintln!("order-engine: start-up failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("order-engine: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,313 @@
+//! One trading unit's database: connection pools, migrations and error
+//! classification. The SQL for orders is in `orders.rs`, the segment allocator
+//! in `sequence.rs`.
+//!
+//! Both back ends (MySQL/MariaDB in production, SQLite as the embedded default)
+//! run through sqlx's `Any` driver, so the queries are one code path; the few
+//! statements that differ by dialect are chosen by [`Dialect`].
+
+mod orders;
+pub mod sequence;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::{Any, AnyPool};
+
+pub use orders::{Consistency, InsertOutcome, Page, UserCursor};
+
+use crate::config::{StorageSettings, mask_url};
+use crate::domain::RuleError;
+
+static MYSQL_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/storage/migrations/mysql");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("src/storage/migrations/sqlite");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    MySql,
+    Sqlite,
+}
+
+impl Dialect {
+    pub fn of_url(url: &str) -> Self {
+        if url.starts_with("sqlite:") {
+            Self::Sqlite
+        } else {
+            Self::MySql
+        }
+    }
+}
+
+/// Why a storage call did not succeed. The split between `Unavailable` and
+/// `InDoubt` is what makes order retry safe: only the first is known not to
+/// have committed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("order not found")]
+    NotFound,
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// The unit could not do the work and nothing was committed.
+    #[error("unit unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    /// `COMMIT` was sent but its outcome is unknown.
+    #[error("commit outcome unknown: {0}")]
+    InDoubt(sqlx::Error),
+    /// The unit has handed out every number its order id can hold.
+    #[error("the unit's order sequence is exhausted")]
+    SequenceExhausted,
+    /// A bug or corrupt data: not the unit's availability.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// Classifies an error from a statement before `COMMIT`.
+    pub(crate) fn before_commit(e: sqlx::Error) -> Self {
+        if is_transient(&e) {
+            Self::Unavailable(e)
+        } else {
+            Self::Internal(e.to_string())
+        }
+    }
+
+    /// Classifies an error from `COMMIT` itself: a broken connection there
+    /// leaves the transaction's outcome unknown.
+    pub(crate) fn at_commit(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(ref d) if !is_transient(&e) => Self::Internal(d.to_string()),
+            // The server said no (deadlock, read-only, ...): it did not commit.
+            sqlx::Error::Database(_) => Self::Unavailable(e),
+            _ => Self::InDoubt(e),
+        }
+    }
+}
+
+/// Errors that say "the unit cannot do this now" rather than "this is a bug".
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(d) => {
+            if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+                // Shutdown in progress, too many connections, lock wait timeout,
+                // deadlock, read-only server, query interrupted, server gone,
+                // lost connection, killed connection.
+                matches!(
+                    my.number(),
+                    1040 | 1053 | 1205 | 1213 | 1290 | 1317 | 1792 | 1927 | 2006 | 2013
+                )
+            } else if let Some(lite) = d.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+                // Primary result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+                let primary = sqlx::error::DatabaseError::code(lite)
+                    .and_then(|c| c.parse::<i32>().ok())
+                    .unwrap_or(0)
+                    & 0xff;
+                matches!(primary, 5 | 6 | 10 | 13 | 14)
+            } else {
+                false
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The pools of one unit. Cheap to clone (pools are shared handles).
+#[derive(Debug, Clone)]
+pub struct UnitStore {
+    unit: u16,
+    dialect: Dialect,
+    /// Transactions. On SQLite one connection: SQLite has one writer anyway, and a
+    /// single connection avoids lock-upgrade failures between our own writers.
+    write: AnyPool,
+    /// Strong reads: the primary.
+    read: AnyPool,
+    /// Eventual reads: a replica when configured.
+    replica: Option<AnyPool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("unit {unit}: cannot open database {url}: {message}")]
+    Connect {
+        unit: u16,
+        url: String,
+        message: String,
+    },
+    #[error("unit {unit}: migrating database {url} failed: {message}")]
+    Migrate {
+        unit: u16,
+        url: String,
+        message: String,
+    },
+}
+
+impl UnitStore {
+    /// Connects to the unit's database (creating it when missing) and migrates it.
+    pub async fn open(
+        unit: u16,
+        primary_url: &str,
+        replica_url: Option<&str>,
+        settings: &StorageSettings,
+    ) -> Result<Self, OpenError> {
+        install_default_drivers();
+        let dialect = Dialect::of_url(primary_url);
+        let connect_err = |url: &str, message: String| OpenError::Connect {
+            unit,
+            url: mask_url(url),
+            message,
+        };
+        let url = prepare_url(primary_url, dialect).map_err(|m| connect_err(primary_url, m))?;
+        let timeout = Duration::from_millis(settings.connect_timeout_ms);
+        let exists = tokio::time::timeout(timeout, Any::database_exists(&url))
+            .await
+            .map_err(|_| connect_err(primary_url, "timed out".into()))?
+            .map_err(|e| connect_err(primary_url, e.to_string()))?;
+        if !exists {
+            Any::create_database(&url)
+                .await
+                .map_err(|e| connect_err(primary_url, e.to_string()))?;
+        }
+
+        let connect = |url: String, max: u32| async move {
+            let opts = pool_options(dialect, settings, max);
+            tokio::time::timeout(timeout, opts.connect(&url))
+                .await
+                .map_err(|_| "timed out".to_string())?
+                .map_err(|e| e.to_string())
+        };
+        let (write, read) = match dialect {
+            Dialect::MySql => {
+                let pool = connect(url.clone(), settings.max_connections)
+                    .await
+                    .map_err(|m| connect_err(primary_url, m))?;
+                (pool.clone(), pool)
+            }
+            Dialect::Sqlite => (
+                connect(url.clone(), 1)
+                    .await
+                    .map_err(|m| connect_err(primary_url, m))?,
+                connect(url.clone(), settings.max_connections)
+                    .await
+                    .map_err(|m| connect_err(primary_url, m))?,
+            ),
+        };
+        let migrator = match dialect {
+            Dialect::MySql => &MYSQL_MIGRATIONS,
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+        };
+        migrator.run(&write).await.map_err(|e| OpenError::Migrate {
+            unit,
+            url: mask_url(primary_url),
+            message: e.to_string(),
+        })?;
+        let replica = match replica_url {
+            Some(r) => {
+                let url = prepare_url(r, Dialect::of_url(r)).map_err(|m| connect_err(r, m))?;
+                Some(
+                    connect(url, settings.max_connections)
+                        .await
+                        .map_err(|m| connect_err(r, m))?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            unit,
+            dialect,
+            write,
+            read,
+            replica,
+        })
+    }
+
+    pub fn unit(&self) -> u16 {
+        self.unit
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Closes every pool, waiting for checked-out connections to come back.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+        if let Some(r) = &self.replica {
+            r.close().await;
+        }
+    }
+
+    /// Starts a write transaction. SQLite takes the write lock up front so that a
+    /// read-then-write transaction cannot fail to upgrade its lock.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Any>, StoreError> {
+        match self.dialect {
+            Dialect::MySql => self.write.begin().await,
+            Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await,
+        }
+        .map_err(StoreError::before_commit)
+    }
+}
+
+fn pool_options(dialect: Dialect, settings: &StorageSettings, max: u32) -> AnyPoolOptions {
+    let opts = AnyPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms));
+    match dialect {
+        Dialect::MySql => opts,
+        // WAL lets readers run beside the writer; FULL sync because an
+        // acknowledged order must survive a power cut; busy_timeout because
+        // another engine process may hold the write lock for a moment.
+        Dialect::Sqlite => opts.after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::raw_sql(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                )
+                .execute(conn)
+                .await
+                .map(|_| ())
+            })
+        }),
+    }
+}
+
+/// Makes a configured URL connectable: SQLite files are created on first use
+/// (and their directory with them).
+fn prepare_url(url: &str, dialect: Dialect) -> Result<String, String> {
+    match dialect {
+        Dialect::MySql => Ok(url.to_string()),
+        Dialect::Sqlite => {
+            let rest = url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+                .unwrap_or(url);
+            let path = rest.split('?').next().unwrap_or_default();
+            if let Some(dir) = Path::new(path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
+            }
+            Ok(if rest.contains("mode=") {
+                url.to_string()
+            } else if rest.contains('?') {
+                format!("{url}&mode=rwc")
+            } else {
+                format!("{url}?mode=rwc")
+            })
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, UTC.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,445 @@
+//! Orders and refunds in one unit's database.
+//!
+//! Every change runs in one transaction that (1) locks the order row
+//! (`SELECT ... FOR UPDATE` on MySQL; SQLite's single writer holds the database
+//! lock), (2) asks the pure state machine for the next row, (3) writes it with a
+//! version guard, and (4) writes the change event to the outbox. So concurrent
+//! pays, closes and refunds of one order are serialized, and a refund, its order
+//! update and its event commit together or not at all.
+
+use serde_json::{Map, Value, json};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::{Dialect, StoreError, UnitStore, now_ms};
+use crate::domain::values::{
+    Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
+};
+use crate::domain::{Change, NewRefund, Order, OrderId, OrderStatus, Refund, RuleError};
+
+macro_rules! order_columns {
+    () => {
+        "seq, merchant_id, out_trade_no, user_id, amount, currency, description, status, \
+         paid_amount, refunded_amount, payment_ref, version, created_at_ms, updated_at_ms, sections"
+    };
+}
+
+const SELECT_BY_SEQ: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE seq = ?");
+const SELECT_BY_SEQ_FOR_UPDATE: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE seq = ? FOR UPDATE"
+);
+const SELECT_BY_KEY: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE merchant_id = ? AND out_trade_no = ?"
+);
+const SELECT_USER_PAGE: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE user_id = ? AND (created_at_ms < ? OR (created_at_ms = ? AND seq < ?)) \
+     ORDER BY created_at_ms DESC, seq DESC LIMIT ?"
+);
+const INSERT_ORDER: &str = concat!(
+    "INSERT INTO orders (",
+    order_columns!(),
+    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+);
+const UPDATE_ORDER: &str = "UPDATE orders SET status = ?, paid_amount = ?, refunded_amount = ?, \
+     payment_ref = ?, version = ?, updated_at_ms = ? WHERE seq = ? AND version = ?";
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (order_seq, order_version, event_type, payload, \
+     created_at_ms) VALUES (?, ?, ?, ?, ?)";
+const SELECT_REFUND: &str = "SELECT refund_id, amount, reason, created_at_ms FROM refunds \
+     WHERE order_seq = ? AND refund_id = ?";
+const SELECT_REFUNDS: &str = "SELECT refund_id, amount, reason, created_at_ms FROM refunds \
+     WHERE order_seq = ? ORDER BY id";
+const INSERT_REFUND: &str = "INSERT INTO refunds (order_seq, refund_id, amount, reason, \
+     created_at_ms) VALUES (?, ?, ?, ?, ?)";
+
+/// Which copy of the unit's data a read may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// The primary: sees every acknowledged change.
+    #[default]
+    Strong,
+    /// A replica when the unit has one (falls back to the primary).
+    Eventual,
+}
+
+/// The result of inserting a new order.
+#[derive(Debug)]
+pub enum InsertOutcome {
+    Inserted,
+    /// An order with this `(merchant_id, out_trade_no)` already exists in the unit.
+    KeyExists(Box<Order>),
+}
+
+/// Position in a user's newest-first order list: `(created_at_ms, order_id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UserCursor {
+    pub created_at_ms: i64,
+    pub order_id: OrderId,
+}
+
+/// One unit's part of a user's order list.
+#[derive(Debug)]
+pub struct Page {
+    pub orders: Vec<Order>,
+}
+
+fn seq_param(seq: u64) -> i64 {
+    // Sequences are at most 10 digits, so they always fit.
+    i64::try_from(seq).expect("sequence fits i64")
+}
+
+impl UnitStore {
+    fn order_from_row(&self, row: &AnyRow) -> Result<Order, StoreError> {
+        decode_order(self.unit, row).map_err(|e| {
+            StoreError::Internal(format!("unit {}: undecodable order row: {e}", self.unit))
+        })
+    }
+
+    /// Inserts a new order and its `created` event in one transaction.
+    pub async fn insert_order(&self, order: &Order) -> Result<InsertOutcome, StoreError> {
+        let mut tx = self.begin().await?;
+        let sections = Value::Object(order.sections.as_map().clone()).to_string();
+        let inserted = sqlx::query(INSERT_ORDER)
+            .bind(seq_param(order.id.sequence()))
+            .bind(order.merchant_id.as_str())
+            .bind(order.out_trade_no.as_str())
+            .bind(order.user_id.as_str())
+            .bind(order.amount.get())
+            .bind(order.currency.as_str())
+            .bind(order.description.as_ref().map(Text::as_str))
+            .bind(order.status.as_str())
+            .bind(order.paid_amount)
+            .bind(order.refunded_amount)
+            .bind(order.payment_ref.as_ref().map(PaymentRef::as_str))
+            .bind(order.version)
+            .bind(order.created_at_ms)
+            .bind(order.updated_at_ms)
+            .bind(sections)
+            .execute(&mut *tx)
+            .await;
+        match inserted {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                drop(tx); // roll back before reading the winner
+                return match self
+                    .find_by_key(&order.merchant_id, &order.out_trade_no)
+                    .await?
+                {
+                    Some(existing) => Ok(InsertOutcome::KeyExists(Box::new(existing))),
+                    None => Err(StoreError::Internal(format!(
+                        "unit {}: sequence {} was handed out twice",
+                        self.unit,
+                        order.id.sequence()
+                    ))),
+                };
+            }
+            Err(e) => return Err(StoreError::before_commit(e)),
+        }
+        write_event(&mut tx, order, "order.created").await?;
+        tx.commit().await.map_err(StoreError::at_commit)?;
+        Ok(InsertOutcome::Inserted)
+    }
+
+    /// The order with this idempotency key, read from the primary.
+    pub async fn find_by_key(
+        &self,
+        merchant_id: &MerchantId,
+        out_trade_no: &OutTradeNo,
+    ) -> Result<Option<Order>, StoreError> {
+        let row = sqlx::query(SELECT_BY_KEY)
+            .bind(merchant_id.as_str())
+            .bind(out_trade_no.as_str())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(StoreError::before_commit)?;
+        row.map(|r| self.order_from_row(&r)).transpose()
+    }
+
+    /// Reads an order. `NotFound` when the unit has no order with exactly this id.
+    pub async fn get(&self, id: OrderId, consistency: Consistency) -> Result<Order, StoreError> {
+        let query = || sqlx::query(SELECT_BY_SEQ).bind(seq_param(id.sequence()));
+        let row = match (consistency, &self.replica) {
+            (Consistency::Eventual, Some(replica)) => match query().fetch_optional(replica).await {
+                Ok(row) => Ok(row),
+                // The replica is down: the primary can always answer an eventual read.
+                Err(_) => query().fetch_optional(&self.read).await,
+            },
+            _ => query().fetch_optional(&self.read).await,
+        }
+        .map_err(StoreError::before_commit)?;
+        let order = row
+            .map(|r| self.order_from_row(&r))
+            .transpose()?
+            .ok_or(StoreError::NotFound)?;
+        // The sequence matched; the time must too, or the id names another order.
+        if order.id == id {
+            Ok(order)
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    /// Locks the order for the rest of the transaction and reads it.
+    async fn lock_order(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        id: OrderId,
+    ) -> Result<Order, StoreError> {
+        let sql = match self.dialect {
+            Dialect::MySql => SELECT_BY_SEQ_FOR_UPDATE,
+            Dialect::Sqlite => SELECT_BY_SEQ, // BEGIN IMMEDIATE already holds the lock
+        };
+        let row = sqlx::query(sql)
+            .bind(seq_param(id.sequence()))
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(StoreError::before_commit)?
+            .ok_or(StoreError::NotFound)?;
+        let order = self.order_from_row(&row)?;
+        if order.id == id {
+            Ok(order)
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
+    /// Applies a pay/close style change under the row lock. Returns the order
+    /// after the call and whether it changed.
+    pub async fn update_order(
+        &self,
+        id: OrderId,
+        event: &'static str,
+        change: impl FnOnce(&Order, i64) -> Result<Change, RuleError>,
+    ) -> Result<(Order, bool), StoreError> {
+        let mut tx = self.begin().await?;
+        let current = self.lock_order(&mut tx, id).await?;
+        match change(&current, now_ms())? {
+            Change::Unchanged => Ok((current, false)), // rolls back: nothing written
+            Change::Next(next) => {
+                write_order_update(&mut tx, &current, &next).await?;
+                write_event(&mut tx, &next, event).await?;
+                tx.commit().await.map_err(StoreError::at_commit)?;
+                Ok((*next, true))
+            }
+        }
+    }
+
+    /// Records a refund: the refund row, the order's new amounts/status/version
+    /// and the event commit in one transaction. A replay of the same `refund_id`
+    /// and body returns the existing refund with `created == false`.
+    pub async fn refund(
+        &self,
+        id: OrderId,
+        request: &NewRefund,
+        expected_version: Option<i64>,
+    ) -> Result<(Refund, Order, bool), StoreError> {
+        let mut tx = self.begin().await?;
+        let current = self.lock_order(&mut tx, id).await?;
+        let existing = sqlx::query(SELECT_REFUND)
+            .bind(seq_param(id.sequence()))
+            .bind(request.refund_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::before_commit)?;
+        if let Some(row) = existing {
+            let refund = self.refund_from_row(id, &row)?;
+            return if request.is_replay_of(&refund) {
+                Ok((refund, current, false))
+            } else {
+                Err(RuleError::RefundIdConflict.into())
+            };
+        }
+        let now = now_ms();
+        let next = current.refund(request.amount, expected_version, now)?;
+        let refund = Refund {
+            order_id: id,
+            refund_id: request.refund_id.clone(),
+            amount: request.amount,
+            reason: request.reason.clone(),
+            created_at_ms: next.updated_at_ms,
+        };
+        sqlx::query(INSERT_REFUND)
+            .bind(seq_param(id.sequence()))
+            .bind(refund.refund_id.as_str())
+            .bind(refund.amount.get())
+            .bind(refund.reason.as_ref().map(Text::as_str))
+            .bind(refund.created_at_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::before_commit)?;
+        write_order_update(&mut tx, &current, &next).await?;
+        write_event(&mut tx, &next, "order.refunded").await?;
+        tx.commit().await.map_err(StoreError::at_commit)?;
+        Ok((refund, next, true))
+    }
+
+    /// The order's refunds, oldest first. `NotFound` when the order is not here.
+    pub async fn list_refunds(&self, id: OrderId) -> Result<Vec<Refund>, StoreError> {
+        self.get(id, Consistency::Strong).await?;
+        let rows = sqlx::query(SELECT_REFUNDS)
+            .bind(seq_param(id.sequence()))
+            .fetch_all(&self.read)
+            .await
+            .map_err(StoreError::before_commit)?;
+        rows.iter().map(|r| self.refund_from_row(id, r)).collect()
+    }
+
+    /// Up to `limit` of the user's orders in this unit that sort after `after`
+    /// in newest-first `(created_at, order_id)` order.
+    pub async fn list_user_orders(
+        &self,
+        user_id: &UserId,
+        after: Option<UserCursor>,
+        limit: u32,
+    ) -> Result<Page, StoreError> {
+        // Within one unit, ids created in the same millisecond order by sequence;
+        // against another unit's cursor the unit number (which leads the id) decides.
+        let (before_ms, before_seq) = match after {
+            None => (i64::MAX, i64::MAX),
+            Some(c) => {
+                let seq = match self.unit.cmp(&c.order_id.unit()) {
+                    std::cmp::Ordering::Less => i64::MAX,
+                    std::cmp::Ordering::Equal => seq_param(c.order_id.sequence()),
+                    std::cmp::Ordering::Greater => 0,
+                };
+                (c.created_at_ms, seq)
+            }
+        };
+        let rows = sqlx::query(SELECT_USER_PAGE)
+            .bind(user_id.as_str())
+            .bind(before_ms)
+            .bind(before_ms)
+            .bind(before_seq)
+            .bind(i64::from(limit))
+            .fetch_all(&self.read)
+            .await
+            .map_err(StoreError::before_commit)?;
+        let orders = rows
+            .iter()
+            .map(|r| self.order_from_row(r))
+            .collect::<Result<_, _>>()?;
+        Ok(Page { orders })
+    }
+
+    fn refund_from_row(&self, order_id: OrderId, row: &AnyRow) -> Result<Refund, StoreError> {
+        let decode = || -> Result<Refund, String> {
+            Ok(Refund {
+                order_id,
+                refund_id: RefundId::parse(get::<String>(row, "refund_id")?).map_err(|e| e.0)?,
+                amount: Amount::new(get(row, "amount")?).map_err(|e| e.0)?,
+                reason: get::<Option<String>>(row, "reason")?
+                    .map(Text::parse)
+                    .transpose()
+                    .map_err(|e| e.0)?,
+                created_at_ms: get(row, "created_at_ms")?,
+            })
+        };
+        decode().map_err(|e| {
+            StoreError::Internal(format!("unit {}: undecodable refund row: {e}", self.unit))
+        })
+    }
+}
+
+fn get<'r, T>(row: &'r AnyRow, column: &str) -> Result<T, String>
+where
+    T: sqlx::Decode<'r, Any> + sqlx::Type<Any>,
+{
+    row.try_get(column).map_err(|e| format!("{column}: {e}"))
+}
+
+fn decode_order(unit: u16, row: &AnyRow) -> Result<Order, String> {
+    let seq: i64 = get(row, "seq")?;
+    let created_at_ms: i64 = get(row, "created_at_ms")?;
+    let sections: String = get(row, "sections")?;
+    let sections: Map<String, Value> =
+        serde_json::from_str(&sections).map_err(|e| format!("sections: {e}"))?;
+    let status: String = get(row, "status")?;
+    Ok(Order {
+        id: OrderId::new(unit, created_at_ms.div_euclid(1000), seq as u64)
+            .ok_or("seq/created_at do not form an order id")?,
+        merchant_id: MerchantId::parse(get::<String>(row, "merchant_id")?).map_err(|e| e.0)?,
+        out_trade_no: OutTradeNo::parse(get::<String>(row, "out_trade_no")?).map_err(|e| e.0)?,
+        user_id: UserId::parse(get::<String>(row, "user_id")?).map_err(|e| e.0)?,
+        amount: Amount::new(get(row, "amount")?).map_err(|e| e.0)?,
+        currency: Currency::parse(&get::<String>(row, "currency")?).map_err(|e| e.0)?,
+        description: get::<Option<String>>(row, "description")?
+            .map(Text::parse)
+            .transpose()
+            .map_err(|e| e.0)?,
+        status: OrderStatus::parse(&status).ok_or_else(|| format!("status {status:?}"))?,
+        paid_amount: get(row, "paid_amount")?,
+        refunded_amount: get(row, "refunded_amount")?,
+        payment_ref: get::<Option<String>>(row, "payment_ref")?
+            .map(PaymentRef::parse)
+            .transpose()
+            .map_err(|e| e.0)?,
+        version: get(row, "version")?,
+        created_at_ms,
+        updated_at_ms: get(row, "updated_at_ms")?,
+        sections: Sections::from_stored(sections),
+    })
+}
+
+/// Writes `next` over `current`, guarded by `current`'s version.
+async fn write_order_update(
+    tx: &mut Transaction<'static, Any>,
+    current: &Order,
+    next: &Order,
+) -> Result<(), StoreError> {
+    let done = sqlx::query(UPDATE_ORDER)
+        .bind(next.status.as_str())
+        .bind(next.paid_amount)
+        .bind(next.refunded_amount)
+        .bind(next.payment_ref.as_ref().map(PaymentRef::as_str))
+        .bind(next.version)
+        .bind(next.updated_at_ms)
+        .bind(seq_param(current.id.sequence()))
+        .bind(current.version)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::before_commit)?;
+    if done.rows_affected() == 1 {
+        Ok(())
+    } else {
+        // Impossible while the row lock is held; refuse rather than lose an update.
+        Err(StoreError::Internal(format!(
+            "order {} changed under its row lock",
+            current.id
+        )))
+    }
+}
+
+/// Appends the change event for `order` to the outbox, in the caller's transaction.
+async fn write_event(
+    tx: &mut Transaction<'static, Any>,
+    order: &Order,
+    event_type: &'static str,
+) -> Result<(), StoreError> {
+    let payload = json!({
+        "type": event_type,
+        "order_id": order.id.to_string(),
+        "merchant_id": order.merchant_id.as_str(),
+        "out_trade_no": order.out_trade_no.as_str(),
+        "status": order.status.as_str(),
+        "amount": order.amount.get(),
+        "paid_amount": order.paid_amount,
+        "refunded_amount": order.refunded_amount,
+        "version": order.version,
+        "at_ms": order.updated_at_ms,
+    });
+    sqlx::query(INSERT_OUTBOX)
+        .bind(seq_param(order.id.sequence()))
+        .bind(order.version)
+        .bind(event_type)
+        .bind(payload.to_string())
+        .bind(order.updated_at_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::before_commit)?;
+    Ok(())
+}
