@@ -10,7 +10,7 @@
 use actix::prelude::*;
 
 use crate::domain::values::{MerchantId, OutTradeNo, PaymentRef, UserId};
-use crate::domain::{NewOrder, NewRefund, Order, OrderId, OrderStatus, Refund};
+use crate::domain::{NewOrder, NewRefund, Order, OrderId, Refund};
 use crate::storage::sequence::SequenceGenerator;
 use crate::storage::{Consistency, InsertOutcome, Page, StoreError, UnitStore, UserCursor, now_ms};
 
@@ -155,27 +155,11 @@ impl Handler<CreateOrder> for UnitActor {
             let now = now_ms();
             let id = OrderId::new(store.unit(), now.div_euclid(1000), seq)
                 .ok_or(StoreError::SequenceExhausted)?;
-            let r = msg.request;
-            let order = Order {
-                id,
-                merchant_id: r.merchant_id.clone(),
-                out_trade_no: r.out_trade_no.clone(),
-                user_id: r.user_id.clone(),
-                amount: r.amount,
-                currency: r.currency,
-                description: r.description.clone(),
-                status: OrderStatus::Created,
-                paid_amount: 0,
-                refunded_amount: 0,
-                payment_ref: None,
-                version: 1,
-                created_at_ms: now,
-                updated_at_ms: now,
-                sections: r.sections.clone(),
-            };
+            let request = msg.request;
+            let order = request.clone().into_order(id, now);
             Ok(match store.insert_order(&order).await? {
                 InsertOutcome::Inserted => CreateOutcome::Created(order),
-                InsertOutcome::KeyExists(existing) if r.is_replay_of(&existing) => {
+                InsertOutcome::KeyExists(existing) if request.is_replay_of(&existing) => {
                     CreateOutcome::Replayed(*existing)
                 }
                 InsertOutcome::KeyExists(_) => CreateOutcome::KeyConflict,

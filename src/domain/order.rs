@@ -67,6 +67,27 @@ impl NewOrder {
             && self.description == order.description
             && self.sections == order.sections
     }
+
+    /// The order this request creates, with id `id` at time `now_ms`.
+    pub fn into_order(self, id: OrderId, now_ms: i64) -> Order {
+        Order {
+            id,
+            merchant_id: self.merchant_id,
+            out_trade_no: self.out_trade_no,
+            user_id: self.user_id,
+            amount: self.amount,
+            currency: self.currency,
+            description: self.description,
+            status: OrderStatus::Created,
+            paid_amount: 0,
+            refunded_amount: 0,
+            payment_ref: None,
+            version: 1,
+            created_at_ms: now_ms,
+            updated_at_ms: now_ms,
+            sections: self.sections,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

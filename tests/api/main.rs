@@ -1,0 +1,10 @@
+//! Integration tests: the real engine over HTTP on loopback, against real
+//! MariaDB servers started by the harness (see `mariadb.rs`) and SQLite.
+
+mod concurrency;
+mod contract;
+mod faults;
+mod helpers;
+mod lifecycle;
+mod mariadb;
+mod storage_suite;

@@ -1,0 +1,223 @@
+//! Real MariaDB servers, started by the tests themselves: `mariadbd` in a
+//! temporary data directory on a free loopback port. No pre-existing server is
+//! used, and a test can kill one server to fail one unit.
+//!
+//! If MariaDB is not installed the tests fail (they never skip) with a message
+//! saying how to install it.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+const INSTALL_HINT: &str = "MariaDB is required by the integration tests, which start their own \
+     servers. Install it with `sudo apt-get install -y mariadb-server` (Debian/Ubuntu); \
+     the tests need `mariadbd` and `mariadb-install-db` on PATH or in /usr/sbin.";
+
+fn find_binary(names: &[&str]) -> PathBuf {
+    for name in names {
+        for dir in std::env::var("PATH").unwrap_or_default().split(':').chain([
+            "/usr/sbin",
+            "/usr/bin",
+            "/usr/local/bin",
+            "/usr/local/sbin",
+        ]) {
+            let p = Path::new(dir).join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!("cannot find {}: {INSTALL_HINT}", names.join(" or "));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// One MariaDB server owned by a test.
+pub struct MariaDb {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+    durable: bool,
+}
+
+impl MariaDb {
+    /// A durable server (`innodb_flush_log_at_trx_commit=1`): what it
+    /// acknowledged survives SIGKILL, as in production. For fault tests.
+    pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    /// Initialises a data directory and starts a server on a free port.
+    /// `durable: false` skips the fsync per commit: for tests that never kill it.
+    pub fn start_with(durable: bool) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("orderengine-mariadb-")
+            .tempdir()
+            .expect("temp dir");
+        let install = find_binary(&["mariadb-install-db", "mysql_install_db"]);
+        let out = Command::new(&install)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .args([
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--innodb-log-file-size=16M",
+            ])
+            .args(run_as_root_args())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}. {INSTALL_HINT}", install.display()));
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut server = Self {
+            dir,
+            port: free_port(),
+            child: None,
+            durable,
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let mariadbd = find_binary(&["mariadbd", "mysqld"]);
+        let d = self.dir.path();
+        let log = std::fs::File::create(d.join("server.log")).expect("server log");
+        let mut cmd = Command::new(&mariadbd);
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--socket={}", d.join("mysqld.sock").display()))
+            .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
+            .arg(format!("--port={}", self.port))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=64M",
+                "--innodb-log-file-size=16M",
+                "--max-connections=500",
+            ])
+            .arg(format!(
+                "--innodb-flush-log-at-trx-commit={}",
+                if self.durable { 1 } else { 0 }
+            ))
+            .args(run_as_root_args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().expect("log handle")))
+            .stderr(Stdio::from(log));
+        // The server dies with the thread that started it, so a crashed or
+        // killed test run leaves no server behind.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}. {INSTALL_HINT}", mariadbd.display()));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("mariadbd exited with {status}: {}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mariadbd did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// URL of database `db` on this server.
+    pub fn url(&self, db: &str) -> String {
+        format!("mysql://root@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// SIGKILL: the unit's database vanishes mid-flight, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same data and port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn run_as_root_args() -> Vec<&'static str> {
+    // mariadbd refuses to run as root unless told to.
+    if unsafe { libc::geteuid() } == 0 {
+        vec!["--user=root"]
+    } else {
+        vec![]
+    }
+}
+
+/// The server shared by every test in this binary that does not kill servers.
+/// It is started from a thread that lives as long as the process, so it stops
+/// exactly when the test binary exits.
+pub fn shared() -> &'static MariaDb {
+    static SHARED: OnceLock<&'static MariaDb> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let server: &'static MariaDb = Box::leak(Box::new(MariaDb::start()));
+            tx.send(server).expect("test thread waits");
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv()
+            .expect("shared MariaDB failed to start (see the panic above)")
+    })
+}
+
+/// A database name no other test in this run uses.
+pub fn unique_db(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}_{}_{tag}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
