@@ -1,6 +1,7 @@
 //! Integration tests: the real engine over HTTP on loopback, against real
 //! MariaDB servers started by the harness (see `mariadb.rs`) and SQLite.
 
+mod binary;
 mod concurrency;
 mod contract;
 mod faults;
