@@ -28,6 +28,10 @@ pub struct Settings {
     pub dispatcher: DispatcherSettings,
     #[serde(default)]
     pub log: LogSettings,
+    #[serde(default)]
+    pub supervisor: SupervisorSettings,
+    #[serde(default)]
+    pub admin: AdminSettings,
     pub units: Vec<UnitSettings>,
     /// merchant id -> partition; merchants not listed use `dispatcher.default_partition`.
     #[serde(default)]
@@ -71,6 +75,9 @@ pub struct StorageSettings {
     pub acquire_timeout_ms: u64,
     /// How long start-up waits for a unit's database.
     pub connect_timeout_ms: u64,
+    /// Bound on each statement of a transaction. One that runs out before
+    /// `COMMIT` is a definite failure (rolled back); at `COMMIT`, an unknown outcome.
+    pub statement_timeout_ms: u64,
 }
 
 impl Default for StorageSettings {
@@ -79,6 +86,7 @@ impl Default for StorageSettings {
             max_connections: 16,
             acquire_timeout_ms: 2_000,
             connect_timeout_ms: 5_000,
+            statement_timeout_ms: 2_000,
         }
     }
 }
@@ -110,6 +118,11 @@ pub struct DispatcherSettings {
     pub recent_window_secs: u64,
     /// Messages a unit actor queues before callers wait (backpressure).
     pub unit_mailbox: usize,
+    /// Units a create may try (order retry) before `503 no_unit_available`.
+    pub max_attempts: u32,
+    /// How long a key whose create had an unknown outcome is remembered, so
+    /// the caller's retry asks that unit first.
+    pub in_doubt_ttl_secs: u64,
 }
 
 impl Default for DispatcherSettings {
@@ -118,7 +131,95 @@ impl Default for DispatcherSettings {
             default_partition: "standard".into(),
             recent_window_secs: 10,
             unit_mailbox: 1_024,
+            max_attempts: 3,
+            in_doubt_ttl_secs: 600,
         }
+    }
+}
+
+/// Health checking and circuit breaking (see `domain::circuit`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSettings {
+    pub probe_interval_ms: u64,
+    pub probe_timeout_ms: u64,
+    /// A probe slower than this counts as a failure.
+    pub slow_probe_ms: u64,
+    pub consecutive_failures: u32,
+    pub failure_rate_percent: u8,
+    pub failure_window_secs: u64,
+    pub min_calls_in_window: u64,
+    pub open_secs: u64,
+    pub max_open_secs: u64,
+    pub half_open_successes: u32,
+    pub half_open_permits: u32,
+    /// Below this share of healthy units a partition stops trusting health.
+    pub panic_threshold_percent: u8,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        Self {
+            probe_interval_ms: 1_000,
+            probe_timeout_ms: 1_000,
+            slow_probe_ms: 250,
+            consecutive_failures: 5,
+            failure_rate_percent: 50,
+            failure_window_secs: 10,
+            min_calls_in_window: 20,
+            open_secs: 5,
+            max_open_secs: 60,
+            half_open_successes: 3,
+            half_open_permits: 3,
+            panic_threshold_percent: 50,
+        }
+    }
+}
+
+impl SupervisorSettings {
+    pub fn circuit(&self) -> crate::domain::circuit::CircuitConfig {
+        use std::time::Duration;
+        crate::domain::circuit::CircuitConfig {
+            consecutive_failures: self.consecutive_failures,
+            failure_rate: f64::from(self.failure_rate_percent) / 100.0,
+            window: Duration::from_secs(self.failure_window_secs),
+            min_calls: self.min_calls_in_window,
+            open_for: Duration::from_secs(self.open_secs),
+            max_open_for: Duration::from_secs(self.max_open_secs),
+            close_after: self.half_open_successes,
+            half_open_permits: self.half_open_permits,
+        }
+    }
+}
+
+/// The admin listener. Every call needs `Authorization: Bearer <token>`; with
+/// no token configured the admin API is off.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    pub host: String,
+    pub port: u16,
+    pub token: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 9091,
+            token: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AdminSettings {
+    // The token is a secret: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("token", &if self.token.is_empty() { "" } else { "***" })
+            .finish()
     }
 }
 
@@ -148,7 +249,7 @@ impl Default for LogSettings {
 }
 
 /// Operator-set availability of a unit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UnitMode {
     /// Takes creates, reads and updates.
@@ -160,7 +261,7 @@ pub enum UnitMode {
     Disabled,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Temperature {
     #[default]
@@ -290,6 +391,9 @@ impl Settings {
         }
         if self.sequence.step == 0 || self.sequence.prefetch_at_percent > 100 {
             return invalid("sequence.step must be > 0 and prefetch_at_percent <= 100".into());
+        }
+        if self.dispatcher.max_attempts == 0 {
+            return invalid("dispatcher.max_attempts must be > 0".into());
         }
         if self.storage.max_connections == 0 {
             return invalid("storage.max_connections must be > 0".into());

@@ -196,9 +196,10 @@ impl EngineError {
         match e {
             StoreError::NotFound => Self::NotFound,
             StoreError::Rule(r) => Self::Rule(r),
-            StoreError::Unavailable(_) | StoreError::InDoubt(_) | StoreError::SequenceExhausted => {
-                Self::UnitUnavailable { unit }
-            }
+            StoreError::Unavailable(_)
+            | StoreError::InDoubt(_)
+            | StoreError::SequenceExhausted
+            | StoreError::SequenceReused { .. } => Self::UnitUnavailable { unit },
             StoreError::Internal(m) => Self::Internal(m),
         }
     }

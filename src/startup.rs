@@ -1,20 +1,24 @@
 //! Builds the running engine from settings: opens every unit's database,
-//! starts one supervised unit actor per unit on its own arbiter, starts the
-//! dispatcher, and binds the HTTP listener (port 0 picks a free port).
+//! starts one supervised unit actor per unit on its own arbiter, the health
+//! supervisor and the dispatcher, and binds the HTTP listeners (port 0 picks a
+//! free port). `Addr`s are handed over explicitly: no global registry.
 
 use std::io;
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Arbiter, Supervisor};
+use actix::{Actor, Addr, Arbiter};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{App, HttpServer, web};
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
 use crate::actors::dispatcher::{CloseAll, Dispatcher, UnitRoute};
+use crate::actors::health::{HealthBoard, UnitHealth};
+use crate::actors::supervisor::{Supervisor, Watch};
 use crate::actors::unit::UnitActor;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, admin};
 use crate::config::{Settings, UnitSettings};
 use crate::storage::{OpenError, UnitStore};
 
@@ -30,7 +34,9 @@ pub enum StartError {
 
 pub struct Application {
     port: u16,
+    admin_port: Option<u16>,
     server: Server,
+    admin: Option<Server>,
     dispatcher: Addr<Dispatcher>,
     arbiters: Vec<Arbiter>,
 }
@@ -38,10 +44,11 @@ pub struct Application {
 impl Application {
     /// Starts everything; must run inside an actix `System`.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        let starts = settings
-            .units
-            .iter()
-            .map(|u| start_unit(u.clone(), &settings));
+        let board = Arc::new(HealthBoard::new(settings.units.iter().map(|u| u.id)));
+        let starts = settings.units.iter().map(|u| {
+            let health = board.unit(u.id);
+            start_unit(u.clone(), &settings, health)
+        });
         let mut routes = Vec::new();
         let mut arbiters = Vec::new();
         let mut first_error = None;
@@ -64,29 +71,64 @@ impl Application {
             });
             return Err(e);
         }
-        let dispatcher = Dispatcher::new(&settings, routes).start();
 
-        let addr = format!("{}:{}", settings.server.host, settings.server.port);
-        let bind_err = |source| StartError::Bind {
-            addr: addr.clone(),
-            source,
-        };
-        let listener = TcpListener::bind(&addr).map_err(bind_err)?;
-        let port = listener.local_addr().map_err(bind_err)?.port();
+        let supervisor = Supervisor::new(board.clone(), settings.supervisor.clone()).start();
+        for r in &routes {
+            supervisor.do_send(Watch {
+                unit: r.settings.id,
+                addr: r.addr.clone(),
+                partition: r.settings.partition.clone(),
+                mode: r.settings.mode,
+            });
+        }
+        let dispatcher = Dispatcher::new(&settings, routes, board, supervisor).start();
         let state = web::Data::new(AppState {
             dispatcher: dispatcher.clone(),
         });
-        let mut server =
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
-                .shutdown_timeout(settings.server.shutdown_timeout_secs);
+
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = bind(&addr)?;
+        let port = listener.local_addr().map_err(bind_err(&addr))?.port();
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .configure(api::configure)
+        })
+        .shutdown_timeout(settings.server.shutdown_timeout_secs);
         if let Some(n) = settings.server.workers {
             server = server.workers(n);
         }
-        let server = server.listen(listener).map_err(bind_err)?.run();
+        let server = server.listen(listener).map_err(bind_err(&addr))?.run();
         tracing::info!(%addr, port, units = settings.units.len(), "order-engine listening");
+
+        let (admin, admin_port) = if settings.admin.token.is_empty() {
+            tracing::warn!("admin.token is empty: the admin API is off");
+            (None, None)
+        } else {
+            let admin_addr = format!("{}:{}", settings.admin.host, settings.admin.port);
+            let listener = bind(&admin_addr)?;
+            let admin_port = listener.local_addr().map_err(bind_err(&admin_addr))?.port();
+            let token = web::Data::new(admin::AdminToken(settings.admin.token.clone()));
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(state.clone())
+                    .app_data(token.clone())
+                    .configure(admin::configure)
+            })
+            .workers(1)
+            .shutdown_timeout(settings.server.shutdown_timeout_secs)
+            .listen(listener)
+            .map_err(bind_err(&admin_addr))?
+            .run();
+            tracing::info!(addr = %admin_addr, port = admin_port, "admin API listening");
+            (Some(server), Some(admin_port))
+        };
         Ok(Self {
             port,
+            admin_port,
             server,
+            admin,
             dispatcher,
             arbiters,
         })
@@ -96,16 +138,28 @@ impl Application {
         self.port
     }
 
+    /// The admin listener's port, when the admin API is on.
+    pub fn admin_port(&self) -> Option<u16> {
+        self.admin_port
+    }
+
     /// Stops the server (what SIGTERM does): `run_until_stopped` then drains.
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }
 
     /// Serves until SIGINT/SIGTERM (or `handle().stop()`), then shuts down in
-    /// order: stop accepting, let in-flight requests finish, close every
-    /// unit's pools, stop the unit arbiters.
+    /// order: stop accepting, let in-flight requests finish, stop the admin
+    /// listener, close every unit's pools, stop the unit arbiters.
     pub async fn run_until_stopped(self) -> io::Result<()> {
+        let admin_handle = self.admin.as_ref().map(Server::handle);
+        if let Some(admin) = self.admin {
+            actix_web::rt::spawn(admin);
+        }
         let served = self.server.await;
+        if let Some(h) = admin_handle {
+            h.stop(true).await;
+        }
         tracing::info!("HTTP server stopped; closing units");
         let _ = self.dispatcher.send(CloseAll).await;
         for a in &self.arbiters {
@@ -115,13 +169,27 @@ impl Application {
     }
 }
 
+fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(bind_err(addr))
+}
+
+fn bind_err(addr: &str) -> impl Fn(io::Error) -> StartError + '_ {
+    move |source| StartError::Bind {
+        addr: addr.to_string(),
+        source,
+    }
+}
+
 type Started = (Addr<UnitActor>, Arbiter);
 
 /// Opens a unit's database and starts its actor, both on a new arbiter, so the
-/// unit's connections belong to the thread that uses them.
+/// unit's connections belong to the thread that uses them. The actor runs
+/// under `actix::Supervisor`: when it stops itself on broken state, it is
+/// restarted with fresh state.
 async fn start_unit(
     unit: UnitSettings,
     settings: &Settings,
+    health: Option<Arc<UnitHealth>>,
 ) -> Result<Started, (StartError, Arbiter)> {
     let arbiter = Arbiter::new();
     let (tx, rx) = oneshot::channel();
@@ -139,7 +207,9 @@ async fn start_unit(
             &storage,
         )
         .await
-        .map(|store| Supervisor::start(move |_| UnitActor::new(store, step, pct, mailbox)));
+        .map(|store| {
+            actix::Supervisor::start(move |_| UnitActor::new(store, step, pct, mailbox, health))
+        });
         let _ = tx.send(opened);
     });
     if !spawned {

@@ -2,5 +2,7 @@
 //! them. (The supervisor that tracks health comes with circuit breaking.)
 
 pub mod dispatcher;
+pub mod health;
 pub mod key_lock;
+pub mod supervisor;
 pub mod unit;

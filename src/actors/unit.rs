@@ -7,7 +7,12 @@
 //! work out. The actor runs on its own arbiter (thread), so one slow unit does
 //! not slow the others' bookkeeping.
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
 use actix::prelude::*;
+
+use super::health::UnitHealth;
 
 use crate::domain::values::{MerchantId, OutTradeNo, PaymentRef, UserId};
 use crate::domain::{NewOrder, NewRefund, Order, OrderId, Refund};
@@ -91,6 +96,30 @@ pub struct ListUserOrders {
     pub limit: u32,
 }
 
+/// The supervisor's synthetic order: a write, read and commit in the unit's database.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct Probe {
+    pub token: i64,
+}
+
+/// Settles a create whose commit outcome is unknown: finds the key's order,
+/// waiting for any in-flight transaction on it.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<Option<Order>, StoreError>")]
+pub struct SettleKey {
+    pub merchant_id: MerchantId,
+    pub out_trade_no: OutTradeNo,
+}
+
+/// Sent by the actor's own handlers when they find its state broken: the
+/// actor stops and its supervisor restarts it with fresh state.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Broken {
+    reason: String,
+}
+
 /// Close the unit's pools (shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -98,6 +127,7 @@ pub struct CloseUnit;
 
 pub struct UnitActor {
     store: UnitStore,
+    health: Option<Arc<UnitHealth>>,
     sequence: SequenceGenerator,
     sequence_step: u64,
     prefetch_at_percent: u8,
@@ -110,8 +140,10 @@ impl UnitActor {
         sequence_step: u64,
         prefetch_at_percent: u8,
         mailbox: usize,
+        health: Option<Arc<UnitHealth>>,
     ) -> Self {
         Self {
+            health,
             sequence: SequenceGenerator::new(store.clone(), sequence_step, prefetch_at_percent),
             store,
             sequence_step,
@@ -137,6 +169,9 @@ impl Supervised for UnitActor {
     /// segment (the old one's remainder is skipped, never reused).
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         tracing::warn!(unit = self.store.unit(), "unit actor restarting");
+        if let Some(h) = &self.health {
+            h.restarts.fetch_add(1, Ordering::Relaxed);
+        }
         self.sequence = SequenceGenerator::new(
             self.store.clone(),
             self.sequence_step,
@@ -148,8 +183,9 @@ impl Supervised for UnitActor {
 impl Handler<CreateOrder> for UnitActor {
     type Result = ResponseFuture<Result<CreateOutcome, StoreError>>;
 
-    fn handle(&mut self, msg: CreateOrder, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: CreateOrder, ctx: &mut Self::Context) -> Self::Result {
         let (store, sequence) = (self.store.clone(), self.sequence.clone());
+        let me = ctx.address();
         Box::pin(async move {
             let seq = sequence.next().await?;
             let now = now_ms();
@@ -157,7 +193,13 @@ impl Handler<CreateOrder> for UnitActor {
                 .ok_or(StoreError::SequenceExhausted)?;
             let request = msg.request;
             let order = request.clone().into_order(id, now);
-            Ok(match store.insert_order(&order).await? {
+            let inserted = store.insert_order(&order).await;
+            if let Err(e @ StoreError::SequenceReused { .. }) = &inserted {
+                me.do_send(Broken {
+                    reason: e.to_string(),
+                });
+            }
+            Ok(match inserted? {
                 InsertOutcome::Inserted => CreateOutcome::Created(order),
                 InsertOutcome::KeyExists(existing) if request.is_replay_of(&existing) => {
                     CreateOutcome::Replayed(*existing)
@@ -248,6 +290,37 @@ impl Handler<ListUserOrders> for UnitActor {
                 .list_user_orders(&msg.user_id, msg.after, msg.limit)
                 .await
         })
+    }
+}
+
+impl Handler<Probe> for UnitActor {
+    type Result = ResponseFuture<Result<(), StoreError>>;
+
+    fn handle(&mut self, msg: Probe, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { store.probe(msg.token).await })
+    }
+}
+
+impl Handler<SettleKey> for UnitActor {
+    type Result = ResponseFuture<Result<Option<Order>, StoreError>>;
+
+    fn handle(&mut self, msg: SettleKey, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move {
+            store
+                .find_by_key_settled(&msg.merchant_id, &msg.out_trade_no)
+                .await
+        })
+    }
+}
+
+impl Handler<Broken> for UnitActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Broken, ctx: &mut Self::Context) {
+        tracing::error!(unit = self.store.unit(), reason = %msg.reason, "unit state broken: restarting the unit actor");
+        ctx.stop(); // the Supervisor restarts it (`restarting` resets the state)
     }
 }
 

@@ -275,11 +275,3 @@ pub struct UserOrdersPage {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
 }
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Readiness {
-    #[schema(example = "ready")]
-    pub status: String,
-    /// Units that can take a create right now.
-    pub units_taking_creates: usize,
-}

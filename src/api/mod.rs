@@ -1,6 +1,7 @@
 //! The RPC front end: HTTP/1.1 + JSON. Thin by design: parse and validate, send
 //! one message to the dispatcher, map the reply (see `orders.rs`).
 
+pub mod admin;
 pub mod dto;
 pub mod extract;
 mod health;
@@ -36,6 +37,7 @@ pub struct AppState {
         orders::list_user_orders,
         health::healthz,
         health::readyz,
+        admin::list_units,
     ),
     components(schemas(crate::error::ErrorResponse, crate::error::ErrorDetail))
 )]
@@ -69,7 +71,7 @@ async fn openapi_json() -> HttpResponse {
     HttpResponse::Ok().json(ApiDoc::openapi())
 }
 
-async fn not_found(req: HttpRequest) -> HttpResponse {
+pub(crate) async fn not_found(req: HttpRequest) -> HttpResponse {
     use actix_web::ResponseError;
     ApiError::new(
         ErrorCode::RouteNotFound,

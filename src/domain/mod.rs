@@ -1,6 +1,7 @@
 //! Pure domain logic: ids, validated values, the order state machine and unit
 //! selection. No I/O here, so all of it is unit-tested beside the code.
 
+pub mod circuit;
 pub mod order;
 pub mod order_id;
 pub mod selection;

@@ -77,6 +77,11 @@ impl SlidingCount {
         (since_start.as_millis() / self.slot.as_millis()) as u64
     }
 
+    /// The length of the window.
+    pub fn window(&self) -> Duration {
+        self.slot * SLOTS as u32
+    }
+
     /// Records one event at `now` (time since an arbitrary fixed start).
     pub fn record(&mut self, now: Duration) {
         let slot = self.slot_of(now);

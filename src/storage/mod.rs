@@ -7,6 +7,7 @@
 //! statements that differ by dialect are chosen by [`Dialect`].
 
 mod orders;
+mod probe;
 pub mod sequence;
 
 use std::path::Path;
@@ -51,10 +52,14 @@ pub enum StoreError {
     Rule(#[from] RuleError),
     /// The unit could not do the work and nothing was committed.
     #[error("unit unavailable: {0}")]
-    Unavailable(sqlx::Error),
+    Unavailable(String),
     /// `COMMIT` was sent but its outcome is unknown.
     #[error("commit outcome unknown: {0}")]
-    InDoubt(sqlx::Error),
+    InDoubt(String),
+    /// The sequence handed out a number an order already has: the unit's state
+    /// is broken (nothing was written; the unit actor restarts and re-syncs).
+    #[error("unit {unit}: sequence {seq} was handed out twice")]
+    SequenceReused { unit: u16, seq: u64 },
     /// The unit has handed out every number its order id can hold.
     #[error("the unit's order sequence is exhausted")]
     SequenceExhausted,
@@ -67,7 +72,7 @@ impl StoreError {
     /// Classifies an error from a statement before `COMMIT`.
     pub(crate) fn before_commit(e: sqlx::Error) -> Self {
         if is_transient(&e) {
-            Self::Unavailable(e)
+            Self::Unavailable(e.to_string())
         } else {
             Self::Internal(e.to_string())
         }
@@ -79,8 +84,8 @@ impl StoreError {
         match e {
             sqlx::Error::Database(ref d) if !is_transient(&e) => Self::Internal(d.to_string()),
             // The server said no (deadlock, read-only, ...): it did not commit.
-            sqlx::Error::Database(_) => Self::Unavailable(e),
-            _ => Self::InDoubt(e),
+            sqlx::Error::Database(_) => Self::Unavailable(e.to_string()),
+            _ => Self::InDoubt(e.to_string()),
         }
     }
 }
@@ -130,6 +135,8 @@ pub struct UnitStore {
     read: AnyPool,
     /// Eventual reads: a replica when configured.
     replica: Option<AnyPool>,
+    /// Bound on the statements of one call (see `bounded` and `commit`).
+    statement_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +231,7 @@ impl UnitStore {
             write,
             read,
             replica,
+            statement_timeout: Duration::from_millis(settings.statement_timeout_ms),
         })
     }
 
@@ -244,14 +252,47 @@ impl UnitStore {
         }
     }
 
+    /// Runs the work of a call that has not sent `COMMIT`: running out of time
+    /// here is a definite failure (the transaction is dropped, so rolled back).
+    pub(crate) async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.statement_timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "unit {}: no answer within {:?}",
+                    self.unit, self.statement_timeout
+                )))
+            })
+    }
+
+    /// Commits: an error or a timeout here leaves the outcome unknown.
+    pub(crate) async fn commit(
+        &self,
+        tx: sqlx::Transaction<'static, Any>,
+    ) -> Result<(), StoreError> {
+        match tokio::time::timeout(self.statement_timeout, tx.commit()).await {
+            Ok(r) => r.map_err(StoreError::at_commit),
+            Err(_) => Err(StoreError::InDoubt(format!(
+                "unit {}: COMMIT not answered within {:?}",
+                self.unit, self.statement_timeout
+            ))),
+        }
+    }
+
     /// Starts a write transaction. SQLite takes the write lock up front so that a
     /// read-then-write transaction cannot fail to upgrade its lock.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Any>, StoreError> {
-        match self.dialect {
-            Dialect::MySql => self.write.begin().await,
-            Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await,
-        }
-        .map_err(StoreError::before_commit)
+        self.bounded(async {
+            match self.dialect {
+                Dialect::MySql => self.write.begin().await,
+                Dialect::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await,
+            }
+            .map_err(StoreError::before_commit)
+        })
+        .await
     }
 }
 

@@ -35,6 +35,11 @@ const SELECT_BY_KEY: &str = concat!(
     order_columns!(),
     " FROM orders WHERE merchant_id = ? AND out_trade_no = ?"
 );
+const SELECT_BY_KEY_LOCKING: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE merchant_id = ? AND out_trade_no = ? LOCK IN SHARE MODE"
+);
 const SELECT_USER_PAGE: &str = concat!(
     "SELECT ",
     order_columns!(),
@@ -103,46 +108,51 @@ impl UnitStore {
     /// Inserts a new order and its `created` event in one transaction.
     pub async fn insert_order(&self, order: &Order) -> Result<InsertOutcome, StoreError> {
         let mut tx = self.begin().await?;
-        let sections = Value::Object(order.sections.as_map().clone()).to_string();
-        let inserted = sqlx::query(INSERT_ORDER)
-            .bind(seq_param(order.id.sequence()))
-            .bind(order.merchant_id.as_str())
-            .bind(order.out_trade_no.as_str())
-            .bind(order.user_id.as_str())
-            .bind(order.amount.get())
-            .bind(order.currency.as_str())
-            .bind(order.description.as_ref().map(Text::as_str))
-            .bind(order.status.as_str())
-            .bind(order.paid_amount)
-            .bind(order.refunded_amount)
-            .bind(order.payment_ref.as_ref().map(PaymentRef::as_str))
-            .bind(order.version)
-            .bind(order.created_at_ms)
-            .bind(order.updated_at_ms)
-            .bind(sections)
-            .execute(&mut *tx)
-            .await;
-        match inserted {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
-                drop(tx); // roll back before reading the winner
-                return match self
-                    .find_by_key(&order.merchant_id, &order.out_trade_no)
-                    .await?
-                {
-                    Some(existing) => Ok(InsertOutcome::KeyExists(Box::new(existing))),
-                    None => Err(StoreError::Internal(format!(
-                        "unit {}: sequence {} was handed out twice",
-                        self.unit,
-                        order.id.sequence()
-                    ))),
-                };
-            }
-            Err(e) => return Err(StoreError::before_commit(e)),
+        let inserted = self
+            .bounded(async {
+                let sections = Value::Object(order.sections.as_map().clone()).to_string();
+                let done = sqlx::query(INSERT_ORDER)
+                    .bind(seq_param(order.id.sequence()))
+                    .bind(order.merchant_id.as_str())
+                    .bind(order.out_trade_no.as_str())
+                    .bind(order.user_id.as_str())
+                    .bind(order.amount.get())
+                    .bind(order.currency.as_str())
+                    .bind(order.description.as_ref().map(Text::as_str))
+                    .bind(order.status.as_str())
+                    .bind(order.paid_amount)
+                    .bind(order.refunded_amount)
+                    .bind(order.payment_ref.as_ref().map(PaymentRef::as_str))
+                    .bind(order.version)
+                    .bind(order.created_at_ms)
+                    .bind(order.updated_at_ms)
+                    .bind(sections)
+                    .execute(&mut *tx)
+                    .await;
+                match done {
+                    Ok(_) => write_event(&mut tx, order, "order.created")
+                        .await
+                        .map(|_| true),
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
+                    Err(e) => Err(StoreError::before_commit(e)),
+                }
+            })
+            .await?;
+        if inserted {
+            self.commit(tx).await?;
+            return Ok(InsertOutcome::Inserted);
         }
-        write_event(&mut tx, order, "order.created").await?;
-        tx.commit().await.map_err(StoreError::at_commit)?;
-        Ok(InsertOutcome::Inserted)
+        drop(tx); // roll back before reading the order that holds the key
+        match self
+            .find_by_key(&order.merchant_id, &order.out_trade_no)
+            .await?
+        {
+            Some(existing) => Ok(InsertOutcome::KeyExists(Box::new(existing))),
+            None => Err(StoreError::SequenceReused {
+                unit: self.unit,
+                seq: order.id.sequence(),
+            }),
+        }
     }
 
     /// The order with this idempotency key, read from the primary.
@@ -151,27 +161,65 @@ impl UnitStore {
         merchant_id: &MerchantId,
         out_trade_no: &OutTradeNo,
     ) -> Result<Option<Order>, StoreError> {
-        let row = sqlx::query(SELECT_BY_KEY)
-            .bind(merchant_id.as_str())
-            .bind(out_trade_no.as_str())
-            .fetch_optional(&self.read)
-            .await
-            .map_err(StoreError::before_commit)?;
+        let row = self
+            .bounded(async {
+                sqlx::query(SELECT_BY_KEY)
+                    .bind(merchant_id.as_str())
+                    .bind(out_trade_no.as_str())
+                    .fetch_optional(&self.read)
+                    .await
+                    .map_err(StoreError::before_commit)
+            })
+            .await?;
+        row.map(|r| self.order_from_row(&r)).transpose()
+    }
+
+    /// Like `find_by_key`, but waits for any transaction that holds the key's
+    /// index entry to finish, so an in-flight commit of this key is seen. Used
+    /// to settle a create whose `COMMIT` outcome was unknown.
+    pub async fn find_by_key_settled(
+        &self,
+        merchant_id: &MerchantId,
+        out_trade_no: &OutTradeNo,
+    ) -> Result<Option<Order>, StoreError> {
+        let mut tx = self.begin().await?;
+        let row = self
+            .bounded(async {
+                let sql = match self.dialect {
+                    Dialect::MySql => SELECT_BY_KEY_LOCKING,
+                    // The single write connection already runs after every writer.
+                    Dialect::Sqlite => SELECT_BY_KEY,
+                };
+                sqlx::query(sql)
+                    .bind(merchant_id.as_str())
+                    .bind(out_trade_no.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::before_commit)
+            })
+            .await?;
+        drop(tx);
         row.map(|r| self.order_from_row(&r)).transpose()
     }
 
     /// Reads an order. `NotFound` when the unit has no order with exactly this id.
     pub async fn get(&self, id: OrderId, consistency: Consistency) -> Result<Order, StoreError> {
         let query = || sqlx::query(SELECT_BY_SEQ).bind(seq_param(id.sequence()));
-        let row = match (consistency, &self.replica) {
-            (Consistency::Eventual, Some(replica)) => match query().fetch_optional(replica).await {
-                Ok(row) => Ok(row),
-                // The replica is down: the primary can always answer an eventual read.
-                Err(_) => query().fetch_optional(&self.read).await,
-            },
-            _ => query().fetch_optional(&self.read).await,
-        }
-        .map_err(StoreError::before_commit)?;
+        let row = self
+            .bounded(async {
+                match (consistency, &self.replica) {
+                    (Consistency::Eventual, Some(replica)) => {
+                        match query().fetch_optional(replica).await {
+                            Ok(row) => Ok(row),
+                            // The replica is down: the primary can always answer.
+                            Err(_) => query().fetch_optional(&self.read).await,
+                        }
+                    }
+                    _ => query().fetch_optional(&self.read).await,
+                }
+                .map_err(StoreError::before_commit)
+            })
+            .await?;
         let order = row
             .map(|r| self.order_from_row(&r))
             .transpose()?
@@ -217,14 +265,24 @@ impl UnitStore {
         change: impl FnOnce(&Order, i64) -> Result<Change, RuleError>,
     ) -> Result<(Order, bool), StoreError> {
         let mut tx = self.begin().await?;
-        let current = self.lock_order(&mut tx, id).await?;
-        match change(&current, now_ms())? {
-            Change::Unchanged => Ok((current, false)), // rolls back: nothing written
-            Change::Next(next) => {
-                write_order_update(&mut tx, &current, &next).await?;
-                write_event(&mut tx, &next, event).await?;
-                tx.commit().await.map_err(StoreError::at_commit)?;
-                Ok((*next, true))
+        let next = self
+            .bounded(async {
+                let current = self.lock_order(&mut tx, id).await?;
+                match change(&current, now_ms())? {
+                    Change::Unchanged => Ok(Err(current)),
+                    Change::Next(next) => {
+                        write_order_update(&mut tx, &current, &next).await?;
+                        write_event(&mut tx, &next, event).await?;
+                        Ok(Ok(*next))
+                    }
+                }
+            })
+            .await?;
+        match next {
+            Err(unchanged) => Ok((unchanged, false)), // rolls back: nothing written
+            Ok(next) => {
+                self.commit(tx).await?;
+                Ok((next, true))
             }
         }
     }
@@ -239,53 +297,63 @@ impl UnitStore {
         expected_version: Option<i64>,
     ) -> Result<(Refund, Order, bool), StoreError> {
         let mut tx = self.begin().await?;
-        let current = self.lock_order(&mut tx, id).await?;
-        let existing = sqlx::query(SELECT_REFUND)
-            .bind(seq_param(id.sequence()))
-            .bind(request.refund_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::before_commit)?;
-        if let Some(row) = existing {
-            let refund = self.refund_from_row(id, &row)?;
-            return if request.is_replay_of(&refund) {
-                Ok((refund, current, false))
-            } else {
-                Err(RuleError::RefundIdConflict.into())
-            };
+        let (refund, order, created) = self
+            .bounded(async {
+                let current = self.lock_order(&mut tx, id).await?;
+                let existing = sqlx::query(SELECT_REFUND)
+                    .bind(seq_param(id.sequence()))
+                    .bind(request.refund_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::before_commit)?;
+                if let Some(row) = existing {
+                    let refund = self.refund_from_row(id, &row)?;
+                    return if request.is_replay_of(&refund) {
+                        Ok((refund, current, false))
+                    } else {
+                        Err(RuleError::RefundIdConflict.into())
+                    };
+                }
+                let next = current.refund(request.amount, expected_version, now_ms())?;
+                let refund = Refund {
+                    order_id: id,
+                    refund_id: request.refund_id.clone(),
+                    amount: request.amount,
+                    reason: request.reason.clone(),
+                    created_at_ms: next.updated_at_ms,
+                };
+                sqlx::query(INSERT_REFUND)
+                    .bind(seq_param(id.sequence()))
+                    .bind(refund.refund_id.as_str())
+                    .bind(refund.amount.get())
+                    .bind(refund.reason.as_ref().map(Text::as_str))
+                    .bind(refund.created_at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::before_commit)?;
+                write_order_update(&mut tx, &current, &next).await?;
+                write_event(&mut tx, &next, "order.refunded").await?;
+                Ok((refund, next, true))
+            })
+            .await?;
+        if created {
+            self.commit(tx).await?;
         }
-        let now = now_ms();
-        let next = current.refund(request.amount, expected_version, now)?;
-        let refund = Refund {
-            order_id: id,
-            refund_id: request.refund_id.clone(),
-            amount: request.amount,
-            reason: request.reason.clone(),
-            created_at_ms: next.updated_at_ms,
-        };
-        sqlx::query(INSERT_REFUND)
-            .bind(seq_param(id.sequence()))
-            .bind(refund.refund_id.as_str())
-            .bind(refund.amount.get())
-            .bind(refund.reason.as_ref().map(Text::as_str))
-            .bind(refund.created_at_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::before_commit)?;
-        write_order_update(&mut tx, &current, &next).await?;
-        write_event(&mut tx, &next, "order.refunded").await?;
-        tx.commit().await.map_err(StoreError::at_commit)?;
-        Ok((refund, next, true))
+        Ok((refund, order, created))
     }
 
     /// The order's refunds, oldest first. `NotFound` when the order is not here.
     pub async fn list_refunds(&self, id: OrderId) -> Result<Vec<Refund>, StoreError> {
         self.get(id, Consistency::Strong).await?;
-        let rows = sqlx::query(SELECT_REFUNDS)
-            .bind(seq_param(id.sequence()))
-            .fetch_all(&self.read)
-            .await
-            .map_err(StoreError::before_commit)?;
+        let rows = self
+            .bounded(async {
+                sqlx::query(SELECT_REFUNDS)
+                    .bind(seq_param(id.sequence()))
+                    .fetch_all(&self.read)
+                    .await
+                    .map_err(StoreError::before_commit)
+            })
+            .await?;
         rows.iter().map(|r| self.refund_from_row(id, r)).collect()
     }
 
@@ -310,15 +378,19 @@ impl UnitStore {
                 (c.created_at_ms, seq)
             }
         };
-        let rows = sqlx::query(SELECT_USER_PAGE)
-            .bind(user_id.as_str())
-            .bind(before_ms)
-            .bind(before_ms)
-            .bind(before_seq)
-            .bind(i64::from(limit))
-            .fetch_all(&self.read)
-            .await
-            .map_err(StoreError::before_commit)?;
+        let rows = self
+            .bounded(async {
+                sqlx::query(SELECT_USER_PAGE)
+                    .bind(user_id.as_str())
+                    .bind(before_ms)
+                    .bind(before_ms)
+                    .bind(before_seq)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.read)
+                    .await
+                    .map_err(StoreError::before_commit)
+            })
+            .await?;
         let orders = rows
             .iter()
             .map(|r| self.order_from_row(r))

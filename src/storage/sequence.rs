@@ -31,25 +31,29 @@ impl UnitStore {
     pub async fn reserve_segment(&self, name: &str, step: u64) -> Result<Range<u64>, StoreError> {
         let step_param = i64::try_from(step).map_err(|_| StoreError::SequenceExhausted)?;
         let mut tx = self.begin().await?;
-        let updated = sqlx::query(ADVANCE)
-            .bind(step_param)
-            .bind(name)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::before_commit)?;
-        if updated.rows_affected() != 1 {
-            return Err(StoreError::Internal(format!(
-                "unit {}: no sequence row {name:?}",
-                self.unit
-            )));
-        }
-        let next: i64 = sqlx::query_scalar(READ)
-            .bind(name)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::before_commit)?;
+        let next: i64 = self
+            .bounded(async {
+                let updated = sqlx::query(ADVANCE)
+                    .bind(step_param)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::before_commit)?;
+                if updated.rows_affected() != 1 {
+                    return Err(StoreError::Internal(format!(
+                        "unit {}: no sequence row {name:?}",
+                        self.unit
+                    )));
+                }
+                sqlx::query_scalar(READ)
+                    .bind(name)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StoreError::before_commit)
+            })
+            .await?;
         // An unknown commit outcome only loses the segment (a gap), never reuses it.
-        tx.commit().await.map_err(StoreError::at_commit)?;
+        self.commit(tx).await?;
         let end = u64::try_from(next).map_err(|_| StoreError::SequenceExhausted)?;
         Ok(end - step..end)
     }
@@ -72,6 +76,8 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
+    /// The sequence was checked against the stored orders (first segment only).
+    synced: bool,
     current: Range<u64>,
     used_in_current: u64,
     next: Option<Range<u64>>,
@@ -94,6 +100,17 @@ impl SequenceGenerator {
     /// The next number. Waits for the database only when no segment is ready.
     pub async fn next(&self) -> Result<u64, StoreError> {
         let mut st = self.inner.state.lock().await;
+        if !st.synced {
+            // A fresh generator (start or restart) first makes sure the sequence
+            // is past every stored order, whatever happened to the table.
+            if self.inner.store.repair_sequence().await? {
+                tracing::warn!(
+                    unit = self.inner.store.unit(),
+                    "order sequence was behind the stored orders; moved it forward"
+                );
+            }
+            st.synced = true;
+        }
         if st.current.is_empty() {
             let segment = match (st.next.take(), st.prefetch.take()) {
                 (Some(ready), _) => ready,

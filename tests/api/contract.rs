@@ -196,9 +196,20 @@ async fn health_and_readiness() {
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
     let r = app.get("/readyz").await;
     assert_eq!(
-        (r.status, r.body["units_taking_creates"].as_u64()),
-        (StatusCode::OK, Some(2))
+        (r.status, r.body["ready"].as_bool()),
+        (StatusCode::OK, Some(true))
     );
+    let units = r.body["units"].as_array().unwrap();
+    assert_eq!(units.len(), 2);
+    for u in units {
+        assert_eq!(
+            (u["circuit"].as_str(), u["health"].as_str()),
+            (Some("closed"), Some("healthy")),
+            "{u}"
+        );
+        assert_eq!(u["takes_creates"], true);
+    }
+    assert_eq!(r.body["partitions"][0]["panic"], false);
     app.shutdown().await;
 
     // All units read-only: up, but not ready for creates.

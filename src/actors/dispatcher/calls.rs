@@ -1,0 +1,127 @@
+//! One call from the dispatcher to one unit: circuit admission before it,
+//! an outcome report to the supervisor after it, and the classification that
+//! decides whether a failed create may be retried elsewhere.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Addr, Handler, MailboxError, Message};
+
+use crate::actors::health::{Admission, HealthBoard};
+use crate::actors::supervisor::{Report, Supervisor};
+use crate::actors::unit::UnitActor;
+use crate::error::EngineError;
+use crate::storage::StoreError;
+
+/// Why a call to a unit did not return a value.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The circuit is open: the call was not sent.
+    #[error("circuit open")]
+    Rejected,
+    #[error(transparent)]
+    Store(StoreError),
+    /// No answer in time: the unit may still be working on it.
+    #[error("no answer in time")]
+    Timeout,
+    /// The unit actor is gone (stopped or crashed) while the call was out.
+    #[error("unit actor gone")]
+    Gone,
+}
+
+impl CallError {
+    /// True when the failed call certainly did not commit anything, so a create
+    /// may be retried on another unit. Anything else is in doubt.
+    pub fn is_definite(&self) -> bool {
+        match self {
+            Self::Rejected => true,
+            Self::Store(e) => !matches!(e, StoreError::InDoubt(_)),
+            Self::Timeout | Self::Gone => false,
+        }
+    }
+
+    pub fn into_engine(self, unit: u16) -> EngineError {
+        match self {
+            Self::Store(e) => EngineError::from_store(unit, e),
+            Self::Rejected | Self::Timeout | Self::Gone => EngineError::UnitUnavailable { unit },
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Rejected => "circuit_open",
+            Self::Store(StoreError::Unavailable(_)) => "unavailable",
+            Self::Store(StoreError::InDoubt(_)) => "in_doubt",
+            Self::Store(StoreError::SequenceExhausted) => "sequence_exhausted",
+            Self::Store(StoreError::SequenceReused { .. }) => "sequence_reused",
+            Self::Store(_) => "error",
+            Self::Timeout => "timeout",
+            Self::Gone => "actor_gone",
+        }
+    }
+}
+
+/// What every unit call needs: where to check circuits and report outcomes.
+#[derive(Clone)]
+pub struct UnitCalls {
+    pub board: Arc<HealthBoard>,
+    pub supervisor: Addr<Supervisor>,
+    pub timeout: Duration,
+}
+
+impl UnitCalls {
+    /// Sends `msg` to `unit`. With `admit`, an open circuit fails fast instead.
+    pub async fn call<M, R>(
+        &self,
+        unit: u16,
+        addr: &Addr<UnitActor>,
+        msg: M,
+        admit: bool,
+        timeout: Duration,
+    ) -> Result<R, CallError>
+    where
+        M: Message<Result = Result<R, StoreError>> + Send + 'static,
+        R: Send + 'static,
+        UnitActor: Handler<M>,
+    {
+        if admit && self.board.admit(unit) == Admission::Rejected {
+            return Err(CallError::Rejected);
+        }
+        let started = Instant::now();
+        let result = match addr.send(msg).timeout(timeout).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(CallError::Store(e)),
+            Err(MailboxError::Timeout) => Err(CallError::Timeout),
+            Err(MailboxError::Closed) => Err(CallError::Gone),
+        };
+        // A business answer ("not found", "refund exceeds paid") is still an answer.
+        let ok = matches!(
+            result,
+            Ok(_) | Err(CallError::Store(StoreError::NotFound | StoreError::Rule(_)))
+        );
+        self.supervisor.do_send(Report {
+            unit,
+            ok,
+            latency: started.elapsed(),
+        });
+        result
+    }
+
+    /// `call` with admission and the default timeout, mapped to engine errors.
+    pub async fn forward<M, R>(
+        &self,
+        unit: u16,
+        addr: &Addr<UnitActor>,
+        msg: M,
+    ) -> Result<R, EngineError>
+    where
+        M: Message<Result = Result<R, StoreError>> + Send + 'static,
+        R: Send + 'static,
+        UnitActor: Handler<M>,
+    {
+        self.call(unit, addr, msg, true, self.timeout)
+            .await
+            .map_err(|e| e.into_engine(unit))
+    }
+}

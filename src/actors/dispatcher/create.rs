@@ -1,0 +1,185 @@
+//! The create path: idempotency across units, unit choice, and order retry.
+//!
+//! Retrying a create on another unit mints a new order id, so it is only done
+//! when the failed attempt certainly did not commit ([`CallError::is_definite`]:
+//! circuit open, pool timeout, connection refused, any error before `COMMIT`).
+//! When the outcome is unknown (the connection broke or timed out at
+//! `COMMIT`), the unit that may have committed is asked first, with a read
+//! that waits for in-flight transactions on the key. If it cannot answer, the
+//! caller gets `503` and the key is remembered as in doubt at that unit, so
+//! the caller's retry asks there before creating anywhere.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use actix::Addr;
+use futures_util::future::join_all;
+
+use super::Created;
+use super::calls::{CallError, UnitCalls};
+use super::routing::{Key, Routing};
+use crate::actors::key_lock::KeyLocks;
+use crate::actors::unit::{CreateOrder, CreateOutcome, FindByKey, SettleKey, UnitActor};
+use crate::domain::{NewOrder, Order};
+use crate::error::EngineError;
+
+pub(super) struct CreateContext {
+    pub routing: Rc<RefCell<Routing>>,
+    pub locks: KeyLocks<Key>,
+    pub calls: UnitCalls,
+    pub max_attempts: u32,
+}
+
+fn answer(request: &NewOrder, existing: Order, replayed: bool) -> Result<Created, EngineError> {
+    if request.is_replay_of(&existing) {
+        Ok(Created {
+            order: existing,
+            replayed,
+        })
+    } else {
+        Err(EngineError::IdempotencyConflict)
+    }
+}
+
+impl CreateContext {
+    pub async fn create(self, request: NewOrder) -> Result<Created, EngineError> {
+        let key: Key = (request.merchant_id.clone(), request.out_trade_no.clone());
+        // Concurrent creates of one key in this process run one after another.
+        let _serialized = self.locks.lock(key.clone()).await;
+        let deadline = Instant::now() + self.calls.timeout;
+
+        if let Some(existing) = self.settle_remembered(&key).await? {
+            return answer(&request, existing, true);
+        }
+        // The key may already name an order in any unit (a replay that the
+        // random choice below would send elsewhere): ask them all first.
+        let targets = self.routing.borrow().lookup_targets();
+        if let Some(existing) = find_key(&self.calls, &targets, &key).await.found {
+            return answer(&request, existing, true);
+        }
+
+        let mut tried = Vec::new();
+        while tried.len() < self.max_attempts as usize {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            let choice = self.routing.borrow_mut().choose_for_create(
+                &request.merchant_id,
+                &tried,
+                &self.calls.board,
+            );
+            let Some((unit, addr)) = choice else {
+                break;
+            };
+            tried.push(unit);
+            let attempt = CreateOrder {
+                request: request.clone(),
+            };
+            let failure = match self
+                .calls
+                .call(unit, &addr, attempt, false, remaining)
+                .await
+            {
+                Ok(CreateOutcome::Created(order)) => {
+                    tracing::debug!(unit, order_id = %order.id, "order created");
+                    return Ok(Created {
+                        order,
+                        replayed: false,
+                    });
+                }
+                Ok(CreateOutcome::Replayed(order)) => return answer(&request, order, true),
+                Ok(CreateOutcome::KeyConflict) => return Err(EngineError::IdempotencyConflict),
+                Err(e) => e,
+            };
+            if failure.is_definite() {
+                tracing::warn!(unit, reason = failure.reason(), error = %failure, "create failed before commit; retrying on another unit");
+                continue;
+            }
+            tracing::warn!(unit, reason = failure.reason(), error = %failure, "create outcome unknown; asking the unit");
+            match self.settle(unit, &addr, &key).await {
+                Ok(Some(order)) => return answer(&request, order, false),
+                Ok(None) => continue, // it did not commit: safe to go elsewhere
+                Err(_) => {
+                    self.routing.borrow_mut().remember_in_doubt(key, unit);
+                    return Err(EngineError::UnitUnavailable { unit });
+                }
+            }
+        }
+        Err(EngineError::NoUnitAvailable)
+    }
+
+    /// Asks `unit` for the key's order, waiting out in-flight commits.
+    async fn settle(
+        &self,
+        unit: u16,
+        addr: &Addr<UnitActor>,
+        key: &Key,
+    ) -> Result<Option<Order>, CallError> {
+        let msg = SettleKey {
+            merchant_id: key.0.clone(),
+            out_trade_no: key.1.clone(),
+        };
+        self.calls
+            .call(unit, addr, msg, true, self.calls.timeout)
+            .await
+    }
+
+    /// If an earlier create of `key` ended in doubt, settles it first: the
+    /// order it made, or `None` once the unit says it made none.
+    async fn settle_remembered(&self, key: &Key) -> Result<Option<Order>, EngineError> {
+        let Some(unit) = self.routing.borrow_mut().in_doubt_unit(key) else {
+            return Ok(None);
+        };
+        let addr = self.routing.borrow().route(unit)?;
+        match self.settle(unit, &addr, key).await {
+            Ok(found) => {
+                tracing::info!(unit, found = found.is_some(), "in-doubt create settled");
+                self.routing.borrow_mut().forget_in_doubt(key);
+                Ok(found)
+            }
+            // Still no answer: creating elsewhere could duplicate the order.
+            Err(_) => Err(EngineError::UnitUnavailable { unit }),
+        }
+    }
+}
+
+/// What a fan-out look-up of one key saw.
+pub(super) struct KeySearch {
+    pub found: Option<Order>,
+    /// Units that could not answer.
+    pub unanswered: Vec<u16>,
+}
+
+pub(super) async fn find_key(
+    calls: &UnitCalls,
+    targets: &[(u16, Addr<UnitActor>)],
+    key: &Key,
+) -> KeySearch {
+    let msg = FindByKey {
+        merchant_id: key.0.clone(),
+        out_trade_no: key.1.clone(),
+    };
+    let answers = join_all(
+        targets
+            .iter()
+            .map(|(unit, addr)| calls.call(*unit, addr, msg.clone(), true, calls.timeout)),
+    )
+    .await;
+    let mut search = KeySearch {
+        found: None,
+        unanswered: Vec::new(),
+    };
+    for ((unit, _), answer) in targets.iter().zip(answers) {
+        match answer {
+            Ok(Some(order)) => search.found = Some(order),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(unit, error = %e, "unit did not answer a key look-up");
+                search.unanswered.push(*unit);
+            }
+        }
+    }
+    search
+}

@@ -1,0 +1,126 @@
+//! The routing table with live health, as operators and `/readyz` see it.
+
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::by_partition;
+use super::routing::Routing;
+use crate::actors::health::HealthBoard;
+use crate::config::{Temperature, UnitMode, mask_url};
+use crate::domain::circuit::CircuitState;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UnitStatus {
+    pub id: u16,
+    pub partition: String,
+    pub mode: UnitMode,
+    pub temperature: Temperature,
+    pub weight: u32,
+    /// Password masked.
+    pub primary_url: String,
+    pub replica_url: Option<String>,
+    /// `healthy` when the circuit is closed.
+    #[schema(example = "healthy")]
+    pub health: String,
+    /// `closed`, `half_open` or `open`.
+    #[schema(example = "closed")]
+    pub circuit: String,
+    /// Milliseconds until an open circuit lets a trial through.
+    pub circuit_retry_in_ms: u64,
+    /// Whether the last probe wrote, read and committed in time.
+    pub probe_ok: bool,
+    pub probe_latency_ms: Option<f64>,
+    /// Smoothed latency of live calls.
+    pub call_latency_ms: f64,
+    /// Creates routed here in the recent window, and that as a rate.
+    pub recent_creates: u64,
+    pub create_rate_per_sec: f64,
+    /// Whether the unit can take a create right now.
+    pub takes_creates: bool,
+    pub restarts: u64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PartitionStatus {
+    pub name: String,
+    pub units: Vec<u16>,
+    /// Too few units look healthy: health is ignored for creates here.
+    pub panic: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EngineStatus {
+    /// At least one unit can take creates.
+    pub ready: bool,
+    /// Every probe of the last round failed while something else did not:
+    /// the prober, not the units, is suspected, and health is frozen.
+    pub prober_suspected: bool,
+    pub partitions: Vec<PartitionStatus>,
+    pub units: Vec<UnitStatus>,
+}
+
+pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
+    let now = routing.started.elapsed();
+    let units: Vec<UnitStatus> = routing
+        .units
+        .values()
+        .map(|u| {
+            let s = &u.settings;
+            let h = board.unit(s.id);
+            let circuit = board.circuit(s.id);
+            let window = u.recent.window().as_secs_f64().max(1.0);
+            let recent = u.recent.count(now);
+            let in_panic = board.in_panic(&s.partition);
+            UnitStatus {
+                id: s.id,
+                partition: s.partition.clone(),
+                mode: s.mode,
+                temperature: s.temperature,
+                weight: s.weight,
+                primary_url: mask_url(&s.primary_url),
+                replica_url: s.replica_url.as_deref().map(mask_url),
+                health: if circuit == CircuitState::Closed {
+                    "healthy"
+                } else {
+                    "unhealthy"
+                }
+                .into(),
+                circuit: circuit.as_str().into(),
+                circuit_retry_in_ms: h
+                    .as_ref()
+                    .map_or(0, |h| h.retry_in_ms.load(Ordering::Relaxed)),
+                probe_ok: h
+                    .as_ref()
+                    .is_none_or(|h| h.probe_ok.load(Ordering::Relaxed)),
+                probe_latency_ms: h
+                    .as_ref()
+                    .map(|h| h.probe_latency_us.load(Ordering::Relaxed))
+                    .filter(|us| *us >= 0)
+                    .map(|us| us as f64 / 1000.0),
+                call_latency_ms: h.as_ref().map_or(0.0, |h| {
+                    h.call_latency_us.load(Ordering::Relaxed) as f64 / 1000.0
+                }),
+                recent_creates: recent,
+                create_rate_per_sec: recent as f64 / window,
+                takes_creates: u.takes_creates() && (circuit == CircuitState::Closed || in_panic),
+                restarts: h.as_ref().map_or(0, |h| h.restarts.load(Ordering::Relaxed)),
+            }
+        })
+        .collect();
+    let partitions = by_partition(routing)
+        .into_iter()
+        .map(|(name, units)| PartitionStatus {
+            panic: board.in_panic(name),
+            name: name.to_string(),
+            units,
+        })
+        .collect();
+    EngineStatus {
+        ready: units.iter().any(|u| u.takes_creates),
+        prober_suspected: board.prober_suspected(),
+        partitions,
+        units,
+    }
+}

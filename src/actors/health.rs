@@ -1,0 +1,173 @@
+//! The health snapshot: written by the supervisor, read by the dispatcher on
+//! every call without a message round trip (atomics in a `DashMap`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use dashmap::DashMap;
+
+use crate::domain::circuit::CircuitState;
+
+/// One unit's published health.
+#[derive(Debug, Default)]
+pub struct UnitHealth {
+    /// `CircuitState::as_level`.
+    circuit: AtomicU8,
+    /// Live calls still allowed through a half-open circuit.
+    half_open_permits: AtomicU32,
+    /// Last probe answered correctly and in time.
+    pub probe_ok: AtomicBool,
+    /// Last probe round trip, in microseconds (-1: no probe yet).
+    pub probe_latency_us: AtomicI64,
+    /// Exponentially weighted live call latency, in microseconds.
+    pub call_latency_us: AtomicU64,
+    /// Times the unit actor was restarted.
+    pub restarts: AtomicU64,
+    /// Milliseconds until an open circuit lets a trial through.
+    pub retry_in_ms: AtomicU64,
+}
+
+impl UnitHealth {
+    pub fn circuit(&self) -> CircuitState {
+        match self.circuit.load(Ordering::Acquire) {
+            0 => CircuitState::Closed,
+            1 => CircuitState::HalfOpen,
+            _ => CircuitState::Open,
+        }
+    }
+}
+
+/// Whether a call may go to a unit now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    Allowed,
+    /// The circuit is open (or half-open with no trial left): fail fast.
+    Rejected,
+}
+
+#[derive(Debug, Default)]
+pub struct HealthBoard {
+    units: DashMap<u16, Arc<UnitHealth>>,
+    /// Partitions where too few units look healthy to trust health.
+    panic: DashMap<String, bool>,
+    prober_suspected: AtomicBool,
+}
+
+impl HealthBoard {
+    pub fn new(units: impl IntoIterator<Item = u16>) -> Self {
+        let board = Self::default();
+        for u in units {
+            let h = UnitHealth::default();
+            h.probe_latency_us.store(-1, Ordering::Relaxed);
+            h.probe_ok.store(true, Ordering::Relaxed);
+            board.units.insert(u, Arc::new(h));
+        }
+        board
+    }
+
+    pub fn unit(&self, unit: u16) -> Option<Arc<UnitHealth>> {
+        self.units.get(&unit).map(|h| h.clone())
+    }
+
+    pub fn add_unit(&self, unit: u16) {
+        self.units.entry(unit).or_insert_with(|| {
+            let h = UnitHealth::default();
+            h.probe_latency_us.store(-1, Ordering::Relaxed);
+            h.probe_ok.store(true, Ordering::Relaxed);
+            Arc::new(h)
+        });
+    }
+
+    pub fn circuit(&self, unit: u16) -> CircuitState {
+        self.units
+            .get(&unit)
+            .map(|h| h.circuit())
+            .unwrap_or(CircuitState::Closed)
+    }
+
+    /// Publishes a unit's circuit state; entering half-open grants `permits` trials.
+    pub fn set_circuit(&self, unit: u16, state: CircuitState, permits: u32, retry_in_ms: u64) {
+        if let Some(h) = self.units.get(&unit) {
+            let before = h.circuit.swap(state.as_level(), Ordering::AcqRel);
+            if state == CircuitState::HalfOpen && before != state.as_level() {
+                h.half_open_permits.store(permits, Ordering::Release);
+            }
+            h.retry_in_ms.store(retry_in_ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Admission for a read or update of an order in `unit`. Half-open units let
+    /// a few trial calls through; open ones fail fast.
+    pub fn admit(&self, unit: u16) -> Admission {
+        let Some(h) = self.units.get(&unit) else {
+            return Admission::Allowed;
+        };
+        match h.circuit() {
+            CircuitState::Closed => Admission::Allowed,
+            CircuitState::Open => Admission::Rejected,
+            CircuitState::HalfOpen => {
+                let took =
+                    h.half_open_permits
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
+                if took.is_ok() {
+                    Admission::Allowed
+                } else {
+                    Admission::Rejected
+                }
+            }
+        }
+    }
+
+    pub fn in_panic(&self, partition: &str) -> bool {
+        self.panic.get(partition).is_some_and(|p| *p)
+    }
+
+    pub fn set_panic(&self, partition: &str, on: bool) {
+        self.panic.insert(partition.to_string(), on);
+    }
+
+    pub fn panic_partitions(&self) -> Vec<(String, bool)> {
+        let mut v: Vec<_> = self
+            .panic
+            .iter()
+            .map(|e| (e.key().clone(), *e.value()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn prober_suspected(&self) -> bool {
+        self.prober_suspected.load(Ordering::Acquire)
+    }
+
+    pub fn set_prober_suspected(&self, on: bool) {
+        self.prober_suspected.store(on, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_open_lets_a_few_trials_through() {
+        let board = HealthBoard::new([1, 2]);
+        assert_eq!(board.admit(1), Admission::Allowed);
+        board.set_circuit(1, CircuitState::Open, 2, 5_000);
+        assert_eq!(board.admit(1), Admission::Rejected);
+        assert_eq!(
+            board.admit(2),
+            Admission::Allowed,
+            "other units are unaffected"
+        );
+        board.set_circuit(1, CircuitState::HalfOpen, 2, 0);
+        assert_eq!(board.admit(1), Admission::Allowed);
+        assert_eq!(board.admit(1), Admission::Allowed);
+        assert_eq!(board.admit(1), Admission::Rejected);
+        // Re-publishing the same state does not refill the trials.
+        board.set_circuit(1, CircuitState::HalfOpen, 2, 0);
+        assert_eq!(board.admit(1), Admission::Rejected);
+        board.set_circuit(1, CircuitState::Closed, 2, 0);
+        assert_eq!(board.admit(1), Admission::Allowed);
+    }
+}

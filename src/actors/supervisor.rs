@@ -1,0 +1,257 @@
+//! The supervisor actor owns health. Every `probe_interval` it sends each unit
+//! a synthetic order (a real write, read and commit in that unit's database);
+//! it folds in the outcomes of live calls that the dispatcher reports; it runs
+//! each unit's circuit breaker; and it publishes the result on the
+//! [`HealthBoard`] that the dispatcher reads without a round trip.
+//!
+//! Two guards keep health checking from causing an outage by itself:
+//! - **prober self-suspicion**: when every probe of a round fails at once, the
+//!   likelier story is a broken prober or network than every database dying
+//!   together, so the round is not applied (the last known state stands) and
+//!   `prober_suspected` is raised. Live call failures still open circuits.
+//! - **panic threshold** (Envoy's idea): when fewer than the threshold share of
+//!   a partition's open units look healthy, the dispatcher stops trusting
+//!   health there and spreads creates over all of them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+
+use super::health::HealthBoard;
+use super::unit::{Probe, UnitActor};
+use crate::config::{SupervisorSettings, UnitMode};
+use crate::domain::circuit::{CircuitBreaker, CircuitState};
+
+/// A live call's outcome, reported by the dispatcher. `ok` means the unit
+/// answered (a business "no" is still an answer); `false` means it could not.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Report {
+    pub unit: u16,
+    pub ok: bool,
+    pub latency: Duration,
+}
+
+/// A unit's routing attributes changed (or it was added).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Watch {
+    pub unit: u16,
+    pub addr: Addr<UnitActor>,
+    pub partition: String,
+    pub mode: UnitMode,
+}
+
+struct Watched {
+    addr: Addr<UnitActor>,
+    partition: String,
+    mode: UnitMode,
+    breaker: CircuitBreaker,
+}
+
+pub struct Supervisor {
+    board: Arc<HealthBoard>,
+    units: BTreeMap<u16, Watched>,
+    settings: SupervisorSettings,
+    started: Instant,
+    round_in_flight: bool,
+    next_token: i64,
+}
+
+impl Supervisor {
+    pub fn new(board: Arc<HealthBoard>, settings: SupervisorSettings) -> Self {
+        Self {
+            board,
+            units: BTreeMap::new(),
+            settings,
+            started: Instant::now(),
+            round_in_flight: false,
+            next_token: 1,
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn probe_round(&mut self, ctx: &mut Context<Self>) {
+        self.publish();
+        if self.round_in_flight {
+            return; // the last round has not finished: never pile probes up
+        }
+        let now = self.now();
+        let timeout = Duration::from_millis(self.settings.probe_timeout_ms);
+        let token = self.next_token;
+        self.next_token += 1;
+        let probes: Vec<_> = self
+            .units
+            .iter_mut()
+            .filter(|(_, w)| w.mode != UnitMode::Disabled)
+            .filter_map(|(id, w)| (w.breaker.state(now) != CircuitState::Open).then_some((id, w)))
+            .map(|(id, w)| {
+                let (id, addr) = (*id, w.addr.clone());
+                async move {
+                    let t0 = Instant::now();
+                    let answer = addr.send(Probe { token }).timeout(timeout).await;
+                    (id, t0.elapsed(), matches!(answer, Ok(Ok(()))))
+                }
+            })
+            .collect();
+        if probes.is_empty() {
+            return;
+        }
+        self.round_in_flight = true;
+        ctx.spawn(join_all(probes).into_actor(self).map(|results, act, _| {
+            act.round_in_flight = false;
+            act.fold_round(results);
+        }));
+    }
+
+    fn fold_round(&mut self, results: Vec<(u16, Duration, bool)>) {
+        let slow = Duration::from_millis(self.settings.slow_probe_ms);
+        let passed = |latency: &Duration, answered: &bool| *answered && *latency <= slow;
+        let all_failed = results.len() >= 2 && results.iter().all(|(_, l, a)| !passed(l, a));
+        if all_failed != self.board.prober_suspected() {
+            if all_failed {
+                tracing::warn!(
+                    units = results.len(),
+                    "every probe failed in one round: suspecting the prober, keeping the last known health"
+                );
+            } else {
+                tracing::info!("probes pass again: prober no longer suspected");
+            }
+        }
+        self.board.set_prober_suspected(all_failed);
+        let now = self.now();
+        for (id, latency, answered) in results {
+            let Some(w) = self.units.get_mut(&id) else {
+                continue;
+            };
+            let ok = passed(&latency, &answered);
+            if let Some(h) = self.board.unit(id) {
+                h.probe_ok.store(ok, Ordering::Relaxed);
+                h.probe_latency_us
+                    .store(latency.as_micros() as i64, Ordering::Relaxed);
+            }
+            if all_failed {
+                continue;
+            }
+            if ok {
+                w.breaker.on_success(now);
+            } else {
+                tracing::debug!(unit = id, ?latency, answered, "probe failed");
+                w.breaker.on_failure(now);
+            }
+        }
+        self.publish();
+    }
+
+    /// Publishes every circuit and each partition's panic mode.
+    fn publish(&mut self) {
+        let now = self.now();
+        let permits = self.settings.half_open_permits;
+        let mut partitions: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        for (id, w) in self.units.iter_mut() {
+            let state = w.breaker.state(now);
+            let before = self.board.circuit(*id);
+            if before != state {
+                tracing::warn!(
+                    unit = id,
+                    from = before.as_str(),
+                    to = state.as_str(),
+                    "circuit changed"
+                );
+            }
+            let retry_in = w.breaker.retry_in(now).as_millis() as u64;
+            self.board.set_circuit(*id, state, permits, retry_in);
+            if w.mode == UnitMode::Open {
+                let entry = partitions.entry(&w.partition).or_default();
+                entry.0 += 1;
+                entry.1 += usize::from(state == CircuitState::Closed);
+            }
+        }
+        let threshold = usize::from(self.settings.panic_threshold_percent);
+        for (partition, (total, healthy)) in partitions {
+            let panic = total > 0 && healthy * 100 < threshold * total;
+            if panic != self.board.in_panic(partition) {
+                if panic {
+                    tracing::warn!(
+                        partition,
+                        healthy,
+                        total,
+                        "panic mode: too few healthy units, ignoring health for creates"
+                    );
+                } else {
+                    tracing::info!(partition, healthy, total, "panic mode over");
+                }
+            }
+            self.board.set_panic(partition, panic);
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Reports arrive once per live call: a deep mailbox absorbs bursts.
+        ctx.set_mailbox_capacity(65_536);
+        let every = Duration::from_millis(self.settings.probe_interval_ms.max(10));
+        ctx.run_interval(every, |act, ctx| act.probe_round(ctx));
+    }
+}
+
+impl Handler<Watch> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Watch, _ctx: &mut Self::Context) {
+        self.board.add_unit(msg.unit);
+        let circuit = self.settings.circuit();
+        let w = self.units.entry(msg.unit).or_insert_with(|| Watched {
+            addr: msg.addr.clone(),
+            partition: msg.partition.clone(),
+            mode: msg.mode,
+            breaker: CircuitBreaker::new(circuit),
+        });
+        w.addr = msg.addr;
+        w.partition = msg.partition;
+        w.mode = msg.mode;
+        self.publish();
+    }
+}
+
+impl Handler<Report> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Report, _ctx: &mut Self::Context) {
+        let now = self.now();
+        let Some(w) = self.units.get_mut(&msg.unit) else {
+            return;
+        };
+        let before = w.breaker.state(now);
+        if msg.ok {
+            w.breaker.on_success(now);
+        } else {
+            w.breaker.on_failure(now);
+        }
+        let after = w.breaker.state(now);
+        if let Some(h) = self.board.unit(msg.unit) {
+            // EWMA with weight 1/8: smooth enough to read, quick to move.
+            let sample = msg.latency.as_micros() as u64;
+            let old = h.call_latency_us.load(Ordering::Relaxed);
+            let new = if old == 0 {
+                sample
+            } else {
+                old - old / 8 + sample / 8
+            };
+            h.call_latency_us.store(new, Ordering::Relaxed);
+        }
+        if before != after {
+            self.publish();
+        }
+    }
+}

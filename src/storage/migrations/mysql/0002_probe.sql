@@ -1,0 +1,10 @@
+-- The supervisor's synthetic order: a real write, read and commit in the
+-- unit's database (not SELECT 1), so a probe fails whenever creates would.
+CREATE TABLE IF NOT EXISTS probe (
+    id            INT    NOT NULL,
+    token         BIGINT NOT NULL,
+    written_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (id)
+) ENGINE = InnoDB;
+
+INSERT IGNORE INTO probe (id, token, written_at_ms) VALUES (1, 0, 0);

@@ -1,0 +1,60 @@
+//! Health checks and self-repair for one unit's database.
+
+use sqlx::Row;
+
+use super::{StoreError, UnitStore, now_ms};
+
+const PROBE_WRITE: &str = "UPDATE probe SET token = ?, written_at_ms = ? WHERE id = 1";
+const PROBE_READ: &str = "SELECT token FROM probe WHERE id = 1";
+/// Moves the order sequence past every stored order, in case it was reset.
+const REPAIR_SEQUENCE: &str = "UPDATE sequences SET next_value = \
+     (SELECT COALESCE(MAX(seq), 0) + 1 FROM orders) \
+     WHERE name = 'order' AND next_value <= (SELECT COALESCE(MAX(seq), 0) FROM orders)";
+
+impl UnitStore {
+    /// The supervisor's synthetic order: writes a token, reads it back and
+    /// commits, through the same pool and lock path as a create.
+    pub async fn probe(&self, token: i64) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let read: i64 = self
+            .bounded(async {
+                sqlx::query(PROBE_WRITE)
+                    .bind(token)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(StoreError::before_commit)?;
+                sqlx::query(PROBE_READ)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(StoreError::before_commit)?
+                    .try_get("token")
+                    .map_err(|e| StoreError::Internal(e.to_string()))
+            })
+            .await?;
+        self.commit(tx).await?;
+        if read == token {
+            Ok(())
+        } else {
+            Err(StoreError::Internal(format!(
+                "unit {}: probe wrote {token} but read {read}",
+                self.unit
+            )))
+        }
+    }
+
+    /// Makes sure the sequence will never hand out a number an order already
+    /// has (after a restore from backup, or a hand-edited table). Returns
+    /// whether it had to move the sequence.
+    pub async fn repair_sequence(&self) -> Result<bool, StoreError> {
+        let done = self
+            .bounded(async {
+                sqlx::query(REPAIR_SEQUENCE)
+                    .execute(&self.write)
+                    .await
+                    .map_err(StoreError::before_commit)
+            })
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
