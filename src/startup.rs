@@ -72,7 +72,12 @@ impl Application {
             return Err(e);
         }
 
-        let supervisor = Supervisor::new(board.clone(), settings.supervisor.clone()).start();
+        let supervisor = Supervisor::new(
+            board.clone(),
+            settings.supervisor.clone(),
+            settings.partitions.clone(),
+        )
+        .start();
         for r in &routes {
             supervisor.do_send(Watch {
                 unit: r.settings.id,

@@ -10,8 +10,11 @@
 //!   together, so the round is not applied (the last known state stands) and
 //!   `prober_suspected` is raised. Live call failures still open circuits.
 //! - **panic threshold** (Envoy's idea): when fewer than the threshold share of
-//!   a partition's open units look healthy, the dispatcher stops trusting
-//!   health there and spreads creates over all of them.
+//!   the open units a partition's creates can reach (its own and those of the
+//!   partitions it spills into) look healthy, the dispatcher stops trusting
+//!   health for that partition and spreads creates over all of them. Counting
+//!   the spill targets keeps a one-unit partition with a healthy fallback out
+//!   of panic when its unit dies.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,7 +26,7 @@ use futures_util::future::join_all;
 
 use super::health::HealthBoard;
 use super::unit::{Probe, UnitActor};
-use crate::config::{SupervisorSettings, UnitMode};
+use crate::config::{PartitionSettings, SupervisorSettings, UnitMode};
 use crate::domain::circuit::{CircuitBreaker, CircuitState};
 
 /// A live call's outcome, reported by the dispatcher. `ok` means the unit
@@ -57,17 +60,24 @@ pub struct Supervisor {
     board: Arc<HealthBoard>,
     units: BTreeMap<u16, Watched>,
     settings: SupervisorSettings,
+    /// Spill targets per partition (what a partition's creates can reach).
+    partitions: BTreeMap<String, PartitionSettings>,
     started: Instant,
     round_in_flight: bool,
     next_token: i64,
 }
 
 impl Supervisor {
-    pub fn new(board: Arc<HealthBoard>, settings: SupervisorSettings) -> Self {
+    pub fn new(
+        board: Arc<HealthBoard>,
+        settings: SupervisorSettings,
+        partitions: BTreeMap<String, PartitionSettings>,
+    ) -> Self {
         Self {
             board,
             units: BTreeMap::new(),
             settings,
+            partitions,
             started: Instant::now(),
             round_in_flight: false,
             next_token: 1,
@@ -154,7 +164,8 @@ impl Supervisor {
     fn publish(&mut self) {
         let now = self.now();
         let permits = self.settings.half_open_permits;
-        let mut partitions: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+        // (open units, healthy open units) per partition.
+        let mut own: BTreeMap<String, (usize, usize)> = BTreeMap::new();
         for (id, w) in self.units.iter_mut() {
             let state = w.breaker.state(now);
             let before = self.board.circuit(*id);
@@ -168,14 +179,28 @@ impl Supervisor {
             }
             let retry_in = w.breaker.retry_in(now).as_millis() as u64;
             self.board.set_circuit(*id, state, permits, retry_in);
+            let entry = own.entry(w.partition.clone()).or_default();
             if w.mode == UnitMode::Open {
-                let entry = partitions.entry(&w.partition).or_default();
                 entry.0 += 1;
                 entry.1 += usize::from(state == CircuitState::Closed);
             }
         }
+        let reach = |p: &str| -> (usize, usize) {
+            let spill = self
+                .partitions
+                .get(p)
+                .map(|s| s.spill_to.as_slice())
+                .unwrap_or_default();
+            std::iter::once(p)
+                .chain(spill.iter().map(String::as_str))
+                .filter_map(|q| own.get(q))
+                .fold((0, 0), |acc, (t, h)| (acc.0 + t, acc.1 + h))
+        };
+        let partitions: Vec<(String, (usize, usize))> =
+            own.keys().map(|p| (p.clone(), reach(p))).collect();
         let threshold = usize::from(self.settings.panic_threshold_percent);
         for (partition, (total, healthy)) in partitions {
+            let partition = partition.as_str();
             let panic = total > 0 && healthy * 100 < threshold * total;
             if panic != self.board.in_panic(partition) {
                 if panic {

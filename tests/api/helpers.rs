@@ -19,8 +19,12 @@ pub enum Backend {
     Sqlite,
 }
 
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 pub struct TestApp {
     pub base: String,
+    /// The admin listener's base URL.
+    pub admin: String,
     pub client: reqwest::Client,
     /// (unit id, database URL)
     pub units: Vec<(u16, String)>,
@@ -33,7 +37,8 @@ pub struct TestApp {
 pub fn settings_for(units: &[(u16, String)], extra: &str) -> Settings {
     let mut toml = String::from(
         "[server]\nport = 0\nworkers = 2\nshutdown_timeout_secs = 5\n\
-         [sequence]\nstep = 50\n[log]\nlevel = \"warn\"\n",
+         [sequence]\nstep = 50\n[log]\nlevel = \"error\"\n\
+         [admin]\nport = 0\ntoken = \"test-admin-token\"\n",
     );
     for (id, url) in units {
         toml.push_str(&format!("[[units]]\nid = {id}\nprimary_url = \"{url}\"\n"));
@@ -76,6 +81,10 @@ pub async fn spawn_app_with(settings: Settings, dir: tempfile::TempDir) -> TestA
         .collect();
     let app = Application::build(settings).await.expect("engine starts");
     let base = format!("http://127.0.0.1:{}", app.port());
+    let admin = format!(
+        "http://127.0.0.1:{}",
+        app.admin_port().expect("admin API on")
+    );
     let handle = app.handle();
     let (tx, stopped) = tokio::sync::oneshot::channel();
     actix_web::rt::spawn(async move {
@@ -84,6 +93,7 @@ pub async fn spawn_app_with(settings: Settings, dir: tempfile::TempDir) -> TestA
     });
     TestApp {
         base,
+        admin,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -186,6 +196,31 @@ impl TestApp {
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
         id
+    }
+
+    /// `GET /admin/units` with the admin token.
+    pub async fn units_status(&self) -> Value {
+        self.client
+            .get(format!("{}/admin/units", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// One unit's entry in `GET /admin/units`.
+    pub async fn unit_status(&self, unit: u16) -> Value {
+        let all = self.units_status().await;
+        all["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == unit)
+            .cloned()
+            .unwrap_or(Value::Null)
     }
 
     /// A direct connection to a unit's database, to check what was stored.

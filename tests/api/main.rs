@@ -8,4 +8,6 @@ mod faults;
 mod helpers;
 mod lifecycle;
 mod mariadb;
+mod proxy;
+mod retry;
 mod storage_suite;

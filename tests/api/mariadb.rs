@@ -158,6 +158,10 @@ impl MariaDb {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// URL of database `db` on this server.
     pub fn url(&self, db: &str) -> String {
         format!("mysql://root@127.0.0.1:{}/{db}", self.port)

@@ -62,11 +62,16 @@ impl Routing {
     }
 
     /// Units of `partition` that may take a create now, minus those in `tried`.
-    /// Units whose circuit is not closed are left out, unless the partition is
-    /// in panic mode (too few look healthy to trust health at all).
-    fn candidates(&self, partition: &str, tried: &[u16], board: &HealthBoard) -> Vec<Candidate> {
+    /// Units whose circuit is not closed are left out unless `trust_health` is
+    /// off (the merchant's partition is in panic mode).
+    fn candidates(
+        &self,
+        partition: &str,
+        tried: &[u16],
+        board: &HealthBoard,
+        trust_health: bool,
+    ) -> Vec<Candidate> {
         let now = self.started.elapsed();
-        let trust_health = !board.in_panic(partition);
         self.units
             .values()
             .filter(|u| u.settings.partition == partition && u.takes_creates())
@@ -94,9 +99,11 @@ impl Routing {
             .get(&home)
             .map(|p| p.spill_to.clone())
             .unwrap_or_default();
-        let unit = std::iter::once(home)
-            .chain(spill)
-            .find_map(|p| choose(&self.candidates(&p, tried, board), &mut self.rng))?;
+        let trust_health = !board.in_panic(&home);
+        let unit = std::iter::once(home).chain(spill).find_map(|p| {
+            let candidates = self.candidates(&p, tried, board, trust_health);
+            choose(&candidates, &mut self.rng)
+        })?;
         let now = self.started.elapsed();
         let route = self.units.get_mut(&unit)?;
         route.recent.record(now);
