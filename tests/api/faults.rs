@@ -6,16 +6,12 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{servers_per_unit, settings_for, spawn_app_with};
+use crate::helpers::{servers_per_unit, settings_for, spawn_app_with, units_on};
 
 #[actix_web::test]
 async fn a_dead_unit_fails_only_its_own_orders() {
     let mut servers = servers_per_unit(3);
-    let units: Vec<_> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i as u16 + 1, s.url("orders")))
-        .collect();
+    let units = units_on(&servers);
     let app = spawn_app_with(settings_for(&units, ""), tempfile::tempdir().unwrap()).await;
 
     // One order in every unit.

@@ -72,6 +72,15 @@ pub fn servers_per_unit(n: u16) -> Vec<MariaDb> {
     (0..n).map(|_| MariaDb::start()).collect()
 }
 
+/// Units 1..=n, unit i on `servers[i - 1]`.
+pub fn units_on(servers: &[MariaDb]) -> Vec<(u16, String)> {
+    servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as u16 + 1, s.url("orders")))
+        .collect()
+}
+
 pub async fn spawn_app_with(settings: Settings, dir: tempfile::TempDir) -> TestApp {
     order_engine::telemetry::init(&settings.log);
     let units = settings

@@ -11,7 +11,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::Row;
 
-use crate::helpers::{TestApp, order_body, servers_per_unit, settings_for, spawn_app_with};
+use crate::helpers::{
+    TestApp, order_body, servers_per_unit, settings_for, spawn_app_with, units_on,
+};
 use crate::proxy::{Mode, Proxy};
 
 /// A caller as real ones behave: a 503 is retried with the same key for up to
@@ -60,11 +62,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[actix_web::test]
 async fn a_killed_unit_loses_no_create_and_makes_no_duplicate() {
     let mut servers = servers_per_unit(4);
-    let units: Vec<_> = servers
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i as u16 + 1, s.url("orders")))
-        .collect();
+    let units = units_on(&servers);
     let owned = spawn_app_with(settings_for(&units, ""), tempfile::tempdir().unwrap()).await;
     let app = &owned;
 
