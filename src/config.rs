@@ -52,6 +52,8 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// Upper bound on the time one request may spend inside the engine.
     pub request_timeout_ms: u64,
+    /// Requests served at once; more are shed with `429 overloaded`.
+    pub max_in_flight: usize,
 }
 
 impl Default for ServerSettings {
@@ -62,6 +64,7 @@ impl Default for ServerSettings {
             workers: None,
             shutdown_timeout_secs: 30,
             request_timeout_ms: 5_000,
+            max_in_flight: 4_096,
         }
     }
 }

@@ -113,6 +113,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
+    /// The unit the failed call went to, for the access log.
+    pub unit: Option<u16>,
 }
 
 impl ApiError {
@@ -121,6 +123,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            unit: None,
         }
     }
 
@@ -129,6 +132,7 @@ impl ApiError {
             code: ErrorCode::ValidationFailed,
             message: message.into(),
             field: Some(field.into()),
+            unit: None,
         }
     }
 }
@@ -161,13 +165,18 @@ impl ResponseError for ApiError {
         if matches!(self.code.status().as_u16(), 429 | 503) {
             res.insert_header((header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
         }
-        res.json(ErrorResponse {
+        let mut res = res.json(ErrorResponse {
             error: ErrorDetail {
                 code: self.code.as_str().to_string(),
                 message: self.message.clone(),
                 field: self.field.clone(),
             },
-        })
+        });
+        if let Some(unit) = self.unit {
+            res.extensions_mut()
+                .insert(crate::api::middleware::UnitTag(unit));
+        }
+        res
     }
 }
 
@@ -226,7 +235,14 @@ impl From<EngineError> for ApiError {
         if code == ErrorCode::Internal {
             tracing::error!(error = %e, "internal error");
         }
-        ApiError::new(code, e.to_string())
+        let unit = match e {
+            EngineError::UnitUnavailable { unit } => Some(unit),
+            _ => None,
+        };
+        ApiError {
+            unit,
+            ..ApiError::new(code, e.to_string())
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use actix::{Actor, Addr, Arbiter};
 use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
@@ -18,6 +19,7 @@ use crate::actors::dispatcher::{CloseAll, Dispatcher, UnitRoute};
 use crate::actors::health::{HealthBoard, UnitHealth};
 use crate::actors::supervisor::{Supervisor, Watch};
 use crate::actors::unit::UnitActor;
+use crate::api::middleware::{Admission, observe};
 use crate::api::{self, AppState, admin};
 use crate::config::{Settings, UnitSettings};
 use crate::storage::{OpenError, UnitStore};
@@ -44,6 +46,31 @@ pub struct Application {
 impl Application {
     /// Starts everything; must run inside an actix `System`.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        // Listeners first: a taken port stops start-up before anything runs.
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = bind(&addr)?;
+        let port = listener.local_addr().map_err(bind_err(&addr))?.port();
+        let admin_addr = format!("{}:{}", settings.admin.host, settings.admin.port);
+        let admin_listener = if settings.admin.token.is_empty() {
+            None
+        } else {
+            Some(bind(&admin_addr)?)
+        };
+
+        let metrics = crate::metrics::install();
+        for u in &settings.units {
+            crate::metrics::init_unit(u.id, settings.storage.max_connections);
+            crate::metrics::init_partition(&u.partition);
+        }
+        // The exporter folds histogram samples in on upkeep; keep it regular.
+        let upkeep = metrics.clone();
+        actix_web::rt::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
         let board = Arc::new(HealthBoard::new(settings.units.iter().map(|u| u.id)));
         let starts = settings.units.iter().map(|u| {
             let health = board.unit(u.id);
@@ -91,13 +118,15 @@ impl Application {
             dispatcher: dispatcher.clone(),
         });
 
-        let addr = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = bind(&addr)?;
-        let port = listener.local_addr().map_err(bind_err(&addr))?.port();
         let app_state = state.clone();
+        let admission = web::Data::new(Admission::new(settings.server.max_in_flight));
+        let metrics = web::Data::new(metrics);
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .app_data(admission.clone())
+                .app_data(metrics.clone())
+                .wrap(from_fn(observe))
                 .configure(api::configure)
         })
         .shutdown_timeout(settings.server.shutdown_timeout_secs);
@@ -107,12 +136,7 @@ impl Application {
         let server = server.listen(listener).map_err(bind_err(&addr))?.run();
         tracing::info!(%addr, port, units = settings.units.len(), "order-engine listening");
 
-        let (admin, admin_port) = if settings.admin.token.is_empty() {
-            tracing::warn!("admin.token is empty: the admin API is off");
-            (None, None)
-        } else {
-            let admin_addr = format!("{}:{}", settings.admin.host, settings.admin.port);
-            let listener = bind(&admin_addr)?;
+        let (admin, admin_port) = if let Some(listener) = admin_listener {
             let admin_port = listener.local_addr().map_err(bind_err(&admin_addr))?.port();
             let token = web::Data::new(admin::AdminToken(settings.admin.token.clone()));
             let server = HttpServer::new(move || {
@@ -128,6 +152,9 @@ impl Application {
             .run();
             tracing::info!(addr = %admin_addr, port = admin_port, "admin API listening");
             (Some(server), Some(admin_port))
+        } else {
+            tracing::warn!("admin.token is empty: the admin API is off");
+            (None, None)
         };
         Ok(Self {
             port,

@@ -28,6 +28,8 @@ use super::health::HealthBoard;
 use super::unit::{Probe, UnitActor};
 use crate::config::{PartitionSettings, SupervisorSettings, UnitMode};
 use crate::domain::circuit::{CircuitBreaker, CircuitState};
+use crate::metrics as m;
+use metrics::{counter, gauge, histogram};
 
 /// A live call's outcome, reported by the dispatcher. `ok` means the unit
 /// answered (a business "no" is still an answer); `false` means it could not.
@@ -142,6 +144,10 @@ impl Supervisor {
                 continue;
             };
             let ok = passed(&latency, &answered);
+            let label = id.to_string();
+            let outcome = if ok { "ok" } else { "failed" };
+            counter!(m::PROBES, "unit" => label.clone(), "outcome" => outcome).increment(1);
+            histogram!(m::PROBE_DURATION, "unit" => label).record(latency.as_secs_f64());
             if let Some(h) = self.board.unit(id) {
                 h.probe_ok.store(ok, Ordering::Relaxed);
                 h.probe_latency_us
@@ -169,6 +175,7 @@ impl Supervisor {
         for (id, w) in self.units.iter_mut() {
             let state = w.breaker.state(now);
             let before = self.board.circuit(*id);
+            let label = id.to_string();
             if before != state {
                 tracing::warn!(
                     unit = id,
@@ -176,7 +183,16 @@ impl Supervisor {
                     to = state.as_str(),
                     "circuit changed"
                 );
+                counter!(m::CIRCUIT_TRANSITIONS, "unit" => label.clone(), "to" => state.as_str())
+                    .increment(1);
             }
+            let up = if state == CircuitState::Closed {
+                1.0
+            } else {
+                0.0
+            };
+            gauge!(m::CIRCUIT_STATE, "unit" => label.clone()).set(f64::from(state.as_level()));
+            gauge!(m::UNIT_UP, "unit" => label).set(up);
             let retry_in = w.breaker.retry_in(now).as_millis() as u64;
             self.board.set_circuit(*id, state, permits, retry_in);
             let entry = own.entry(w.partition.clone()).or_default();
@@ -215,7 +231,17 @@ impl Supervisor {
                 }
             }
             self.board.set_panic(partition, panic);
+            gauge!(m::PANIC_MODE, "partition" => partition.to_string()).set(if panic {
+                1.0
+            } else {
+                0.0
+            });
         }
+        gauge!(m::PROBER_SUSPECTED).set(if self.board.prober_suspected() {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 

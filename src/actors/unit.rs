@@ -10,9 +10,13 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use std::time::Duration;
+
 use actix::prelude::*;
+use metrics::{counter, gauge};
 
 use super::health::UnitHealth;
+use crate::metrics as m;
 
 use crate::domain::values::{MerchantId, OutTradeNo, PaymentRef, UserId};
 use crate::domain::{NewOrder, NewRefund, Order, OrderId, Refund};
@@ -161,6 +165,31 @@ impl Actor for UnitActor {
         // instead of queueing without limit.
         ctx.set_mailbox_capacity(self.mailbox);
         tracing::info!(unit = self.store.unit(), "unit actor started");
+        // Pool gauges every second; the outbox backlog (a COUNT) every 15 s.
+        let mut tick = 0u64;
+        ctx.run_interval(Duration::from_secs(1), move |act, ctx| {
+            let unit = act.store.unit().to_string();
+            let stats = act.store.pool_stats();
+            let gauge_of = |state: &'static str| {
+                gauge!(m::POOL_CONNECTIONS, "unit" => unit.clone(), "state" => state)
+            };
+            gauge_of("idle").set(f64::from(stats.idle));
+            gauge_of("in_use").set(f64::from(stats.open.saturating_sub(stats.idle)));
+            gauge!(m::POOL_WAITING, "unit" => unit.clone()).set(stats.waiting as f64);
+            gauge!(m::POOL_MAX, "unit" => unit.clone()).set(f64::from(stats.max));
+            if tick.is_multiple_of(15) {
+                let store = act.store.clone();
+                ctx.spawn(
+                    async move {
+                        if let Ok(n) = store.outbox_backlog().await {
+                            gauge!(m::OUTBOX_BACKLOG, "unit" => unit).set(n as f64);
+                        }
+                    }
+                    .into_actor(act),
+                );
+            }
+            tick += 1;
+        });
     }
 }
 
@@ -172,6 +201,7 @@ impl Supervised for UnitActor {
         if let Some(h) = &self.health {
             h.restarts.fetch_add(1, Ordering::Relaxed);
         }
+        counter!(m::UNIT_RESTARTS, "unit" => self.store.unit().to_string()).increment(1);
         self.sequence = SequenceGenerator::new(
             self.store.clone(),
             self.sequence_step,

@@ -86,9 +86,8 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
                 (None, p) => Some(p.to_string()),
             };
             Err(ApiError {
-                code: ErrorCode::ValidationFailed,
-                message: strip_position(&message),
                 field,
+                ..ApiError::new(ErrorCode::ValidationFailed, strip_position(&message))
             })
         }
         _ => Err(ApiError::new(

@@ -5,10 +5,12 @@ pub mod admin;
 pub mod dto;
 pub mod extract;
 mod health;
+pub mod middleware;
 pub mod orders;
 
 use actix::Addr;
 use actix_web::{HttpRequest, HttpResponse, web};
+use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
 
 use crate::actors::dispatcher::Dispatcher;
@@ -64,7 +66,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(health::healthz)
     .service(health::readyz)
     .route("/openapi.json", web::get().to(openapi_json))
+    .route("/metrics", web::get().to(metrics_text))
     .default_service(web::to(not_found));
+}
+
+/// Prometheus text format.
+async fn metrics_text(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(handle.render())
 }
 
 async fn openapi_json() -> HttpResponse {

@@ -69,7 +69,10 @@ pub async fn create_order(
         ));
     }
     let location = format!("/v1/orders/{}", created.order.id);
+    let unit = created.order.id.unit();
     let mut res = order_response(actix_web::http::StatusCode::CREATED, created.order);
+    res.extensions_mut()
+        .insert(super::middleware::UnitTag(unit));
     res.headers_mut().insert(
         header::LOCATION,
         header::HeaderValue::from_str(&location).expect("an order id is a valid header value"),

@@ -11,6 +11,8 @@ mod probe;
 pub mod sequence;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -137,6 +139,18 @@ pub struct UnitStore {
     replica: Option<AnyPool>,
     /// Bound on the statements of one call (see `bounded` and `commit`).
     statement_timeout: Duration,
+    /// Calls waiting for a connection (writes: including the BEGIN round trip).
+    waiting: Arc<AtomicI64>,
+    max_connections: u32,
+}
+
+/// A unit's connection pools at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub open: u32,
+    pub idle: u32,
+    pub waiting: i64,
+    pub max: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,6 +246,11 @@ impl UnitStore {
             read,
             replica,
             statement_timeout: Duration::from_millis(settings.statement_timeout_ms),
+            waiting: Arc::default(),
+            max_connections: match dialect {
+                Dialect::MySql => settings.max_connections,
+                Dialect::Sqlite => settings.max_connections + 1,
+            },
         })
     }
 
@@ -241,6 +260,34 @@ impl UnitStore {
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// Open, idle and waited-for connections over the unit's primary pools.
+    pub fn pool_stats(&self) -> PoolStats {
+        let pools: &[&AnyPool] = match self.dialect {
+            Dialect::MySql => &[&self.write],
+            Dialect::Sqlite => &[&self.write, &self.read],
+        };
+        PoolStats {
+            open: pools.iter().map(|p| p.size()).sum(),
+            idle: pools.iter().map(|p| p.num_idle() as u32).sum(),
+            waiting: self.waiting.load(Ordering::Relaxed).max(0),
+            max: self.max_connections,
+        }
+    }
+
+    /// A connection from `pool`, counted as waiting until it is handed over.
+    pub(crate) async fn acquire(
+        &self,
+        pool: &AnyPool,
+    ) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
+        let _waiting = WaitGuard::new(&self.waiting);
+        pool.acquire().await.map_err(StoreError::before_commit)
+    }
+
+    /// The pool for strong reads: the primary.
+    pub(crate) fn read_pool(&self) -> &AnyPool {
+        &self.read
     }
 
     /// Closes every pool, waiting for checked-out connections to come back.
@@ -285,6 +332,7 @@ impl UnitStore {
     /// Starts a write transaction. SQLite takes the write lock up front so that a
     /// read-then-write transaction cannot fail to upgrade its lock.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Any>, StoreError> {
+        let _waiting = WaitGuard::new(&self.waiting);
         self.bounded(async {
             match self.dialect {
                 Dialect::MySql => self.write.begin().await,
@@ -293,6 +341,22 @@ impl UnitStore {
             .map_err(StoreError::before_commit)
         })
         .await
+    }
+}
+
+/// Counts one waiter for as long as it lives.
+struct WaitGuard<'a>(&'a AtomicI64);
+
+impl<'a> WaitGuard<'a> {
+    fn new(counter: &'a AtomicI64) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -163,10 +163,11 @@ impl UnitStore {
     ) -> Result<Option<Order>, StoreError> {
         let row = self
             .bounded(async {
+                let mut conn = self.acquire(self.read_pool()).await?;
                 sqlx::query(SELECT_BY_KEY)
                     .bind(merchant_id.as_str())
                     .bind(out_trade_no.as_str())
-                    .fetch_optional(&self.read)
+                    .fetch_optional(&mut *conn)
                     .await
                     .map_err(StoreError::before_commit)
             })
@@ -215,7 +216,10 @@ impl UnitStore {
                             Err(_) => query().fetch_optional(&self.read).await,
                         }
                     }
-                    _ => query().fetch_optional(&self.read).await,
+                    _ => {
+                        let mut conn = self.acquire(self.read_pool()).await?;
+                        query().fetch_optional(&mut *conn).await
+                    }
                 }
                 .map_err(StoreError::before_commit)
             })
@@ -347,9 +351,10 @@ impl UnitStore {
         self.get(id, Consistency::Strong).await?;
         let rows = self
             .bounded(async {
+                let mut conn = self.acquire(self.read_pool()).await?;
                 sqlx::query(SELECT_REFUNDS)
                     .bind(seq_param(id.sequence()))
-                    .fetch_all(&self.read)
+                    .fetch_all(&mut *conn)
                     .await
                     .map_err(StoreError::before_commit)
             })
@@ -386,7 +391,7 @@ impl UnitStore {
                     .bind(before_ms)
                     .bind(before_seq)
                     .bind(i64::from(limit))
-                    .fetch_all(&self.read)
+                    .fetch_all(&mut *self.acquire(self.read_pool()).await?)
                     .await
                     .map_err(StoreError::before_commit)
             })

@@ -5,6 +5,8 @@ use sqlx::Row;
 use super::{StoreError, UnitStore, now_ms};
 
 const PROBE_WRITE: &str = "UPDATE probe SET token = ?, written_at_ms = ? WHERE id = 1";
+/// Change events not yet published by a relay.
+const OUTBOX_BACKLOG_SQL: &str = "SELECT COUNT(*) AS n FROM outbox WHERE published_at_ms IS NULL";
 const PROBE_READ: &str = "SELECT token FROM probe WHERE id = 1";
 /// Moves the order sequence past every stored order, in case it was reset.
 const REPAIR_SEQUENCE: &str = "UPDATE sequences SET next_value = \
@@ -41,6 +43,19 @@ impl UnitStore {
                 self.unit
             )))
         }
+    }
+
+    /// Change events waiting in the outbox.
+    pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        self.bounded(async {
+            let mut conn = self.acquire(self.read_pool()).await?;
+            sqlx::query(OUTBOX_BACKLOG_SQL)
+                .fetch_one(&mut *conn)
+                .await
+                .and_then(|r| r.try_get::<i64, _>("n"))
+                .map_err(StoreError::before_commit)
+        })
+        .await
     }
 
     /// Makes sure the sequence will never hand out a number an order already

@@ -151,11 +151,16 @@ impl SequenceGenerator {
     }
 
     async fn reserve(&self) -> Result<Range<u64>, StoreError> {
-        let segment = self
+        let reserved = self
             .inner
             .store
             .reserve_segment(ORDER_SEQUENCE, self.inner.step)
-            .await?;
+            .await;
+        let outcome = if reserved.is_ok() { "ok" } else { "failed" };
+        let unit = self.inner.store.unit().to_string();
+        metrics::counter!(crate::metrics::SEGMENT_FETCHES, "unit" => unit, "outcome" => outcome)
+            .increment(1);
+        let segment = reserved?;
         tracing::debug!(
             unit = self.inner.store.unit(),
             start = segment.start,

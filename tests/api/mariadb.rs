@@ -71,6 +71,7 @@ impl MariaDb {
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
                 "--innodb-log-file-size=16M",
+                "--innodb-use-native-aio=0",
             ])
             .args(run_as_root_args())
             .output()
@@ -107,6 +108,9 @@ impl MariaDb {
                 "--skip-log-bin",
                 "--innodb-buffer-pool-size=64M",
                 "--innodb-log-file-size=16M",
+                // Many servers run at once in the tests: native AIO / io_uring
+                // contexts are a per-machine limit, simulated AIO is not.
+                "--innodb-use-native-aio=0",
                 "--max-connections=500",
             ])
             .arg(format!(

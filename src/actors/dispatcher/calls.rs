@@ -11,7 +11,9 @@ use crate::actors::health::{Admission, HealthBoard};
 use crate::actors::supervisor::{Report, Supervisor};
 use crate::actors::unit::UnitActor;
 use crate::error::EngineError;
+use crate::metrics as m;
 use crate::storage::StoreError;
+use metrics::{counter, histogram};
 
 /// Why a call to a unit did not return a value.
 #[derive(Debug, thiserror::Error)]
@@ -100,11 +102,16 @@ impl UnitCalls {
             result,
             Ok(_) | Err(CallError::Store(StoreError::NotFound | StoreError::Rule(_)))
         );
-        self.supervisor.do_send(Report {
-            unit,
-            ok,
-            latency: started.elapsed(),
-        });
+        let latency = started.elapsed();
+        let outcome = match &result {
+            _ if ok => "ok",
+            Err(CallError::Store(StoreError::Internal(_))) => "error",
+            _ => "unavailable",
+        };
+        let label = unit.to_string();
+        counter!(m::UNIT_CALLS, "unit" => label.clone(), "outcome" => outcome).increment(1);
+        histogram!(m::UNIT_CALL_DURATION, "unit" => label).record(latency.as_secs_f64());
+        self.supervisor.do_send(Report { unit, ok, latency });
         result
     }
 

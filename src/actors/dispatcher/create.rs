@@ -23,6 +23,8 @@ use crate::actors::key_lock::KeyLocks;
 use crate::actors::unit::{CreateOrder, CreateOutcome, FindByKey, SettleKey, UnitActor};
 use crate::domain::{NewOrder, Order};
 use crate::error::EngineError;
+use crate::metrics as m;
+use metrics::counter;
 
 pub(super) struct CreateContext {
     pub routing: Rc<RefCell<Routing>>,
@@ -84,6 +86,7 @@ impl CreateContext {
             {
                 Ok(CreateOutcome::Created(order)) => {
                     tracing::debug!(unit, order_id = %order.id, "order created");
+                    counter!(m::CREATES, "unit" => unit.to_string()).increment(1);
                     return Ok(Created {
                         order,
                         replayed: false,
@@ -95,13 +98,24 @@ impl CreateContext {
             };
             if failure.is_definite() {
                 tracing::warn!(unit, reason = failure.reason(), error = %failure, "create failed before commit; retrying on another unit");
+                counter!(m::CREATE_RETRIES, "reason" => failure.reason()).increment(1);
                 continue;
             }
             tracing::warn!(unit, reason = failure.reason(), error = %failure, "create outcome unknown; asking the unit");
             match self.settle(unit, &addr, &key).await {
-                Ok(Some(order)) => return answer(&request, order, false),
-                Ok(None) => continue, // it did not commit: safe to go elsewhere
+                Ok(Some(order)) => {
+                    counter!(m::CREATE_IN_DOUBT, "outcome" => "found").increment(1);
+                    counter!(m::CREATES, "unit" => unit.to_string()).increment(1);
+                    return answer(&request, order, false);
+                }
+                Ok(None) => {
+                    // It did not commit: safe to go elsewhere.
+                    counter!(m::CREATE_IN_DOUBT, "outcome" => "absent").increment(1);
+                    counter!(m::CREATE_RETRIES, "reason" => "in_doubt_absent").increment(1);
+                    continue;
+                }
                 Err(_) => {
+                    counter!(m::CREATE_IN_DOUBT, "outcome" => "unresolved").increment(1);
                     self.routing.borrow_mut().remember_in_doubt(key, unit);
                     return Err(EngineError::UnitUnavailable { unit });
                 }

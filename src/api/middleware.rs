@@ -1,0 +1,135 @@
+//! Around every request: a request id, admission control, RED metrics by
+//! route template, and one structured access-log line naming the unit the
+//! call went to.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, ResponseError, web};
+use metrics::{counter, gauge, histogram};
+use tracing::Instrument;
+
+use crate::domain::OrderId;
+use crate::error::{ApiError, ErrorCode};
+use crate::metrics as m;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The unit a call went to, left in the response's extensions by handlers
+/// and errors so the access log can name it.
+#[derive(Debug, Clone, Copy)]
+pub struct UnitTag(pub u16);
+
+/// Admission control: requests over `max_in_flight` are shed with `429` before
+/// they reach a unit, so overload queues in the caller, not in the databases.
+pub struct Admission {
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
+}
+
+impl Admission {
+    pub fn new(max_in_flight: usize) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            max_in_flight,
+        })
+    }
+}
+
+struct InFlight<'a>(&'a Admission);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let now = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        gauge!(m::REQUESTS_IN_FLIGHT).set(now as f64);
+    }
+}
+
+fn request_id(req: &ServiceRequest) -> String {
+    let given = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=64).contains(&v.len())
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        });
+    match given {
+        Some(id) => id.to_string(),
+        None => format!("{:016x}", rand::random::<u64>()),
+    }
+}
+
+pub async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody + 'static>>, Error> {
+    let started = Instant::now();
+    let id = request_id(&req);
+    let admission = req.app_data::<web::Data<Arc<Admission>>>().cloned();
+    let _in_flight = match &admission {
+        Some(a) => {
+            let now = a.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+            let guard = InFlight(a);
+            if now > a.max_in_flight {
+                counter!(m::SHED, "reason" => "in_flight").increment(1);
+                let err = ApiError::new(
+                    ErrorCode::Overloaded,
+                    "too many requests in flight; retry later",
+                );
+                let mut res = req.into_response(err.error_response());
+                res.headers_mut().insert(
+                    REQUEST_ID,
+                    HeaderValue::from_str(&id).expect("checked characters"),
+                );
+                return Ok(res.map_into_right_body());
+            }
+            gauge!(m::REQUESTS_IN_FLIGHT).set(now as f64);
+            Some(guard)
+        }
+        None => None,
+    };
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut res = next.call(req).instrument(span).await?;
+
+    let status = res.status().as_u16();
+    let method = res.request().method().as_str().to_owned();
+    let pattern = res.request().match_pattern();
+    // The unit a handler or error named, else the one in the order id.
+    let unit = res
+        .response()
+        .extensions()
+        .get::<UnitTag>()
+        .map(|t| t.0)
+        .or_else(|| {
+            let id = res.request().match_info().get("order_id")?;
+            OrderId::parse(id).ok().map(|o| o.unit())
+        });
+    let elapsed = started.elapsed();
+    if let Some(op) = pattern.as_deref().and_then(|p| m::op_of(&method, p)) {
+        let outcome = m::outcome_of(status);
+        counter!(m::REQUESTS, "op" => op, "outcome" => outcome).increment(1);
+        histogram!(m::REQUEST_DURATION, "op" => op, "outcome" => outcome)
+            .record(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "order_engine::access",
+            request_id = %id,
+            op,
+            status,
+            unit = unit.map(i64::from).unwrap_or(-1),
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+    res.headers_mut().insert(
+        REQUEST_ID,
+        HeaderValue::from_str(&id).expect("checked characters"),
+    );
+    Ok(res.map_into_left_body())
+}

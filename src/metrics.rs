@@ -1,0 +1,305 @@
+//! Every metric the engine exports: names, labels, units and descriptions in
+//! one place. Dashboards (`dashboards/*.json`) and alert rules
+//! (`dashboards/alerts.yml`) read these names, so they are part of the contract.
+//!
+//! Conventions: prefix `orderengine_`, base units, `_total` for counters,
+//! `_seconds` for durations with real histogram buckets, and bounded labels
+//! only (`op`, `outcome`, `unit`, `partition`, `reason`, `state`): never order,
+//! merchant or user ids. Every series a panel or rule reads is created at
+//! start-up (zero for every unit), not on its first event.
+
+use std::sync::OnceLock;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "orderengine_requests_total";
+pub const REQUEST_DURATION: &str = "orderengine_request_duration_seconds";
+pub const REQUESTS_IN_FLIGHT: &str = "orderengine_requests_in_flight";
+pub const SHED: &str = "orderengine_admission_shed_total";
+pub const UNIT_CALLS: &str = "orderengine_unit_calls_total";
+pub const UNIT_CALL_DURATION: &str = "orderengine_unit_call_duration_seconds";
+pub const CREATES: &str = "orderengine_creates_total";
+pub const CREATE_RETRIES: &str = "orderengine_create_retries_total";
+pub const CREATE_IN_DOUBT: &str = "orderengine_create_in_doubt_total";
+pub const UNIT_UP: &str = "orderengine_unit_up";
+pub const CIRCUIT_STATE: &str = "orderengine_unit_circuit_state";
+pub const CIRCUIT_TRANSITIONS: &str = "orderengine_unit_circuit_transitions_total";
+pub const PROBES: &str = "orderengine_unit_probes_total";
+pub const PROBE_DURATION: &str = "orderengine_unit_probe_duration_seconds";
+pub const POOL_CONNECTIONS: &str = "orderengine_unit_pool_connections";
+pub const POOL_MAX: &str = "orderengine_unit_pool_max_connections";
+pub const POOL_WAITING: &str = "orderengine_unit_pool_waiting";
+pub const UNIT_RESTARTS: &str = "orderengine_unit_restarts_total";
+pub const SEGMENT_FETCHES: &str = "orderengine_sequence_segment_fetches_total";
+pub const OUTBOX_BACKLOG: &str = "orderengine_outbox_backlog";
+pub const PANIC_MODE: &str = "orderengine_partition_panic_mode";
+pub const PROBER_SUSPECTED: &str = "orderengine_prober_suspected";
+pub const BUILD_INFO: &str = "orderengine_build_info";
+
+/// `op` label values.
+pub const OPS: [&str; 7] = ["create", "pay", "close", "refund", "get", "lookup", "list"];
+/// `outcome` label values of requests.
+pub const OUTCOMES: [&str; 5] = ["ok", "client_error", "conflict", "unavailable", "error"];
+/// `outcome` label values of unit calls.
+pub const UNIT_CALL_OUTCOMES: [&str; 3] = ["ok", "unavailable", "error"];
+/// `reason` label values of order retries (see `CallError::reason`).
+pub const RETRY_REASONS: [&str; 6] = [
+    "circuit_open",
+    "unavailable",
+    "sequence_exhausted",
+    "sequence_reused",
+    "error",
+    "in_doubt_absent",
+];
+/// `outcome` label values of in-doubt creates.
+pub const IN_DOUBT_OUTCOMES: [&str; 3] = ["found", "absent", "unresolved"];
+
+/// Latency buckets (seconds): 0.5 ms to 10 s, dense where orders live.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the process-wide recorder once and returns its handle (a second
+/// engine in the same process, as in tests, shares it).
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)
+                .expect("bucket list is not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+            }
+            describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            init_requests();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "RPC requests by operation and outcome."
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "RPC request latency by operation and outcome."
+    );
+    describe_gauge!(
+        REQUESTS_IN_FLIGHT,
+        Unit::Count,
+        "RPC requests being served now."
+    );
+    describe_counter!(
+        SHED,
+        Unit::Count,
+        "Requests refused with 429 by admission control, by reason."
+    );
+    describe_counter!(
+        UNIT_CALLS,
+        Unit::Count,
+        "Calls from the dispatcher to a unit, by unit and outcome."
+    );
+    describe_histogram!(
+        UNIT_CALL_DURATION,
+        Unit::Seconds,
+        "Latency of calls from the dispatcher to a unit."
+    );
+    describe_counter!(
+        CREATES,
+        Unit::Count,
+        "Orders created, by the unit that took them."
+    );
+    describe_counter!(
+        CREATE_RETRIES,
+        Unit::Count,
+        "Creates retried on another unit (order retry), by the reason the attempt failed."
+    );
+    describe_counter!(
+        CREATE_IN_DOUBT,
+        Unit::Count,
+        "Creates whose COMMIT outcome was unknown, by how they were settled."
+    );
+    describe_gauge!(
+        UNIT_UP,
+        Unit::Count,
+        "1 when the unit's circuit is closed (healthy), else 0."
+    );
+    describe_gauge!(
+        CIRCUIT_STATE,
+        Unit::Count,
+        "The unit's circuit: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        CIRCUIT_TRANSITIONS,
+        Unit::Count,
+        "Circuit state changes, by unit and new state."
+    );
+    describe_counter!(
+        PROBES,
+        Unit::Count,
+        "Synthetic-order probes, by unit and outcome."
+    );
+    describe_histogram!(
+        PROBE_DURATION,
+        Unit::Seconds,
+        "Round trip of a synthetic-order probe (write, read, commit)."
+    );
+    describe_gauge!(
+        POOL_CONNECTIONS,
+        Unit::Count,
+        "Open database connections of the unit, by state (idle, in_use)."
+    );
+    describe_gauge!(
+        POOL_MAX,
+        Unit::Count,
+        "Most connections the unit's pools may open."
+    );
+    describe_gauge!(
+        POOL_WAITING,
+        Unit::Count,
+        "Calls waiting for a connection of the unit."
+    );
+    describe_counter!(
+        UNIT_RESTARTS,
+        Unit::Count,
+        "Unit actor restarts after broken state."
+    );
+    describe_counter!(
+        SEGMENT_FETCHES,
+        Unit::Count,
+        "Sequence segments reserved in the unit's database, by outcome."
+    );
+    describe_gauge!(
+        OUTBOX_BACKLOG,
+        Unit::Count,
+        "Change events in the unit's outbox not yet published."
+    );
+    describe_gauge!(
+        PANIC_MODE,
+        Unit::Count,
+        "1 while the partition ignores health for creates (too few healthy units)."
+    );
+    describe_gauge!(
+        PROBER_SUSPECTED,
+        Unit::Count,
+        "1 while every probe fails at once and the prober itself is suspected."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        Unit::Count,
+        "Always 1; the version label names the running build."
+    );
+}
+
+fn init_requests() {
+    for op in OPS {
+        for outcome in OUTCOMES {
+            counter!(REQUESTS, "op" => op, "outcome" => outcome).absolute(0);
+            let _ = histogram!(REQUEST_DURATION, "op" => op, "outcome" => outcome);
+        }
+    }
+    for reason in RETRY_REASONS {
+        counter!(CREATE_RETRIES, "reason" => reason).absolute(0);
+    }
+    for outcome in IN_DOUBT_OUTCOMES {
+        counter!(CREATE_IN_DOUBT, "outcome" => outcome).absolute(0);
+    }
+    counter!(SHED, "reason" => "in_flight").absolute(0);
+    gauge!(REQUESTS_IN_FLIGHT).set(0.0);
+    gauge!(PROBER_SUSPECTED).set(0.0);
+}
+
+/// Creates every per-unit series at zero, so dashboards and alerts see each
+/// unit from start-up.
+pub fn init_unit(unit: u16, max_connections: u32) {
+    let u = unit.to_string();
+    for outcome in UNIT_CALL_OUTCOMES {
+        counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => outcome).absolute(0);
+    }
+    let _ = histogram!(UNIT_CALL_DURATION, "unit" => u.clone());
+    counter!(CREATES, "unit" => u.clone()).absolute(0);
+    gauge!(UNIT_UP, "unit" => u.clone()).set(1.0);
+    gauge!(CIRCUIT_STATE, "unit" => u.clone()).set(0.0);
+    for to in ["closed", "half_open", "open"] {
+        counter!(CIRCUIT_TRANSITIONS, "unit" => u.clone(), "to" => to).absolute(0);
+    }
+    for outcome in ["ok", "failed"] {
+        counter!(PROBES, "unit" => u.clone(), "outcome" => outcome).absolute(0);
+        counter!(SEGMENT_FETCHES, "unit" => u.clone(), "outcome" => outcome).absolute(0);
+    }
+    let _ = histogram!(PROBE_DURATION, "unit" => u.clone());
+    for state in ["idle", "in_use"] {
+        gauge!(POOL_CONNECTIONS, "unit" => u.clone(), "state" => state).set(0.0);
+    }
+    gauge!(POOL_MAX, "unit" => u.clone()).set(f64::from(max_connections));
+    gauge!(POOL_WAITING, "unit" => u.clone()).set(0.0);
+    counter!(UNIT_RESTARTS, "unit" => u.clone()).absolute(0);
+    gauge!(OUTBOX_BACKLOG, "unit" => u).set(0.0);
+}
+
+pub fn init_partition(partition: &str) {
+    gauge!(PANIC_MODE, "partition" => partition.to_string()).set(0.0);
+}
+
+/// The `op` label of a route, or `None` for routes that are not order calls.
+pub fn op_of(method: &str, pattern: &str) -> Option<&'static str> {
+    Some(match (method, pattern) {
+        ("POST", "/v1/orders") => "create",
+        ("GET", "/v1/orders/{order_id}") => "get",
+        ("POST", "/v1/orders/{order_id}/pay") => "pay",
+        ("POST", "/v1/orders/{order_id}/close") => "close",
+        ("POST", "/v1/orders/{order_id}/refunds") => "refund",
+        ("GET", "/v1/orders/{order_id}/refunds") => "list",
+        ("GET", "/v1/merchants/{merchant_id}/orders/{out_trade_no}") => "lookup",
+        ("GET", "/v1/users/{user_id}/orders") => "list",
+        _ => return None,
+    })
+}
+
+/// The `outcome` label of an HTTP status.
+pub fn outcome_of(status: u16) -> &'static str {
+    match status {
+        200..=399 => "ok",
+        409 | 412 => "conflict",
+        429 | 503 => "unavailable",
+        400..=499 => "client_error",
+        _ => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_stay_bounded() {
+        assert_eq!(op_of("POST", "/v1/orders"), Some("create"));
+        assert_eq!(op_of("GET", "/v1/users/{user_id}/orders"), Some("list"));
+        assert_eq!(op_of("GET", "/metrics"), None);
+        for (status, outcome) in [
+            (201, "ok"),
+            (409, "conflict"),
+            (412, "conflict"),
+            (404, "client_error"),
+            (503, "unavailable"),
+            (429, "unavailable"),
+            (500, "error"),
+        ] {
+            assert_eq!(outcome_of(status), outcome);
+        }
+        for op in OPS {
+            assert!(op.chars().all(|c| c.is_ascii_lowercase()));
+        }
+    }
+}
