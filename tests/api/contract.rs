@@ -307,3 +307,54 @@ async fn shutdown_finishes_in_flight_requests() {
         "every acknowledged create is stored, nothing else"
     );
 }
+
+#[actix_web::test]
+async fn overload_is_shed_with_429_and_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = crate::helpers::unit_urls(Backend::Sqlite, 2, dir.path());
+    let mut settings = settings_for(&units, "");
+    settings.server.max_in_flight = 1;
+    let app = crate::helpers::spawn_app_with(settings, dir).await;
+    let bodies: Vec<_> = (0..60)
+        .map(|i| order_body("m-1", &format!("shed-{i}"), "u-1", 10))
+        .collect();
+    let replies =
+        futures_util::future::join_all(bodies.iter().map(|b| app.post("/v1/orders", b))).await;
+    let shed: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert!(
+        !shed.is_empty(),
+        "60 concurrent creates with max_in_flight = 1 shed none"
+    );
+    for r in &replies {
+        assert!(
+            matches!(r.status.as_u16(), 201 | 429),
+            "{} {}",
+            r.status,
+            r.body
+        );
+    }
+    for r in shed {
+        assert_eq!(r.code(), "overloaded");
+        assert!(r.headers.contains_key("retry-after"));
+        assert!(r.headers.contains_key("x-request-id"));
+    }
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("orderengine_admission_shed_total{reason=\"in_flight\"}")
+            && !l.ends_with(" 0")),
+        "shed requests are counted"
+    );
+    app.shutdown().await;
+}
