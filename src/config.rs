@@ -32,6 +32,8 @@ pub struct Settings {
     pub supervisor: SupervisorSettings,
     #[serde(default)]
     pub admin: AdminSettings,
+    #[serde(default)]
+    pub group_commit: GroupCommitSettings,
     pub units: Vec<UnitSettings>,
     /// merchant id -> partition; merchants not listed use `dispatcher.default_partition`.
     #[serde(default)]
@@ -136,6 +138,31 @@ impl Default for DispatcherSettings {
             unit_mailbox: 1_024,
             max_attempts: 3,
             in_doubt_ttl_secs: 600,
+        }
+    }
+}
+
+/// Group commit: a unit writes concurrent creates in shared transactions.
+/// A unit runs at most `max_in_flight_batches` create transactions at once;
+/// creates that arrive meanwhile queue and go together (up to `max_batch`)
+/// when one finishes, so an idle unit adds no latency and a busy one writes
+/// many orders per commit. `window_us > 0` also waits that long for company.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupCommitSettings {
+    pub enabled: bool,
+    pub max_batch: usize,
+    pub max_in_flight_batches: usize,
+    pub window_us: u64,
+}
+
+impl Default for GroupCommitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_batch: 64,
+            max_in_flight_batches: 4,
+            window_us: 0,
         }
     }
 }
@@ -394,6 +421,9 @@ impl Settings {
         }
         if self.sequence.step == 0 || self.sequence.prefetch_at_percent > 100 {
             return invalid("sequence.step must be > 0 and prefetch_at_percent <= 100".into());
+        }
+        if self.group_commit.max_batch == 0 || self.group_commit.max_in_flight_batches == 0 {
+            return invalid("group_commit.max_batch and max_in_flight_batches must be > 0".into());
         }
         if self.dispatcher.max_attempts == 0 {
             return invalid("dispatcher.max_attempts must be > 0".into());

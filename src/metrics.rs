@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS: &str = "orderengine_requests_total";
 pub const REQUEST_DURATION: &str = "orderengine_request_duration_seconds";
@@ -22,6 +22,7 @@ pub const SHED: &str = "orderengine_admission_shed_total";
 pub const UNIT_CALLS: &str = "orderengine_unit_calls_total";
 pub const UNIT_CALL_DURATION: &str = "orderengine_unit_call_duration_seconds";
 pub const CREATES: &str = "orderengine_creates_total";
+pub const CREATE_BATCH_SIZE: &str = "orderengine_unit_create_batch_size";
 pub const CREATE_RETRIES: &str = "orderengine_create_retries_total";
 pub const CREATE_IN_DOUBT: &str = "orderengine_create_in_doubt_total";
 pub const UNIT_UP: &str = "orderengine_unit_up";
@@ -71,6 +72,11 @@ pub fn install() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&LATENCY_BUCKETS)
                 .expect("bucket list is not empty")
+                .set_buckets_for_metric(
+                    Matcher::Full(CREATE_BATCH_SIZE.to_string()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                )
+                .expect("bucket list is not empty")
                 .build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
@@ -85,6 +91,11 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    describe_histogram!(
+        CREATE_BATCH_SIZE,
+        Unit::Count,
+        "Orders written per create transaction (group commit), by unit."
+    );
     describe_counter!(
         REQUESTS,
         Unit::Count,
@@ -228,6 +239,7 @@ pub fn init_unit(unit: u16, max_connections: u32) {
         counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => outcome).absolute(0);
     }
     let _ = histogram!(UNIT_CALL_DURATION, "unit" => u.clone());
+    let _ = histogram!(CREATE_BATCH_SIZE, "unit" => u.clone());
     counter!(CREATES, "unit" => u.clone()).absolute(0);
     gauge!(UNIT_UP, "unit" => u.clone()).set(1.0);
     gauge!(CIRCUIT_STATE, "unit" => u.clone()).set(0.0);

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use crate::actors::dispatcher::{CloseAll, Dispatcher, UnitRoute};
 use crate::actors::health::{HealthBoard, UnitHealth};
 use crate::actors::supervisor::{Supervisor, Watch};
-use crate::actors::unit::UnitActor;
+use crate::actors::unit::{UnitActor, UnitOptions};
 use crate::api::middleware::{Admission, observe};
 use crate::api::{self, AppState, admin};
 use crate::config::{Settings, UnitSettings};
@@ -226,11 +226,12 @@ async fn start_unit(
     let arbiter = Arbiter::new();
     let (tx, rx) = oneshot::channel();
     let storage = settings.storage.clone();
-    let (step, pct) = (
-        settings.sequence.step,
-        settings.sequence.prefetch_at_percent,
-    );
-    let mailbox = settings.dispatcher.unit_mailbox;
+    let options = UnitOptions {
+        sequence_step: settings.sequence.step,
+        prefetch_at_percent: settings.sequence.prefetch_at_percent,
+        mailbox: settings.dispatcher.unit_mailbox,
+        group_commit: settings.group_commit.clone(),
+    };
     let spawned = arbiter.spawn(async move {
         let opened = UnitStore::open(
             unit.id,
@@ -239,9 +240,7 @@ async fn start_unit(
             &storage,
         )
         .await
-        .map(|store| {
-            actix::Supervisor::start(move |_| UnitActor::new(store, step, pct, mailbox, health))
-        });
+        .map(|store| actix::Supervisor::start(move |_| UnitActor::new(store, options, health)));
         let _ = tx.send(opened);
     });
     if !spawned {

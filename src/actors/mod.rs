@@ -2,6 +2,7 @@
 //! them. (The supervisor that tracks health comes with circuit breaking.)
 
 pub mod dispatcher;
+pub mod group_commit;
 pub mod health;
 pub mod key_lock;
 pub mod supervisor;

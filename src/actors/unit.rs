@@ -14,14 +14,17 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use metrics::{counter, gauge};
+use tokio::sync::oneshot;
 
+use super::group_commit::{Batcher, run_batch};
 use super::health::UnitHealth;
+use crate::config::GroupCommitSettings;
 use crate::metrics as m;
 
 use crate::domain::values::{MerchantId, OutTradeNo, PaymentRef, UserId};
 use crate::domain::{NewOrder, NewRefund, Order, OrderId, Refund};
 use crate::storage::sequence::SequenceGenerator;
-use crate::storage::{Consistency, InsertOutcome, Page, StoreError, UnitStore, UserCursor, now_ms};
+use crate::storage::{Consistency, Page, StoreError, UnitStore, UserCursor};
 
 /// What a create did in this unit.
 #[derive(Debug)]
@@ -120,8 +123,8 @@ pub struct SettleKey {
 /// actor stops and its supervisor restarts it with fresh state.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Broken {
-    reason: String,
+pub(super) struct Broken {
+    pub reason: String,
 }
 
 /// Close the unit's pools (shutdown).
@@ -129,30 +132,72 @@ struct Broken {
 #[rtype(result = "()")]
 pub struct CloseUnit;
 
+/// How a unit actor runs (from the settings).
+#[derive(Debug, Clone)]
+pub struct UnitOptions {
+    pub sequence_step: u64,
+    pub prefetch_at_percent: u8,
+    pub mailbox: usize,
+    pub group_commit: GroupCommitSettings,
+}
+
+/// Group-commit counters of a unit: batches written and orders in them.
+#[derive(Message)]
+#[rtype(result = "(u64, u64)")]
+pub struct BatchStats;
+
 pub struct UnitActor {
     store: UnitStore,
     health: Option<Arc<UnitHealth>>,
     sequence: SequenceGenerator,
-    sequence_step: u64,
-    prefetch_at_percent: u8,
-    mailbox: usize,
+    options: UnitOptions,
+    batcher: Batcher,
 }
 
 impl UnitActor {
-    pub fn new(
-        store: UnitStore,
-        sequence_step: u64,
-        prefetch_at_percent: u8,
-        mailbox: usize,
-        health: Option<Arc<UnitHealth>>,
-    ) -> Self {
+    pub fn new(store: UnitStore, options: UnitOptions, health: Option<Arc<UnitHealth>>) -> Self {
         Self {
             health,
-            sequence: SequenceGenerator::new(store.clone(), sequence_step, prefetch_at_percent),
+            sequence: SequenceGenerator::new(
+                store.clone(),
+                options.sequence_step,
+                options.prefetch_at_percent,
+            ),
             store,
-            sequence_step,
-            prefetch_at_percent,
-            mailbox,
+            options,
+            batcher: Batcher::default(),
+        }
+    }
+
+    /// Starts batches while there are queued creates and room for another
+    /// transaction. With a window, a partial batch waits for company first.
+    fn flush(&mut self, ctx: &mut Context<Self>, window_over: bool) {
+        let gc = &self.options.group_commit;
+        let (max_batch, max_in_flight) = (gc.max_batch, gc.max_in_flight_batches);
+        let window = Duration::from_micros(gc.window_us);
+        while self.batcher.pending() > 0 && self.batcher.in_flight < max_in_flight {
+            if !window.is_zero() && !window_over && self.batcher.pending() < max_batch {
+                if !self.batcher.timer_set {
+                    self.batcher.timer_set = true;
+                    ctx.run_later(window, |act, ctx| {
+                        act.batcher.timer_set = false;
+                        act.flush(ctx, true);
+                    });
+                }
+                return;
+            }
+            let batch = self.batcher.take(max_batch);
+            self.batcher.in_flight += 1;
+            let work = run_batch(
+                self.store.clone(),
+                self.sequence.clone(),
+                batch,
+                ctx.address(),
+            );
+            ctx.spawn(work.into_actor(self).map(|(), act, ctx| {
+                act.batcher.in_flight -= 1;
+                act.flush(ctx, false);
+            }));
         }
     }
 }
@@ -163,7 +208,7 @@ impl Actor for UnitActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         // Bounded on purpose: when a unit is slow, callers wait here (backpressure)
         // instead of queueing without limit.
-        ctx.set_mailbox_capacity(self.mailbox);
+        ctx.set_mailbox_capacity(self.options.mailbox);
         tracing::info!(unit = self.store.unit(), "unit actor started");
         // Pool gauges every second; the outbox backlog (a COUNT) every 15 s.
         let mut tick = 0u64;
@@ -204,9 +249,15 @@ impl Supervised for UnitActor {
         counter!(m::UNIT_RESTARTS, "unit" => self.store.unit().to_string()).increment(1);
         self.sequence = SequenceGenerator::new(
             self.store.clone(),
-            self.sequence_step,
-            self.prefetch_at_percent,
+            self.options.sequence_step,
+            self.options.prefetch_at_percent,
         );
+        // Queued creates never reached the database; running batches were
+        // dropped with the old context, and their callers hear "in doubt".
+        self.batcher
+            .fail_pending(StoreError::Unavailable("unit actor restarted".into()));
+        self.batcher.in_flight = 0;
+        self.batcher.timer_set = false;
     }
 }
 
@@ -214,29 +265,34 @@ impl Handler<CreateOrder> for UnitActor {
     type Result = ResponseFuture<Result<CreateOutcome, StoreError>>;
 
     fn handle(&mut self, msg: CreateOrder, ctx: &mut Self::Context) -> Self::Result {
-        let (store, sequence) = (self.store.clone(), self.sequence.clone());
-        let me = ctx.address();
+        let (tx, rx) = oneshot::channel();
+        if self.options.group_commit.enabled {
+            self.batcher.push(msg.request, tx);
+            self.flush(ctx, false);
+        } else {
+            let work = run_batch(
+                self.store.clone(),
+                self.sequence.clone(),
+                vec![(msg.request, tx)],
+                ctx.address(),
+            );
+            ctx.spawn(work.into_actor(self));
+        }
         Box::pin(async move {
-            let seq = sequence.next().await?;
-            let now = now_ms();
-            let id = OrderId::new(store.unit(), now.div_euclid(1000), seq)
-                .ok_or(StoreError::SequenceExhausted)?;
-            let request = msg.request;
-            let order = request.clone().into_order(id, now);
-            let inserted = store.insert_order(&order).await;
-            if let Err(e @ StoreError::SequenceReused { .. }) = &inserted {
-                me.do_send(Broken {
-                    reason: e.to_string(),
-                });
-            }
-            Ok(match inserted? {
-                InsertOutcome::Inserted => CreateOutcome::Created(order),
-                InsertOutcome::KeyExists(existing) if request.is_replay_of(&existing) => {
-                    CreateOutcome::Replayed(*existing)
-                }
-                InsertOutcome::KeyExists(_) => CreateOutcome::KeyConflict,
+            rx.await.unwrap_or_else(|_| {
+                Err(StoreError::InDoubt(
+                    "the unit actor stopped while the create was being written".into(),
+                ))
             })
         })
+    }
+}
+
+impl Handler<BatchStats> for UnitActor {
+    type Result = MessageResult<BatchStats>;
+
+    fn handle(&mut self, _msg: BatchStats, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult((self.batcher.batches, self.batcher.orders))
     }
 }
 

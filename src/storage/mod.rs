@@ -19,7 +19,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{Any, AnyPool};
 
-pub use orders::{Consistency, InsertOutcome, Page, UserCursor};
+pub use orders::{BatchOutcome, Consistency, InsertOutcome, Page, UserCursor};
 
 use crate::config::{StorageSettings, mask_url};
 use crate::domain::RuleError;
@@ -46,7 +46,7 @@ impl Dialect {
 /// Why a storage call did not succeed. The split between `Unavailable` and
 /// `InDoubt` is what makes order retry safe: only the first is known not to
 /// have committed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("order not found")]
     NotFound,

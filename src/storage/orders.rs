@@ -9,7 +9,7 @@
 
 use serde_json::{Map, Value, json};
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
 use super::{Dialect, StoreError, UnitStore, now_ms};
 use crate::domain::values::{
@@ -46,15 +46,27 @@ const SELECT_USER_PAGE: &str = concat!(
     " FROM orders WHERE user_id = ? AND (created_at_ms < ? OR (created_at_ms = ? AND seq < ?)) \
      ORDER BY created_at_ms DESC, seq DESC LIMIT ?"
 );
-const INSERT_ORDER: &str = concat!(
-    "INSERT INTO orders (",
-    order_columns!(),
-    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-);
+const INSERT_ORDERS_HEAD: &str = concat!("INSERT INTO orders (", order_columns!(), ") VALUES ");
+const ORDER_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 const UPDATE_ORDER: &str = "UPDATE orders SET status = ?, paid_amount = ?, refunded_amount = ?, \
      payment_ref = ?, version = ?, updated_at_ms = ? WHERE seq = ? AND version = ?";
-const INSERT_OUTBOX: &str = "INSERT INTO outbox (order_seq, order_version, event_type, payload, \
-     created_at_ms) VALUES (?, ?, ?, ?, ?)";
+const INSERT_OUTBOX_HEAD: &str =
+    "INSERT INTO outbox (order_seq, order_version, event_type, payload, created_at_ms) VALUES ";
+const OUTBOX_ROW: &str = "(?, ?, ?, ?, ?)";
+
+/// `head` followed by `n` copies of the placeholder `row`: a multi-row insert.
+/// Only placeholders are spliced in, never data.
+fn multi_row(head: &str, row: &str, n: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + n * (row.len() + 2));
+    sql.push_str(head);
+    for i in 0..n {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(row);
+    }
+    sql
+}
 const SELECT_REFUND: &str = "SELECT refund_id, amount, reason, created_at_ms FROM refunds \
      WHERE order_seq = ? AND refund_id = ?";
 const SELECT_REFUNDS: &str = "SELECT refund_id, amount, reason, created_at_ms FROM refunds \
@@ -70,6 +82,14 @@ pub enum Consistency {
     Strong,
     /// A replica when the unit has one (falls back to the primary).
     Eventual,
+}
+
+/// The result of inserting a batch of new orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    Inserted,
+    /// A unique key (idempotency key or sequence) was taken: nothing was written.
+    KeyTaken,
 }
 
 /// The result of inserting a new order.
@@ -107,52 +127,65 @@ impl UnitStore {
 
     /// Inserts a new order and its `created` event in one transaction.
     pub async fn insert_order(&self, order: &Order) -> Result<InsertOutcome, StoreError> {
+        match self.insert_orders(std::slice::from_ref(order)).await? {
+            BatchOutcome::Inserted => Ok(InsertOutcome::Inserted),
+            BatchOutcome::KeyTaken => match self
+                .find_by_key(&order.merchant_id, &order.out_trade_no)
+                .await?
+            {
+                Some(existing) => Ok(InsertOutcome::KeyExists(Box::new(existing))),
+                None => Err(StoreError::SequenceReused {
+                    unit: self.unit,
+                    seq: order.id.sequence(),
+                }),
+            },
+        }
+    }
+
+    /// Inserts several new orders and their `created` events in one
+    /// transaction (group commit): all of them or none. `KeyTaken` when any
+    /// unique key was already taken; then nothing was written, and the caller
+    /// inserts them one by one to give each its own answer.
+    pub async fn insert_orders(&self, orders: &[Order]) -> Result<BatchOutcome, StoreError> {
         let mut tx = self.begin().await?;
         let inserted = self
             .bounded(async {
-                let sections = Value::Object(order.sections.as_map().clone()).to_string();
-                let done = sqlx::query(INSERT_ORDER)
-                    .bind(seq_param(order.id.sequence()))
-                    .bind(order.merchant_id.as_str())
-                    .bind(order.out_trade_no.as_str())
-                    .bind(order.user_id.as_str())
-                    .bind(order.amount.get())
-                    .bind(order.currency.as_str())
-                    .bind(order.description.as_ref().map(Text::as_str))
-                    .bind(order.status.as_str())
-                    .bind(order.paid_amount)
-                    .bind(order.refunded_amount)
-                    .bind(order.payment_ref.as_ref().map(PaymentRef::as_str))
-                    .bind(order.version)
-                    .bind(order.created_at_ms)
-                    .bind(order.updated_at_ms)
-                    .bind(sections)
-                    .execute(&mut *tx)
-                    .await;
-                match done {
-                    Ok(_) => write_event(&mut tx, order, "order.created")
-                        .await
-                        .map(|_| true),
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(false),
-                    Err(e) => Err(StoreError::before_commit(e)),
+                let sql = multi_row(INSERT_ORDERS_HEAD, ORDER_ROW, orders.len());
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for order in orders {
+                    let sections = Value::Object(order.sections.as_map().clone()).to_string();
+                    query = query
+                        .bind(seq_param(order.id.sequence()))
+                        .bind(order.merchant_id.as_str().to_owned())
+                        .bind(order.out_trade_no.as_str().to_owned())
+                        .bind(order.user_id.as_str().to_owned())
+                        .bind(order.amount.get())
+                        .bind(order.currency.as_str().to_owned())
+                        .bind(order.description.as_ref().map(|d| d.as_str().to_owned()))
+                        .bind(order.status.as_str())
+                        .bind(order.paid_amount)
+                        .bind(order.refunded_amount)
+                        .bind(order.payment_ref.as_ref().map(|p| p.as_str().to_owned()))
+                        .bind(order.version)
+                        .bind(order.created_at_ms)
+                        .bind(order.updated_at_ms)
+                        .bind(sections);
                 }
+                match query.execute(&mut *tx).await {
+                    Ok(_) => {}
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(false),
+                    Err(e) => return Err(StoreError::before_commit(e)),
+                }
+                let events: Vec<_> = orders.iter().map(|o| (o, "order.created")).collect();
+                write_events(&mut tx, &events).await?;
+                Ok(true)
             })
             .await?;
-        if inserted {
-            self.commit(tx).await?;
-            return Ok(InsertOutcome::Inserted);
+        if !inserted {
+            return Ok(BatchOutcome::KeyTaken); // dropping `tx` rolls the batch back
         }
-        drop(tx); // roll back before reading the order that holds the key
-        match self
-            .find_by_key(&order.merchant_id, &order.out_trade_no)
-            .await?
-        {
-            Some(existing) => Ok(InsertOutcome::KeyExists(Box::new(existing))),
-            None => Err(StoreError::SequenceReused {
-                unit: self.unit,
-                seq: order.id.sequence(),
-            }),
-        }
+        self.commit(tx).await?;
+        Ok(BatchOutcome::Inserted)
     }
 
     /// The order with this idempotency key, read from the primary.
@@ -497,24 +530,40 @@ async fn write_event(
     order: &Order,
     event_type: &'static str,
 ) -> Result<(), StoreError> {
-    let payload = json!({
-        "type": event_type,
-        "order_id": order.id.to_string(),
-        "merchant_id": order.merchant_id.as_str(),
-        "out_trade_no": order.out_trade_no.as_str(),
-        "status": order.status.as_str(),
-        "amount": order.amount.get(),
-        "paid_amount": order.paid_amount,
-        "refunded_amount": order.refunded_amount,
-        "version": order.version,
-        "at_ms": order.updated_at_ms,
-    });
-    sqlx::query(INSERT_OUTBOX)
-        .bind(seq_param(order.id.sequence()))
-        .bind(order.version)
-        .bind(event_type)
-        .bind(payload.to_string())
-        .bind(order.updated_at_ms)
+    write_events(tx, &[(order, event_type)]).await
+}
+
+/// Appends change events to the outbox in one statement, in the caller's transaction.
+async fn write_events(
+    tx: &mut Transaction<'static, Any>,
+    events: &[(&Order, &'static str)],
+) -> Result<(), StoreError> {
+    let mut query = sqlx::query(AssertSqlSafe(multi_row(
+        INSERT_OUTBOX_HEAD,
+        OUTBOX_ROW,
+        events.len(),
+    )));
+    for (order, event_type) in events {
+        let payload = json!({
+            "type": event_type,
+            "order_id": order.id.to_string(),
+            "merchant_id": order.merchant_id.as_str(),
+            "out_trade_no": order.out_trade_no.as_str(),
+            "status": order.status.as_str(),
+            "amount": order.amount.get(),
+            "paid_amount": order.paid_amount,
+            "refunded_amount": order.refunded_amount,
+            "version": order.version,
+            "at_ms": order.updated_at_ms,
+        });
+        query = query
+            .bind(seq_param(order.id.sequence()))
+            .bind(order.version)
+            .bind(*event_type)
+            .bind(payload.to_string())
+            .bind(order.updated_at_ms);
+    }
+    query
         .execute(&mut **tx)
         .await
         .map_err(StoreError::before_commit)?;

@@ -5,6 +5,7 @@ mod binary;
 mod concurrency;
 mod contract;
 mod faults;
+mod group_commit;
 mod helpers;
 mod lifecycle;
 mod mariadb;

@@ -59,14 +59,22 @@ impl MariaDb {
     /// Initialises a data directory and starts a server on a free port.
     /// `durable: false` skips the fsync per commit: for tests that never kill it.
     pub fn start_with(durable: bool) -> Self {
+        Self::start_in("orderengine-mariadb-", durable)
+    }
+
+    fn start_in(prefix: &str, durable: bool) -> Self {
         let dir = tempfile::Builder::new()
-            .prefix("orderengine-mariadb-")
+            .prefix(prefix)
             .tempdir()
             .expect("temp dir");
         let install = find_binary(&["mariadb-install-db", "mysql_install_db"]);
+        // Its own tmpdir: servers installed side by side in a shared /tmp
+        // collide on temporary table names.
+        std::fs::create_dir(dir.path().join("tmp")).expect("tmpdir");
         let out = Command::new(&install)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.path().join("data").display()))
+            .arg(format!("--tmpdir={}", dir.path().join("tmp").display()))
             .args([
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
@@ -101,6 +109,7 @@ impl MariaDb {
             .arg(format!("--datadir={}", d.join("data").display()))
             .arg(format!("--socket={}", d.join("mysqld.sock").display()))
             .arg(format!("--pid-file={}", d.join("mysqld.pid").display()))
+            .arg(format!("--tmpdir={}", d.join("tmp").display()))
             .arg(format!("--port={}", self.port))
             .args([
                 "--bind-address=127.0.0.1",
@@ -202,14 +211,17 @@ fn run_as_root_args() -> Vec<&'static str> {
 }
 
 /// The server shared by every test in this binary that does not kill servers.
-/// It is started from a thread that lives as long as the process, so it stops
-/// exactly when the test binary exits.
+/// It is started from a thread that lives as long as the process, so it dies
+/// with the process (PR_SET_PDEATHSIG). Its data directory carries the test
+/// process id; each run removes the directories of processes that are gone.
 pub fn shared() -> &'static MariaDb {
     static SHARED: OnceLock<&'static MariaDb> = OnceLock::new();
     SHARED.get_or_init(|| {
+        remove_stale_shared_dirs();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let server: &'static MariaDb = Box::leak(Box::new(MariaDb::start()));
+            let prefix = format!("{SHARED_PREFIX}{}-", std::process::id());
+            let server: &'static MariaDb = Box::leak(Box::new(MariaDb::start_in(&prefix, false)));
             tx.send(server).expect("test thread waits");
             loop {
                 std::thread::park();
@@ -218,6 +230,27 @@ pub fn shared() -> &'static MariaDb {
         rx.recv()
             .expect("shared MariaDB failed to start (see the panic above)")
     })
+}
+
+const SHARED_PREFIX: &str = "orderengine-shared-";
+
+fn remove_stale_shared_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(SHARED_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A database name no other test in this run uses.

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Engine creates/s over HTTP against MariaDB's own single-row insert benchmark
+# (sysbench oltp_insert) on the same server, in one run on one machine:
+#
+#   1. start a durable MariaDB (innodb_flush_log_at_trx_commit=1) in a temp dir
+#   2. sysbench oltp_insert against it (the reference: inserts/s)
+#   3. the engine (release build) with 4 units on that server
+#   4. order-loadgen closed loop, creates only: the engine's peak creates/s
+#   5. order-loadgen open loop at 50% of that peak: p50 / p99 latency
+#
+# Usage: bash bench/run.sh            (DURATION=20 THREADS="32 64" CONNS="64 128 256")
+# Everything listens on loopback; everything stops when the script ends.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-20}
+THREADS=${THREADS:-"32 64"}
+CONNS=${CONNS:-"64 128 256"}
+
+need=()
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+command -v sysbench >/dev/null 2>&1 || need+=(sysbench)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+MARIADBD=$(command -v mariadbd || echo /usr/sbin/mariadbd)
+
+cargo build --release -q --bin order-engine --bin order-loadgen
+
+WORK=$(mktemp -d /tmp/orderengine-bench-XXXXXX)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+as_root=(); [ "$(id -u)" -eq 0 ] && as_root=(--user=root)
+
+echo "== MariaDB (durable: innodb_flush_log_at_trx_commit=1)"
+DB_PORT=$(free_port)
+mkdir -p "$WORK/tmp"
+mariadb-install-db --no-defaults --datadir="$WORK/data" --tmpdir="$WORK/tmp" \
+  --auth-root-authentication-method=normal --skip-test-db "${as_root[@]}" >"$WORK/install.log" 2>&1
+"$MARIADBD" --no-defaults --datadir="$WORK/data" --tmpdir="$WORK/tmp" --socket="$WORK/mysqld.sock" \
+  --port="$DB_PORT" --bind-address=127.0.0.1 --skip-grant-tables --skip-log-bin \
+  --innodb-flush-log-at-trx-commit=1 --innodb-buffer-pool-size=1G --innodb-log-file-size=512M \
+  --max-connections=2000 "${as_root[@]}" >"$WORK/mariadb.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/"$DB_PORT") 2>/dev/null && break; sleep 0.1; done
+mariadb() { command mariadb -h127.0.0.1 -P"$DB_PORT" -uroot "$@"; }
+mariadb -e "CREATE DATABASE sbtest"
+
+echo "== sysbench oltp_insert (reference)"
+SB=(sysbench oltp_insert --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$DB_PORT"
+    --mysql-user=root --mysql-db=sbtest --tables=4 --table-size=0)
+"${SB[@]}" prepare >/dev/null
+SYSBENCH=0
+for t in $THREADS; do
+  out=$("${SB[@]}" --threads="$t" --time="$DURATION" run)
+  eps=$(echo "$out" | sed -n 's/.*events\/s (eps): *\([0-9.]*\).*/\1/p; s/.*transactions: *[0-9]* *(\([0-9.]*\) per sec.).*/\1/p' | head -1)
+  echo "   $t threads: $eps inserts/s"
+  SYSBENCH=$(python3 -c "print(max($SYSBENCH, $eps))")
+done
+
+echo "== order-engine: 4 units on the same server"
+PORT=$(free_port)
+cat > "$WORK/engine.toml" <<TOML
+[server]
+port = $PORT
+max_in_flight = 100000
+[storage]
+max_connections = 32
+[log]
+level = "warn"
+[[units]]
+id = 1
+primary_url = "mysql://root@127.0.0.1:$DB_PORT/orderengine_unit_1"
+[[units]]
+id = 2
+primary_url = "mysql://root@127.0.0.1:$DB_PORT/orderengine_unit_2"
+[[units]]
+id = 3
+primary_url = "mysql://root@127.0.0.1:$DB_PORT/orderengine_unit_3"
+[[units]]
+id = 4
+primary_url = "mysql://root@127.0.0.1:$DB_PORT/orderengine_unit_4"
+TOML
+./target/release/order-engine --config "$WORK/engine.toml" >"$WORK/engine.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+
+LG=(./target/release/order-loadgen --url "http://127.0.0.1:$PORT" --mix create=100 --warmup 3s)
+PEAK=0
+for c in $CONNS; do
+  "${LG[@]}" --connections "$c" --duration "${DURATION}s" --json "$WORK/peak-$c.json" >"$WORK/peak-$c.txt"
+  tput=$(python3 -c "import json; print(round(json.load(open('$WORK/peak-$c.json'))['throughput_per_sec'], 1))")
+  errs=$(python3 -c "import json; print(json.load(open('$WORK/peak-$c.json'))['errors'])")
+  echo "   closed loop, $c connections: $tput creates/s, $errors errors" | sed "s/\$errors/$errs/"
+  PEAK=$(python3 -c "print(max($PEAK, $tput))")
+done
+
+HALF=$(python3 -c "print(round($PEAK / 2))")
+echo "== open loop at 50% of peak: $HALF creates/s"
+"${LG[@]}" --rate "$HALF" --connections 1024 --duration "${DURATION}s" --json "$WORK/half.json" | sed 's/^/   /'
+
+python3 - "$SYSBENCH" "$PEAK" "$WORK/half.json" <<'PY'
+import json, sys
+sb, peak, half = float(sys.argv[1]), float(sys.argv[2]), json.load(open(sys.argv[3]))
+c = half["ops"]["create"]
+print("== result")
+print(f"   sysbench oltp_insert : {sb:10.1f} inserts/s")
+print(f"   engine (HTTP)        : {peak:10.1f} creates/s  = {peak / sb:.2f}x sysbench (bar: 1.5x)")
+print(f"   at {half['config']['rate_per_sec']:.0f}/s (50% peak): p50 {c['p50_ms']:.2f} ms, p99 {c['p99_ms']:.2f} ms (bar: 10 ms), errors {half['errors']}")
+PY

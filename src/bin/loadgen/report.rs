@@ -1,0 +1,207 @@
+//! Measurements and the report: HDR histograms per operation, counts per
+//! status code, throughput over the measured period (warm-up excluded).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::workload::Op;
+
+/// Latencies are recorded in microseconds, 1 µs to 5 minutes, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 300_000_000, 3).expect("valid bounds")
+}
+
+#[derive(Default)]
+pub struct Stats {
+    by_op: BTreeMap<Op, Histogram<u64>>,
+    all: Option<Histogram<u64>>,
+    /// HTTP status -> count; transport failures under 0.
+    pub status: BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+}
+
+impl Stats {
+    pub fn record(&mut self, op: Op, status: Option<u16>, latency: Duration) {
+        let us = (latency.as_micros() as u64).clamp(1, 300_000_000);
+        self.by_op
+            .entry(op)
+            .or_insert_with(histogram)
+            .saturating_record(us);
+        self.all.get_or_insert_with(histogram).saturating_record(us);
+        match status {
+            Some(s) => *self.status.entry(s).or_default() += 1,
+            None => self.transport_errors += 1,
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.all.as_ref().map_or(0, Histogram::len)
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.transport_errors
+            + self
+                .status
+                .iter()
+                .filter(|(s, _)| **s >= 400)
+                .map(|(_, n)| n)
+                .sum::<u64>()
+    }
+
+    pub fn report(&self, config: RunConfig, measured: Duration) -> Report {
+        let secs = measured.as_secs_f64().max(1e-9);
+        let summary = |h: &Histogram<u64>| OpReport {
+            count: h.len(),
+            rate_per_sec: h.len() as f64 / secs,
+            p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+            p90_ms: h.value_at_quantile(0.9) as f64 / 1000.0,
+            p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+            p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
+            max_ms: h.max() as f64 / 1000.0,
+            mean_ms: h.mean() / 1000.0,
+        };
+        Report {
+            config,
+            measured_secs: secs,
+            requests: self.count(),
+            throughput_per_sec: self.count() as f64 / secs,
+            errors: self.errors(),
+            transport_errors: self.transport_errors,
+            status: self
+                .status
+                .iter()
+                .map(|(s, n)| (s.to_string(), *n))
+                .collect(),
+            all: self.all.as_ref().map(summary),
+            ops: self
+                .by_op
+                .iter()
+                .map(|(op, h)| (op.name().to_string(), summary(h)))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    pub url: String,
+    pub mode: String,
+    pub rate_per_sec: Option<f64>,
+    pub connections: usize,
+    pub mix: String,
+    pub duration_secs: Option<f64>,
+    pub requests_limit: Option<u64>,
+    pub warmup_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpReport {
+    pub count: u64,
+    pub rate_per_sec: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub config: RunConfig,
+    pub measured_secs: f64,
+    pub requests: u64,
+    pub throughput_per_sec: f64,
+    /// Responses >= 400 plus transport failures.
+    pub errors: u64,
+    pub transport_errors: u64,
+    pub status: BTreeMap<String, u64>,
+    pub all: Option<OpReport>,
+    pub ops: BTreeMap<String, OpReport>,
+}
+
+impl Report {
+    pub fn text(&self) -> String {
+        let c = &self.config;
+        let mut out = format!(
+            "order-loadgen: {} loop against {}, {} connections{}, mix {}\n",
+            c.mode,
+            c.url,
+            c.connections,
+            c.rate_per_sec
+                .map(|r| format!(", {r}/s offered"))
+                .unwrap_or_default(),
+            c.mix
+        );
+        out += &format!(
+            "measured {:.1}s (after {:.1}s warm-up): {} requests, {:.1}/s, {} errors\n",
+            self.measured_secs, c.warmup_secs, self.requests, self.throughput_per_sec, self.errors
+        );
+        out += &format!(
+            "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "op", "count", "rate/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+        );
+        let rows = self
+            .ops
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .chain(self.all.as_ref().map(|a| ("all", a)));
+        for (name, r) in rows {
+            out += &format!(
+                "{:<8} {:>9} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+                name, r.count, r.rate_per_sec, r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms
+            );
+        }
+        let statuses: Vec<_> = self
+            .status
+            .iter()
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect();
+        out += &format!(
+            "status   {}{}\n",
+            statuses.join(", "),
+            if self.transport_errors > 0 {
+                format!(", transport errors: {}", self.transport_errors)
+            } else {
+                String::new()
+            }
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_errors() {
+        let mut s = Stats::default();
+        for ms in 1..=100 {
+            s.record(Op::Create, Some(201), Duration::from_millis(ms));
+        }
+        s.record(Op::Get, Some(503), Duration::from_millis(5));
+        s.record(Op::Get, None, Duration::from_millis(5));
+        let config = RunConfig {
+            url: "u".into(),
+            mode: "closed".into(),
+            rate_per_sec: None,
+            connections: 1,
+            mix: "create=100".into(),
+            duration_secs: Some(1.0),
+            requests_limit: None,
+            warmup_secs: 0.0,
+        };
+        let r = s.report(config, Duration::from_secs(2));
+        let create = &r.ops["create"];
+        assert_eq!(create.count, 100);
+        assert!((create.p50_ms - 50.0).abs() < 0.5, "{}", create.p50_ms);
+        assert!((create.p99_ms - 99.0).abs() < 0.5, "{}", create.p99_ms);
+        assert_eq!((r.requests, r.errors, r.transport_errors), (102, 2, 1));
+        assert!((r.throughput_per_sec - 51.0).abs() < 1e-9);
+        assert!(r.text().contains("503: 1"));
+    }
+}
