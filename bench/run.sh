@@ -53,7 +53,7 @@ mariadb -e "CREATE DATABASE sbtest"
 
 echo "== sysbench oltp_insert (reference)"
 SB=(sysbench oltp_insert --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$DB_PORT"
-    --mysql-user=root --mysql-db=sbtest --tables=4 --table-size=0)
+    --mysql-user=root --mysql-db=sbtest --tables=4 --table-size=10000)
 "${SB[@]}" prepare >/dev/null
 SYSBENCH=0
 for t in $THREADS; do

@@ -152,7 +152,12 @@ pub struct UnitActor {
     sequence: SequenceGenerator,
     options: UnitOptions,
     batcher: Batcher,
+    lookups: Vec<(Key, LookupReply)>,
+    lookups_in_flight: usize,
 }
+
+type Key = (MerchantId, OutTradeNo);
+type LookupReply = oneshot::Sender<Result<Option<Order>, StoreError>>;
 
 impl UnitActor {
     pub fn new(store: UnitStore, options: UnitOptions, health: Option<Arc<UnitHealth>>) -> Self {
@@ -166,6 +171,36 @@ impl UnitActor {
             store,
             options,
             batcher: Batcher::default(),
+            lookups: Vec::new(),
+            lookups_in_flight: 0,
+        }
+    }
+
+    fn flush_lookups(&mut self, ctx: &mut Context<Self>) {
+        let gc = &self.options.group_commit;
+        let (max_batch, max_in_flight) = (gc.max_batch, gc.max_in_flight_batches);
+        while !self.lookups.is_empty() && self.lookups_in_flight < max_in_flight {
+            let n = self.lookups.len().min(max_batch);
+            let batch: Vec<_> = self.lookups.drain(..n).collect();
+            self.lookups_in_flight += 1;
+            let store = self.store.clone();
+            let work = async move {
+                let keys: Vec<Key> = batch.iter().map(|(k, _)| k.clone()).collect();
+                let found = store.find_by_keys(&keys).await;
+                for ((merchant, out_trade_no), reply) in batch {
+                    let answer = found.as_ref().map_err(Clone::clone).map(|orders| {
+                        orders
+                            .iter()
+                            .find(|o| o.merchant_id == merchant && o.out_trade_no == out_trade_no)
+                            .cloned()
+                    });
+                    let _ = reply.send(answer);
+                }
+            };
+            ctx.spawn(work.into_actor(self).map(|(), act, ctx| {
+                act.lookups_in_flight -= 1;
+                act.flush_lookups(ctx);
+            }));
         }
     }
 
@@ -258,6 +293,10 @@ impl Supervised for UnitActor {
             .fail_pending(StoreError::Unavailable("unit actor restarted".into()));
         self.batcher.in_flight = 0;
         self.batcher.timer_set = false;
+        for (_, reply) in self.lookups.drain(..) {
+            let _ = reply.send(Err(StoreError::Unavailable("unit actor restarted".into())));
+        }
+        self.lookups_in_flight = 0;
     }
 }
 
@@ -308,9 +347,16 @@ impl Handler<GetOrder> for UnitActor {
 impl Handler<FindByKey> for UnitActor {
     type Result = ResponseFuture<Result<Option<Order>, StoreError>>;
 
-    fn handle(&mut self, msg: FindByKey, _ctx: &mut Self::Context) -> Self::Result {
-        let store = self.store.clone();
-        Box::pin(async move { store.find_by_key(&msg.merchant_id, &msg.out_trade_no).await })
+    /// Look-ups batch like creates: while `max_in_flight_batches` queries run,
+    /// new keys queue and are asked together in one query.
+    fn handle(&mut self, msg: FindByKey, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.lookups.push(((msg.merchant_id, msg.out_trade_no), tx));
+        self.flush_lookups(ctx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("unit actor restarted".into())))
+        })
     }
 }
 

@@ -361,9 +361,13 @@ impl Drop for WaitGuard<'_> {
 }
 
 fn pool_options(dialect: Dialect, settings: &StorageSettings, max: u32) -> AnyPoolOptions {
+    // No ping before each use: it would double the round trips of a lookup.
+    // A connection that died meanwhile fails its first statement with an I/O
+    // error, which is a definite failure (nothing committed) and is retried.
     let opts = AnyPoolOptions::new()
         .max_connections(max)
-        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms));
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .test_before_acquire(false);
     match dialect {
         Dialect::MySql => opts,
         // WAL lets readers run beside the writer; FULL sync because an

@@ -208,6 +208,34 @@ impl UnitStore {
         row.map(|r| self.order_from_row(&r)).transpose()
     }
 
+    /// The orders holding any of `keys` (one query; absent keys are simply
+    /// missing from the result).
+    pub async fn find_by_keys(
+        &self,
+        keys: &[(MerchantId, OutTradeNo)],
+    ) -> Result<Vec<Order>, StoreError> {
+        let mut sql = String::from(concat!("SELECT ", order_columns!(), " FROM orders WHERE "));
+        for i in 0..keys.len() {
+            sql.push_str(if i == 0 { "" } else { " OR " });
+            // Each disjunct is a point on the unique index.
+            sql.push_str("(merchant_id = ? AND out_trade_no = ?)");
+        }
+        let rows = self
+            .bounded(async {
+                let mut query = sqlx::query(AssertSqlSafe(sql));
+                for (merchant, out_trade_no) in keys {
+                    query = query.bind(merchant.as_str()).bind(out_trade_no.as_str());
+                }
+                let mut conn = self.acquire(self.read_pool()).await?;
+                query
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(StoreError::before_commit)
+            })
+            .await?;
+        rows.iter().map(|r| self.order_from_row(r)).collect()
+    }
+
     /// Like `find_by_key`, but waits for any transaction that holds the key's
     /// index entry to finish, so an in-flight commit of this key is seen. Used
     /// to settle a create whose `COMMIT` outcome was unknown.

@@ -267,20 +267,24 @@ async fn shutdown_finishes_in_flight_requests() {
     let app = crate::helpers::spawn_app_with(settings, dir).await;
     let client = app.client.clone();
     let base = app.base.clone();
+    let (answered, mut first_answer) = tokio::sync::mpsc::unbounded_channel();
     let creates: Vec<_> = (0..40)
         .map(|i| {
-            let (client, base) = (client.clone(), base.clone());
+            let (client, base, answered) = (client.clone(), base.clone(), answered.clone());
             actix_web::rt::spawn(async move {
-                client
+                let r = client
                     .post(format!("{base}/v1/orders"))
                     .json(&order_body("m-1", &format!("sd-{i}"), "u-1", 10))
                     .send()
                     .await
-                    .map(|r| r.status())
+                    .map(|r| r.status());
+                let _ = answered.send(());
+                r
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    // Stop as soon as the first create is answered: the rest are in flight.
+    first_answer.recv().await;
     let units = app.units.clone();
     app.shutdown().await;
 

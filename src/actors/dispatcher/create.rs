@@ -55,23 +55,38 @@ impl CreateContext {
             return answer(&request, existing, true);
         }
         // The key may already name an order in any unit (a replay that the
-        // random choice below would send elsewhere): ask them all first.
-        let targets = self.routing.borrow().lookup_targets();
+        // random choice would send elsewhere): ask the others first. The unit
+        // the first attempt goes to is not asked: its unique index answers.
+        let first = self.routing.borrow_mut().choose_for_create(
+            &request.merchant_id,
+            &[],
+            &self.calls.board,
+        );
+        let targets: Vec<_> = self
+            .routing
+            .borrow()
+            .lookup_targets()
+            .into_iter()
+            .filter(|(unit, _)| Some(*unit) != first.as_ref().map(|f| f.0))
+            .collect();
         if let Some(existing) = find_key(&self.calls, &targets, &key).await.found {
             return answer(&request, existing, true);
         }
 
+        let mut first = first;
         let mut tried = Vec::new();
         while tried.len() < self.max_attempts as usize {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break;
             }
-            let choice = self.routing.borrow_mut().choose_for_create(
-                &request.merchant_id,
-                &tried,
-                &self.calls.board,
-            );
+            let choice = first.take().or_else(|| {
+                self.routing.borrow_mut().choose_for_create(
+                    &request.merchant_id,
+                    &tried,
+                    &self.calls.board,
+                )
+            });
             let Some((unit, addr)) = choice else {
                 break;
             };

@@ -87,6 +87,8 @@ struct Shared {
     measuring: AtomicBool,
     measured_started: Mutex<Option<Instant>>,
     sent: AtomicU64,
+    /// End of the measured period.
+    deadline: std::sync::OnceLock<Instant>,
 }
 
 impl Shared {
@@ -112,7 +114,9 @@ impl Shared {
         if let Some(s) = status {
             self.orders.learn(req.op, s, &body);
         }
-        if self.measuring.load(Ordering::Acquire) {
+        // Answers after the time limit fall outside the measured period.
+        let in_time = self.deadline.get().is_none_or(|end| Instant::now() <= *end);
+        if in_time && self.measuring.load(Ordering::Acquire) {
             self.stats.lock().unwrap().record(req.op, status, latency);
         }
     }
@@ -259,6 +263,7 @@ async fn run(args: Args) -> std::process::ExitCode {
         measuring: AtomicBool::new(false),
         measured_started: Mutex::new(None),
         sent: AtomicU64::new(0),
+        deadline: std::sync::OnceLock::new(),
     });
     let start = Instant::now();
     let warmup_end = start + args.warmup;
@@ -267,6 +272,7 @@ async fn run(args: Args) -> std::process::ExitCode {
         end: warmup_end + measure_for,
         requests: args.requests,
     };
+    let _ = shared.deadline.set(limits.end);
 
     let flip = {
         let shared = shared.clone();
@@ -287,16 +293,17 @@ async fn run(args: Args) -> std::process::ExitCode {
         Some(rate) => open_loop(shared.clone(), rate, args.connections, limits).await,
         None => closed_loop(shared.clone(), args.connections, limits).await,
     }
-    stop.store(true, Ordering::Release);
-    let _ = bar.await;
-    flip.abort();
-
+    // The measured period ends with the last answer (or the time limit).
     let measured = shared
         .measured_started
         .lock()
         .unwrap()
-        .map(|t| t.elapsed())
+        .map(|t| t.elapsed().min(measure_for))
         .unwrap_or_default();
+    stop.store(true, Ordering::Release);
+    bar.abort();
+    let _ = bar.await;
+    flip.abort();
     let config = RunConfig {
         url: args.url.clone(),
         mode: if args.rate.is_some() {
