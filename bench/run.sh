@@ -32,7 +32,11 @@ cargo build --release -q --bin order-engine --bin order-loadgen
 
 WORK=$(mktemp -d /tmp/orderengine-bench-XXXXXX)
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 as_root=(); [ "$(id -u)" -eq 0 ] && as_root=(--user=root)
@@ -96,7 +100,7 @@ for c in $CONNS; do
   "${LG[@]}" --connections "$c" --duration "${DURATION}s" --json "$WORK/peak-$c.json" >"$WORK/peak-$c.txt"
   tput=$(python3 -c "import json; print(round(json.load(open('$WORK/peak-$c.json'))['throughput_per_sec'], 1))")
   errs=$(python3 -c "import json; print(json.load(open('$WORK/peak-$c.json'))['errors'])")
-  echo "   closed loop, $c connections: $tput creates/s, $errors errors" | sed "s/\$errors/$errs/"
+  echo "   closed loop, $c connections: $tput creates/s, $errs errors"
   PEAK=$(python3 -c "print(max($PEAK, $tput))")
 done
 

@@ -161,7 +161,9 @@ impl Default for GroupCommitSettings {
         Self {
             enabled: true,
             max_batch: 64,
-            max_in_flight_batches: 4,
+            // Measured (README, Performance): 2 beats 4, 8 and 16 on a 2-core
+            // machine, because bigger batches cost the database less CPU.
+            max_in_flight_batches: 2,
             window_us: 0,
         }
     }

@@ -264,6 +264,28 @@ pub fn init_partition(partition: &str) {
     gauge!(PANIC_MODE, "partition" => partition.to_string()).set(0.0);
 }
 
+/// A unit's hot-path metric handles, registered once: recording through a
+/// handle skips the label allocation and registry look-up of the macros.
+#[derive(Clone)]
+pub struct UnitCallMetrics {
+    pub ok: metrics::Counter,
+    pub unavailable: metrics::Counter,
+    pub error: metrics::Counter,
+    pub duration: metrics::Histogram,
+}
+
+impl UnitCallMetrics {
+    pub fn new(unit: u16) -> Self {
+        let u = unit.to_string();
+        Self {
+            ok: counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => "ok"),
+            unavailable: counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => "unavailable"),
+            error: counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => "error"),
+            duration: histogram!(UNIT_CALL_DURATION, "unit" => u),
+        }
+    }
+}
+
 /// The `op` label of a route, or `None` for routes that are not order calls.
 pub fn op_of(method: &str, pattern: &str) -> Option<&'static str> {
     Some(match (method, pattern) {

@@ -99,12 +99,20 @@ impl Application {
             return Err(e);
         }
 
-        let supervisor = Supervisor::new(
-            board.clone(),
-            settings.supervisor.clone(),
-            settings.partitions.clone(),
-        )
-        .start();
+        // Its own thread: it folds in a report per unit call, which must not
+        // compete with the dispatcher for the dispatcher's thread.
+        let supervisor_arbiter = Arbiter::new();
+        let supervisor = {
+            let (board, settings, partitions) = (
+                board.clone(),
+                settings.supervisor.clone(),
+                settings.partitions.clone(),
+            );
+            Supervisor::start_in_arbiter(&supervisor_arbiter.handle(), move |_| {
+                Supervisor::new(board, settings, partitions)
+            })
+        };
+        arbiters.push(supervisor_arbiter);
         for r in &routes {
             supervisor.do_send(Watch {
                 unit: r.settings.id,

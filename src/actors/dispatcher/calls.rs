@@ -2,6 +2,7 @@
 //! an outcome report to the supervisor after it, and the classification that
 //! decides whether a failed create may be retried elsewhere.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,8 @@ pub struct UnitCalls {
     pub board: Arc<HealthBoard>,
     pub supervisor: Addr<Supervisor>,
     pub timeout: Duration,
+    /// Metric handles per unit (units added later fall back to the macros).
+    pub metrics: Arc<HashMap<u16, m::UnitCallMetrics>>,
 }
 
 impl UnitCalls {
@@ -108,9 +111,21 @@ impl UnitCalls {
             Err(CallError::Store(StoreError::Internal(_))) => "error",
             _ => "unavailable",
         };
-        let label = unit.to_string();
-        counter!(m::UNIT_CALLS, "unit" => label.clone(), "outcome" => outcome).increment(1);
-        histogram!(m::UNIT_CALL_DURATION, "unit" => label).record(latency.as_secs_f64());
+        let handles = self.metrics.get(&unit);
+        match (handles, outcome) {
+            (Some(h), "ok") => h.ok.increment(1),
+            (Some(h), "error") => h.error.increment(1),
+            (Some(h), _) => h.unavailable.increment(1),
+            (None, _) => {
+                let label = unit.to_string();
+                counter!(m::UNIT_CALLS, "unit" => label.clone(), "outcome" => outcome).increment(1);
+            }
+        }
+        match handles {
+            Some(h) => h.duration.record(latency.as_secs_f64()),
+            None => histogram!(m::UNIT_CALL_DURATION, "unit" => unit.to_string())
+                .record(latency.as_secs_f64()),
+        }
         self.supervisor.do_send(Report { unit, ok, latency });
         result
     }

@@ -152,6 +152,13 @@ impl Dispatcher {
                 board,
                 supervisor,
                 timeout: Duration::from_millis(settings.server.request_timeout_ms),
+                metrics: Arc::new(
+                    settings
+                        .units
+                        .iter()
+                        .map(|u| (u.id, crate::metrics::UnitCallMetrics::new(u.id)))
+                        .collect(),
+                ),
             },
             max_attempts: settings.dispatcher.max_attempts,
         }
