@@ -351,15 +351,7 @@ async fn overload_is_shed_with_429_and_retry_after() {
         assert!(r.headers.contains_key("retry-after"));
         assert!(r.headers.contains_key("x-request-id"));
     }
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(
         metrics.lines().any(|l| l
             .starts_with("orderengine_admission_shed_total{reason=\"in_flight\"}")

@@ -147,15 +147,7 @@ async fn concurrent_http_creates_share_commits() {
     for r in &replies {
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()

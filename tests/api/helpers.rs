@@ -207,6 +207,20 @@ impl TestApp {
         id
     }
 
+    /// `GET /metrics` (the registry is process-wide: filter by unit ids the
+    /// test owns).
+    pub async fn metrics_text(&self) -> String {
+        let url = format!("{}/metrics", self.base);
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `GET /admin/units` with the admin token.
     pub async fn units_status(&self) -> Value {
         self.client

@@ -11,7 +11,6 @@ mod helpers;
 mod mariadb;
 
 use std::collections::BTreeSet;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -190,12 +189,7 @@ impl Prometheus {
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log));
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        mariadb::die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start prometheus: {e}. {INSTALL_HINT}"));
@@ -282,15 +276,7 @@ async fn every_panel_and_alert_works_against_a_real_prometheus() {
     let client = reqwest::Client::new();
 
     // The engine's own output is clean for promtool.
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let (ok, out) = promtool(&["check", "metrics"], Some(text.as_bytes()));
     assert!(ok && out.trim().is_empty(), "promtool check metrics: {out}");
 
