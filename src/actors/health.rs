@@ -25,9 +25,28 @@ pub struct UnitHealth {
     pub restarts: AtomicU64,
     /// Milliseconds until an open circuit lets a trial through.
     pub retry_in_ms: AtomicU64,
+    /// Live calls that succeeded since the supervisor last folded them in,
+    /// and their summed latency in microseconds. Successes through a closed
+    /// circuit are counted here instead of sent one message each.
+    live_ok: AtomicU64,
+    live_latency_us: AtomicU64,
 }
 
 impl UnitHealth {
+    /// Counts a successful live call (folded in by the supervisor).
+    pub fn count_success(&self, latency_us: u64) {
+        self.live_ok.fetch_add(1, Ordering::Relaxed);
+        self.live_latency_us
+            .fetch_add(latency_us, Ordering::Relaxed);
+    }
+
+    /// Takes the successes counted since the last call: `(calls, mean latency in µs)`.
+    pub fn take_successes(&self) -> (u64, u64) {
+        let n = self.live_ok.swap(0, Ordering::Relaxed);
+        let sum = self.live_latency_us.swap(0, Ordering::Relaxed);
+        (n, sum.checked_div(n).unwrap_or(0))
+    }
+
     pub fn circuit(&self) -> CircuitState {
         match self.circuit.load(Ordering::Acquire) {
             0 => CircuitState::Closed,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use futures_util::future::join_all;
 
-use super::health::HealthBoard;
+use super::health::{HealthBoard, UnitHealth};
 use super::unit::{Probe, UnitActor};
 use crate::config::{PartitionSettings, SupervisorSettings, UnitMode};
 use crate::domain::circuit::{CircuitBreaker, CircuitState};
@@ -33,6 +33,8 @@ use metrics::{counter, gauge, histogram};
 
 /// A live call's outcome, reported by the dispatcher. `ok` means the unit
 /// answered (a business "no" is still an answer); `false` means it could not.
+/// Successes through a closed circuit are not sent: they are counted on the
+/// [`HealthBoard`] and folded in every `LIVE_FOLD_EVERY`.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Report {
@@ -88,6 +90,21 @@ impl Supervisor {
 
     fn now(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Folds the live successes counted on the board into `unit`'s breaker
+    /// and its latency average.
+    fn fold_live(&mut self, unit: u16, now: Duration) {
+        let (Some(w), Some(h)) = (self.units.get_mut(&unit), self.board.unit(unit)) else {
+            return;
+        };
+        let (n, mean_us) = h.take_successes();
+        if n == 0 {
+            return;
+        }
+        w.breaker
+            .on_successes(now, u32::try_from(n).unwrap_or(u32::MAX));
+        record_latency(&h, mean_us);
     }
 
     fn probe_round(&mut self, ctx: &mut Context<Self>) {
@@ -245,14 +262,45 @@ impl Supervisor {
     }
 }
 
+/// How often live successes counted on the board are folded into the breakers.
+const LIVE_FOLD_EVERY: Duration = Duration::from_millis(100);
+
+/// Moves a unit's live latency average towards `sample_us` (EWMA, weight 1/8:
+/// smooth enough to read, quick to move).
+fn record_latency(h: &UnitHealth, sample_us: u64) {
+    let old = h.call_latency_us.load(Ordering::Relaxed);
+    let new = if old == 0 {
+        sample_us
+    } else {
+        old - old / 8 + sample_us / 8
+    };
+    h.call_latency_us.store(new, Ordering::Relaxed);
+}
+
 impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Reports arrive once per live call: a deep mailbox absorbs bursts.
+        // Failure reports can come in bursts: a deep mailbox absorbs them.
         ctx.set_mailbox_capacity(65_536);
         let every = Duration::from_millis(self.settings.probe_interval_ms.max(10));
         ctx.run_interval(every, |act, ctx| act.probe_round(ctx));
+        ctx.run_interval(LIVE_FOLD_EVERY, |act, _| {
+            let now = act.now();
+            let units: Vec<u16> = act.units.keys().copied().collect();
+            let before: Vec<_> = units.iter().map(|u| act.board.circuit(*u)).collect();
+            for u in &units {
+                act.fold_live(*u, now);
+            }
+            let changed = units.iter().zip(before).any(|(u, b)| {
+                act.units
+                    .get_mut(u)
+                    .is_some_and(|w| w.breaker.state(now) != b)
+            });
+            if changed {
+                act.publish();
+            }
+        });
     }
 }
 
@@ -280,10 +328,15 @@ impl Handler<Report> for Supervisor {
 
     fn handle(&mut self, msg: Report, _ctx: &mut Self::Context) {
         let now = self.now();
+        let Some(before) = self.units.get_mut(&msg.unit).map(|w| w.breaker.state(now)) else {
+            return;
+        };
+        // Successes counted since the last fold came first: a failure after
+        // them does not continue an earlier run of failures.
+        self.fold_live(msg.unit, now);
         let Some(w) = self.units.get_mut(&msg.unit) else {
             return;
         };
-        let before = w.breaker.state(now);
         if msg.ok {
             w.breaker.on_success(now);
         } else {
@@ -291,15 +344,7 @@ impl Handler<Report> for Supervisor {
         }
         let after = w.breaker.state(now);
         if let Some(h) = self.board.unit(msg.unit) {
-            // EWMA with weight 1/8: smooth enough to read, quick to move.
-            let sample = msg.latency.as_micros() as u64;
-            let old = h.call_latency_us.load(Ordering::Relaxed);
-            let new = if old == 0 {
-                sample
-            } else {
-                old - old / 8 + sample / 8
-            };
-            h.call_latency_us.store(new, Ordering::Relaxed);
+            record_latency(&h, msg.latency.as_micros() as u64);
         }
         if before != after {
             self.publish();

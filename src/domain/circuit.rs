@@ -110,10 +110,18 @@ impl CircuitBreaker {
     }
 
     pub fn on_success(&mut self, now: Duration) {
-        self.calls.record(now);
+        self.on_successes(now, 1);
+    }
+
+    /// `n` successes at once (live calls are folded in periodically).
+    pub fn on_successes(&mut self, now: Duration, n: u32) {
+        if n == 0 {
+            return;
+        }
+        self.calls.record_n(now, u64::from(n));
         self.consecutive_failures = 0;
         if self.state(now) == CircuitState::HalfOpen {
-            self.half_open_successes += 1;
+            self.half_open_successes += n;
             if self.half_open_successes >= self.config.close_after {
                 self.state = CircuitState::Closed;
                 self.next_open_for = self.config.open_for;

@@ -84,12 +84,17 @@ impl SlidingCount {
 
     /// Records one event at `now` (time since an arbitrary fixed start).
     pub fn record(&mut self, now: Duration) {
+        self.record_n(now, 1);
+    }
+
+    /// Records `n` events at once.
+    pub fn record_n(&mut self, now: Duration, n: u64) {
         let slot = self.slot_of(now);
         let entry = &mut self.ring[slot as usize % SLOTS];
         if entry.0 != slot {
             *entry = (slot, 0);
         }
-        entry.1 += 1;
+        entry.1 += n;
     }
 
     /// Events in the window ending at `now`.

@@ -11,6 +11,7 @@ use actix::{Addr, Handler, MailboxError, Message};
 use crate::actors::health::{Admission, HealthBoard};
 use crate::actors::supervisor::{Report, Supervisor};
 use crate::actors::unit::UnitActor;
+use crate::domain::circuit::CircuitState;
 use crate::error::EngineError;
 use crate::metrics as m;
 use crate::storage::StoreError;
@@ -126,7 +127,14 @@ impl UnitCalls {
             None => histogram!(m::UNIT_CALL_DURATION, "unit" => unit.to_string())
                 .record(latency.as_secs_f64()),
         }
-        self.supervisor.do_send(Report { unit, ok, latency });
+        // Successes through a closed circuit are only counted; anything that
+        // can change a circuit (a failure, a half-open trial) is sent at once.
+        match self.board.unit(unit) {
+            Some(h) if ok && h.circuit() == CircuitState::Closed => {
+                h.count_success(latency.as_micros() as u64)
+            }
+            _ => self.supervisor.do_send(Report { unit, ok, latency }),
+        }
         result
     }
 
