@@ -5,8 +5,13 @@ use sqlx::Row;
 use super::{StoreError, UnitStore, now_ms};
 
 const PROBE_WRITE: &str = "UPDATE probe SET token = ?, written_at_ms = ? WHERE id = 1";
-/// Change events not yet published by a relay.
-const OUTBOX_BACKLOG_SQL: &str = "SELECT COUNT(*) AS n FROM outbox WHERE published_at_ms IS NULL";
+/// Change events not yet published by a relay, as the span of ids from the
+/// oldest unpublished event to the newest event: two index look-ups, where a
+/// `COUNT(*)` would scan the whole backlog (measured: a stall of ~100 ms of
+/// database time per unit with a few hundred thousand events). An upper
+/// bound when events were published out of order or ids have gaps.
+const OUTBOX_BACKLOG_SQL: &str = "SELECT COALESCE((SELECT MAX(id) FROM outbox) - \
+     (SELECT MIN(id) FROM outbox WHERE published_at_ms IS NULL) + 1, 0) AS n";
 const PROBE_READ: &str = "SELECT token FROM probe WHERE id = 1";
 /// Moves the order sequence past every stored order, in case it was reset.
 const REPAIR_SEQUENCE: &str = "UPDATE sequences SET next_value = \
