@@ -7,6 +7,9 @@ use order_engine::config::Settings;
 use order_engine::startup::Application;
 use order_engine::telemetry;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An actor-based order engine built on trading units.
 #[derive(Parser)]
 #[command(version)]

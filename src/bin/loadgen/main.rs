@@ -10,6 +10,7 @@
 //! Always bounded: by `--duration` and/or `--requests`; a warm-up period is
 //! run first and left out of the numbers.
 
+mod http;
 mod report;
 mod workload;
 
@@ -23,6 +24,9 @@ use clap::Parser;
 use tokio::sync::Semaphore;
 
 use report::{RunConfig, Stats};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use workload::{Mix, Orders};
 
 /// Load generator for order-engine (only ever point it at a server you run).
@@ -78,8 +82,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Everything the request tasks share.
 struct Shared {
-    client: reqwest::Client,
-    base: String,
+    client: http::Client,
     orders: Orders,
     mix: Mix,
     stats: Mutex<Stats>,
@@ -96,24 +99,19 @@ impl Shared {
     async fn one(&self, since: Instant) {
         let ticket = rand::random_range(0..100);
         let req = self.orders.request(self.mix.pick(ticket));
-        let url = format!("{}{}", self.base, req.path);
-        let builder = match &req.body {
-            Some(body) => self.client.post(url).json(body),
-            None => self.client.get(url),
-        };
-        let result = builder.send().await;
-        let (status, body) = match result {
-            Ok(res) => {
-                let status = res.status().as_u16();
-                let body = res.json::<serde_json::Value>().await.unwrap_or_default();
-                (Some(status), body)
-            }
-            Err(_) => (None, serde_json::Value::Null),
-        };
+        let method = if req.body.is_some() { "POST" } else { "GET" };
+        let result = self
+            .client
+            .send(method, &req.path, req.body.as_deref())
+            .await;
         let latency = since.elapsed();
-        if let Some(s) = status {
-            self.orders.learn(req.op, s, &body);
-        }
+        let status = match result {
+            Ok(res) => {
+                self.orders.learn(req.op, res.status, &res.body);
+                Some(res.status)
+            }
+            Err(_) => None,
+        };
         // Answers after the time limit fall outside the measured period.
         let in_time = self.deadline.get().is_none_or(|end| Instant::now() <= *end);
         if in_time && self.measuring.load(Ordering::Acquire) {
@@ -244,11 +242,13 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> std::process::ExitCode {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.connections)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("HTTP client");
+    let client = match http::Client::new(&args.url, Duration::from_secs(30)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("order-loadgen: --url {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let run_id = format!(
         "lg{}-{}",
         std::process::id(),
@@ -256,7 +256,6 @@ async fn run(args: Args) -> std::process::ExitCode {
     );
     let shared = Arc::new(Shared {
         client,
-        base: args.url.trim_end_matches('/').to_string(),
         orders: Orders::new(run_id),
         mix: args.mix.clone(),
         stats: Mutex::default(),

@@ -100,7 +100,15 @@ pub struct Request {
     /// The operation actually sent (a pay with no unpaid order becomes a create).
     pub op: Op,
     pub path: String,
-    pub body: Option<Value>,
+    /// JSON, ready to send.
+    pub body: Option<Vec<u8>>,
+}
+
+/// The part of a reply the generator learns from.
+#[derive(serde::Deserialize)]
+struct Reply {
+    order_id: Option<String>,
+    order: Option<Box<Reply>>,
 }
 
 impl Orders {
@@ -121,7 +129,9 @@ impl Orders {
                 if let Some(id) = self.unpaid.lock().unwrap().pop_front() {
                     return Request {
                         op: Op::Pay,
-                        body: Some(json!({"payment_ref": format!("pay-{id}"), "amount": AMOUNT})),
+                        body: Some(to_body(
+                            &json!({"payment_ref": format!("pay-{id}"), "amount": AMOUNT}),
+                        )),
                         path: format!("/v1/orders/{id}/pay"),
                     };
                 }
@@ -135,7 +145,9 @@ impl Orders {
                     let n = self.next_refund.fetch_add(1, Ordering::Relaxed);
                     return Request {
                         op: Op::Refund,
-                        body: Some(json!({"refund_id": format!("{}-r{n}", self.run), "amount": 1})),
+                        body: Some(to_body(
+                            &json!({"refund_id": format!("{}-r{n}", self.run), "amount": 1}),
+                        )),
                         path: format!("/v1/orders/{id}/refunds"),
                     };
                 }
@@ -157,7 +169,7 @@ impl Orders {
         Request {
             op: Op::Create,
             path: "/v1/orders".into(),
-            body: Some(json!({
+            body: Some(to_body(&json!({
                 "merchant_id": "m-loadgen",
                 "out_trade_no": format!("{}-{n}", self.run),
                 "user_id": format!("u-{}", n % 10_000),
@@ -165,23 +177,25 @@ impl Orders {
                 "currency": "CNY",
                 "description": "load test",
                 "sections": {"items": [{"sku": "c1", "qty": 2}]}
-            })),
+            }))),
         }
     }
 
     /// Learns from a successful reply which orders can be paid or refunded.
-    pub fn learn(&self, op: Op, status: u16, body: &Value) {
-        if !(200..300).contains(&status) {
+    pub fn learn(&self, op: Op, status: u16, body: &[u8]) {
+        if !(200..300).contains(&status) || op == Op::Get || op == Op::Refund {
             return;
         }
-        let order = if op == Op::Refund {
-            &body["order"]
-        } else {
-            body
-        };
-        let Some(id) = order["order_id"].as_str() else {
+        let Ok(reply) = serde_json::from_slice::<Reply>(body) else {
             return;
         };
+        let Some(id) = reply
+            .order_id
+            .or_else(|| reply.order.and_then(|o| o.order_id))
+        else {
+            return;
+        };
+        let id = id.as_str();
         match op {
             Op::Create => {
                 push_bounded(&self.unpaid, id.to_string());
@@ -191,6 +205,10 @@ impl Orders {
             Op::Refund | Op::Get => {}
         }
     }
+}
+
+fn to_body(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("a JSON value serializes")
 }
 
 fn push_bounded<T>(queue: &Mutex<VecDeque<T>>, item: T) {
@@ -220,7 +238,7 @@ mod tests {
     fn pays_need_created_orders() {
         let orders = Orders::new("t".into());
         assert_eq!(orders.request(Op::Pay).op, Op::Create, "nothing to pay yet");
-        orders.learn(Op::Create, 201, &json!({"order_id": "1"}));
+        orders.learn(Op::Create, 201, br#"{"order_id": "1", "unit": 1}"#);
         let pay = orders.request(Op::Pay);
         assert_eq!((pay.op, pay.path.as_str()), (Op::Pay, "/v1/orders/1/pay"));
         assert_eq!(
@@ -228,7 +246,7 @@ mod tests {
             Op::Create,
             "nothing paid yet"
         );
-        orders.learn(Op::Pay, 200, &json!({"order_id": "1"}));
+        orders.learn(Op::Pay, 200, br#"{"order_id": "1"}"#);
         assert_eq!(orders.request(Op::Refund).op, Op::Refund);
     }
 }

@@ -1,0 +1,238 @@
+//! A small HTTP/1.1 client for the load generator: keep-alive connections
+//! from a pool, each request written with one `write_all`, each response read
+//! by its `Content-Length` (httparse parses the head).
+//!
+//! A load generator must cost much less than what it measures. With a
+//! general-purpose client (reqwest on hyper) the generator took about as much
+//! CPU per request as the engine's whole HTTP layer, on the same two cores;
+//! this one does only what the engine's replies need.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A reply: the status and the raw body.
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+pub struct Client {
+    addr: SocketAddr,
+    host: String,
+    timeout: Duration,
+    idle: Mutex<Vec<Conn>>,
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+const MAX_HEADERS: usize = 32;
+/// Replies larger than this are refused (the engine's are a few KiB).
+const MAX_RESPONSE: usize = 8 << 20;
+
+impl Client {
+    /// `base` is `http://host:port` (no TLS, no path).
+    pub fn new(base: &str, timeout: Duration) -> Result<Self, String> {
+        let rest = base
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{base:?}: only http:// URLs are supported"))?;
+        let host = rest.trim_end_matches('/');
+        if host.contains('/') {
+            return Err(format!("{base:?}: give the base URL without a path"));
+        }
+        let with_port = if host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host.to_string()
+        } else {
+            format!("{host}:80")
+        };
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(&with_port)
+            .map_err(|e| format!("{base:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{base:?}: no address"))?;
+        Ok(Self {
+            addr,
+            host: host.to_string(),
+            timeout,
+            idle: Mutex::default(),
+        })
+    }
+
+    /// Sends one request on an idle connection (or a new one) and reads the reply.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> io::Result<Response> {
+        let idle = self.idle.lock().unwrap().pop();
+        let mut conn = match idle {
+            Some(c) => c,
+            None => Conn::connect(self.addr).await?,
+        };
+        let mut request = Vec::with_capacity(160 + body.map_or(0, <[u8]>::len));
+        request.extend_from_slice(method.as_bytes());
+        request.push(b' ');
+        request.extend_from_slice(path.as_bytes());
+        request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        request.extend_from_slice(self.host.as_bytes());
+        if let Some(body) = body {
+            request.extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
+            request.extend_from_slice(body.len().to_string().as_bytes());
+            request.extend_from_slice(b"\r\n\r\n");
+            request.extend_from_slice(body);
+        } else {
+            request.extend_from_slice(b"\r\n\r\n");
+        }
+        let (response, reusable) =
+            match tokio::time::timeout(self.timeout, conn.round_trip(&request)).await {
+                Ok(answer) => answer?,
+                Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no reply in time")),
+            };
+        if reusable {
+            self.idle.lock().unwrap().push(conn);
+        }
+        Ok(response)
+    }
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Writes `request`, reads one reply; also says whether the connection
+    /// can carry another request.
+    async fn round_trip(&mut self, request: &[u8]) -> io::Result<(Response, bool)> {
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut head = httparse::Response::new(&mut headers);
+            match head.parse(&self.buf).map_err(invalid)? {
+                httparse::Status::Complete(head_len) => {
+                    let status = head.code.unwrap_or(0);
+                    let mut length = None;
+                    let mut keep_alive = true;
+                    for h in head.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            let v = std::str::from_utf8(h.value).map_err(invalid)?;
+                            length = Some(v.trim().parse::<usize>().map_err(invalid)?);
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            keep_alive = !h.value.eq_ignore_ascii_case(b"close");
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            return Err(invalid("chunked replies are not supported"));
+                        }
+                    }
+                    let length = length.unwrap_or(0);
+                    if length > MAX_RESPONSE {
+                        return Err(invalid("reply too large"));
+                    }
+                    while self.buf.len() < head_len + length {
+                        self.fill().await?;
+                    }
+                    let body = self.buf[head_len..head_len + length].to_vec();
+                    // Nothing may follow a reply we did not ask for.
+                    let clean = self.buf.len() == head_len + length;
+                    return Ok((Response { status, body }, keep_alive && clean));
+                }
+                httparse::Status::Partial => {
+                    if self.buf.len() > 64 * 1024 {
+                        return Err(invalid("reply head too large"));
+                    }
+                    self.fill().await?;
+                }
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+}
+
+fn invalid(e: impl ToString) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_urls() {
+        assert!(Client::new("http://127.0.0.1:8080", Duration::from_secs(1)).is_ok());
+        assert!(Client::new("http://127.0.0.1:8080/", Duration::from_secs(1)).is_ok());
+        assert!(Client::new("https://127.0.0.1:8080", Duration::from_secs(1)).is_err());
+        assert!(Client::new("http://127.0.0.1:8080/v1", Duration::from_secs(1)).is_err());
+    }
+
+    /// Against a tiny server on loopback: keep-alive, bodies, a closing reply.
+    #[tokio::test]
+    async fn talks_http_1_1() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // Two requests on one connection.
+            for reply in [
+                "HTTP/1.1 201 Created\r\ncontent-length: 13\r\n\r\n{\"order\":\"1\"}",
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+            ] {
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    seen.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&seen);
+                    // A whole request: a GET's head, or the POST's head and body.
+                    let whole = text.contains("\r\n\r\n")
+                        && (text.starts_with("GET") || text.ends_with("{\"a\":1}"));
+                    if whole {
+                        break;
+                    }
+                }
+                s.write_all(reply.as_bytes()).await.unwrap();
+                seen.clear();
+            }
+        });
+        let client =
+            Client::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5)).unwrap();
+        let r = client
+            .send("POST", "/v1/orders", Some(b"{\"a\":1}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (201, b"{\"order\":\"1\"}".as_slice())
+        );
+        assert_eq!(client.idle.lock().unwrap().len(), 1, "kept alive");
+        let r = client.send("GET", "/x", None).await.unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (404, b"{}".as_slice()));
+        assert_eq!(client.idle.lock().unwrap().len(), 0, "closed when asked");
+        server.await.unwrap();
+    }
+}
