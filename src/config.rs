@@ -128,6 +128,13 @@ pub struct DispatcherSettings {
     /// How long a key whose create had an unknown outcome is remembered, so
     /// the caller's retry asks that unit first.
     pub in_doubt_ttl_secs: u64,
+    /// Skip asking a unit for a new order's key when the unit's key filter
+    /// (its keys at start plus every key this process sent it) rules it out.
+    /// Turn it off while a second engine process creates orders in the same
+    /// units (its keys are not in this process's filters).
+    pub key_filter: bool,
+    /// Keys the first part of a unit's key filter holds (it grows by doubling).
+    pub key_filter_capacity: u64,
 }
 
 impl Default for DispatcherSettings {
@@ -138,6 +145,8 @@ impl Default for DispatcherSettings {
             unit_mailbox: 1_024,
             max_attempts: 3,
             in_doubt_ttl_secs: 600,
+            key_filter: true,
+            key_filter_capacity: 1 << 20,
         }
     }
 }

@@ -36,6 +36,9 @@ pub const POOL_WAITING: &str = "orderengine_unit_pool_waiting";
 pub const UNIT_RESTARTS: &str = "orderengine_unit_restarts_total";
 pub const SEGMENT_FETCHES: &str = "orderengine_sequence_segment_fetches_total";
 pub const OUTBOX_BACKLOG: &str = "orderengine_outbox_backlog";
+pub const KEY_FILTER_KEYS: &str = "orderengine_unit_key_filter_keys";
+pub const KEY_FILTER_READY: &str = "orderengine_unit_key_filter_ready";
+pub const KEY_LOOKUPS: &str = "orderengine_create_key_lookups_total";
 pub const PANIC_MODE: &str = "orderengine_partition_panic_mode";
 pub const PROBER_SUSPECTED: &str = "orderengine_prober_suspected";
 pub const BUILD_INFO: &str = "orderengine_build_info";
@@ -197,6 +200,21 @@ fn describe() {
         "Change events in the unit's outbox not yet published."
     );
     describe_gauge!(
+        KEY_FILTER_KEYS,
+        Unit::Count,
+        "Idempotency keys in the unit's key filter (loaded at start, then added per create)."
+    );
+    describe_gauge!(
+        KEY_FILTER_READY,
+        Unit::Count,
+        "1 once the unit's existing keys are loaded into its key filter."
+    );
+    describe_counter!(
+        KEY_LOOKUPS,
+        Unit::Count,
+        "Per other unit, whether a create asked it for its key (asked) or its key filter ruled it out (skipped)."
+    );
+    describe_gauge!(
         PANIC_MODE,
         Unit::Count,
         "1 while the partition ignores health for creates (too few healthy units)."
@@ -227,6 +245,9 @@ fn init_requests() {
         counter!(CREATE_IN_DOUBT, "outcome" => outcome).absolute(0);
     }
     counter!(SHED, "reason" => "in_flight").absolute(0);
+    for filter in ["asked", "skipped"] {
+        counter!(KEY_LOOKUPS, "filter" => filter).absolute(0);
+    }
     gauge!(REQUESTS_IN_FLIGHT).set(0.0);
     gauge!(PROBER_SUSPECTED).set(0.0);
 }
@@ -257,6 +278,8 @@ pub fn init_unit(unit: u16, max_connections: u32) {
     gauge!(POOL_MAX, "unit" => u.clone()).set(f64::from(max_connections));
     gauge!(POOL_WAITING, "unit" => u.clone()).set(0.0);
     counter!(UNIT_RESTARTS, "unit" => u.clone()).absolute(0);
+    gauge!(KEY_FILTER_KEYS, "unit" => u.clone()).set(0.0);
+    gauge!(KEY_FILTER_READY, "unit" => u.clone()).set(0.0);
     gauge!(OUTBOX_BACKLOG, "unit" => u).set(0.0);
 }
 

@@ -22,6 +22,7 @@ use crate::actors::unit::{UnitActor, UnitOptions};
 use crate::api::middleware::{Admission, observe};
 use crate::api::{self, AppState, admin};
 use crate::config::{Settings, UnitSettings};
+use crate::domain::key_filter::KeyFilter;
 use crate::storage::{OpenError, UnitStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,18 +73,29 @@ impl Application {
             }
         });
         let board = Arc::new(HealthBoard::new(settings.units.iter().map(|u| u.id)));
-        let starts = settings.units.iter().map(|u| {
+        let filters: Vec<Option<Arc<KeyFilter>>> = settings
+            .units
+            .iter()
+            .map(|_| {
+                settings
+                    .dispatcher
+                    .key_filter
+                    .then(|| Arc::new(KeyFilter::new(settings.dispatcher.key_filter_capacity)))
+            })
+            .collect();
+        let starts = settings.units.iter().zip(&filters).map(|(u, filter)| {
             let health = board.unit(u.id);
-            start_unit(u.clone(), &settings, health)
+            start_unit(u.clone(), &settings, health, filter.clone())
         });
         let mut routes = Vec::new();
         let mut arbiters = Vec::new();
         let mut first_error = None;
-        for (started, unit) in join_all(starts).await.into_iter().zip(&settings.units) {
+        let started = join_all(starts).await;
+        for ((started, unit), filter) in started.into_iter().zip(&settings.units).zip(filters) {
             match started {
                 Ok((addr, arbiter)) => {
                     let window = Duration::from_secs(settings.dispatcher.recent_window_secs);
-                    routes.push(UnitRoute::new(unit.clone(), addr, window));
+                    routes.push(UnitRoute::new(unit.clone(), addr, window, filter));
                     arbiters.push(arbiter);
                 }
                 Err((e, arbiter)) => {
@@ -121,17 +133,23 @@ impl Application {
                 mode: r.settings.mode,
             });
         }
-        let dispatcher = Dispatcher::new(&settings, routes, board, supervisor).start();
+        let shard = Dispatcher::new(&settings, routes, board, supervisor);
+        // This shard serves status, the admin API and shutdown; every HTTP
+        // worker starts its own on its own thread (see the dispatcher's docs).
+        let dispatcher = shard.clone().start();
         let state = web::Data::new(AppState {
             dispatcher: dispatcher.clone(),
         });
 
-        let app_state = state.clone();
         let admission = web::Data::new(Admission::new(settings.server.max_in_flight));
         let metrics = web::Data::new(metrics);
         let mut server = HttpServer::new(move || {
+            // Runs once on each worker's thread.
+            let app_state = web::Data::new(AppState {
+                dispatcher: shard.clone().start(),
+            });
             App::new()
-                .app_data(app_state.clone())
+                .app_data(app_state)
                 .app_data(admission.clone())
                 .app_data(metrics.clone())
                 .wrap(from_fn(observe))
@@ -230,6 +248,7 @@ async fn start_unit(
     unit: UnitSettings,
     settings: &Settings,
     health: Option<Arc<UnitHealth>>,
+    filter: Option<Arc<KeyFilter>>,
 ) -> Result<Started, (StartError, Arbiter)> {
     let arbiter = Arbiter::new();
     let (tx, rx) = oneshot::channel();
@@ -248,7 +267,9 @@ async fn start_unit(
             &storage,
         )
         .await
-        .map(|store| actix::Supervisor::start(move |_| UnitActor::new(store, options, health)));
+        .map(|store| {
+            actix::Supervisor::start(move |_| UnitActor::new(store, options, health, filter))
+        });
         let _ = tx.send(opened);
     });
     if !spawned {

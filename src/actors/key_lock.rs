@@ -3,19 +3,18 @@
 //! the other: the second then finds the first's order instead of racing it
 //! onto another unit.
 //!
-//! The dispatcher is a single-threaded actor, so the map needs no atomics; an
-//! entry lives only while somebody holds or waits for its lock.
+//! The dispatcher runs as several actors (one per HTTP worker thread), so the
+//! map is shared behind a mutex held only for a map operation, never across an
+//! await; an entry lives only while somebody holds or waits for its lock.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub struct KeyLocks<K: Eq + Hash + Clone> {
-    map: Rc<RefCell<HashMap<K, Arc<Mutex<()>>>>>,
+    map: Arc<StdMutex<HashMap<K, Arc<Mutex<()>>>>>,
 }
 
 impl<K: Eq + Hash + Clone> Clone for KeyLocks<K> {
@@ -28,7 +27,9 @@ impl<K: Eq + Hash + Clone> Clone for KeyLocks<K> {
 
 impl<K: Eq + Hash + Clone> Default for KeyLocks<K> {
     fn default() -> Self {
-        Self { map: Rc::default() }
+        Self {
+            map: Arc::default(),
+        }
     }
 }
 
@@ -36,17 +37,16 @@ impl<K: Eq + Hash + Clone> Default for KeyLocks<K> {
 pub struct KeyGuard<K: Eq + Hash + Clone> {
     guard: Option<OwnedMutexGuard<()>>,
     key: K,
-    map: Rc<RefCell<HashMap<K, Arc<Mutex<()>>>>>,
+    map: Arc<StdMutex<HashMap<K, Arc<Mutex<()>>>>>,
 }
 
 impl<K: Eq + Hash + Clone> KeyLocks<K> {
+    fn map(&self) -> MutexGuard<'_, HashMap<K, Arc<Mutex<()>>>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub async fn lock(&self, key: K) -> KeyGuard<K> {
-        let mutex = self
-            .map
-            .borrow_mut()
-            .entry(key.clone())
-            .or_default()
-            .clone();
+        let mutex = self.map().entry(key.clone()).or_default().clone();
         let guard = mutex.lock_owned().await;
         KeyGuard {
             guard: Some(guard),
@@ -57,7 +57,7 @@ impl<K: Eq + Hash + Clone> KeyLocks<K> {
 
     /// Keys with a holder or waiters (for tests).
     pub fn len(&self) -> usize {
-        self.map.borrow().len()
+        self.map().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -68,7 +68,7 @@ impl<K: Eq + Hash + Clone> KeyLocks<K> {
 impl<K: Eq + Hash + Clone> Drop for KeyGuard<K> {
     fn drop(&mut self) {
         drop(self.guard.take());
-        let mut map = self.map.borrow_mut();
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
         // Only the map holds the mutex now: nobody waits, so forget the key.
         if map
             .get(&self.key)

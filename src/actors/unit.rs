@@ -21,6 +21,7 @@ use super::health::UnitHealth;
 use crate::config::GroupCommitSettings;
 use crate::metrics as m;
 
+use crate::domain::key_filter::KeyFilter;
 use crate::domain::values::{MerchantId, OutTradeNo, PaymentRef, UserId};
 use crate::domain::{NewOrder, NewRefund, Order, OrderId, Refund};
 use crate::storage::sequence::SequenceGenerator;
@@ -149,6 +150,8 @@ pub struct BatchStats;
 pub struct UnitActor {
     store: UnitStore,
     health: Option<Arc<UnitHealth>>,
+    /// The keys this unit may hold; loaded here, read by the dispatcher.
+    filter: Option<Arc<KeyFilter>>,
     sequence: SequenceGenerator,
     options: UnitOptions,
     batcher: Batcher,
@@ -160,9 +163,15 @@ type Key = (MerchantId, OutTradeNo);
 type LookupReply = oneshot::Sender<Result<Option<Order>, StoreError>>;
 
 impl UnitActor {
-    pub fn new(store: UnitStore, options: UnitOptions, health: Option<Arc<UnitHealth>>) -> Self {
+    pub fn new(
+        store: UnitStore,
+        options: UnitOptions,
+        health: Option<Arc<UnitHealth>>,
+        filter: Option<Arc<KeyFilter>>,
+    ) -> Self {
         Self {
             health,
+            filter,
             sequence: SequenceGenerator::new(
                 store.clone(),
                 options.sequence_step,
@@ -174,6 +183,50 @@ impl UnitActor {
             lookups: Vec::new(),
             lookups_in_flight: 0,
         }
+    }
+
+    /// Loads the unit's existing keys into its key filter, a page at a time,
+    /// then marks it ready. On a database error it resumes after a second
+    /// from where it stopped; until it is ready, creates ask this unit as
+    /// before. Keys created meanwhile are added by the dispatcher.
+    fn load_keys(&mut self, ctx: &mut Context<Self>, mut after: Option<(String, String)>) {
+        let Some(filter) = self.filter.clone() else {
+            return;
+        };
+        if filter.is_ready() {
+            return;
+        }
+        const PAGE: u32 = 10_000;
+        let store = self.store.clone();
+        let work = async move {
+            let started = std::time::Instant::now();
+            loop {
+                let page = match store.scan_keys(after.as_ref(), PAGE).await {
+                    Ok(page) => page,
+                    Err(e) => return Err((after, e)),
+                };
+                for (merchant, key) in &page {
+                    filter.insert(merchant, key);
+                }
+                let last_page = page.len() < PAGE as usize;
+                after = page.into_iter().last().or(after);
+                if last_page {
+                    filter.set_ready();
+                    return Ok((filter.len(), started.elapsed()));
+                }
+            }
+        };
+        ctx.spawn(work.into_actor(self).map(|loaded, act, ctx| match loaded {
+            Ok((keys, took)) => {
+                tracing::info!(unit = act.store.unit(), keys, ?took, "key filter loaded");
+            }
+            Err((after, e)) => {
+                tracing::warn!(unit = act.store.unit(), error = %e, "loading the key filter failed; retrying in 1 s");
+                ctx.run_later(Duration::from_secs(1), move |act, ctx| {
+                    act.load_keys(ctx, after)
+                });
+            }
+        }));
     }
 
     fn flush_lookups(&mut self, ctx: &mut Context<Self>) {
@@ -245,6 +298,7 @@ impl Actor for UnitActor {
         // instead of queueing without limit.
         ctx.set_mailbox_capacity(self.options.mailbox);
         tracing::info!(unit = self.store.unit(), "unit actor started");
+        self.load_keys(ctx, None);
         // Pool gauges every second; the outbox backlog (a COUNT) every 15 s.
         let mut tick = 0u64;
         ctx.run_interval(Duration::from_secs(1), move |act, ctx| {
@@ -257,6 +311,11 @@ impl Actor for UnitActor {
             gauge_of("in_use").set(f64::from(stats.open.saturating_sub(stats.idle)));
             gauge!(m::POOL_WAITING, "unit" => unit.clone()).set(stats.waiting as f64);
             gauge!(m::POOL_MAX, "unit" => unit.clone()).set(f64::from(stats.max));
+            if let Some(f) = &act.filter {
+                gauge!(m::KEY_FILTER_KEYS, "unit" => unit.clone()).set(f.len() as f64);
+                gauge!(m::KEY_FILTER_READY, "unit" => unit.clone())
+                    .set(if f.is_ready() { 1.0 } else { 0.0 });
+            }
             if tick.is_multiple_of(15) {
                 let store = act.store.clone();
                 ctx.spawn(

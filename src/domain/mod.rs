@@ -2,6 +2,7 @@
 //! selection. No I/O here, so all of it is unit-tested beside the code.
 
 pub mod circuit;
+pub mod key_filter;
 pub mod order;
 pub mod order_id;
 pub mod selection;

@@ -46,6 +46,12 @@ const SELECT_USER_PAGE: &str = concat!(
     " FROM orders WHERE user_id = ? AND (created_at_ms < ? OR (created_at_ms = ? AND seq < ?)) \
      ORDER BY created_at_ms DESC, seq DESC LIMIT ?"
 );
+// Keyset pages over the unique index (both dialects compare bytewise).
+const SCAN_KEYS_FIRST: &str = "SELECT merchant_id, out_trade_no FROM orders \
+     ORDER BY merchant_id, out_trade_no LIMIT ?";
+const SCAN_KEYS_AFTER: &str = "SELECT merchant_id, out_trade_no FROM orders \
+     WHERE merchant_id > ? OR (merchant_id = ? AND out_trade_no > ?) \
+     ORDER BY merchant_id, out_trade_no LIMIT ?";
 const INSERT_ORDERS_HEAD: &str = concat!("INSERT INTO orders (", order_columns!(), ") VALUES ");
 const ORDER_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 const UPDATE_ORDER: &str = "UPDATE orders SET status = ?, paid_amount = ?, refunded_amount = ?, \
@@ -220,20 +226,49 @@ impl UnitStore {
             // Each disjunct is a point on the unique index.
             sql.push_str("(merchant_id = ? AND out_trade_no = ?)");
         }
-        let rows = self
-            .bounded(async {
-                let mut query = sqlx::query(AssertSqlSafe(sql));
-                for (merchant, out_trade_no) in keys {
-                    query = query.bind(merchant.as_str()).bind(out_trade_no.as_str());
-                }
-                let mut conn = self.acquire(self.read_pool()).await?;
-                query
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(StoreError::before_commit)
-            })
-            .await?;
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (merchant, out_trade_no) in keys {
+            query = query.bind(merchant.as_str()).bind(out_trade_no.as_str());
+        }
+        let rows = self.read_all(query).await?;
         rows.iter().map(|r| self.order_from_row(r)).collect()
+    }
+
+    /// Runs a read on the primary, bounded by the statement timeout.
+    async fn read_all(
+        &self,
+        query: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
+    ) -> Result<Vec<AnyRow>, StoreError> {
+        self.bounded(async {
+            let mut conn = self.acquire(self.read_pool()).await?;
+            query
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(StoreError::before_commit)
+        })
+        .await
+    }
+
+    /// A page of the unit's idempotency keys in index order, after `after`
+    /// (for loading the unit's key filter).
+    pub async fn scan_keys(
+        &self,
+        after: Option<&(String, String)>,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let query = match after {
+            None => sqlx::query(SCAN_KEYS_FIRST),
+            Some((merchant, key)) => sqlx::query(SCAN_KEYS_AFTER)
+                .bind(merchant.clone())
+                .bind(merchant.clone())
+                .bind(key.clone()),
+        }
+        .bind(i64::from(limit));
+        let rows = self.read_all(query).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| StoreError::Internal(format!("unit {}: undecodable key: {e}", self.unit)))
     }
 
     /// Like `find_by_key`, but waits for any transaction that holds the key's

@@ -46,7 +46,7 @@ async fn a_batch_answers_every_caller_as_if_alone() {
             window_us: 2_000,
         },
     };
-    let unit = UnitActor::new(store.clone(), options, None).start();
+    let unit = UnitActor::new(store.clone(), options, None, None).start();
 
     // Orders that exist before the burst.
     for (key, amount) in [("replayed", 10), ("conflicting", 10)] {

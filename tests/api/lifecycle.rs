@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::Row;
 
-use crate::helpers::{Backend, order_body, spawn_app};
+use crate::helpers::{Backend, order_body, settings_for, spawn_app, spawn_app_with, unit_urls};
 
 /// Flips one digit: a mistyped id.
 fn mistype(id: &str) -> String {
@@ -194,6 +194,93 @@ async fn creates_are_idempotent_across_units() {
         "exactly one stored order per key across all units"
     );
     app.shutdown().await;
+}
+
+/// Sums what `GET /admin/units` says about every unit's key filter, once
+/// every filter has loaded the unit's existing keys.
+async fn loaded_filter_keys(app: &crate::helpers::TestApp) -> u64 {
+    for _ in 0..200 {
+        let status = app.units_status().await;
+        let units = status["units"].as_array().unwrap();
+        if units.iter().all(|u| u["key_filter_ready"] == true) {
+            return units
+                .iter()
+                .map(|u| u["key_filter_keys"].as_u64().unwrap())
+                .sum();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the key filters did not load");
+}
+
+#[actix_web::test]
+async fn replays_after_a_restart_find_orders_in_every_unit() {
+    // Orders made by one engine; a second engine on the same units starts with
+    // key filters loaded from the databases, and must still find every key
+    // wherever its random unit choice lands.
+    let dir = tempfile::tempdir().unwrap();
+    let units = unit_urls(Backend::MariaDb, 4, dir.path());
+    let first = spawn_app_with(settings_for(&units, ""), tempfile::tempdir().unwrap()).await;
+    let bodies: Vec<_> = (0..200)
+        .map(|i| order_body("m-restart", &format!("r-{i}"), "u-1", 10 + i))
+        .collect();
+    let mut ids = Vec::new();
+    for body in &bodies {
+        let r = first.post("/v1/orders", body).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        ids.push(r.body["order_id"].clone());
+    }
+    first.shutdown().await;
+
+    let second = spawn_app_with(settings_for(&units, ""), dir).await;
+    // (A key that hits a false positive while loading is not counted: 0.5%.)
+    let loaded = loaded_filter_keys(&second).await;
+    assert!(
+        (195..=200).contains(&loaded),
+        "each unit's filter holds its stored keys: {loaded}"
+    );
+    for (body, id) in bodies.iter().zip(&ids) {
+        let r = second.post("/v1/orders", body).await;
+        assert_eq!(r.status, StatusCode::OK, "a replay: {}", r.body);
+        assert_eq!(&r.body["order_id"], id);
+    }
+    // A changed body under a stored key is a conflict, in whichever unit.
+    for body in bodies.iter().take(20) {
+        let mut other = body.clone();
+        other["amount"] = json!(1);
+        let r = second.post("/v1/orders", &other).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::CONFLICT, "idempotency_conflict")
+        );
+    }
+    // New keys are added to their unit's filter before they are written.
+    for i in 0..50 {
+        let r = second
+            .post(
+                "/v1/orders",
+                &order_body("m-restart", &format!("n-{i}"), "u-1", 5),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    // Replays add nothing; the new keys were added.
+    let now = loaded_filter_keys(&second).await;
+    assert!(
+        (loaded + 45..=loaded + 50).contains(&now),
+        "{loaded} -> {now}"
+    );
+    let mut stored = 0;
+    for (u, _) in &second.units {
+        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders")
+            .fetch_one(&second.unit_db(*u).await)
+            .await
+            .unwrap()
+            .get("n");
+        stored += n;
+    }
+    assert_eq!(stored, 250, "no replay made a second order");
+    second.shutdown().await;
 }
 
 #[actix_web::test]

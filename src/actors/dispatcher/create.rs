@@ -9,8 +9,6 @@
 //! caller gets `503` and the key is remembered as in doubt at that unit, so
 //! the caller's retry asks there before creating anywhere.
 
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::Instant;
 
 use actix::Addr;
@@ -18,7 +16,7 @@ use futures_util::future::join_all;
 
 use super::Created;
 use super::calls::{CallError, UnitCalls};
-use super::routing::{Key, Routing};
+use super::routing::{Key, SharedRouting};
 use crate::actors::key_lock::KeyLocks;
 use crate::actors::unit::{CreateOrder, CreateOutcome, FindByKey, SettleKey, UnitActor};
 use crate::domain::{NewOrder, Order};
@@ -27,7 +25,7 @@ use crate::metrics as m;
 use metrics::counter;
 
 pub(super) struct CreateContext {
-    pub routing: Rc<RefCell<Routing>>,
+    pub routing: SharedRouting,
     pub locks: KeyLocks<Key>,
     pub calls: UnitCalls,
     pub max_attempts: u32,
@@ -57,19 +55,20 @@ impl CreateContext {
         // The key may already name an order in any unit (a replay that the
         // random choice would send elsewhere): ask the others first. The unit
         // the first attempt goes to is not asked: its unique index answers.
-        let first = self.routing.borrow_mut().choose_for_create(
-            &request.merchant_id,
-            &[],
-            &self.calls.board,
-        );
-        let targets: Vec<_> = self
+        let first =
+            self.routing
+                .get()
+                .choose_for_create(&request.merchant_id, &[], &self.calls.board);
+        // Units whose key filter rules the key out are not asked.
+        let (targets, skipped) = self
             .routing
-            .borrow()
-            .lookup_targets()
-            .into_iter()
-            .filter(|(unit, _)| Some(*unit) != first.as_ref().map(|f| f.0))
-            .collect();
-        if let Some(existing) = find_key(&self.calls, &targets, &key).await.found {
+            .get()
+            .key_lookup_targets(&key, first.as_ref().map(|f| f.0));
+        counter!(m::KEY_LOOKUPS, "filter" => "skipped").increment(skipped as u64);
+        counter!(m::KEY_LOOKUPS, "filter" => "asked").increment(targets.len() as u64);
+        if !targets.is_empty()
+            && let Some(existing) = find_key(&self.calls, &targets, &key).await.found
+        {
             return answer(&request, existing, true);
         }
 
@@ -81,7 +80,7 @@ impl CreateContext {
                 break;
             }
             let choice = first.take().or_else(|| {
-                self.routing.borrow_mut().choose_for_create(
+                self.routing.get().choose_for_create(
                     &request.merchant_id,
                     &tried,
                     &self.calls.board,
@@ -91,6 +90,7 @@ impl CreateContext {
                 break;
             };
             tried.push(unit);
+            self.routing.get().note_key(unit, &key);
             let attempt = CreateOrder {
                 request: request.clone(),
             };
@@ -131,7 +131,7 @@ impl CreateContext {
                 }
                 Err(_) => {
                     counter!(m::CREATE_IN_DOUBT, "outcome" => "unresolved").increment(1);
-                    self.routing.borrow_mut().remember_in_doubt(key, unit);
+                    self.routing.get().remember_in_doubt(key, unit);
                     return Err(EngineError::UnitUnavailable { unit });
                 }
             }
@@ -158,14 +158,14 @@ impl CreateContext {
     /// If an earlier create of `key` ended in doubt, settles it first: the
     /// order it made, or `None` once the unit says it made none.
     async fn settle_remembered(&self, key: &Key) -> Result<Option<Order>, EngineError> {
-        let Some(unit) = self.routing.borrow_mut().in_doubt_unit(key) else {
+        let Some(unit) = self.routing.get().in_doubt_unit(key) else {
             return Ok(None);
         };
-        let addr = self.routing.borrow().route(unit)?;
+        let addr = self.routing.get().route(unit)?;
         match self.settle(unit, &addr, key).await {
             Ok(found) => {
                 tracing::info!(unit, found = found.is_some(), "in-doubt create settled");
-                self.routing.borrow_mut().forget_in_doubt(key);
+                self.routing.get().forget_in_doubt(key);
                 Ok(found)
             }
             // Still no answer: creating elsewhere could duplicate the order.

@@ -8,19 +8,19 @@
 //! unit, and a unit whose circuit is open fails them fast. Look-ups by
 //! merchant key and user lists fan out to every unit in parallel.
 //!
-//! The routing table lives in an `Rc<RefCell<..>>` owned by this actor: handler
-//! futures run on the actor's own thread, so they consult it between awaits
-//! (never holding the borrow across one) without a round trip. Health comes
-//! from the supervisor's [`HealthBoard`], also without a round trip.
+//! The dispatcher runs sharded: one instance per HTTP worker thread (started
+//! on that worker's arbiter, so a request reaches it without a thread hop),
+//! plus one on the system arbiter for status and shutdown. The shards share
+//! one routing table, one set of per-key locks and one in-doubt map, each
+//! behind a mutex held for a table operation only, never across an await.
+//! Health comes from the supervisor's [`HealthBoard`] without a round trip.
 
 mod calls;
 mod create;
 mod routing;
 mod status;
 
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ pub use routing::UnitRoute;
 pub use status::{EngineStatus, PartitionStatus, UnitStatus};
 
 use self::create::{CreateContext, find_key};
-use self::routing::{Key, Routing};
+use self::routing::{Key, Routing, SharedRouting};
 use super::health::HealthBoard;
 use super::key_lock::KeyLocks;
 use super::supervisor::Supervisor;
@@ -122,8 +122,10 @@ pub struct Status;
 #[rtype(result = "()")]
 pub struct CloseAll;
 
+/// One dispatcher shard; `clone()` makes another shard over the same state.
+#[derive(Clone)]
 pub struct Dispatcher {
-    routing: Rc<RefCell<Routing>>,
+    routing: SharedRouting,
     key_locks: KeyLocks<Key>,
     calls: UnitCalls,
     max_attempts: u32,
@@ -137,7 +139,7 @@ impl Dispatcher {
         supervisor: Addr<Supervisor>,
     ) -> Self {
         Self {
-            routing: Rc::new(RefCell::new(Routing {
+            routing: SharedRouting::new(Routing {
                 units: units.into_iter().map(|u| (u.settings.id, u)).collect(),
                 merchants: settings.merchants.clone(),
                 partitions: settings.partitions.clone(),
@@ -146,7 +148,7 @@ impl Dispatcher {
                 rng: StdRng::from_os_rng(),
                 in_doubt: HashMap::new(),
                 in_doubt_ttl: Duration::from_secs(settings.dispatcher.in_doubt_ttl_secs),
-            })),
+            }),
             key_locks: KeyLocks::default(),
             calls: UnitCalls {
                 board,
@@ -172,7 +174,7 @@ impl Dispatcher {
         UnitActor: Handler<M>,
     {
         let unit = id.unit();
-        let addr = self.routing.borrow().route(unit);
+        let addr = self.routing.get().route(unit);
         let calls = self.calls.clone();
         Box::pin(async move { calls.forward(unit, &addr?, msg).await })
     }
@@ -251,7 +253,7 @@ impl Handler<LookupByKey> for Dispatcher {
     type Result = ResponseFuture<Result<Order, EngineError>>;
 
     fn handle(&mut self, msg: LookupByKey, _ctx: &mut Self::Context) -> Self::Result {
-        let targets = self.routing.borrow().lookup_targets();
+        let targets = self.routing.get().lookup_targets();
         let calls = self.calls.clone();
         Box::pin(async move {
             let search = find_key(&calls, &targets, &(msg.merchant_id, msg.out_trade_no)).await;
@@ -270,7 +272,7 @@ impl Handler<ListUser> for Dispatcher {
     type Result = ResponseFuture<Result<UserPage, EngineError>>;
 
     fn handle(&mut self, msg: ListUser, _ctx: &mut Self::Context) -> Self::Result {
-        let targets = self.routing.borrow().lookup_targets();
+        let targets = self.routing.get().lookup_targets();
         let calls = self.calls.clone();
         Box::pin(async move {
             let limit = msg.limit as usize;
@@ -306,7 +308,7 @@ impl Handler<Status> for Dispatcher {
     type Result = MessageResult<Status>;
 
     fn handle(&mut self, _msg: Status, _ctx: &mut Self::Context) -> Self::Result {
-        let routing = self.routing.borrow();
+        let routing = self.routing.get();
         MessageResult(status::snapshot(&routing, &self.calls.board))
     }
 }
@@ -317,7 +319,7 @@ impl Handler<CloseAll> for Dispatcher {
     fn handle(&mut self, _msg: CloseAll, _ctx: &mut Self::Context) -> Self::Result {
         let addrs: Vec<_> = self
             .routing
-            .borrow()
+            .get()
             .units
             .values()
             .map(|u| u.addr.clone())

@@ -3,6 +3,7 @@
 //! whose create had an unknown outcome.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
@@ -12,26 +13,58 @@ use crate::actors::health::HealthBoard;
 use crate::actors::unit::UnitActor;
 use crate::config::{PartitionSettings, Temperature, UnitMode, UnitSettings};
 use crate::domain::circuit::CircuitState;
+use crate::domain::key_filter::KeyFilter;
 use crate::domain::selection::{Candidate, SlidingCount, choose};
 use crate::domain::values::{MerchantId, OutTradeNo};
 use crate::error::EngineError;
 
 pub type Key = (MerchantId, OutTradeNo);
 
+/// The routing table shared by the dispatcher's shards. The lock is held for a
+/// table operation only, never across an await.
+#[derive(Clone)]
+pub(super) struct SharedRouting(Arc<Mutex<Routing>>);
+
+impl SharedRouting {
+    pub fn new(routing: Routing) -> Self {
+        Self(Arc::new(Mutex::new(routing)))
+    }
+
+    pub fn get(&self) -> MutexGuard<'_, Routing> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// A unit as the dispatcher routes to it.
 pub struct UnitRoute {
     pub settings: UnitSettings,
     pub addr: Addr<UnitActor>,
     pub(super) recent: SlidingCount,
+    /// The keys the unit may hold (`None`: the filter is off; always ask).
+    pub(super) filter: Option<Arc<KeyFilter>>,
 }
 
 impl UnitRoute {
-    pub fn new(settings: UnitSettings, addr: Addr<UnitActor>, window: Duration) -> Self {
+    pub fn new(
+        settings: UnitSettings,
+        addr: Addr<UnitActor>,
+        window: Duration,
+        filter: Option<Arc<KeyFilter>>,
+    ) -> Self {
         Self {
             settings,
             addr,
             recent: SlidingCount::new(window),
+            filter,
         }
+    }
+
+    /// Whether the unit may hold `key`: false only when its loaded filter
+    /// rules the key out.
+    fn may_hold(&self, key: &Key) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| !f.is_ready() || f.may_contain(key.0.as_str(), key.1.as_str()))
     }
 
     /// Whether the operator lets this unit take new orders.
@@ -128,6 +161,37 @@ impl Routing {
             .filter(|u| u.settings.mode != UnitMode::Disabled)
             .map(|u| (u.settings.id, u.addr.clone()))
             .collect()
+    }
+
+    /// The units a new order's key must be looked up in before it is created
+    /// in `target`: every other unit not disabled whose key filter does not
+    /// rule the key out. Also returns how many were ruled out.
+    pub fn key_lookup_targets(
+        &self,
+        key: &Key,
+        target: Option<u16>,
+    ) -> (Vec<(u16, Addr<UnitActor>)>, usize) {
+        let mut skipped = 0;
+        let targets = self
+            .units
+            .values()
+            .filter(|u| u.settings.mode != UnitMode::Disabled && Some(u.settings.id) != target)
+            .filter(|u| {
+                let ask = u.may_hold(key);
+                skipped += usize::from(!ask);
+                ask
+            })
+            .map(|u| (u.settings.id, u.addr.clone()))
+            .collect();
+        (targets, skipped)
+    }
+
+    /// Records that `key` is about to be written in `unit` (before the
+    /// insert, so no later look-up can miss it).
+    pub fn note_key(&self, unit: u16, key: &Key) {
+        if let Some(f) = self.units.get(&unit).and_then(|u| u.filter.as_ref()) {
+            f.insert(key.0.as_str(), key.1.as_str());
+        }
     }
 
     pub fn remember_in_doubt(&mut self, key: Key, unit: u16) {

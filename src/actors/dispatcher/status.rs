@@ -40,6 +40,11 @@ pub struct UnitStatus {
     /// Whether the unit can take a create right now.
     pub takes_creates: bool,
     pub restarts: u64,
+    /// The unit's existing idempotency keys are loaded into its key filter,
+    /// so creates skip asking it for keys it cannot hold (`null`: filter off).
+    pub key_filter_ready: Option<bool>,
+    /// Keys in the unit's key filter.
+    pub key_filter_keys: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -106,6 +111,8 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
                 create_rate_per_sec: recent as f64 / window,
                 takes_creates: u.takes_creates() && (circuit == CircuitState::Closed || in_panic),
                 restarts: h.as_ref().map_or(0, |h| h.restarts.load(Ordering::Relaxed)),
+                key_filter_ready: u.filter.as_ref().map(|f| f.is_ready()),
+                key_filter_keys: u.filter.as_ref().map(|f| f.len()),
             }
         })
         .collect();

@@ -1,0 +1,250 @@
+//! Which idempotency keys a unit may hold: a concurrent, growable Bloom filter.
+//!
+//! A create must not make a second order for a key that already names one in
+//! *another* unit, so without this every create asks every other unit (one
+//! query per unit per batch, which measured as more than half the database's
+//! work per create). Each unit's filter holds every key the unit had when it
+//! started (scanned from its database) plus every key this process sends it
+//! afterwards, added *before* the insert. A "no" is therefore certain for
+//! this process, and the look-up of that unit is skipped; a "maybe" (a real
+//! hit, or a false positive in about 1% of keys) asks the database as before.
+//!
+//! Readers and writers share it without locks on the hot path: bits are
+//! atomics, and the list of parts is only write-locked to add a part. When
+//! the newest part holds its capacity of keys, a part twice its size is
+//! added (a scalable Bloom filter), so the false-positive rate stays bounded
+//! however many orders a unit takes.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
+
+/// Bits per key and hash functions: ~0.5% false positives per part.
+const BITS_PER_KEY: u64 = 11;
+const HASHES: u64 = 8;
+
+/// One fixed-size Bloom filter.
+struct Part {
+    bits: Box<[AtomicU64]>,
+    /// Number of bits (a multiple of 64).
+    len: u64,
+    capacity: u64,
+    count: AtomicU64,
+}
+
+impl Part {
+    fn new(capacity: u64) -> Self {
+        let words = (capacity * BITS_PER_KEY).div_ceil(64).max(1);
+        Self {
+            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            len: words * 64,
+            capacity,
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// The bit positions of a key (Kirsch-Mitzenmacher double hashing).
+    fn positions(&self, (h1, h2): (u64, u64)) -> impl Iterator<Item = (usize, u64)> + '_ {
+        (0..HASHES).map(move |i| {
+            let bit = h1.wrapping_add(i.wrapping_mul(h2)) % self.len;
+            ((bit / 64) as usize, 1u64 << (bit % 64))
+        })
+    }
+
+    fn insert(&self, hash: (u64, u64)) {
+        for (word, mask) in self.positions(hash) {
+            self.bits[word].fetch_or(mask, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn may_contain(&self, hash: (u64, u64)) -> bool {
+        self.positions(hash)
+            .all(|(word, mask)| self.bits[word].load(Ordering::Relaxed) & mask != 0)
+    }
+
+    fn is_full(&self) -> bool {
+        self.count.load(Ordering::Relaxed) >= self.capacity
+    }
+}
+
+/// The keys a unit may hold. `ready` turns on once the unit's existing keys
+/// were all loaded; before that a "no" means nothing and callers must ask.
+pub struct KeyFilter {
+    parts: RwLock<Vec<Part>>,
+    ready: AtomicBool,
+    hasher: std::hash::RandomState,
+}
+
+impl KeyFilter {
+    /// An empty filter whose first part holds `capacity` keys.
+    pub fn new(capacity: u64) -> Self {
+        Self {
+            parts: RwLock::new(vec![Part::new(capacity.max(1024))]),
+            ready: AtomicBool::new(false),
+            hasher: std::hash::RandomState::new(),
+        }
+    }
+
+    fn hash(&self, merchant_id: &str, out_trade_no: &str) -> (u64, u64) {
+        let mut h = self.hasher.build_hasher();
+        (merchant_id, out_trade_no).hash(&mut h);
+        let h1 = h.finish();
+        // A second, independent-enough hash from the same state; odd so that
+        // the probe sequence visits distinct bits.
+        0xa076_1d64_78bd_642fu64.hash(&mut h);
+        (h1, h.finish() | 1)
+    }
+
+    /// Adds a key. Call it before the key's order is written. A key whose
+    /// bits are all set already (seen before, or a false positive) changes
+    /// nothing and is not counted.
+    pub fn insert(&self, merchant_id: &str, out_trade_no: &str) {
+        let hash = self.hash(merchant_id, out_trade_no);
+        {
+            let parts = self.parts.read().unwrap_or_else(PoisonError::into_inner);
+            if parts.iter().any(|p| p.may_contain(hash)) {
+                return;
+            }
+            let last = parts.last().expect("a filter has a part");
+            if !last.is_full() {
+                last.insert(hash);
+                return;
+            }
+        }
+        let mut parts = self.parts.write().unwrap_or_else(PoisonError::into_inner);
+        let last = parts.last().expect("a filter has a part");
+        if last.is_full() {
+            let bigger = Part::new(last.capacity * 2);
+            parts.push(bigger);
+        }
+        parts.last().expect("just pushed").insert(hash);
+    }
+
+    /// False only when the key was certainly never inserted.
+    pub fn may_contain(&self, merchant_id: &str, out_trade_no: &str) -> bool {
+        let hash = self.hash(merchant_id, out_trade_no);
+        let parts = self.parts.read().unwrap_or_else(PoisonError::into_inner);
+        parts.iter().any(|p| p.may_contain(hash))
+    }
+
+    /// Whether the unit's existing keys are all in (a "no" can be trusted).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Keys inserted so far (repeats not counted).
+    pub fn len(&self) -> u64 {
+        let parts = self.parts.read().unwrap_or_else(PoisonError::into_inner);
+        parts.iter().map(|p| p.count.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Memory held by the bits, in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        let parts = self.parts.read().unwrap_or_else(PoisonError::into_inner);
+        parts.iter().map(|p| p.len / 8).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn starts_empty_and_not_ready() {
+        let f = KeyFilter::new(1000);
+        assert!(!f.is_ready());
+        assert!(f.is_empty());
+        assert!(!f.may_contain("m", "k"));
+        f.set_ready();
+        assert!(f.is_ready());
+    }
+
+    #[test]
+    fn false_positives_stay_near_the_target_while_growing() {
+        // 20x the first part's capacity: five parts.
+        let f = KeyFilter::new(1024);
+        let n = 20 * 1024;
+        for i in 0..n {
+            f.insert("m-1", &format!("in-{i}"));
+        }
+        for i in 0..n {
+            assert!(
+                f.may_contain("m-1", &format!("in-{i}")),
+                "no false negatives"
+            );
+        }
+        let probes = 50_000;
+        let false_hits = (0..probes)
+            .filter(|i| f.may_contain("m-1", &format!("out-{i}")))
+            .count();
+        let rate = false_hits as f64 / probes as f64;
+        assert!(rate < 0.03, "false-positive rate {rate}");
+        // A false positive while inserting is not counted: a few may be missing.
+        assert!(
+            f.len() <= n as u64 && f.len() > n as u64 * 98 / 100,
+            "{}",
+            f.len()
+        );
+        assert!(f.size_bytes() >= n as u64 * BITS_PER_KEY / 8);
+    }
+
+    #[test]
+    fn the_merchant_is_part_of_the_key() {
+        let f = KeyFilter::new(1024);
+        f.insert("m-1", "k-1");
+        assert!(f.may_contain("m-1", "k-1"));
+        let other_merchant = (0..1000)
+            .filter(|i| f.may_contain(&format!("m-{i}-x"), "k-1"))
+            .count();
+        assert!(other_merchant < 30, "{other_merchant} of 1000");
+    }
+
+    #[test]
+    fn concurrent_inserts_are_all_seen() {
+        let f = std::sync::Arc::new(KeyFilter::new(1024));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        f.insert("m", &format!("{t}-{i}"));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        for t in 0..4 {
+            for i in 0..5_000 {
+                assert!(f.may_contain("m", &format!("{t}-{i}")));
+            }
+        }
+        assert!(f.len() <= 20_000 && f.len() > 19_500, "{}", f.len());
+        f.insert("m", "0-0");
+        assert!(f.len() <= 20_000, "a repeat is not counted");
+    }
+
+    proptest! {
+        #[test]
+        fn never_a_false_negative(keys in proptest::collection::vec(("[a-z0-9]{1,8}", "[A-Za-z0-9_.:-]{1,64}"), 1..3000)) {
+            let f = KeyFilter::new(1024);
+            for (m, k) in &keys {
+                f.insert(m, k);
+            }
+            for (m, k) in &keys {
+                prop_assert!(f.may_contain(m, k));
+            }
+        }
+    }
+}
