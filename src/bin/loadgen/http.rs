@@ -10,7 +10,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -31,7 +31,12 @@ pub struct Client {
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    last_used: Instant,
 }
+
+/// Idle connections older than this are dropped instead of reused: servers
+/// close idle keep-alive connections (actix-web after 5 s by default).
+const MAX_IDLE: Duration = Duration::from_secs(3);
 
 const MAX_HEADERS: usize = 32;
 /// Replies larger than this are refused (the engine's are a few KiB).
@@ -67,18 +72,43 @@ impl Client {
         })
     }
 
-    /// Sends one request on an idle connection (or a new one) and reads the reply.
+    /// An idle connection that is not too old, if there is one.
+    fn idle_conn(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap();
+        // Returned connections are pushed at the end: the stale ones are in front.
+        let stale = idle.partition_point(|c| c.last_used.elapsed() > MAX_IDLE);
+        idle.drain(..stale);
+        idle.pop()
+    }
+
+    /// Sends one request on an idle connection (or a new one) and reads the
+    /// reply. When a reused connection turns out to be closed before any
+    /// reply came (the server timed it out), the request is sent once more
+    /// on a new connection: the server never read it (and every call of this
+    /// API is idempotent anyway).
     pub async fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<&[u8]>,
     ) -> io::Result<Response> {
-        let idle = self.idle.lock().unwrap().pop();
-        let mut conn = match idle {
-            Some(c) => c,
-            None => Conn::connect(self.addr).await?,
-        };
+        if let Some(conn) = self.idle_conn() {
+            match self.send_on(conn, method, path, body).await {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => {}
+                answer => return answer,
+            }
+        }
+        let conn = Conn::connect(self.addr).await?;
+        self.send_on(conn, method, path, body).await
+    }
+
+    async fn send_on(
+        &self,
+        mut conn: Conn,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> io::Result<Response> {
         let mut request = Vec::with_capacity(160 + body.map_or(0, <[u8]>::len));
         request.extend_from_slice(method.as_bytes());
         request.push(b' ');
@@ -99,6 +129,7 @@ impl Client {
                 Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "no reply in time")),
             };
         if reusable {
+            conn.last_used = Instant::now();
             self.idle.lock().unwrap().push(conn);
         }
         Ok(response)
@@ -112,14 +143,19 @@ impl Conn {
         Ok(Self {
             stream,
             buf: Vec::with_capacity(4096),
+            last_used: Instant::now(),
         })
     }
 
     /// Writes `request`, reads one reply; also says whether the connection
     /// can carry another request.
+    /// A connection the server had already closed fails with
+    /// `ConnectionAborted` before any byte of a reply.
     async fn round_trip(&mut self, request: &[u8]) -> io::Result<(Response, bool)> {
-        self.stream.write_all(request).await?;
         self.buf.clear();
+        if let Err(e) = self.stream.write_all(request).await {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, e));
+        }
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut head = httparse::Response::new(&mut headers);
@@ -162,12 +198,21 @@ impl Conn {
 
     async fn fill(&mut self) -> io::Result<()> {
         let mut chunk = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut chunk).await?;
+        let nothing_yet = self.buf.is_empty();
+        let n = match self.stream.read(&mut chunk).await {
+            Ok(n) => n,
+            Err(e) if nothing_yet => {
+                return Err(io::Error::new(io::ErrorKind::ConnectionAborted, e));
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ));
+            let kind = if nothing_yet {
+                io::ErrorKind::ConnectionAborted
+            } else {
+                io::ErrorKind::UnexpectedEof
+            };
+            return Err(io::Error::new(kind, "the server closed the connection"));
         }
         self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
@@ -233,6 +278,35 @@ mod tests {
         let r = client.send("GET", "/x", None).await.unwrap();
         assert_eq!((r.status, r.body.as_slice()), (404, b"{}".as_slice()));
         assert_eq!(client.idle.lock().unwrap().len(), 0, "closed when asked");
+        server.await.unwrap();
+    }
+
+    /// A kept-alive connection the server closed is replaced, not an error.
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_replaced() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            for _ in 0..2 {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut chunk = [0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut chunk).await.unwrap();
+                    seen.extend_from_slice(&chunk[..n]);
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                    .await
+                    .unwrap();
+                // Then the server drops the connection, as an idle timeout would.
+            }
+        });
+        let client =
+            Client::new(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5)).unwrap();
+        assert_eq!(client.send("GET", "/a", None).await.unwrap().status, 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(client.idle.lock().unwrap().len(), 1);
+        assert_eq!(client.send("GET", "/b", None).await.unwrap().status, 200);
         server.await.unwrap();
     }
 }
