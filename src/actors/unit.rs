@@ -258,12 +258,18 @@ impl UnitActor {
     }
 
     /// Starts batches while there are queued creates and room for another
-    /// transaction. With a window, a partial batch waits for company first.
+    /// transaction: the first at once, another beside it only once
+    /// `overlap_at` creates wait. With a window, a partial batch waits for
+    /// company first.
     fn flush(&mut self, ctx: &mut Context<Self>, window_over: bool) {
         let gc = &self.options.group_commit;
         let (max_batch, max_in_flight) = (gc.max_batch, gc.max_in_flight_batches);
+        let overlap_at = gc.overlap_at.min(max_batch);
         let window = Duration::from_micros(gc.window_us);
-        while self.batcher.pending() > 0 && self.batcher.in_flight < max_in_flight {
+        while self.batcher.pending() > 0
+            && self.batcher.in_flight < max_in_flight
+            && (self.batcher.in_flight == 0 || self.batcher.pending() >= overlap_at)
+        {
             if !window.is_zero() && !window_over && self.batcher.pending() < max_batch {
                 if !self.batcher.timer_set {
                     self.batcher.timer_set = true;

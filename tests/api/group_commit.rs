@@ -43,6 +43,7 @@ async fn a_batch_answers_every_caller_as_if_alone() {
             enabled: true,
             max_batch: 64,
             max_in_flight_batches: 1,
+            overlap_at: 16,
             window_us: 2_000,
         },
     };
