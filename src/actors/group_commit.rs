@@ -63,6 +63,19 @@ impl Batcher {
     }
 }
 
+/// Whether a unit starts another create batch now: when creates wait and
+/// fewer than `max_in_flight` batches run, the first at once, and one beside
+/// running batches only once `overlap_at` creates wait (below that they wait
+/// for the running batch and go together: fewer, fuller statements).
+pub fn may_start_batch(
+    pending: usize,
+    in_flight: usize,
+    max_in_flight: usize,
+    overlap_at: usize,
+) -> bool {
+    pending > 0 && in_flight < max_in_flight && (in_flight == 0 || pending >= overlap_at)
+}
+
 /// Writes one batch and answers each of its callers.
 pub async fn run_batch(
     store: UnitStore,
@@ -140,4 +153,23 @@ pub async fn insert_one(
         }
         InsertOutcome::KeyExists(_) => CreateOutcome::KeyConflict,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_start_batch;
+
+    #[test]
+    fn a_second_batch_waits_for_enough_company() {
+        // Idle unit: the first create goes at once.
+        assert!(may_start_batch(1, 0, 2, 16));
+        assert!(!may_start_batch(0, 0, 2, 16), "nothing to write");
+        // One batch running: a few creates wait for it, many start another.
+        assert!(!may_start_batch(15, 1, 2, 16));
+        assert!(may_start_batch(16, 1, 2, 16));
+        // Never more than max_in_flight.
+        assert!(!may_start_batch(64, 2, 2, 16));
+        // overlap_at 1 is plain "up to max_in_flight at once".
+        assert!(may_start_batch(1, 1, 2, 1));
+    }
 }

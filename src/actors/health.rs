@@ -169,6 +169,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn live_successes_are_taken_once_with_their_mean_latency() {
+        let board = HealthBoard::new([1]);
+        let h = board.unit(1).unwrap();
+        assert_eq!(h.take_successes(), (0, 0));
+        h.count_success(100);
+        h.count_success(300);
+        assert_eq!(h.take_successes(), (2, 200));
+        assert_eq!(h.take_successes(), (0, 0), "taking resets the count");
+    }
+
+    #[test]
     fn half_open_lets_a_few_trials_through() {
         let board = HealthBoard::new([1, 2]);
         assert_eq!(board.admit(1), Admission::Allowed);

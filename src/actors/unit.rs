@@ -16,7 +16,7 @@ use actix::prelude::*;
 use metrics::{counter, gauge};
 use tokio::sync::oneshot;
 
-use super::group_commit::{Batcher, run_batch};
+use super::group_commit::{Batcher, may_start_batch, run_batch};
 use super::health::UnitHealth;
 use crate::config::GroupCommitSettings;
 use crate::metrics as m;
@@ -266,10 +266,12 @@ impl UnitActor {
         let (max_batch, max_in_flight) = (gc.max_batch, gc.max_in_flight_batches);
         let overlap_at = gc.overlap_at.min(max_batch);
         let window = Duration::from_micros(gc.window_us);
-        while self.batcher.pending() > 0
-            && self.batcher.in_flight < max_in_flight
-            && (self.batcher.in_flight == 0 || self.batcher.pending() >= overlap_at)
-        {
+        while may_start_batch(
+            self.batcher.pending(),
+            self.batcher.in_flight,
+            max_in_flight,
+            overlap_at,
+        ) {
             if !window.is_zero() && !window_over && self.batcher.pending() < max_batch {
                 if !self.batcher.timer_set {
                     self.batcher.timer_set = true;

@@ -194,6 +194,35 @@ mod tests {
     }
 
     #[test]
+    fn successes_counted_together_act_like_one_by_one() {
+        let mut cb = CircuitBreaker::new(CircuitConfig::default());
+        for i in 0..4 {
+            cb.on_failure(ms(i));
+        }
+        // A folded-in batch of successes ends the run of failures...
+        cb.on_successes(ms(10), 7);
+        cb.on_failure(ms(11));
+        assert_eq!(cb.state(ms(11)), CircuitState::Closed, "the run restarted");
+        // ...counts toward the failure rate's call count...
+        assert_eq!(cb.calls.count(ms(12)), 12);
+        // ...and closes a half-open circuit once there are enough.
+        for i in 12..16 {
+            cb.on_failure(ms(i));
+        }
+        assert_eq!(cb.state(ms(16)), CircuitState::Open);
+        let half = ms(16 + 5_000);
+        assert_eq!(cb.state(half), CircuitState::HalfOpen);
+        cb.on_successes(half, 0);
+        assert_eq!(
+            cb.state(half),
+            CircuitState::HalfOpen,
+            "zero changes nothing"
+        );
+        cb.on_successes(half, 3);
+        assert_eq!(cb.state(half), CircuitState::Closed);
+    }
+
+    #[test]
     fn failed_trials_double_the_open_time_up_to_the_cap() {
         let mut cb = CircuitBreaker::new(CircuitConfig::default());
         let mut now = ms(0);

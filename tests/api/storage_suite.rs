@@ -331,6 +331,42 @@ pub async fn sequences_never_repeat(backend: Backend) {
     }
 }
 
+pub async fn keys_scan_in_pages_and_the_backlog_counts_events(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open(&url).await;
+    assert_eq!(store.scan_keys(None, 10).await.unwrap(), vec![]);
+    assert_eq!(store.outbox_backlog().await.unwrap(), 0);
+    // Two merchants, keys whose byte order differs from their insert order.
+    let mut expected = Vec::new();
+    for (i, merchant) in ["m-b", "m-a"].iter().enumerate() {
+        for k in 0..12 {
+            let key = format!("k-{}", (k * 7) % 12);
+            let mut req = request(&key, "u-1", 10);
+            req.merchant_id = MerchantId::parse(*merchant).unwrap();
+            insert(&store, (i * 100 + k + 1) as u64, req, T0).await;
+            expected.push((merchant.to_string(), key));
+        }
+    }
+    expected.sort();
+    // Keyset pages of 5: every key once, in (merchant_id, out_trade_no) order.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.scan_keys(after.as_ref(), 5).await.unwrap();
+        assert!(page.len() <= 5);
+        seen.extend(page.iter().cloned());
+        after = page.last().cloned();
+        if page.len() < 5 {
+            break;
+        }
+    }
+    assert_eq!(seen, expected);
+    // Every order wrote its `created` event and nothing was published.
+    assert_eq!(store.outbox_backlog().await.unwrap(), 24);
+    assert_eq!(outbox_count(&url).await, 24);
+    store.close().await;
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod on_sqlite {
@@ -354,4 +390,5 @@ on_both_backends!(
     refunds_add_up_and_replay,
     user_pages_are_stable,
     sequences_never_repeat,
+    keys_scan_in_pages_and_the_backlog_counts_events,
 );
