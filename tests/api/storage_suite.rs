@@ -122,6 +122,28 @@ pub async fn orders_round_trip_and_keys_are_unique(backend: Backend) {
         1,
         "only the inserted order wrote an event"
     );
+    // The event says what happened to which order, for a relay to publish.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let row = sqlx::query("SELECT order_seq, event_type, payload FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let payload: serde_json::Value =
+        serde_json::from_str(&row.try_get::<String, _>("payload").unwrap()).unwrap();
+    assert_eq!(row.try_get::<i64, _>("order_seq").unwrap(), 1);
+    assert_eq!(
+        row.try_get::<String, _>("event_type").unwrap(),
+        "order.created"
+    );
+    assert_eq!(
+        payload,
+        json!({"type": "order.created", "order_id": order.id.to_string(),
+               "merchant_id": "m-1", "out_trade_no": "o-1", "status": "created",
+               "amount": 1999, "paid_amount": 0, "refunded_amount": 0,
+               "version": 1, "at_ms": T0 + 123})
+    );
+    pool.close().await;
     store.close().await;
 }
 
