@@ -5,7 +5,8 @@
 #   1. start a durable MariaDB (innodb_flush_log_at_trx_commit=1) in a temp dir
 #   2. sysbench oltp_insert against it (the reference: inserts/s)
 #   3. the engine (release build) with 4 units on that server
-#   4. order-loadgen closed loop, creates only: the engine's peak creates/s
+#   4. order-loadgen closed loop, creates only: the engine's peak creates/s,
+#      and the engine's and MariaDB's CPU time per create (from /proc)
 #   5. order-loadgen open loop at 50% of that peak: p50 / p99 latency
 #
 # Usage: bash bench/run.sh            (DURATION=20 THREADS="32 64" CONNS="64 128 256")
@@ -50,6 +51,7 @@ mariadb-install-db --no-defaults --datadir="$WORK/data" --tmpdir="$WORK/tmp" \
   --port="$DB_PORT" --bind-address=127.0.0.1 --skip-grant-tables --skip-log-bin \
   --innodb-flush-log-at-trx-commit=1 --innodb-buffer-pool-size=1G --innodb-log-file-size=512M \
   --max-connections=2000 "${as_root[@]}" >"$WORK/mariadb.log" 2>&1 &
+DB_PID=$!
 PIDS+=($!)
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/"$DB_PORT") 2>/dev/null && break; sleep 0.1; done
 mariadb() { command mariadb -h127.0.0.1 -P"$DB_PORT" -uroot "$@"; }
@@ -91,22 +93,28 @@ id = 4
 primary_url = "mysql://root@127.0.0.1:$DB_PORT/orderengine_unit_4"
 TOML
 ./target/release/order-engine --config "$WORK/engine.toml" >"$WORK/engine.log" 2>&1 &
+ENGINE_PID=$!
 PIDS+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
 
-LG=(./target/release/order-loadgen --url "http://127.0.0.1:$PORT" --mix create=100 --warmup 3s)
+LG=(./target/release/order-loadgen --url "http://127.0.0.1:$PORT" --mix create=100)
 PEAK=0
+# CPU seconds a process has used (user + system), from /proc.
+cpu_secs() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }
 for c in $CONNS; do
-  "${LG[@]}" --connections "$c" --duration "${DURATION}s" --json "$WORK/peak-$c.json" >"$WORK/peak-$c.txt"
-  tput=$(python3 -c "import json; print(round(json.load(open('$WORK/peak-$c.json'))['throughput_per_sec'], 1))")
-  errs=$(python3 -c "import json; print(json.load(open('$WORK/peak-$c.json'))['errors'])")
-  echo "   closed loop, $c connections: $tput creates/s, $errs errors"
+  e0=$(cpu_secs "$ENGINE_PID"); d0=$(cpu_secs "$DB_PID")
+  "${LG[@]}" --connections "$c" --duration "${DURATION}s" --warmup 0s --json "$WORK/peak-$c.json" >"$WORK/peak-$c.txt"
+  e1=$(cpu_secs "$ENGINE_PID"); d1=$(cpu_secs "$DB_PID")
+  read -r tput errs n <<<"$(python3 -c "import json; r=json.load(open('$WORK/peak-$c.json')); print(round(r['throughput_per_sec'], 1), r['errors'], r['ops']['create']['count'])")"
+  # Per create, over the whole run: where the CPU went.
+  per=$(python3 -c "print(f'engine {($e1-$e0)/$n*1e6:.0f} us, MariaDB {($d1-$d0)/$n*1e6:.0f} us of CPU per create')")
+  echo "   closed loop, $c connections: $tput creates/s, $errs errors ($per)"
   PEAK=$(python3 -c "print(max($PEAK, $tput))")
 done
 
 HALF=$(python3 -c "print(round($PEAK / 2))")
 echo "== open loop at 50% of peak: $HALF creates/s"
-"${LG[@]}" --rate "$HALF" --connections 1024 --duration "${DURATION}s" --json "$WORK/half.json" | sed 's/^/   /'
+"${LG[@]}" --rate "$HALF" --connections 1024 --duration "${DURATION}s" --warmup 3s --json "$WORK/half.json" | sed 's/^/   /'
 
 python3 - "$SYSBENCH" "$PEAK" "$WORK/half.json" <<'PY'
 import json, sys
