@@ -85,6 +85,8 @@ struct Shared {
     client: http::Client,
     orders: Orders,
     mix: Mix,
+    /// Nothing to learn from replies when every request is a create.
+    only_creates: bool,
     stats: Mutex<Stats>,
     /// Set when the warm-up is over: only then are results recorded.
     measuring: AtomicBool,
@@ -107,7 +109,9 @@ impl Shared {
         let latency = since.elapsed();
         let status = match result {
             Ok(res) => {
-                self.orders.learn(req.op, res.status, &res.body);
+                if !self.only_creates {
+                    self.orders.learn(req.op, res.status, &res.body);
+                }
                 Some(res.status)
             }
             Err(_) => None,
@@ -258,6 +262,7 @@ async fn run(args: Args) -> std::process::ExitCode {
         client,
         orders: Orders::new(run_id),
         mix: args.mix.clone(),
+        only_creates: args.mix.only_creates(),
         stats: Mutex::default(),
         measuring: AtomicBool::new(false),
         measured_started: Mutex::new(None),
