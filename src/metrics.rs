@@ -295,6 +295,8 @@ pub struct UnitCallMetrics {
     pub unavailable: metrics::Counter,
     pub error: metrics::Counter,
     pub duration: metrics::Histogram,
+    /// Orders created in the unit.
+    pub creates: metrics::Counter,
 }
 
 impl UnitCallMetrics {
@@ -304,7 +306,24 @@ impl UnitCallMetrics {
             ok: counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => "ok"),
             unavailable: counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => "unavailable"),
             error: counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => "error"),
-            duration: histogram!(UNIT_CALL_DURATION, "unit" => u),
+            duration: histogram!(UNIT_CALL_DURATION, "unit" => u.clone()),
+            creates: counter!(CREATES, "unit" => u),
+        }
+    }
+}
+
+/// The create path's key look-up counters, registered once.
+#[derive(Clone)]
+pub struct KeyLookupMetrics {
+    pub asked: metrics::Counter,
+    pub skipped: metrics::Counter,
+}
+
+impl Default for KeyLookupMetrics {
+    fn default() -> Self {
+        Self {
+            asked: counter!(KEY_LOOKUPS, "filter" => "asked"),
+            skipped: counter!(KEY_LOOKUPS, "filter" => "skipped"),
         }
     }
 }

@@ -13,8 +13,15 @@ use std::sync::{Arc, Mutex as StdMutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+/// Key -> its lock, for keys somebody holds or waits for.
+type LockMap<K> = Arc<StdMutex<HashMap<K, Arc<Mutex<()>>>>>;
+
+fn lock_map<K>(map: &LockMap<K>) -> MutexGuard<'_, HashMap<K, Arc<Mutex<()>>>> {
+    map.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 pub struct KeyLocks<K: Eq + Hash + Clone> {
-    map: Arc<StdMutex<HashMap<K, Arc<Mutex<()>>>>>,
+    map: LockMap<K>,
 }
 
 impl<K: Eq + Hash + Clone> Clone for KeyLocks<K> {
@@ -37,16 +44,12 @@ impl<K: Eq + Hash + Clone> Default for KeyLocks<K> {
 pub struct KeyGuard<K: Eq + Hash + Clone> {
     guard: Option<OwnedMutexGuard<()>>,
     key: K,
-    map: Arc<StdMutex<HashMap<K, Arc<Mutex<()>>>>>,
+    map: LockMap<K>,
 }
 
 impl<K: Eq + Hash + Clone> KeyLocks<K> {
-    fn map(&self) -> MutexGuard<'_, HashMap<K, Arc<Mutex<()>>>> {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     pub async fn lock(&self, key: K) -> KeyGuard<K> {
-        let mutex = self.map().entry(key.clone()).or_default().clone();
+        let mutex = lock_map(&self.map).entry(key.clone()).or_default().clone();
         let guard = mutex.lock_owned().await;
         KeyGuard {
             guard: Some(guard),
@@ -57,7 +60,7 @@ impl<K: Eq + Hash + Clone> KeyLocks<K> {
 
     /// Keys with a holder or waiters (for tests).
     pub fn len(&self) -> usize {
-        self.map().len()
+        lock_map(&self.map).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -68,7 +71,7 @@ impl<K: Eq + Hash + Clone> KeyLocks<K> {
 impl<K: Eq + Hash + Clone> Drop for KeyGuard<K> {
     fn drop(&mut self) {
         drop(self.guard.take());
-        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = lock_map(&self.map);
         // Only the map holds the mutex now: nobody waits, so forget the key.
         if map
             .get(&self.key)

@@ -93,18 +93,20 @@ impl Supervisor {
     }
 
     /// Folds the live successes counted on the board into `unit`'s breaker
-    /// and its latency average.
-    fn fold_live(&mut self, unit: u16, now: Duration) {
+    /// and its latency average; true when that changed the circuit's state.
+    fn fold_live(&mut self, unit: u16, now: Duration) -> bool {
         let (Some(w), Some(h)) = (self.units.get_mut(&unit), self.board.unit(unit)) else {
-            return;
+            return false;
         };
         let (n, mean_us) = h.take_successes();
         if n == 0 {
-            return;
+            return false;
         }
+        let before = w.breaker.state(now);
         w.breaker
             .on_successes(now, u32::try_from(n).unwrap_or(u32::MAX));
         record_latency(&h, mean_us);
+        w.breaker.state(now) != before
     }
 
     fn probe_round(&mut self, ctx: &mut Context<Self>) {
@@ -288,15 +290,10 @@ impl Actor for Supervisor {
         ctx.run_interval(LIVE_FOLD_EVERY, |act, _| {
             let now = act.now();
             let units: Vec<u16> = act.units.keys().copied().collect();
-            let before: Vec<_> = units.iter().map(|u| act.board.circuit(*u)).collect();
-            for u in &units {
-                act.fold_live(*u, now);
+            let mut changed = false;
+            for u in units {
+                changed |= act.fold_live(u, now);
             }
-            let changed = units.iter().zip(before).any(|(u, b)| {
-                act.units
-                    .get_mut(u)
-                    .is_some_and(|w| w.breaker.state(now) != b)
-            });
             if changed {
                 act.publish();
             }

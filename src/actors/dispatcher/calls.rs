@@ -138,6 +138,14 @@ impl UnitCalls {
         result
     }
 
+    /// Counts an order created in `unit`.
+    pub fn count_create(&self, unit: u16) {
+        match self.metrics.get(&unit) {
+            Some(h) => h.creates.increment(1),
+            None => counter!(m::CREATES, "unit" => unit.to_string()).increment(1),
+        }
+    }
+
     /// `call` with admission and the default timeout, mapped to engine errors.
     pub async fn forward<M, R>(
         &self,

@@ -28,6 +28,7 @@ pub(super) struct CreateContext {
     pub routing: SharedRouting,
     pub locks: KeyLocks<Key>,
     pub calls: UnitCalls,
+    pub key_lookups: m::KeyLookupMetrics,
     pub max_attempts: u32,
 }
 
@@ -64,8 +65,8 @@ impl CreateContext {
             .routing
             .get()
             .key_lookup_targets(&key, first.as_ref().map(|f| f.0));
-        counter!(m::KEY_LOOKUPS, "filter" => "skipped").increment(skipped as u64);
-        counter!(m::KEY_LOOKUPS, "filter" => "asked").increment(targets.len() as u64);
+        self.key_lookups.skipped.increment(skipped as u64);
+        self.key_lookups.asked.increment(targets.len() as u64);
         if !targets.is_empty()
             && let Some(existing) = find_key(&self.calls, &targets, &key).await.found
         {
@@ -101,7 +102,7 @@ impl CreateContext {
             {
                 Ok(CreateOutcome::Created(order)) => {
                     tracing::debug!(unit, order_id = %order.id, "order created");
-                    counter!(m::CREATES, "unit" => unit.to_string()).increment(1);
+                    self.calls.count_create(unit);
                     return Ok(Created {
                         order,
                         replayed: false,
@@ -120,7 +121,7 @@ impl CreateContext {
             match self.settle(unit, &addr, &key).await {
                 Ok(Some(order)) => {
                     counter!(m::CREATE_IN_DOUBT, "outcome" => "found").increment(1);
-                    counter!(m::CREATES, "unit" => unit.to_string()).increment(1);
+                    self.calls.count_create(unit);
                     return answer(&request, order, false);
                 }
                 Ok(None) => {
