@@ -6,6 +6,7 @@
 //! run through sqlx's `Any` driver, so the queries are one code path; the few
 //! statements that differ by dialect are chosen by [`Dialect`].
 
+mod lane;
 mod orders;
 mod probe;
 pub mod sequence;
@@ -21,6 +22,7 @@ use sqlx::{Any, AnyPool};
 
 pub use orders::{BatchOutcome, Consistency, InsertOutcome, Page, UserCursor};
 
+use self::lane::CreateLane;
 use crate::config::{StorageSettings, mask_url};
 use crate::domain::RuleError;
 
@@ -137,6 +139,8 @@ pub struct UnitStore {
     read: AnyPool,
     /// Eventual reads: a replica when configured.
     replica: Option<AnyPool>,
+    /// MySQL: the connections create batches run on (see `lane.rs`).
+    lane: Option<Arc<CreateLane>>,
     /// Bound on the statements of one call (see `bounded` and `commit`).
     statement_timeout: Duration,
     /// Calls waiting for a connection (writes: including the BEGIN round trip).
@@ -239,12 +243,14 @@ impl UnitStore {
             }
             None => None,
         };
+        let lane = (dialect == Dialect::MySql).then(|| Arc::new(CreateLane::new(url)));
         Ok(Self {
             unit,
             dialect,
             write,
             read,
             replica,
+            lane,
             statement_timeout: Duration::from_millis(settings.statement_timeout_ms),
             waiting: Arc::default(),
             max_connections: match dialect {
@@ -262,15 +268,18 @@ impl UnitStore {
         self.dialect
     }
 
-    /// Open, idle and waited-for connections over the unit's primary pools.
+    /// Open, idle and waited-for connections to the unit's primary: its pools
+    /// and its create lane.
     pub fn pool_stats(&self) -> PoolStats {
         let pools: &[&AnyPool] = match self.dialect {
             Dialect::MySql => &[&self.write],
             Dialect::Sqlite => &[&self.write, &self.read],
         };
+        let lane = self.lane.as_deref();
         PoolStats {
-            open: pools.iter().map(|p| p.size()).sum(),
-            idle: pools.iter().map(|p| p.num_idle() as u32).sum(),
+            open: pools.iter().map(|p| p.size()).sum::<u32>() + lane.map_or(0, CreateLane::open),
+            idle: pools.iter().map(|p| p.num_idle() as u32).sum::<u32>()
+                + lane.map_or(0, CreateLane::idle_count),
             waiting: self.waiting.load(Ordering::Relaxed).max(0),
             max: self.max_connections,
         }
@@ -281,7 +290,7 @@ impl UnitStore {
         &self,
         pool: &AnyPool,
     ) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
-        let _waiting = WaitGuard::new(&self.waiting);
+        let _waiting = self.count_waiting();
         pool.acquire().await.map_err(StoreError::before_commit)
     }
 
@@ -292,6 +301,9 @@ impl UnitStore {
 
     /// Closes every pool, waiting for checked-out connections to come back.
     pub async fn close(&self) {
+        if let Some(lane) = &self.lane {
+            lane.close().await;
+        }
         self.write.close().await;
         self.read.close().await;
         if let Some(r) = &self.replica {
@@ -320,7 +332,16 @@ impl UnitStore {
         &self,
         tx: sqlx::Transaction<'static, Any>,
     ) -> Result<(), StoreError> {
-        match tokio::time::timeout(self.statement_timeout, tx.commit()).await {
+        self.at_commit(tx.commit()).await
+    }
+
+    /// Runs `commit`, the call that sends `COMMIT`: an error or a timeout here
+    /// leaves the outcome unknown.
+    pub(crate) async fn at_commit<T>(
+        &self,
+        commit: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.statement_timeout, commit).await {
             Ok(r) => r.map_err(StoreError::at_commit),
             Err(_) => Err(StoreError::InDoubt(format!(
                 "unit {}: COMMIT not answered within {:?}",
@@ -329,10 +350,15 @@ impl UnitStore {
         }
     }
 
+    /// Counts the caller as waiting for a connection for as long as the guard lives.
+    pub(crate) fn count_waiting(&self) -> WaitGuard<'_> {
+        WaitGuard::new(&self.waiting)
+    }
+
     /// Starts a write transaction. SQLite takes the write lock up front so that a
     /// read-then-write transaction cannot fail to upgrade its lock.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Any>, StoreError> {
-        let _waiting = WaitGuard::new(&self.waiting);
+        let _waiting = self.count_waiting();
         self.bounded(async {
             match self.dialect {
                 Dialect::MySql => self.write.begin().await,
@@ -345,7 +371,7 @@ impl UnitStore {
 }
 
 /// Counts one waiter for as long as it lives.
-struct WaitGuard<'a>(&'a AtomicI64);
+pub(crate) struct WaitGuard<'a>(&'a AtomicI64);
 
 impl<'a> WaitGuard<'a> {
     fn new(counter: &'a AtomicI64) -> Self {

@@ -8,9 +8,11 @@
 //! update and its event commit together or not at all.
 
 use serde_json::{Map, Value};
+use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
+use super::lane::CreateLane;
 use super::{Dialect, StoreError, UnitStore, now_ms};
 use crate::domain::values::{
     Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
@@ -153,45 +155,47 @@ impl UnitStore {
     /// unique key was already taken; then nothing was written, and the caller
     /// inserts them one by one to give each its own answer.
     pub async fn insert_orders(&self, orders: &[Order]) -> Result<BatchOutcome, StoreError> {
+        if let Some(lane) = &self.lane {
+            return self.insert_orders_on_lane(lane, orders).await;
+        }
         let mut tx = self.begin().await?;
-        let inserted = self
-            .bounded(async {
-                let sql = multi_row(INSERT_ORDERS_HEAD, ORDER_ROW, orders.len());
-                let mut query = sqlx::query(AssertSqlSafe(sql));
-                for order in orders {
-                    let sections = serde_json::to_string(order.sections.as_map())
-                        .expect("a JSON map serializes");
-                    query = query
-                        .bind(seq_param(order.id.sequence()))
-                        .bind(order.merchant_id.as_str().to_owned())
-                        .bind(order.out_trade_no.as_str().to_owned())
-                        .bind(order.user_id.as_str().to_owned())
-                        .bind(order.amount.get())
-                        .bind(order.currency.as_str().to_owned())
-                        .bind(order.description.as_ref().map(|d| d.as_str().to_owned()))
-                        .bind(order.status.as_str())
-                        .bind(order.paid_amount)
-                        .bind(order.refunded_amount)
-                        .bind(order.payment_ref.as_ref().map(|p| p.as_str().to_owned()))
-                        .bind(order.version)
-                        .bind(order.created_at_ms)
-                        .bind(order.updated_at_ms)
-                        .bind(sections);
-                }
-                match query.execute(&mut *tx).await {
-                    Ok(_) => {}
-                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(false),
-                    Err(e) => return Err(StoreError::before_commit(e)),
-                }
-                let events: Vec<_> = orders.iter().map(|o| (o, "order.created")).collect();
-                write_events(&mut tx, &events).await?;
-                Ok(true)
-            })
-            .await?;
-        if !inserted {
+        if !self.bounded(write_created(&mut tx, orders)).await? {
             return Ok(BatchOutcome::KeyTaken); // dropping `tx` rolls the batch back
         }
         self.commit(tx).await?;
+        Ok(BatchOutcome::Inserted)
+    }
+
+    /// `insert_orders` on a connection of the unit's create lane (MySQL),
+    /// where the first insert opens the transaction (see `lane.rs`).
+    async fn insert_orders_on_lane(
+        &self,
+        lane: &CreateLane,
+        orders: &[Order],
+    ) -> Result<BatchOutcome, StoreError> {
+        let mut conn = {
+            let _waiting = self.count_waiting();
+            self.bounded(async { lane.take().await.map_err(StoreError::before_commit) })
+                .await?
+        };
+        // An error from here on drops `conn`: closed, it rolls back.
+        if !self.bounded(write_created(conn.get(), orders)).await? {
+            // The failed statement was undone; ROLLBACK ends the transaction
+            // and its locks before the connection is reused.
+            let ended = self
+                .bounded(async {
+                    let rollback = sqlx::raw_sql("ROLLBACK").execute(conn.get()).await;
+                    rollback.map_err(StoreError::before_commit)
+                })
+                .await;
+            if ended.is_ok() {
+                conn.release();
+            }
+            return Ok(BatchOutcome::KeyTaken);
+        }
+        self.at_commit(sqlx::raw_sql("COMMIT").execute(conn.get()))
+            .await?;
+        conn.release();
         Ok(BatchOutcome::Inserted)
     }
 
@@ -590,11 +594,11 @@ async fn write_order_update(
 
 /// Appends the change event for `order` to the outbox, in the caller's transaction.
 async fn write_event(
-    tx: &mut Transaction<'static, Any>,
+    conn: &mut AnyConnection,
     order: &Order,
     event_type: &'static str,
 ) -> Result<(), StoreError> {
-    write_events(tx, &[(order, event_type)]).await
+    write_events(conn, &[(order, event_type)]).await
 }
 
 /// A change event's payload, serialized straight from the order (one
@@ -618,9 +622,44 @@ fn as_display<S: serde::Serializer>(id: &OrderId, s: S) -> Result<S::Ok, S::Erro
     s.collect_str(id)
 }
 
+/// Inserts new orders and their `created` events, in the caller's transaction.
+/// `false` when a unique key was taken (the caller rolls back).
+async fn write_created(conn: &mut AnyConnection, orders: &[Order]) -> Result<bool, StoreError> {
+    let sql = multi_row(INSERT_ORDERS_HEAD, ORDER_ROW, orders.len());
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for order in orders {
+        let sections =
+            serde_json::to_string(order.sections.as_map()).expect("a JSON map serializes");
+        query = query
+            .bind(seq_param(order.id.sequence()))
+            .bind(order.merchant_id.as_str().to_owned())
+            .bind(order.out_trade_no.as_str().to_owned())
+            .bind(order.user_id.as_str().to_owned())
+            .bind(order.amount.get())
+            .bind(order.currency.as_str().to_owned())
+            .bind(order.description.as_ref().map(|d| d.as_str().to_owned()))
+            .bind(order.status.as_str())
+            .bind(order.paid_amount)
+            .bind(order.refunded_amount)
+            .bind(order.payment_ref.as_ref().map(|p| p.as_str().to_owned()))
+            .bind(order.version)
+            .bind(order.created_at_ms)
+            .bind(order.updated_at_ms)
+            .bind(sections);
+    }
+    match query.execute(&mut *conn).await {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(false),
+        Err(e) => return Err(StoreError::before_commit(e)),
+    }
+    let events: Vec<_> = orders.iter().map(|o| (o, "order.created")).collect();
+    write_events(conn, &events).await?;
+    Ok(true)
+}
+
 /// Appends change events to the outbox in one statement, in the caller's transaction.
 async fn write_events(
-    tx: &mut Transaction<'static, Any>,
+    conn: &mut AnyConnection,
     events: &[(&Order, &'static str)],
 ) -> Result<(), StoreError> {
     let mut query = sqlx::query(AssertSqlSafe(multi_row(
@@ -650,7 +689,7 @@ async fn write_events(
             .bind(order.updated_at_ms);
     }
     query
-        .execute(&mut **tx)
+        .execute(&mut *conn)
         .await
         .map_err(StoreError::before_commit)?;
     Ok(())

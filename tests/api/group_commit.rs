@@ -167,3 +167,107 @@ async fn concurrent_http_creates_share_commits() {
     );
     app.shutdown().await;
 }
+
+/// Create batches on MariaDB run on the unit's own connections (the create
+/// lane, `autocommit = 0`). One the server killed between batches fails the
+/// next batch as a definite failure, is not reused, and writes nothing; the
+/// batch after it gets a new connection.
+#[actix_web::test]
+async fn a_killed_create_connection_fails_one_batch_cleanly() {
+    use order_engine::domain::OrderId;
+    use order_engine::storage::{BatchOutcome, StoreError};
+
+    let db_name = mariadb::unique_db("lane");
+    let url = mariadb::shared().url(&db_name);
+    let store = UnitStore::open(5, &url, None, &StorageSettings::default())
+        .await
+        .unwrap();
+    let now = order_engine::storage::now_ms();
+    let batch = |from: u64| -> Vec<_> {
+        (from..from + 3)
+            .map(|seq| {
+                let id = OrderId::new(5, now / 1000, seq).unwrap();
+                request(&format!("lane-{seq}"), 10).into_order(id, now)
+            })
+            .collect()
+    };
+    assert_eq!(
+        store.insert_orders(&batch(1)).await.unwrap(),
+        BatchOutcome::Inserted
+    );
+    let lane_open = store.pool_stats().open;
+
+    // Kill every connection to the unit's database: the lane's among them.
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&mariadb::shared().url("mysql"))
+        .await
+        .unwrap();
+    let ids = sqlx::query(
+        "SELECT CAST(ID AS SIGNED) AS id FROM information_schema.PROCESSLIST WHERE DB = ?",
+    )
+    .bind(&db_name)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(!ids.is_empty());
+    for row in &ids {
+        let id: i64 = row.get("id");
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
+            .execute(&admin)
+            .await;
+    }
+
+    match store.insert_orders(&batch(10)).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => {
+            panic!("a batch on a killed connection: expected a definite failure, got {other:?}")
+        }
+    }
+    assert!(
+        store.pool_stats().open < lane_open,
+        "the killed connection was kept"
+    );
+    assert_eq!(
+        store.insert_orders(&batch(20)).await.unwrap(),
+        BatchOutcome::Inserted,
+        "the next batch opens a new connection"
+    );
+
+    // The orders insert succeeds and the outbox insert fails: the orders must
+    // not stay (nothing commits before COMMIT, even without BEGIN).
+    let rename =
+        |from: &str, to: &str| format!("RENAME TABLE `{db_name}`.{from} TO `{db_name}`.{to}");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(rename("outbox", "outbox_away")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let failed = store.insert_orders(&batch(30)).await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(rename("outbox_away", "outbox")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    assert!(failed.is_err(), "{failed:?}");
+
+    let db = sqlx::AnyPool::connect(&url).await.unwrap();
+    let keys: Vec<String> = sqlx::query("SELECT out_trade_no FROM orders ORDER BY seq")
+        .fetch_all(&db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get("out_trade_no"))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "lane-1", "lane-2", "lane-3", "lane-20", "lane-21", "lane-22"
+        ],
+        "the failed batches wrote nothing"
+    );
+    let events: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(events, 6);
+    store.close().await;
+}
