@@ -268,21 +268,25 @@ impl UnitStore {
         self.dialect
     }
 
-    /// Open, idle and waited-for connections to the unit's primary: its pools
-    /// and its create lane.
+    /// Open, idle and waited-for connections over the unit's primary pools
+    /// (not the create lane: see [`UnitStore::create_connections`]).
     pub fn pool_stats(&self) -> PoolStats {
         let pools: &[&AnyPool] = match self.dialect {
             Dialect::MySql => &[&self.write],
             Dialect::Sqlite => &[&self.write, &self.read],
         };
-        let lane = self.lane.as_deref();
         PoolStats {
-            open: pools.iter().map(|p| p.size()).sum::<u32>() + lane.map_or(0, CreateLane::open),
-            idle: pools.iter().map(|p| p.num_idle() as u32).sum::<u32>()
-                + lane.map_or(0, CreateLane::idle_count),
+            open: pools.iter().map(|p| p.size()).sum(),
+            idle: pools.iter().map(|p| p.num_idle() as u32).sum(),
             waiting: self.waiting.load(Ordering::Relaxed).max(0),
             max: self.max_connections,
         }
+    }
+
+    /// Connections open in the create lane (MySQL; at most as many as create
+    /// batches ran at once, beside the pool's `max_connections`).
+    pub fn create_connections(&self) -> u32 {
+        self.lane.as_deref().map_or(0, CreateLane::open)
     }
 
     /// A connection from `pool`, counted as waiting until it is handed over.
