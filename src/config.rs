@@ -56,6 +56,10 @@ pub struct ServerSettings {
     pub request_timeout_ms: u64,
     /// Requests served at once; more are shed with `429 overloaded`.
     pub max_in_flight: usize,
+    /// Connections the kernel queues before the engine accepts them (capped
+    /// by `net.core.somaxconn`). Past it, new connections wait a second for a
+    /// SYN retransmit.
+    pub backlog: u32,
 }
 
 impl Default for ServerSettings {
@@ -67,6 +71,7 @@ impl Default for ServerSettings {
             shutdown_timeout_secs: 30,
             request_timeout_ms: 5_000,
             max_in_flight: 4_096,
+            backlog: 1_024,
         }
     }
 }
@@ -414,6 +419,13 @@ impl Settings {
         if self.units.is_empty() {
             return invalid("no units: add at least one [[units]] entry".into());
         }
+        if self.server.backlog == 0 || self.server.backlog > i32::MAX as u32 {
+            return invalid(format!(
+                "server.backlog must be 1 to {}, not {}",
+                i32::MAX,
+                self.server.backlog
+            ));
+        }
         let mut seen = HashSet::new();
         for u in &self.units {
             if !seen.insert(u.id) {
@@ -612,6 +624,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("may not spill into canary"), "{e}");
+
+        let e = Settings::from_toml(BASE, "t", env(&[("ORDERENGINE__SERVER__BACKLOG", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("server.backlog must be 1 to"), "{e}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! free port). `Addr`s are handed over explicitly: no global registry.
 
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,13 +49,14 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         // Listeners first: a taken port stops start-up before anything runs.
         let addr = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = bind(&addr)?;
+        let backlog = settings.server.backlog;
+        let listener = bind(&addr, backlog)?;
         let port = listener.local_addr().map_err(bind_err(&addr))?.port();
         let admin_addr = format!("{}:{}", settings.admin.host, settings.admin.port);
         let admin_listener = if settings.admin.token.is_empty() {
             None
         } else {
-            Some(bind(&admin_addr)?)
+            Some(bind(&admin_addr, backlog)?)
         };
 
         let metrics = crate::metrics::install();
@@ -227,8 +228,27 @@ impl Application {
     }
 }
 
-fn bind(addr: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).map_err(bind_err(addr))
+/// A listening socket on the first of `addr`'s addresses that binds, with
+/// `backlog` (std's `TcpListener::bind` always uses 128).
+fn bind(addr: &str, backlog: u32) -> Result<TcpListener, StartError> {
+    use socket2::{Domain, Socket, Type};
+    let backlog = i32::try_from(backlog).expect("validated: at most i32::MAX");
+    let listen = |a: SocketAddr| -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(a), Type::STREAM, None)?;
+        // As std does: a restart may bind while old connections are in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.bind(&a.into())?;
+        socket.listen(backlog)?;
+        Ok(socket.into())
+    };
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to bind");
+    for a in addr.to_socket_addrs().map_err(bind_err(addr))? {
+        match listen(a) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = e,
+        }
+    }
+    Err(bind_err(addr)(last))
 }
 
 fn bind_err(addr: &str) -> impl Fn(io::Error) -> StartError + '_ {
@@ -279,5 +299,30 @@ async fn start_unit(
         Ok(Ok(addr)) => Ok((addr, arbiter)),
         Ok(Err(e)) => Err((e.into(), arbiter)),
         Err(_) => Err((StartError::ArbiterGone(unit.id), arbiter)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::bind;
+
+    /// Connections beyond std's 128 queue up while none is accepted yet: the
+    /// kernel completes their handshakes instead of dropping SYNs (which would
+    /// cost each a one-second retransmit).
+    #[test]
+    fn the_listener_queues_the_configured_backlog() {
+        let listener = bind("127.0.0.1:0", 400).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connected: Vec<TcpStream> = (0..300)
+            .map(|i| {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("connection {i} was not queued: {e}"))
+            })
+            .collect();
+        assert_eq!(connected.len(), 300);
+        drop(listener);
     }
 }
