@@ -50,6 +50,11 @@ pub struct ServerSettings {
     pub port: u16,
     /// HTTP worker threads; defaults to the number of cores.
     pub workers: Option<usize>,
+    /// Threads the unit actors run on, units spread over them in turn;
+    /// defaults to half the cores (at least one). Each unit keeps its own
+    /// actor, pools and sequence whatever the count: threads are only where
+    /// their work is polled, and fewer of them mean fewer wake-ups per create.
+    pub unit_threads: Option<usize>,
     /// How long shutdown waits for in-flight requests before closing pools.
     pub shutdown_timeout_secs: u64,
     /// Upper bound on the time one request may spend inside the engine.
@@ -68,6 +73,7 @@ impl Default for ServerSettings {
             host: "127.0.0.1".into(),
             port: 8080,
             workers: None,
+            unit_threads: None,
             shutdown_timeout_secs: 30,
             request_timeout_ms: 5_000,
             max_in_flight: 4_096,
@@ -419,6 +425,9 @@ impl Settings {
         if self.units.is_empty() {
             return invalid("no units: add at least one [[units]] entry".into());
         }
+        if self.server.unit_threads == Some(0) || self.server.workers == Some(0) {
+            return invalid("server.workers and server.unit_threads must be at least 1".into());
+        }
         if self.server.backlog == 0 || self.server.backlog > i32::MAX as u32 {
             return invalid(format!(
                 "server.backlog must be 1 to {}, not {}",
@@ -629,6 +638,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("server.backlog must be 1 to"), "{e}");
+        let e = Settings::from_toml(
+            BASE,
+            "t",
+            env(&[("ORDERENGINE__SERVER__UNIT_THREADS", "0")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("server.unit_threads must be at least 1"), "{e}");
     }
 
     #[test]

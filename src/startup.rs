@@ -1,5 +1,5 @@
 //! Builds the running engine from settings: opens every unit's database,
-//! starts one supervised unit actor per unit on its own arbiter, the health
+//! starts one supervised unit actor per unit on the unit threads, the health
 //! supervisor and the dispatcher, and binds the HTTP listeners (port 0 picks a
 //! free port). `Addr`s are handed over explicitly: no global registry.
 
@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Arbiter};
+use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
@@ -84,23 +84,29 @@ impl Application {
                     .then(|| Arc::new(KeyFilter::new(settings.dispatcher.key_filter_capacity)))
             })
             .collect();
-        let starts = settings.units.iter().zip(&filters).map(|(u, filter)| {
-            let health = board.unit(u.id);
-            start_unit(u.clone(), &settings, health, filter.clone())
-        });
+        let mut arbiters: Vec<Arbiter> = (0..unit_threads(&settings))
+            .map(|_| Arbiter::new())
+            .collect();
+        let starts = settings
+            .units
+            .iter()
+            .zip(&filters)
+            .enumerate()
+            .map(|(i, (u, filter))| {
+                let health = board.unit(u.id);
+                let arbiter = arbiters[i % arbiters.len()].handle();
+                start_unit(u.clone(), &settings, health, filter.clone(), arbiter)
+            });
         let mut routes = Vec::new();
-        let mut arbiters = Vec::new();
         let mut first_error = None;
         let started = join_all(starts).await;
         for ((started, unit), filter) in started.into_iter().zip(&settings.units).zip(filters) {
             match started {
-                Ok((addr, arbiter)) => {
+                Ok(addr) => {
                     let window = Duration::from_secs(settings.dispatcher.recent_window_secs);
                     routes.push(UnitRoute::new(unit.clone(), addr, window, filter));
-                    arbiters.push(arbiter);
                 }
-                Err((e, arbiter)) => {
-                    arbiter.stop();
+                Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
@@ -258,9 +264,15 @@ fn bind_err(addr: &str) -> impl Fn(io::Error) -> StartError + '_ {
     }
 }
 
-type Started = (Addr<UnitActor>, Arbiter);
+/// How many threads the unit actors share: `server.unit_threads`, by default
+/// half the cores, never more than there are units.
+fn unit_threads(settings: &Settings) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let wanted = settings.server.unit_threads.unwrap_or(cores / 2);
+    wanted.clamp(1, settings.units.len().max(1))
+}
 
-/// Opens a unit's database and starts its actor, both on a new arbiter, so the
+/// Opens a unit's database and starts its actor, both on `arbiter`, so the
 /// unit's connections belong to the thread that uses them. The actor runs
 /// under `actix::Supervisor`: when it stops itself on broken state, it is
 /// restarted with fresh state.
@@ -269,8 +281,8 @@ async fn start_unit(
     settings: &Settings,
     health: Option<Arc<UnitHealth>>,
     filter: Option<Arc<KeyFilter>>,
-) -> Result<Started, (StartError, Arbiter)> {
-    let arbiter = Arbiter::new();
+    arbiter: ArbiterHandle,
+) -> Result<Addr<UnitActor>, StartError> {
     let (tx, rx) = oneshot::channel();
     let storage = settings.storage.clone();
     let options = UnitOptions {
@@ -293,12 +305,12 @@ async fn start_unit(
         let _ = tx.send(opened);
     });
     if !spawned {
-        return Err((StartError::ArbiterGone(unit.id), arbiter));
+        return Err(StartError::ArbiterGone(unit.id));
     }
     match rx.await {
-        Ok(Ok(addr)) => Ok((addr, arbiter)),
-        Ok(Err(e)) => Err((e.into(), arbiter)),
-        Err(_) => Err((StartError::ArbiterGone(unit.id), arbiter)),
+        Ok(Ok(addr)) => Ok(addr),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(StartError::ArbiterGone(unit.id)),
     }
 }
 

@@ -4,8 +4,10 @@
 //!
 //! Handlers return `ResponseFuture`s that clone the store into the future: the
 //! database work of many requests overlaps, while the actor itself only hands
-//! work out. The actor runs on its own arbiter (thread), so one slow unit does
-//! not slow the others' bookkeeping.
+//! work out. Units share a few threads (`server.unit_threads`): a unit whose
+//! database is slow only has more futures waiting, which costs its neighbours
+//! on the thread nothing, and an actor that panics ends alone (tokio catches a
+//! panic per task; the other actors on the thread go on).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
