@@ -36,7 +36,8 @@ pub struct TestApp {
 /// Settings for `units` with port 0; `extra` is appended TOML.
 pub fn settings_for(units: &[(u16, String)], extra: &str) -> Settings {
     let mut toml = String::from(
-        "[server]\nport = 0\nworkers = 2\nshutdown_timeout_secs = 5\n\
+        // Two unit threads: units share a thread and spread over more than one.
+        "[server]\nport = 0\nworkers = 2\nunit_threads = 2\nshutdown_timeout_secs = 5\n\
          [sequence]\nstep = 50\n[log]\nlevel = \"error\"\n\
          [admin]\nport = 0\ntoken = \"test-admin-token\"\n",
     );
