@@ -12,14 +12,17 @@
 //! or silence before it is still a definite failure. A connection goes back
 //! to the lane only after its transaction ended with an answered `COMMIT` or
 //! `ROLLBACK`; after anything else it is dropped, and closing it makes the
-//! server roll back whatever it held. The lane never holds more connections
-//! than batches ran at once (`group_commit.max_in_flight_batches`).
+//! server roll back whatever it held. The unit actor runs at most
+//! `group_commit.max_in_flight_batches` batches at once, so that is how many
+//! connections the lane opens; `max` (the pool's `max_connections`) bounds it
+//! for any other caller of the store.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::{AnyConnection, Connection};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A connection idle for longer is pinged before use: the server or a
 /// firewall may have closed it meanwhile.
@@ -27,6 +30,8 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
 
 pub(crate) struct CreateLane {
     url: String,
+    /// One permit per connection in use or being opened.
+    permits: std::sync::Arc<Semaphore>,
     idle: Mutex<Vec<(AnyConnection, Instant)>>,
     /// Connections open: idle here or in use by a batch.
     open: AtomicU32,
@@ -42,9 +47,10 @@ impl std::fmt::Debug for CreateLane {
 }
 
 impl CreateLane {
-    pub(crate) fn new(url: String) -> Self {
+    pub(crate) fn new(url: String, max: u32) -> Self {
         Self {
             url,
+            permits: std::sync::Arc::new(Semaphore::new(max.max(1) as usize)),
             idle: Mutex::default(),
             open: AtomicU32::new(0),
         }
@@ -67,12 +73,14 @@ impl CreateLane {
     /// The most recently used idle connection, or a new one. The caller
     /// bounds the wait.
     pub(crate) async fn take(&self) -> Result<LaneConnection<'_>, sqlx::Error> {
+        let permit =
+            (self.permits.clone().acquire_owned().await).map_err(|_| sqlx::Error::PoolClosed)?;
         loop {
             let Some((mut conn, since)) = self.idle_list().pop() else {
                 break;
             };
             if since.elapsed() < PING_AFTER_IDLE || conn.ping().await.is_ok() {
-                return Ok(LaneConnection::new(self, conn));
+                return Ok(LaneConnection::new(self, conn, permit));
             }
             self.open.fetch_sub(1, Ordering::Relaxed);
         }
@@ -81,11 +89,12 @@ impl CreateLane {
             .execute(&mut conn)
             .await?;
         self.open.fetch_add(1, Ordering::Relaxed);
-        Ok(LaneConnection::new(self, conn))
+        Ok(LaneConnection::new(self, conn, permit))
     }
 
     /// Closes the idle connections (at shutdown, after the last batch).
     pub(crate) async fn close(&self) {
+        self.permits.close();
         let idle: Vec<_> = self.idle_list().drain(..).collect();
         for (conn, _) in idle {
             self.open.fetch_sub(1, Ordering::Relaxed);
@@ -99,13 +108,15 @@ impl CreateLane {
 pub(crate) struct LaneConnection<'a> {
     lane: &'a CreateLane,
     conn: Option<AnyConnection>,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl<'a> LaneConnection<'a> {
-    fn new(lane: &'a CreateLane, conn: AnyConnection) -> Self {
+    fn new(lane: &'a CreateLane, conn: AnyConnection, permit: OwnedSemaphorePermit) -> Self {
         Self {
             lane,
             conn: Some(conn),
+            _permit: permit,
         }
     }
 

@@ -243,7 +243,8 @@ impl UnitStore {
             }
             None => None,
         };
-        let lane = (dialect == Dialect::MySql).then(|| Arc::new(CreateLane::new(url)));
+        let lane = (dialect == Dialect::MySql)
+            .then(|| Arc::new(CreateLane::new(url, settings.max_connections)));
         Ok(Self {
             unit,
             dialect,

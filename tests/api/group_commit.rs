@@ -276,3 +276,47 @@ async fn a_killed_create_connection_fails_one_batch_cleanly() {
     assert_eq!(events, 6);
     store.close().await;
 }
+
+/// The create lane opens no more connections than the pool may: concurrent
+/// batches beyond `max_connections` wait for one instead of opening more.
+#[actix_web::test]
+async fn the_create_lane_is_bounded() {
+    use order_engine::domain::OrderId;
+    use order_engine::storage::BatchOutcome;
+
+    let url = mariadb::shared().url(&mariadb::unique_db("lanecap"));
+    let settings = StorageSettings {
+        max_connections: 2,
+        ..StorageSettings::default()
+    };
+    let store = UnitStore::open(5, &url, None, &settings).await.unwrap();
+    let now = order_engine::storage::now_ms();
+    let batches: Vec<Vec<_>> = (0..12u64)
+        .map(|b| {
+            (0..3)
+                .map(|i| {
+                    let seq = 1 + b * 3 + i;
+                    let id = OrderId::new(5, now / 1000, seq).unwrap();
+                    request(&format!("cap-{seq}"), 10).into_order(id, now)
+                })
+                .collect()
+        })
+        .collect();
+    let outcomes = join_all(batches.iter().map(|b| store.insert_orders(b))).await;
+    for o in outcomes {
+        assert_eq!(o.unwrap(), BatchOutcome::Inserted);
+    }
+    assert_eq!(
+        store.create_connections(),
+        2,
+        "12 concurrent batches, 2 connections"
+    );
+    let db = sqlx::AnyPool::connect(&url).await.unwrap();
+    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get("n");
+    assert_eq!(n, 36);
+    store.close().await;
+}
