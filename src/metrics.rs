@@ -212,7 +212,7 @@ fn describe() {
     describe_counter!(
         KEY_LOOKUPS,
         Unit::Count,
-        "Per other unit, whether a create asked it for its key (asked) or its key filter ruled it out (skipped)."
+        "Key look-ups of creates in other units, by the unit looked in: asked, or ruled out by its key filter (skipped)."
     );
     describe_gauge!(
         PANIC_MODE,
@@ -245,9 +245,6 @@ fn init_requests() {
         counter!(CREATE_IN_DOUBT, "outcome" => outcome).absolute(0);
     }
     counter!(SHED, "reason" => "in_flight").absolute(0);
-    for filter in ["asked", "skipped"] {
-        counter!(KEY_LOOKUPS, "filter" => filter).absolute(0);
-    }
     gauge!(REQUESTS_IN_FLIGHT).set(0.0);
     gauge!(PROBER_SUSPECTED).set(0.0);
 }
@@ -256,6 +253,9 @@ fn init_requests() {
 /// unit from start-up.
 pub fn init_unit(unit: u16, max_connections: u32) {
     let u = unit.to_string();
+    for filter in ["asked", "skipped"] {
+        counter!(KEY_LOOKUPS, "unit" => u.clone(), "filter" => filter).absolute(0);
+    }
     for outcome in UNIT_CALL_OUTCOMES {
         counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => outcome).absolute(0);
     }
@@ -319,11 +319,14 @@ pub struct KeyLookupMetrics {
     pub skipped: metrics::Counter,
 }
 
-impl Default for KeyLookupMetrics {
-    fn default() -> Self {
+impl KeyLookupMetrics {
+    /// The look-up counters of one unit (the unit asked, or ruled out by its
+    /// key filter).
+    pub fn for_unit(unit: u16) -> Self {
+        let u = unit.to_string();
         Self {
-            asked: counter!(KEY_LOOKUPS, "filter" => "asked"),
-            skipped: counter!(KEY_LOOKUPS, "filter" => "skipped"),
+            asked: counter!(KEY_LOOKUPS, "unit" => u.clone(), "filter" => "asked"),
+            skipped: counter!(KEY_LOOKUPS, "unit" => u, "filter" => "skipped"),
         }
     }
 }

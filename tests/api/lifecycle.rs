@@ -219,7 +219,11 @@ async fn replays_after_a_restart_find_orders_in_every_unit() {
     // key filters loaded from the databases, and must still find every key
     // wherever its random unit choice lands.
     let dir = tempfile::tempdir().unwrap();
-    let units = unit_urls(Backend::MariaDb, 4, dir.path());
+    // Unit ids no other test uses: the metrics registry is process-wide.
+    let units: Vec<_> = unit_urls(Backend::MariaDb, 4, dir.path())
+        .into_iter()
+        .map(|(id, url)| (id + 60, url))
+        .collect();
     let first = spawn_app_with(settings_for(&units, ""), tempfile::tempdir().unwrap()).await;
     let bodies: Vec<_> = (0..200)
         .map(|i| order_body("m-restart", &format!("r-{i}"), "u-1", 10 + i))
@@ -280,6 +284,34 @@ async fn replays_after_a_restart_find_orders_in_every_unit() {
         stored += n;
     }
     assert_eq!(stored, 250, "no replay made a second order");
+
+    // Every create looked its key up in the three units it was not sent to:
+    // each look-up counted once, under the unit asked or skipped.
+    let metrics = second.metrics_text().await;
+    let lookups = |unit: u16, filter: &str| -> f64 {
+        let series =
+            format!("orderengine_create_key_lookups_total{{unit=\"{unit}\",filter=\"{filter}\"}}");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("no series {series}:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (mut asked, mut skipped) = (0.0, 0.0);
+    for unit in 61..=64 {
+        asked += lookups(unit, "asked");
+        skipped += lookups(unit, "skipped");
+    }
+    assert_eq!(asked + skipped, 3.0 * (200.0 + 200.0 + 20.0 + 50.0));
+    // A replay asks the unit holding its key unless it was sent there (1 in
+    // 4): ~165 expected. Everything else is ruled out by the filters.
+    assert!(
+        (100.0..400.0).contains(&asked),
+        "replays asked the unit holding their key: {asked}"
+    );
+    assert!(skipped >= 1000.0, "new keys skipped units: {skipped}");
     second.shutdown().await;
 }
 

@@ -28,7 +28,6 @@ pub(super) struct CreateContext {
     pub routing: SharedRouting,
     pub locks: KeyLocks<Key>,
     pub calls: UnitCalls,
-    pub key_lookups: m::KeyLookupMetrics,
     pub max_attempts: u32,
 }
 
@@ -61,12 +60,10 @@ impl CreateContext {
                 .get()
                 .choose_for_create(&request.merchant_id, &[], &self.calls.board);
         // Units whose key filter rules the key out are not asked.
-        let (targets, skipped) = self
+        let targets = self
             .routing
             .get()
             .key_lookup_targets(&key, first.as_ref().map(|f| f.0));
-        self.key_lookups.skipped.increment(skipped as u64);
-        self.key_lookups.asked.increment(targets.len() as u64);
         if !targets.is_empty()
             && let Some(existing) = find_key(&self.calls, &targets, &key).await.found
         {

@@ -127,7 +127,6 @@ pub struct CloseAll;
 pub struct Dispatcher {
     routing: SharedRouting,
     key_locks: KeyLocks<Key>,
-    key_lookups: crate::metrics::KeyLookupMetrics,
     calls: UnitCalls,
     max_attempts: u32,
 }
@@ -151,7 +150,6 @@ impl Dispatcher {
                 in_doubt_ttl: Duration::from_secs(settings.dispatcher.in_doubt_ttl_secs),
             }),
             key_locks: KeyLocks::default(),
-            key_lookups: crate::metrics::KeyLookupMetrics::default(),
             calls: UnitCalls {
                 board,
                 supervisor,
@@ -199,7 +197,6 @@ impl Handler<Create> for Dispatcher {
             routing: self.routing.clone(),
             locks: self.key_locks.clone(),
             calls: self.calls.clone(),
-            key_lookups: self.key_lookups.clone(),
             max_attempts: self.max_attempts,
         };
         Box::pin(create.create(msg.request))

@@ -17,6 +17,7 @@ use crate::domain::key_filter::KeyFilter;
 use crate::domain::selection::{Candidate, SlidingCount, choose};
 use crate::domain::values::{MerchantId, OutTradeNo};
 use crate::error::EngineError;
+use crate::metrics::KeyLookupMetrics;
 
 pub type Key = (MerchantId, OutTradeNo);
 
@@ -42,6 +43,8 @@ pub struct UnitRoute {
     pub(super) recent: SlidingCount,
     /// The keys the unit may hold (`None`: the filter is off; always ask).
     pub(super) filter: Option<Arc<KeyFilter>>,
+    /// How often creates asked this unit for a key, or skipped it.
+    lookups: KeyLookupMetrics,
 }
 
 impl UnitRoute {
@@ -52,6 +55,7 @@ impl UnitRoute {
         filter: Option<Arc<KeyFilter>>,
     ) -> Self {
         Self {
+            lookups: KeyLookupMetrics::for_unit(settings.id),
             settings,
             addr,
             recent: SlidingCount::new(window),
@@ -170,20 +174,22 @@ impl Routing {
         &self,
         key: &Key,
         target: Option<u16>,
-    ) -> (Vec<(u16, Addr<UnitActor>)>, usize) {
-        let mut skipped = 0;
-        let targets = self
-            .units
+    ) -> Vec<(u16, Addr<UnitActor>)> {
+        self.units
             .values()
             .filter(|u| u.settings.mode != UnitMode::Disabled && Some(u.settings.id) != target)
             .filter(|u| {
                 let ask = u.may_hold(key);
-                skipped += usize::from(!ask);
+                let counter = if ask {
+                    &u.lookups.asked
+                } else {
+                    &u.lookups.skipped
+                };
+                counter.increment(1);
                 ask
             })
             .map(|u| (u.settings.id, u.addr.clone()))
-            .collect();
-        (targets, skipped)
+            .collect()
     }
 
     /// Records that `key` is about to be written in `unit` (before the
