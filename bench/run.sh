@@ -101,6 +101,10 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && b
 
 LG=(./target/release/order-loadgen --url "http://127.0.0.1:$PORT" --mix create=100)
 PEAK=0
+# Connections the kernel dropped because an accept queue was full: each costs
+# a 1 s SYN retransmit, which shows as a max latency of ~1 s.
+listen_overflows() { awk '/^TcpExt:/ { if (!n) { split($0, k); n = 1 } else { for (i = 2; i <= NF; i++) if (k[i] == "ListenOverflows") print $i } }' /proc/net/netstat; }
+OVERFLOWS0=$(listen_overflows)
 # CPU seconds a process has used (user + system), from /proc.
 cpu_secs() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }
 for c in $CONNS; do
@@ -122,6 +126,7 @@ echo "== open loop at 50% of peak: $HALF creates/s"
 AGE=$(mariadb -N -e "SHOW GLOBAL STATUS LIKE 'Innodb_checkpoint_age'" | awk '{print int($2/1048576)}')
 LOG=$(mariadb -N -e "SELECT @@innodb_log_file_size" | awk '{print int($1/1048576)}')
 echo "   MariaDB checkpoint age at the end: $AGE MiB of a $LOG MiB redo log"
+echo "   listen queue overflows on this machine during the engine runs: $(( $(listen_overflows) - OVERFLOWS0 ))"
 
 python3 - "$SYSBENCH" "$PEAK" "$WORK/half.json" <<'PY'
 import json, sys
