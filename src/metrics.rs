@@ -253,9 +253,9 @@ fn init_requests() {
 /// unit from start-up.
 pub fn init_unit(unit: u16, max_connections: u32) {
     let u = unit.to_string();
-    for filter in ["asked", "skipped"] {
-        counter!(KEY_LOOKUPS, "unit" => u.clone(), "filter" => filter).absolute(0);
-    }
+    let lookups = KeyLookupMetrics::for_unit(unit);
+    lookups.asked.absolute(0);
+    lookups.skipped.absolute(0);
     for outcome in UNIT_CALL_OUTCOMES {
         counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => outcome).absolute(0);
     }

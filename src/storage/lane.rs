@@ -17,8 +17,8 @@
 //! connections the lane opens; `max` (the pool's `max_connections`) bounds it
 //! for any other caller of the store.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sqlx::{AnyConnection, Connection};
@@ -31,7 +31,7 @@ const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
 pub(crate) struct CreateLane {
     url: String,
     /// One permit per connection in use or being opened.
-    permits: std::sync::Arc<Semaphore>,
+    permits: Arc<Semaphore>,
     idle: Mutex<Vec<(AnyConnection, Instant)>>,
     /// Connections open: idle here or in use by a batch.
     open: AtomicU32,
@@ -50,7 +50,7 @@ impl CreateLane {
     pub(crate) fn new(url: String, max: u32) -> Self {
         Self {
             url,
-            permits: std::sync::Arc::new(Semaphore::new(max.max(1) as usize)),
+            permits: Arc::new(Semaphore::new(max.max(1) as usize)),
             idle: Mutex::default(),
             open: AtomicU32::new(0),
         }

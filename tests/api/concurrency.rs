@@ -6,9 +6,8 @@ use futures_util::StreamExt;
 use futures_util::stream;
 use reqwest::StatusCode;
 use serde_json::json;
-use sqlx::Row;
 
-use crate::helpers::{Backend, order_body, spawn_app};
+use crate::helpers::{Backend, count_rows, order_body, spawn_app};
 
 #[actix_web::test]
 async fn creates_spread_evenly_over_units() {
@@ -43,11 +42,7 @@ async fn creates_spread_evenly_over_units() {
     }
     // What the replies say is what the databases hold.
     for (unit, n) in &per_unit {
-        let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders")
-            .fetch_one(&app.unit_db(*unit).await)
-            .await
-            .unwrap()
-            .get("n");
+        let stored = count_rows(&app.unit_db(*unit).await, "orders").await;
         assert_eq!(stored as usize, *n, "unit {unit}");
     }
     app.shutdown().await;

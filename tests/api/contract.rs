@@ -3,9 +3,8 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sqlx::Row;
 
-use crate::helpers::{Backend, order_body, settings_for, spawn_app};
+use crate::helpers::{Backend, count_rows, order_body, settings_for, spawn_app};
 
 #[actix_web::test]
 async fn bad_input_gets_stable_codes_and_writes_nothing() {
@@ -125,11 +124,7 @@ async fn bad_input_gets_stable_codes_and_writes_nothing() {
 
     // Nothing above was stored.
     for (u, _) in &app.units {
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders")
-            .fetch_one(&app.unit_db(*u).await)
-            .await
-            .unwrap()
-            .get("n");
+        let n = count_rows(&app.unit_db(*u).await, "orders").await;
         assert_eq!(n, 0);
     }
     app.shutdown().await;
@@ -304,11 +299,7 @@ async fn shutdown_finishes_in_flight_requests() {
     let mut stored = 0;
     for (_, url) in units {
         let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-            .get("n");
+        let n = count_rows(&pool, "orders").await;
         stored += n;
     }
     assert!(acknowledged > 0, "some requests were in flight");

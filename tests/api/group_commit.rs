@@ -13,7 +13,7 @@ use order_engine::storage::UnitStore;
 use reqwest::StatusCode;
 use sqlx::Row;
 
-use crate::helpers::{order_body, settings_for, spawn_app_with};
+use crate::helpers::{count_rows, order_body, settings_for, spawn_app_with};
 use crate::mariadb;
 
 fn request(key: &str, amount: i64) -> NewOrder {
@@ -127,11 +127,7 @@ async fn a_batch_answers_every_caller_as_if_alone() {
         stored["conflicting"], 10,
         "the conflicting create changed nothing"
     );
-    let events: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox")
-        .fetch_one(&db)
-        .await
-        .unwrap()
-        .get("n");
+    let events = count_rows(&db, "outbox").await;
     assert_eq!(events, 43, "one created event per stored order");
     store.close().await;
 }
@@ -268,12 +264,7 @@ async fn a_killed_create_connection_fails_one_batch_cleanly() {
         ],
         "the failed batches wrote nothing"
     );
-    let events: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox")
-        .fetch_one(&db)
-        .await
-        .unwrap()
-        .get("n");
-    assert_eq!(events, 6);
+    assert_eq!(count_rows(&db, "outbox").await, 6);
     store.close().await;
 }
 
@@ -312,11 +303,6 @@ async fn the_create_lane_is_bounded() {
         "12 concurrent batches, 2 connections"
     );
     let db = sqlx::AnyPool::connect(&url).await.unwrap();
-    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders")
-        .fetch_one(&db)
-        .await
-        .unwrap()
-        .get("n");
-    assert_eq!(n, 36);
+    assert_eq!(count_rows(&db, "orders").await, 36);
     store.close().await;
 }

@@ -264,6 +264,17 @@ impl TestApp {
     }
 }
 
+/// Rows in `table` ("orders" or "outbox") of one unit database.
+pub async fn count_rows(db: &AnyPool, table: &'static str) -> i64 {
+    use sqlx::Row;
+    let sql = match table {
+        "orders" => "SELECT COUNT(*) AS n FROM orders",
+        "outbox" => "SELECT COUNT(*) AS n FROM outbox",
+        other => panic!("count_rows: no query for table {other}"),
+    };
+    sqlx::query(sql).fetch_one(db).await.unwrap().get("n")
+}
+
 pub fn order_body(merchant: &str, out_trade_no: &str, user: &str, amount: i64) -> Value {
     json!({
         "merchant_id": merchant,

@@ -4,7 +4,9 @@ use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::Row;
 
-use crate::helpers::{Backend, order_body, settings_for, spawn_app, spawn_app_with, unit_urls};
+use crate::helpers::{
+    Backend, count_rows, order_body, settings_for, spawn_app, spawn_app_with, unit_urls,
+};
 
 /// Flips one digit: a mistyped id.
 fn mistype(id: &str) -> String {
@@ -276,12 +278,7 @@ async fn replays_after_a_restart_find_orders_in_every_unit() {
     );
     let mut stored = 0;
     for (u, _) in &second.units {
-        let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders")
-            .fetch_one(&second.unit_db(*u).await)
-            .await
-            .unwrap()
-            .get("n");
-        stored += n;
+        stored += count_rows(&second.unit_db(*u).await, "orders").await;
     }
     assert_eq!(stored, 250, "no replay made a second order");
 

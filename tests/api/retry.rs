@@ -12,7 +12,7 @@ use serde_json::Value;
 use sqlx::Row;
 
 use crate::helpers::{
-    TestApp, order_body, servers_per_unit, settings_for, spawn_app_with, units_on,
+    TestApp, count_rows, order_body, servers_per_unit, settings_for, spawn_app_with, units_on,
 };
 use crate::proxy::{Mode, Proxy};
 
@@ -466,12 +466,7 @@ async fn a_unit_whose_sequence_breaks_restarts_and_heals() {
         restarted,
         "the unit actor restarted after it found its sequence reused"
     );
-    let stored: i64 = sqlx::query("SELECT COUNT(*) AS n FROM orders")
-        .fetch_one(&db)
-        .await
-        .unwrap()
-        .get("n");
-    assert_eq!(stored, 200);
+    assert_eq!(count_rows(&db, "orders").await, 200);
     app.shutdown().await;
 }
 

@@ -61,12 +61,7 @@ async fn insert(store: &UnitStore, seq: u64, req: NewOrder, now_ms: i64) -> Orde
 async fn outbox_count(url: &str) -> i64 {
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(url).await.unwrap();
-    let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM outbox")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .try_get("n")
-        .unwrap();
+    let n = crate::helpers::count_rows(&pool, "outbox").await;
     pool.close().await;
     n
 }
