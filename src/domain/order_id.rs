@@ -123,25 +123,37 @@ impl OrderId {
     pub fn created_secs(&self) -> i64 {
         self.created_secs
     }
+
+    /// The 28 ASCII digits. Every reply and every event carries the id, so
+    /// this writes into a fixed buffer instead of going through `format!`.
+    pub fn digits(&self) -> [u8; ORDER_ID_LEN] {
+        let t = DateTime::<Utc>::from_timestamp(self.created_secs, 0)
+            .expect("OrderId holds a time checked at construction");
+        let mut out = [b'0'; ORDER_ID_LEN];
+        let mut put = |at: usize, width: usize, mut n: u64| {
+            for d in out[at..at + width].iter_mut().rev() {
+                *d = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 1, u64::from(LAYOUT_VERSION));
+        put(1, 4, u64::from(self.unit));
+        put(5, 2, (t.year() % 100) as u64);
+        put(7, 2, u64::from(t.month()));
+        put(9, 2, u64::from(t.day()));
+        put(11, 2, u64::from(t.hour()));
+        put(13, 2, u64::from(t.minute()));
+        put(15, 2, u64::from(t.second()));
+        put(17, 10, self.sequence);
+        out[27] = b'0' + damm_digit(&out[..27]);
+        out
+    }
 }
 
 impl fmt::Display for OrderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = DateTime::<Utc>::from_timestamp(self.created_secs, 0)
-            .expect("OrderId holds a time checked at construction");
-        let body = format!(
-            "{}{:04}{:02}{:02}{:02}{:02}{:02}{:02}{:010}",
-            LAYOUT_VERSION,
-            self.unit,
-            t.year() % 100,
-            t.month(),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            self.sequence
-        );
-        write!(f, "{body}{}", damm_digit(body.as_bytes()))
+        let digits = self.digits();
+        f.pad(std::str::from_utf8(&digits).expect("ASCII digits"))
     }
 }
 
