@@ -197,9 +197,10 @@ impl Conn {
     }
 
     async fn fill(&mut self) -> io::Result<()> {
-        let mut chunk = [0u8; 16 * 1024];
         let nothing_yet = self.buf.is_empty();
-        let n = match self.stream.read(&mut chunk).await {
+        // Read straight into the buffer's spare room (no zeroed scratch copy).
+        self.buf.reserve(16 * 1024);
+        let n = match self.stream.read_buf(&mut self.buf).await {
             Ok(n) => n,
             Err(e) if nothing_yet => {
                 return Err(io::Error::new(io::ErrorKind::ConnectionAborted, e));
@@ -214,7 +215,6 @@ impl Conn {
             };
             return Err(io::Error::new(kind, "the server closed the connection"));
         }
-        self.buf.extend_from_slice(&chunk[..n]);
         Ok(())
     }
 }
