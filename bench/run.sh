@@ -28,35 +28,14 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
 fi
-MARIADBD=$(command -v mariadbd || echo /usr/sbin/mariadbd)
 
 cargo build --release -q --bin order-engine --bin order-loadgen
 
-WORK=$(mktemp -d /tmp/orderengine-bench-XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-as_root=(); [ "$(id -u)" -eq 0 ] && as_root=(--user=root)
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 
 echo "== MariaDB (durable: innodb_flush_log_at_trx_commit=1)"
-DB_PORT=$(free_port)
-mkdir -p "$WORK/tmp"
-mariadb-install-db --no-defaults --datadir="$WORK/data" --tmpdir="$WORK/tmp" \
-  --auth-root-authentication-method=normal --skip-test-db "${as_root[@]}" >"$WORK/install.log" 2>&1
-"$MARIADBD" --no-defaults --datadir="$WORK/data" --tmpdir="$WORK/tmp" --socket="$WORK/mysqld.sock" \
-  --port="$DB_PORT" --bind-address=127.0.0.1 --skip-grant-tables --skip-log-bin \
-  --innodb-flush-log-at-trx-commit=1 --innodb-buffer-pool-size=1G \
-  --innodb-log-file-size=2G --innodb-io-capacity=2000 --innodb-io-capacity-max=4000 \
-  --max-connections=2000 "${as_root[@]}" >"$WORK/mariadb.log" 2>&1 &
-DB_PID=$!
-PIDS+=($!)
-for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/"$DB_PORT") 2>/dev/null && break; sleep 0.1; done
-mariadb() { command mariadb -h127.0.0.1 -P"$DB_PORT" -uroot "$@"; }
+start_mariadb
 mariadb -e "CREATE DATABASE sbtest"
 
 echo "== sysbench oltp_insert (reference)"
@@ -72,32 +51,7 @@ for t in $THREADS; do
 done
 
 echo "== order-engine: 4 units on the same server"
-PORT=$(free_port)
-cat > "$WORK/engine.toml" <<TOML
-[server]
-port = $PORT
-max_in_flight = 100000
-[storage]
-max_connections = 32
-[log]
-level = "warn"
-[[units]]
-id = 1
-primary_url = "mysql://root@127.0.0.1:$DB_PORT/orderengine_unit_1"
-[[units]]
-id = 2
-primary_url = "mysql://root@127.0.0.1:$DB_PORT/orderengine_unit_2"
-[[units]]
-id = 3
-primary_url = "mysql://root@127.0.0.1:$DB_PORT/orderengine_unit_3"
-[[units]]
-id = 4
-primary_url = "mysql://root@127.0.0.1:$DB_PORT/orderengine_unit_4"
-TOML
-./target/release/order-engine --config "$WORK/engine.toml" >"$WORK/engine.log" 2>&1 &
-ENGINE_PID=$!
-PIDS+=($!)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+start_engine
 
 LG=(./target/release/order-loadgen --url "http://127.0.0.1:$PORT" --mix create=100)
 PEAK=0
@@ -105,8 +59,6 @@ PEAK=0
 # a 1 s SYN retransmit, which shows as a max latency of ~1 s.
 listen_overflows() { awk '/^TcpExt:/ { if (!n) { split($0, k); n = 1 } else { for (i = 2; i <= NF; i++) if (k[i] == "ListenOverflows") print $i } }' /proc/net/netstat; }
 OVERFLOWS0=$(listen_overflows)
-# CPU seconds a process has used (user + system), from /proc.
-cpu_secs() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }
 for c in $CONNS; do
   e0=$(cpu_secs "$ENGINE_PID"); d0=$(cpu_secs "$DB_PID")
   "${LG[@]}" --connections "$c" --duration "${DURATION}s" --warmup 0s --json "$WORK/peak-$c.json" >"$WORK/peak-$c.txt"

@@ -1,0 +1,60 @@
+# Shared by the benchmark scripts (sourced, not run): a durable MariaDB in a
+# temp dir on a free loopback port, the engine on it, and clean-up on exit.
+# Sets WORK, PIDS, DB_PORT, DB_PID, PORT, ENGINE_PID; defines mariadb().
+
+WORK=$(mktemp -d /tmp/orderengine-bench-XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do while kill -0 "$p" 2>/dev/null; do sleep 0.1; done; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# CPU seconds a process has used (user + system), from /proc.
+cpu_secs() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }
+
+# Durable (innodb_flush_log_at_trx_commit=1), sized for a write benchmark on
+# SSD: 2 GiB redo log, io_capacity 2000 (see the README's performance notes).
+start_mariadb() {
+  local mariadbd as_root=()
+  mariadbd=$(command -v mariadbd || echo /usr/sbin/mariadbd)
+  [ "$(id -u)" -eq 0 ] && as_root=(--user=root)
+  DB_PORT=$(free_port)
+  mkdir -p "$WORK/tmp"
+  mariadb-install-db --no-defaults --datadir="$WORK/data" --tmpdir="$WORK/tmp" \
+    --auth-root-authentication-method=normal --skip-test-db "${as_root[@]}" >"$WORK/install.log" 2>&1
+  "$mariadbd" --no-defaults --datadir="$WORK/data" --tmpdir="$WORK/tmp" --socket="$WORK/mysqld.sock" \
+    --port="$DB_PORT" --bind-address=127.0.0.1 --skip-grant-tables --skip-log-bin \
+    --innodb-flush-log-at-trx-commit=1 --innodb-buffer-pool-size=1G \
+    --innodb-log-file-size=2G --innodb-io-capacity=2000 --innodb-io-capacity-max=4000 \
+    --max-connections=2000 "${as_root[@]}" >"$WORK/mariadb.log" 2>&1 &
+  DB_PID=$!
+  PIDS+=($!)
+  for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/"$DB_PORT") 2>/dev/null && break; sleep 0.1; done
+}
+mariadb() { command mariadb -h127.0.0.1 -P"$DB_PORT" -uroot "$@"; }
+
+# The engine with 4 units on that server; any command prefix (e.g. valgrind)
+# goes in front of the binary.
+start_engine() {
+  PORT=$(free_port)
+  cat > "$WORK/engine.toml" <<TOML
+[server]
+port = $PORT
+max_in_flight = 100000
+[storage]
+max_connections = 32
+[log]
+level = "warn"
+TOML
+  for u in 1 2 3 4; do
+    printf '[[units]]\nid = %d\nprimary_url = "mysql://root@127.0.0.1:%d/orderengine_unit_%d"\n' \
+      "$u" "$DB_PORT" "$u" >> "$WORK/engine.toml"
+  done
+  "$@" ./target/release/order-engine --config "$WORK/engine.toml" >"$WORK/engine.log" 2>&1 &
+  ENGINE_PID=$!
+  PIDS+=($!)
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "the engine did not become ready:"; tail -20 "$WORK/engine.log"; exit 1; }
+}
