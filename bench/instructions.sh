@@ -16,18 +16,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-3000}
 
-need=()
-command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
-command -v valgrind >/dev/null 2>&1 || need+=(valgrind)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-cargo build --release -q --bin order-engine --bin order-loadgen
-
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+install_missing valgrind
+cargo build --release -q --bin order-engine --bin order-loadgen
 start_mariadb
 start_engine valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.%p" --dump-instr=no
 

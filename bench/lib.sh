@@ -1,5 +1,6 @@
-# Shared by the benchmark scripts (sourced, not run): a durable MariaDB in a
-# temp dir on a free loopback port, the engine on it, and clean-up on exit.
+# Shared by the benchmark scripts (sourced, not run): missing packages, a
+# durable MariaDB in a temp dir on a free loopback port, the engine on it, and
+# clean-up on exit.
 # Sets WORK, PIDS, DB_PORT, DB_PID, PORT, ENGINE_PID; defines mariadb().
 
 WORK=$(mktemp -d /tmp/orderengine-bench-XXXXXX)
@@ -10,6 +11,20 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+
+# Installs with apt whatever is missing: MariaDB's server and python3 always,
+# plus the commands named (each from the Debian package of the same name).
+install_missing() {
+  local need=() c
+  command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+  for c in python3 "$@"; do command -v "$c" >/dev/null 2>&1 || need+=("$c"); done
+  if [ ${#need[@]} -gt 0 ]; then
+    local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # CPU seconds a process has used (user + system), from /proc.
 cpu_secs() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }

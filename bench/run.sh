@@ -19,20 +19,10 @@ DURATION=${DURATION:-20}
 THREADS=${THREADS:-"32 64"}
 CONNS=${CONNS:-"64 128 256"}
 
-need=()
-command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
-command -v sysbench >/dev/null 2>&1 || need+=(sysbench)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
-fi
-
-cargo build --release -q --bin order-engine --bin order-loadgen
-
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+install_missing sysbench
+cargo build --release -q --bin order-engine --bin order-loadgen
 
 echo "== MariaDB (durable: innodb_flush_log_at_trx_commit=1)"
 start_mariadb

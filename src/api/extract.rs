@@ -65,18 +65,18 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     };
     // Good bodies take the plain parser; only a bad one is parsed again
     // with path tracking, which costs about as much as the parse itself.
-    if let Ok(v) = serde_json::from_slice(body) {
-        return Ok(v);
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let err = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+    let plain = match serde_json::from_slice(body) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let err = match serde_path_to_error::deserialize::<_, T>(de) {
         // The value parsed, so what the plain parser refused is what follows it.
         Ok(_) => {
-            let trailing = de.end().err().map_or_else(
-                || "the body is not valid JSON".to_string(),
-                |e| format!("the body is not valid JSON: {e}"),
-            );
-            return Err(ApiError::new(ErrorCode::MalformedJson, trailing));
+            return Err(ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("the body is not valid JSON: {plain}"),
+            ));
         }
         Err(e) => e,
     };
