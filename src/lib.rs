@@ -9,6 +9,8 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+#[doc(hidden)]
+pub mod fault;
 pub mod metrics;
 pub mod startup;
 pub mod storage;

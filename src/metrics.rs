@@ -34,6 +34,7 @@ pub const POOL_CONNECTIONS: &str = "orderengine_unit_pool_connections";
 pub const POOL_MAX: &str = "orderengine_unit_pool_max_connections";
 pub const POOL_WAITING: &str = "orderengine_unit_pool_waiting";
 pub const UNIT_RESTARTS: &str = "orderengine_unit_restarts_total";
+pub const UNIT_PANICS: &str = "orderengine_unit_panics_total";
 pub const SEGMENT_FETCHES: &str = "orderengine_sequence_segment_fetches_total";
 pub const OUTBOX_BACKLOG: &str = "orderengine_outbox_backlog";
 pub const KEY_FILTER_KEYS: &str = "orderengine_unit_key_filter_keys";
@@ -190,6 +191,11 @@ fn describe() {
         "Unit actor restarts after broken state."
     );
     describe_counter!(
+        UNIT_PANICS,
+        Unit::Count,
+        "Panics caught in a unit actor's work (each restarts the actor)."
+    );
+    describe_counter!(
         SEGMENT_FETCHES,
         Unit::Count,
         "Sequence segments reserved in the unit's database, by outcome."
@@ -278,6 +284,7 @@ pub fn init_unit(unit: u16, max_connections: u32) {
     gauge!(POOL_MAX, "unit" => u.clone()).set(f64::from(max_connections));
     gauge!(POOL_WAITING, "unit" => u.clone()).set(0.0);
     counter!(UNIT_RESTARTS, "unit" => u.clone()).absolute(0);
+    counter!(UNIT_PANICS, "unit" => u.clone()).absolute(0);
     gauge!(KEY_FILTER_KEYS, "unit" => u.clone()).set(0.0);
     gauge!(KEY_FILTER_READY, "unit" => u.clone()).set(0.0);
     gauge!(OUTBOX_BACKLOG, "unit" => u).set(0.0);

@@ -106,6 +106,7 @@ pub async fn run_batch(
     if orders.is_empty() {
         return;
     }
+    crate::fault::check_create(orders.iter().map(|o| o.out_trade_no.as_str()));
     if orders.len() == 1 {
         // Alone: the single-order path answers replays and conflicts itself.
         let (request, reply) = waiting.pop().expect("one order, one waiter");

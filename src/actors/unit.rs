@@ -6,15 +6,18 @@
 //! database work of many requests overlaps, while the actor itself only hands
 //! work out. Units share a few threads (`server.unit_threads`): a unit whose
 //! database is slow only has more futures waiting, which costs its neighbours
-//! on the thread nothing, and an actor that panics ends alone (tokio catches a
-//! panic per task; the other actors on the thread go on).
+//! on the thread nothing. A panic ends alone too: in a `ResponseFuture` it ends
+//! that call's task (tokio catches a panic per task), and in the batches and
+//! look-ups the actor runs in its own context it is caught and restarts the
+//! actor with fresh state (see `spawn_contained`).
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::FutureExt;
 use metrics::{counter, gauge};
 use tokio::sync::oneshot;
 
@@ -218,7 +221,7 @@ impl UnitActor {
                 }
             }
         };
-        ctx.spawn(work.into_actor(self).map(|loaded, act, ctx| match loaded {
+        self.spawn_contained(ctx, work, |loaded, act, ctx| match loaded {
             Ok((keys, took)) => {
                 tracing::info!(unit = act.store.unit(), keys, ?took, "key filter loaded");
             }
@@ -227,6 +230,43 @@ impl UnitActor {
                 ctx.run_later(Duration::from_secs(1), move |act, ctx| {
                     act.load_keys(ctx, after)
                 });
+            }
+        });
+    }
+
+    /// Spawns `work` in the actor's own context, then runs `then` on the
+    /// actor. A panic in `work` is caught: actix does not catch panics, and an
+    /// uncaught one would end the actor's task, and the unit with it, for
+    /// good. A caught one is logged and counted, and the actor restarts with
+    /// fresh state as on [`Broken`]; the callers whose replies the panic
+    /// dropped hear "in doubt", and the dispatcher settles their keys.
+    fn spawn_contained<F>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        work: F,
+        then: impl FnOnce(F::Output, &mut Self, &mut Context<Self>) + 'static,
+    ) where
+        F: Future + 'static,
+    {
+        let unit = self.store.unit();
+        // Unwind safety: after a panic the actor restarts from fresh state,
+        // and nothing the work shared with it is used again as it was.
+        let work = AssertUnwindSafe(work).catch_unwind();
+        ctx.spawn(work.into_actor(self).map(move |done, act, ctx| match done {
+            Ok(out) => then(out, act, ctx),
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(not a string)");
+                tracing::error!(
+                    unit,
+                    panic = what,
+                    "unit actor work panicked: restarting the unit actor"
+                );
+                counter!(m::UNIT_PANICS, "unit" => unit.to_string()).increment(1);
+                ctx.stop(); // the Supervisor restarts it (`restarting` resets the state)
             }
         }));
     }
@@ -252,10 +292,10 @@ impl UnitActor {
                     let _ = reply.send(answer);
                 }
             };
-            ctx.spawn(work.into_actor(self).map(|(), act, ctx| {
+            self.spawn_contained(ctx, work, |(), act, ctx| {
                 act.lookups_in_flight -= 1;
                 act.flush_lookups(ctx);
-            }));
+            });
         }
     }
 
@@ -292,10 +332,10 @@ impl UnitActor {
                 batch,
                 ctx.address(),
             );
-            ctx.spawn(work.into_actor(self).map(|(), act, ctx| {
+            self.spawn_contained(ctx, work, |(), act, ctx| {
                 act.batcher.in_flight -= 1;
                 act.flush(ctx, false);
-            }));
+            });
         }
     }
 }
@@ -328,14 +368,12 @@ impl Actor for UnitActor {
             }
             if tick.is_multiple_of(15) {
                 let store = act.store.clone();
-                ctx.spawn(
-                    async move {
-                        if let Ok(n) = store.outbox_backlog().await {
-                            gauge!(m::OUTBOX_BACKLOG, "unit" => unit).set(n as f64);
-                        }
+                let work = async move {
+                    if let Ok(n) = store.outbox_backlog().await {
+                        gauge!(m::OUTBOX_BACKLOG, "unit" => unit).set(n as f64);
                     }
-                    .into_actor(act),
-                );
+                };
+                act.spawn_contained(ctx, work, |(), _, _| {});
             }
             tick += 1;
         });
@@ -384,7 +422,7 @@ impl Handler<CreateOrder> for UnitActor {
                 vec![(msg.request, tx)],
                 ctx.address(),
             );
-            ctx.spawn(work.into_actor(self));
+            self.spawn_contained(ctx, work, |(), _, _| {});
         }
         Box::pin(async move {
             rx.await.unwrap_or_else(|_| {
