@@ -29,6 +29,29 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # CPU seconds a process has used (user + system), from /proc.
 cpu_secs() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }
 
+# The disk's own commit latency: 4 KiB write + fdatasync in DIR for SECS
+# seconds, one at a time (what a durable commit waits for, without MariaDB).
+disk_sync_latency() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys, time
+secs, path = float(sys.argv[1]), os.path.join(sys.argv[2], "sync-probe.dat")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+lat, off, end = [], 0, time.monotonic() + secs
+while time.monotonic() < end:
+    os.pwrite(fd, b"x" * 4096, off)
+    off = (off + 4096) % (64 << 20)
+    t = time.perf_counter()
+    os.fdatasync(fd)
+    lat.append((time.perf_counter() - t) * 1e3)
+os.close(fd)
+os.unlink(path)
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))]
+print(f"{len(lat)} syncs: p50 {q(.5):.2f} ms, p99 {q(.99):.2f} ms, p99.9 {q(.999):.2f} ms, "
+      f"max {lat[-1]:.1f} ms, {sum(x > 50 for x in lat)} over 50 ms")
+PY
+}
+
 # Durable (innodb_flush_log_at_trx_commit=1), sized for a write benchmark on
 # SSD: 2 GiB redo log, io_capacity 2000 (see the README's performance notes).
 start_mariadb() {

@@ -3,7 +3,8 @@
 # (sysbench oltp_insert) on the same server, in one run on one machine:
 #
 #   1. start a durable MariaDB (innodb_flush_log_at_trx_commit=1) in a temp dir,
-#      sized for a write benchmark on SSD (2 GiB redo log, io_capacity 2000)
+#      sized for a write benchmark on SSD (2 GiB redo log, io_capacity 2000),
+#      and time the disk's own fdatasync there (the floor under commit latency)
 #   2. sysbench oltp_insert against it (the reference: inserts/s)
 #   3. the engine (release build) with 4 units on that server
 #   4. order-loadgen closed loop, creates only: the engine's peak creates/s,
@@ -27,6 +28,8 @@ cargo build --release -q --bin order-engine --bin order-loadgen
 echo "== MariaDB (durable: innodb_flush_log_at_trx_commit=1)"
 start_mariadb
 mariadb -e "CREATE DATABASE sbtest"
+DISK=$(disk_sync_latency 10 "$WORK")
+echo "   disk: 4 KiB write + fdatasync, one at a time for 10 s: $DISK"
 
 echo "== sysbench oltp_insert (reference)"
 SB=(sysbench oltp_insert --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$DB_PORT"
@@ -70,7 +73,7 @@ LOG=$(mariadb -N -e "SELECT @@innodb_log_file_size" | awk '{print int($1/1048576
 echo "   MariaDB checkpoint age at the end: $AGE MiB of a $LOG MiB redo log"
 echo "   listen queue overflows on this machine during the engine runs: $(( $(listen_overflows) - OVERFLOWS0 ))"
 
-python3 - "$SYSBENCH" "$PEAK" "$WORK/half.json" <<'PY'
+python3 - "$SYSBENCH" "$PEAK" "$WORK/half.json" "$DISK" <<'PY'
 import json, sys
 sb, peak, half = float(sys.argv[1]), float(sys.argv[2]), json.load(open(sys.argv[3]))
 c = half["ops"]["create"]
@@ -78,4 +81,5 @@ print("== result")
 print(f"   sysbench oltp_insert : {sb:10.1f} inserts/s")
 print(f"   engine (HTTP)        : {peak:10.1f} creates/s  = {peak / sb:.2f}x sysbench (bar: 1.5x)")
 print(f"   at {half['config']['rate_per_sec']:.0f}/s (50% peak): p50 {c['p50_ms']:.2f} ms, p99 {c['p99_ms']:.2f} ms (bar: 10 ms), errors {half['errors']}")
+print(f"   disk fdatasync alone : {sys.argv[4]}")
 PY
