@@ -1,21 +1,26 @@
-//! The connections a MySQL/MariaDB unit writes its create batches on.
+//! Connections of a MySQL/MariaDB unit kept outside sqlx's pool: a lane.
 //!
-//! On a pooled connection a create batch costs five round trips: `BEGIN`, the
-//! orders insert, the outbox insert, `COMMIT`, and the ping sqlx sends every
-//! time a connection goes back to its pool. At a few creates per batch those
-//! round trips, each a wake-up on both sides, are most of the CPU a create
-//! costs. So create batches run on a few connections of their own, opened with
-//! `autocommit = 0`: the first insert opens the transaction, and a batch is
-//! three round trips (insert, insert, `COMMIT`).
+//! sqlx pings every pooled connection when it goes back to its pool, so on a
+//! pooled connection a read costs two round trips and a create batch five
+//! (`BEGIN`, the orders insert, the outbox insert, `COMMIT`, the ping). Each
+//! round trip is a wake-up on both sides, and at a few creates per batch they
+//! are most of the CPU a create costs. A lane hands out its connections with
+//! no ping; whoever took one gives it back only once the server answered its
+//! last statement, and otherwise drops it (closed, not reused).
 //!
-//! Nothing is committed before `COMMIT`, exactly as after `BEGIN`, so an error
-//! or silence before it is still a definite failure. A connection goes back
-//! to the lane only after its transaction ended with an answered `COMMIT` or
-//! `ROLLBACK`; after anything else it is dropped, and closing it makes the
-//! server roll back whatever it held. The unit actor runs at most
-//! `group_commit.max_in_flight_batches` batches at once, so that is how many
-//! connections the lane opens; `max` (the pool's `max_connections`) bounds it
-//! for any other caller of the store.
+//! A unit has two lanes:
+//!
+//! - **creates**, on connections opened with `autocommit = 0`: the first
+//!   insert opens the transaction, and a batch is three round trips (insert,
+//!   insert, `COMMIT`). Nothing is committed before `COMMIT`, exactly as after
+//!   `BEGIN`, so an error or silence before it is still a definite failure. A
+//!   connection goes back only after its transaction ended with an answered
+//!   `COMMIT` or `ROLLBACK`; closing it makes the server roll back whatever it
+//!   held. The unit actor runs at most `group_commit.max_in_flight_batches`
+//!   batches at once, so that is how many connections this lane opens;
+//! - **reads**, on plain autocommit connections: one statement, one round trip.
+//!
+//! `max` (the pool's `max_connections`) bounds each lane.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,8 +33,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// firewall may have closed it meanwhile.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
 
-pub(crate) struct CreateLane {
+pub(crate) struct Lane {
     url: String,
+    /// Run once on each new connection (`SET autocommit = 0` for creates).
+    init: Option<&'static str>,
     /// One permit per connection in use or being opened.
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<(AnyConnection, Instant)>>,
@@ -37,19 +44,30 @@ pub(crate) struct CreateLane {
     open: AtomicU32,
 }
 
-impl std::fmt::Debug for CreateLane {
+impl std::fmt::Debug for Lane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CreateLane")
+        f.debug_struct("Lane")
             .field("open", &self.open())
             .field("idle", &self.idle_count())
             .finish()
     }
 }
 
-impl CreateLane {
-    pub(crate) fn new(url: String, max: u32) -> Self {
+impl Lane {
+    /// The lane create batches run on.
+    pub(crate) fn for_creates(url: String, max: u32) -> Self {
+        Self::new(url, Some("SET autocommit = 0"), max)
+    }
+
+    /// The lane reads run on.
+    pub(crate) fn for_reads(url: String, max: u32) -> Self {
+        Self::new(url, None, max)
+    }
+
+    fn new(url: String, init: Option<&'static str>, max: u32) -> Self {
         Self {
             url,
+            init,
             permits: Arc::new(Semaphore::new(max.max(1) as usize)),
             idle: Mutex::default(),
             open: AtomicU32::new(0),
@@ -85,9 +103,9 @@ impl CreateLane {
             self.open.fetch_sub(1, Ordering::Relaxed);
         }
         let mut conn = AnyConnection::connect(&self.url).await?;
-        sqlx::raw_sql("SET autocommit = 0")
-            .execute(&mut conn)
-            .await?;
+        if let Some(init) = self.init {
+            sqlx::raw_sql(init).execute(&mut conn).await?;
+        }
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(LaneConnection::new(self, conn, permit))
     }
@@ -106,13 +124,13 @@ impl CreateLane {
 /// A lane connection in use. Dropped without [`LaneConnection::release`], it
 /// is closed, not reused.
 pub(crate) struct LaneConnection<'a> {
-    lane: &'a CreateLane,
+    lane: &'a Lane,
     conn: Option<AnyConnection>,
     _permit: OwnedSemaphorePermit,
 }
 
 impl<'a> LaneConnection<'a> {
-    fn new(lane: &'a CreateLane, conn: AnyConnection, permit: OwnedSemaphorePermit) -> Self {
+    fn new(lane: &'a Lane, conn: AnyConnection, permit: OwnedSemaphorePermit) -> Self {
         Self {
             lane,
             conn: Some(conn),
@@ -126,8 +144,9 @@ impl<'a> LaneConnection<'a> {
             .expect("present until released or dropped")
     }
 
-    /// Gives the connection back for the next batch: only once its
-    /// transaction ended with an answered `COMMIT` or `ROLLBACK`.
+    /// Gives the connection back for its next user: only once the server
+    /// answered its last statement (on the create lane: a `COMMIT` or
+    /// `ROLLBACK`, so that no transaction is left open).
     pub(crate) fn release(mut self) {
         if let Some(conn) = self.conn.take() {
             self.lane.idle_list().push((conn, Instant::now()));

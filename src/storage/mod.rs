@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::MigrateDatabase;
-use sqlx::{Any, AnyPool};
+use sqlx::{Any, AnyConnection, AnyPool};
 
 pub use orders::{BatchOutcome, Consistency, InsertOutcome, Page, UserCursor};
 
-use self::lane::CreateLane;
+use self::lane::{Lane, LaneConnection};
 use crate::config::{StorageSettings, mask_url};
 use crate::domain::RuleError;
 
@@ -127,6 +127,38 @@ fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A connection for one strong read (see [`UnitStore::read_connection`]).
+pub(crate) enum ReadConnection<'a> {
+    /// MySQL: no ping when it goes back, so a read is one round trip.
+    Lane(LaneConnection<'a>),
+    /// SQLite: the read pool.
+    Pool(sqlx::pool::PoolConnection<Any>),
+}
+
+impl ReadConnection<'_> {
+    pub(crate) fn get(&mut self) -> &mut AnyConnection {
+        match self {
+            Self::Lane(c) => c.get(),
+            Self::Pool(c) => c,
+        }
+    }
+
+    /// Ends the read with what its statement returned. A lane connection goes
+    /// back only when the server answered (rows, none, or a database error);
+    /// after anything else it is closed.
+    pub(crate) fn finish<T>(self, outcome: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+        if let Self::Lane(c) = self
+            && matches!(
+                outcome,
+                Ok(_) | Err(sqlx::Error::Database(_) | sqlx::Error::RowNotFound)
+            )
+        {
+            c.release();
+        }
+        outcome.map_err(StoreError::before_commit)
+    }
+}
+
 /// The pools of one unit. Cheap to clone (pools are shared handles).
 #[derive(Debug, Clone)]
 pub struct UnitStore {
@@ -140,7 +172,9 @@ pub struct UnitStore {
     /// Eventual reads: a replica when configured.
     replica: Option<AnyPool>,
     /// MySQL: the connections create batches run on (see `lane.rs`).
-    lane: Option<Arc<CreateLane>>,
+    create_lane: Option<Arc<Lane>>,
+    /// MySQL: the connections strong reads run on (see `lane.rs`).
+    read_lane: Option<Arc<Lane>>,
     /// Bound on the statements of one call (see `bounded` and `commit`).
     statement_timeout: Duration,
     /// Calls waiting for a connection (writes: including the BEGIN round trip).
@@ -243,15 +277,22 @@ impl UnitStore {
             }
             None => None,
         };
-        let lane = (dialect == Dialect::MySql)
-            .then(|| Arc::new(CreateLane::new(url, settings.max_connections)));
+        let max = settings.max_connections;
+        let (create_lane, read_lane) = match dialect {
+            Dialect::MySql => (
+                Some(Arc::new(Lane::for_creates(url.clone(), max))),
+                Some(Arc::new(Lane::for_reads(url, max))),
+            ),
+            Dialect::Sqlite => (None, None),
+        };
         Ok(Self {
             unit,
             dialect,
             write,
             read,
             replica,
-            lane,
+            create_lane,
+            read_lane,
             statement_timeout: Duration::from_millis(settings.statement_timeout_ms),
             waiting: Arc::default(),
             max_connections: match dialect {
@@ -287,26 +328,29 @@ impl UnitStore {
     /// Connections open in the create lane (MySQL; at most as many as create
     /// batches ran at once, beside the pool's `max_connections`).
     pub fn create_connections(&self) -> u32 {
-        self.lane.as_deref().map_or(0, CreateLane::open)
+        self.create_lane.as_deref().map_or(0, Lane::open)
     }
 
-    /// A connection from `pool`, counted as waiting until it is handed over.
-    pub(crate) async fn acquire(
-        &self,
-        pool: &AnyPool,
-    ) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
+    /// Connections open in the read lane (MySQL; at most as many as reads ran
+    /// at once, up to `max_connections`).
+    pub fn read_connections(&self) -> u32 {
+        self.read_lane.as_deref().map_or(0, Lane::open)
+    }
+
+    /// A connection for a strong read, counted as waiting until it is handed
+    /// over: from the read lane on MySQL, from the read pool on SQLite.
+    pub(crate) async fn read_connection(&self) -> Result<ReadConnection<'_>, StoreError> {
         let _waiting = self.count_waiting();
-        pool.acquire().await.map_err(StoreError::before_commit)
-    }
-
-    /// The pool for strong reads: the primary.
-    pub(crate) fn read_pool(&self) -> &AnyPool {
-        &self.read
+        match &self.read_lane {
+            Some(lane) => lane.take().await.map(ReadConnection::Lane),
+            None => self.read.acquire().await.map(ReadConnection::Pool),
+        }
+        .map_err(StoreError::before_commit)
     }
 
     /// Closes every pool, waiting for checked-out connections to come back.
     pub async fn close(&self) {
-        if let Some(lane) = &self.lane {
+        for lane in [&self.create_lane, &self.read_lane].into_iter().flatten() {
             lane.close().await;
         }
         self.write.close().await;

@@ -12,7 +12,7 @@ use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
-use super::lane::CreateLane;
+use super::lane::Lane;
 use super::{Dialect, StoreError, UnitStore, now_ms};
 use crate::domain::values::{
     Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
@@ -155,7 +155,7 @@ impl UnitStore {
     /// unique key was already taken; then nothing was written, and the caller
     /// inserts them one by one to give each its own answer.
     pub async fn insert_orders(&self, orders: &[Order]) -> Result<BatchOutcome, StoreError> {
-        if let Some(lane) = &self.lane {
+        if let Some(lane) = &self.create_lane {
             return self.insert_orders_on_lane(lane, orders).await;
         }
         let mut tx = self.begin().await?;
@@ -170,7 +170,7 @@ impl UnitStore {
     /// where the first insert opens the transaction (see `lane.rs`).
     async fn insert_orders_on_lane(
         &self,
-        lane: &CreateLane,
+        lane: &Lane,
         orders: &[Order],
     ) -> Result<BatchOutcome, StoreError> {
         let mut conn = {
@@ -207,13 +207,13 @@ impl UnitStore {
     ) -> Result<Option<Order>, StoreError> {
         let row = self
             .bounded(async {
-                let mut conn = self.acquire(self.read_pool()).await?;
-                sqlx::query(SELECT_BY_KEY)
+                let mut conn = self.read_connection().await?;
+                let row = sqlx::query(SELECT_BY_KEY)
                     .bind(merchant_id.as_str())
                     .bind(out_trade_no.as_str())
-                    .fetch_optional(&mut *conn)
-                    .await
-                    .map_err(StoreError::before_commit)
+                    .fetch_optional(conn.get())
+                    .await;
+                conn.finish(row)
             })
             .await?;
         row.map(|r| self.order_from_row(&r)).transpose()
@@ -245,11 +245,9 @@ impl UnitStore {
         query: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
     ) -> Result<Vec<AnyRow>, StoreError> {
         self.bounded(async {
-            let mut conn = self.acquire(self.read_pool()).await?;
-            query
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(StoreError::before_commit)
+            let mut conn = self.read_connection().await?;
+            let rows = query.fetch_all(conn.get()).await;
+            conn.finish(rows)
         })
         .await
     }
@@ -309,20 +307,15 @@ impl UnitStore {
         let query = || sqlx::query(SELECT_BY_SEQ).bind(seq_param(id.sequence()));
         let row = self
             .bounded(async {
-                match (consistency, &self.replica) {
-                    (Consistency::Eventual, Some(replica)) => {
-                        match query().fetch_optional(replica).await {
-                            Ok(row) => Ok(row),
-                            // The replica is down: the primary can always answer.
-                            Err(_) => query().fetch_optional(&self.read).await,
-                        }
-                    }
-                    _ => {
-                        let mut conn = self.acquire(self.read_pool()).await?;
-                        query().fetch_optional(&mut *conn).await
+                if let (Consistency::Eventual, Some(replica)) = (consistency, &self.replica) {
+                    // When the replica cannot answer, the primary can.
+                    if let Ok(row) = query().fetch_optional(replica).await {
+                        return Ok(row);
                     }
                 }
-                .map_err(StoreError::before_commit)
+                let mut conn = self.read_connection().await?;
+                let row = query().fetch_optional(conn.get()).await;
+                conn.finish(row)
             })
             .await?;
         let order = row
@@ -452,12 +445,12 @@ impl UnitStore {
         self.get(id, Consistency::Strong).await?;
         let rows = self
             .bounded(async {
-                let mut conn = self.acquire(self.read_pool()).await?;
-                sqlx::query(SELECT_REFUNDS)
+                let mut conn = self.read_connection().await?;
+                let rows = sqlx::query(SELECT_REFUNDS)
                     .bind(seq_param(id.sequence()))
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(StoreError::before_commit)
+                    .fetch_all(conn.get())
+                    .await;
+                conn.finish(rows)
             })
             .await?;
         rows.iter().map(|r| self.refund_from_row(id, r)).collect()
@@ -486,15 +479,16 @@ impl UnitStore {
         };
         let rows = self
             .bounded(async {
-                sqlx::query(SELECT_USER_PAGE)
+                let mut conn = self.read_connection().await?;
+                let rows = sqlx::query(SELECT_USER_PAGE)
                     .bind(user_id.as_str())
                     .bind(before_ms)
                     .bind(before_ms)
                     .bind(before_seq)
                     .bind(i64::from(limit))
-                    .fetch_all(&mut *self.acquire(self.read_pool()).await?)
-                    .await
-                    .map_err(StoreError::before_commit)
+                    .fetch_all(conn.get())
+                    .await;
+                conn.finish(rows)
             })
             .await?;
         let orders = rows

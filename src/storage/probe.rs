@@ -53,12 +53,12 @@ impl UnitStore {
     /// Change events waiting in the outbox.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         self.bounded(async {
-            let mut conn = self.acquire(self.read_pool()).await?;
-            sqlx::query(OUTBOX_BACKLOG_SQL)
-                .fetch_one(&mut *conn)
+            let mut conn = self.read_connection().await?;
+            let n = sqlx::query(OUTBOX_BACKLOG_SQL)
+                .fetch_one(conn.get())
                 .await
-                .and_then(|r| r.try_get::<i64, _>("n"))
-                .map_err(StoreError::before_commit)
+                .and_then(|r| r.try_get::<i64, _>("n"));
+            conn.finish(n)
         })
         .await
     }

@@ -306,3 +306,76 @@ async fn the_create_lane_is_bounded() {
     assert_eq!(count_rows(&db, "orders").await, 36);
     store.close().await;
 }
+
+/// Strong reads on MariaDB run on the unit's read lane: one round trip each,
+/// without the ping sqlx sends when a pooled connection goes back (counted by
+/// the server as `Com_admin_commands`), on one reused connection. A lane
+/// connection the server killed fails one read as a definite failure and is
+/// replaced.
+#[actix_web::test]
+async fn reads_are_one_round_trip_on_the_read_lane() {
+    use order_engine::domain::OrderId;
+    use order_engine::storage::{Consistency, InsertOutcome, StoreError};
+    use sqlx::Connection;
+
+    // A server of its own: the counter is global to the server.
+    let server = mariadb::MariaDb::start();
+    let store = UnitStore::open(6, &server.url("reads"), None, &StorageSettings::default())
+        .await
+        .unwrap();
+    let now = order_engine::storage::now_ms();
+    let id = OrderId::new(6, now / 1000, 1).unwrap();
+    let order = request("read-1", 10).into_order(id, now);
+    assert!(matches!(
+        store.insert_order(&order).await.unwrap(),
+        InsertOutcome::Inserted
+    ));
+
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&server.url("mysql"))
+        .await
+        .unwrap();
+    let mut pings = async || -> i64 {
+        let row = sqlx::query("SHOW GLOBAL STATUS LIKE 'Com_admin_commands'")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        row.get::<String, _>(1).parse().unwrap()
+    };
+    let before = pings().await;
+    for _ in 0..50 {
+        let read = store.get(id, Consistency::Strong).await.unwrap();
+        assert_eq!(read.out_trade_no, order.out_trade_no);
+    }
+    assert_eq!(pings().await - before, 0, "a read pinged its connection");
+    assert_eq!(store.read_connections(), 1, "50 reads, one connection");
+
+    // The server kills the lane's connection between two reads.
+    let ids = sqlx::query(
+        "SELECT CAST(ID AS SIGNED) AS id FROM information_schema.PROCESSLIST WHERE DB = 'reads'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    for row in &ids {
+        let id: i64 = row.get("id");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+    match store.get(id, Consistency::Strong).await {
+        Err(StoreError::Unavailable(_)) => {}
+        other => {
+            panic!("a read on a killed connection: expected a definite failure, got {other:?}")
+        }
+    }
+    assert_eq!(
+        store.read_connections(),
+        0,
+        "the killed connection was kept"
+    );
+    assert_eq!(store.get(id, Consistency::Strong).await.unwrap().id, id);
+    assert_eq!(store.read_connections(), 1);
+    store.close().await;
+}
