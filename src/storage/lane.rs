@@ -24,14 +24,12 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sqlx::{AnyConnection, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// A connection idle for longer is pinged before use: the server or a
-/// firewall may have closed it meanwhile.
-const PING_AFTER_IDLE: Duration = Duration::from_secs(30);
+use super::PING_AFTER_IDLE;
 
 pub(crate) struct Lane {
     url: String,
@@ -155,9 +153,16 @@ impl<'a> LaneConnection<'a> {
 }
 
 impl Drop for LaneConnection<'_> {
+    /// A connection dropped unreleased broke or was abandoned mid-statement.
+    /// The idle ones most likely share its fate (the server went away), so
+    /// they are dropped too, and the next users connect afresh.
     fn drop(&mut self) {
         if self.conn.take().is_some() {
             self.lane.open.fetch_sub(1, Ordering::Relaxed);
+            let idle: Vec<_> = self.lane.idle_list().drain(..).collect();
+            self.lane
+                .open
+                .fetch_sub(idle.len() as u32, Ordering::Relaxed);
         }
     }
 }

@@ -435,8 +435,17 @@ impl Drop for WaitGuard<'_> {
     }
 }
 
+/// A MySQL connection idle for longer is pinged before its next use (pool and
+/// lanes alike): the server (restarted, failed over) or a firewall may have
+/// closed it meanwhile. Short, because while a unit's circuit is open its
+/// connections sit idle, and the first calls after its server came back must
+/// not fail on connections the old server left behind (in half-open, one
+/// failure opens the circuit again). Busy connections are reused within
+/// milliseconds and never pinged.
+pub(crate) const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 fn pool_options(dialect: Dialect, settings: &StorageSettings, max: u32) -> AnyPoolOptions {
-    // No ping before each use: it would double the round trips of a lookup.
+    // No ping before each use: it would double the round trips of a call.
     // A connection that died meanwhile fails its first statement with an I/O
     // error, which is a definite failure (nothing committed) and is retried.
     let opts = AnyPoolOptions::new()
@@ -444,7 +453,14 @@ fn pool_options(dialect: Dialect, settings: &StorageSettings, max: u32) -> AnyPo
         .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
         .test_before_acquire(false);
     match dialect {
-        Dialect::MySql => opts,
+        Dialect::MySql => opts.before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        }),
         // WAL lets readers run beside the writer; FULL sync because an
         // acknowledged order must survive a power cut; busy_timeout because
         // another engine process may hold the write lock for a moment.
