@@ -29,6 +29,20 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # CPU seconds a process has used (user + system), from /proc.
 cpu_secs() { python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"; }
 
+# The machine's CPU counters (/proc/stat: user nice system idle iowait irq
+# softirq steal) as one line; `cpu_report BEFORE AFTER` prints how busy the
+# cores were between two such lines and how much the hypervisor stole.
+cpu_counters() { head -1 /proc/stat; }
+cpu_report() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+a, b = ([int(x) for x in s.split()[1:9]] for s in sys.argv[1:3])
+d = [y - x for x, y in zip(a, b)]
+total = sum(d) or 1
+print(f"cores {100 * (total - d[3] - d[4] - d[7]) / total:.0f}% busy, {100 * d[7] / total:.0f}% stolen by the hypervisor")
+PY
+}
+
 # The disk's own commit latency: 4 KiB write + fdatasync in DIR for SECS
 # seconds, one at a time (what a durable commit waits for, without MariaDB).
 disk_sync_latency() {

@@ -10,6 +10,8 @@
 #   4. order-loadgen closed loop, creates only: the engine's peak creates/s,
 #      and the engine's and MariaDB's CPU time per create (from /proc)
 #   5. order-loadgen open loop at 50% of that peak: p50 / p99 latency
+#   Each engine run also prints how busy the cores were and how much CPU the
+#   hypervisor stole meanwhile (on a shared host the tail follows the steal).
 #
 # Usage: bash bench/run.sh            (DURATION=20 THREADS="32 64" CONNS="64 128 256")
 # Everything listens on loopback; everything stops when the script ends.
@@ -53,19 +55,22 @@ PEAK=0
 listen_overflows() { awk '/^TcpExt:/ { if (!n) { split($0, k); n = 1 } else { for (i = 2; i <= NF; i++) if (k[i] == "ListenOverflows") print $i } }' /proc/net/netstat; }
 OVERFLOWS0=$(listen_overflows)
 for c in $CONNS; do
-  e0=$(cpu_secs "$ENGINE_PID"); d0=$(cpu_secs "$DB_PID")
+  e0=$(cpu_secs "$ENGINE_PID"); d0=$(cpu_secs "$DB_PID"); s0=$(cpu_counters)
   "${LG[@]}" --connections "$c" --duration "${DURATION}s" --warmup 0s --json "$WORK/peak-$c.json" >"$WORK/peak-$c.txt"
-  e1=$(cpu_secs "$ENGINE_PID"); d1=$(cpu_secs "$DB_PID")
+  e1=$(cpu_secs "$ENGINE_PID"); d1=$(cpu_secs "$DB_PID"); s1=$(cpu_counters)
   read -r tput errs n <<<"$(python3 -c "import json; r=json.load(open('$WORK/peak-$c.json')); print(round(r['throughput_per_sec'], 1), r['errors'], r['ops']['create']['count'])")"
   # Per create, over the whole run: where the CPU went.
   per=$(python3 -c "print(f'engine {($e1-$e0)/$n*1e6:.0f} us, MariaDB {($d1-$d0)/$n*1e6:.0f} us of CPU per create')")
-  echo "   closed loop, $c connections: $tput creates/s, $errs errors ($per)"
+  echo "   closed loop, $c connections: $tput creates/s, $errs errors ($per; $(cpu_report "$s0" "$s1"))"
   PEAK=$(python3 -c "print(max($PEAK, $tput))")
 done
 
 HALF=$(python3 -c "print(round($PEAK / 2))")
 echo "== open loop at 50% of peak: $HALF creates/s"
+s0=$(cpu_counters)
 "${LG[@]}" --rate "$HALF" --connections 1024 --duration "${DURATION}s" --warmup 3s --json "$WORK/half.json" | sed 's/^/   /'
+HALF_CPU=$(cpu_report "$s0" "$(cpu_counters)")
+echo "   during the open loop: $HALF_CPU"
 
 # Past ~75% of the redo log InnoDB flushes hard, which shows in the tail.
 AGE=$(mariadb -N -e "SHOW GLOBAL STATUS LIKE 'Innodb_checkpoint_age'" | awk '{print int($2/1048576)}')
@@ -73,13 +78,13 @@ LOG=$(mariadb -N -e "SELECT @@innodb_log_file_size" | awk '{print int($1/1048576
 echo "   MariaDB checkpoint age at the end: $AGE MiB of a $LOG MiB redo log"
 echo "   listen queue overflows on this machine during the engine runs: $(( $(listen_overflows) - OVERFLOWS0 ))"
 
-python3 - "$SYSBENCH" "$PEAK" "$WORK/half.json" "$DISK" <<'PY'
+python3 - "$SYSBENCH" "$PEAK" "$WORK/half.json" "$DISK" "$HALF_CPU" <<'PY'
 import json, sys
 sb, peak, half = float(sys.argv[1]), float(sys.argv[2]), json.load(open(sys.argv[3]))
 c = half["ops"]["create"]
 print("== result")
 print(f"   sysbench oltp_insert : {sb:10.1f} inserts/s")
 print(f"   engine (HTTP)        : {peak:10.1f} creates/s  = {peak / sb:.2f}x sysbench (bar: 1.5x)")
-print(f"   at {half['config']['rate_per_sec']:.0f}/s (50% peak): p50 {c['p50_ms']:.2f} ms, p99 {c['p99_ms']:.2f} ms (bar: 10 ms), errors {half['errors']}")
+print(f"   at {half['config']['rate_per_sec']:.0f}/s (50% peak): p50 {c['p50_ms']:.2f} ms, p99 {c['p99_ms']:.2f} ms (bar: 10 ms), errors {half['errors']}; {sys.argv[5]}")
 print(f"   disk fdatasync alone : {sys.argv[4]}")
 PY
