@@ -188,7 +188,7 @@ fn describe() {
     describe_counter!(
         UNIT_RESTARTS,
         Unit::Count,
-        "Unit actor restarts after broken state."
+        "Unit actor restarts after broken state or a caught panic."
     );
     describe_counter!(
         UNIT_PANICS,

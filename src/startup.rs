@@ -274,8 +274,8 @@ fn unit_threads(settings: &Settings) -> usize {
 
 /// Opens a unit's database and starts its actor, both on `arbiter`, so the
 /// unit's connections belong to the thread that uses them. The actor runs
-/// under `actix::Supervisor`: when it stops itself on broken state, it is
-/// restarted with fresh state.
+/// under `actix::Supervisor`: when it stops itself on broken state or after a
+/// caught panic, it is restarted with fresh state.
 async fn start_unit(
     unit: UnitSettings,
     settings: &Settings,
