@@ -5,5 +5,6 @@ pub mod dispatcher;
 pub mod group_commit;
 pub mod health;
 pub mod key_lock;
+pub mod read_batch;
 pub mod supervisor;
 pub mod unit;

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use super::group_commit::{Batcher, may_start_batch, run_batch};
 use super::health::UnitHealth;
+use super::read_batch::{ReadBatcher, answer_all};
 use crate::config::GroupCommitSettings;
 use crate::metrics as m;
 
@@ -160,12 +161,11 @@ pub struct UnitActor {
     sequence: SequenceGenerator,
     options: UnitOptions,
     batcher: Batcher,
-    lookups: Vec<(Key, LookupReply)>,
-    lookups_in_flight: usize,
+    lookups: ReadBatcher<Key, Option<Order>>,
+    gets: ReadBatcher<OrderId, Order>,
 }
 
 type Key = (MerchantId, OutTradeNo);
-type LookupReply = oneshot::Sender<Result<Option<Order>, StoreError>>;
 
 impl UnitActor {
     pub fn new(
@@ -185,8 +185,8 @@ impl UnitActor {
             store,
             options,
             batcher: Batcher::default(),
-            lookups: Vec::new(),
-            lookups_in_flight: 0,
+            lookups: ReadBatcher::default(),
+            gets: ReadBatcher::default(),
         }
     }
 
@@ -271,30 +271,53 @@ impl UnitActor {
         }));
     }
 
-    fn flush_lookups(&mut self, ctx: &mut Context<Self>) {
+    /// Reads batch within the create batches' limits.
+    fn read_batch_limits(&self) -> (usize, usize) {
         let gc = &self.options.group_commit;
-        let (max_batch, max_in_flight) = (gc.max_batch, gc.max_in_flight_batches);
-        while !self.lookups.is_empty() && self.lookups_in_flight < max_in_flight {
-            let n = self.lookups.len().min(max_batch);
-            let batch: Vec<_> = self.lookups.drain(..n).collect();
-            self.lookups_in_flight += 1;
+        (gc.max_batch, gc.max_in_flight_batches)
+    }
+
+    /// Asks for the queued key look-ups, many keys per query.
+    fn flush_lookups(&mut self, ctx: &mut Context<Self>) {
+        let (max_batch, max_in_flight) = self.read_batch_limits();
+        while let Some(batch) = self.lookups.take(max_batch, max_in_flight) {
             let store = self.store.clone();
             let work = async move {
                 let keys: Vec<Key> = batch.iter().map(|(k, _)| k.clone()).collect();
                 let found = store.find_by_keys(&keys).await;
-                for ((merchant, out_trade_no), reply) in batch {
-                    let answer = found.as_ref().map_err(Clone::clone).map(|orders| {
-                        orders
-                            .iter()
-                            .find(|o| o.merchant_id == merchant && o.out_trade_no == out_trade_no)
-                            .cloned()
-                    });
-                    let _ = reply.send(answer);
-                }
+                answer_all(batch, &found, |(merchant, out_trade_no), orders| {
+                    Ok(orders
+                        .iter()
+                        .find(|o| &o.merchant_id == merchant && &o.out_trade_no == out_trade_no)
+                        .cloned())
+                });
             };
             self.spawn_contained(ctx, work, |(), act, ctx| {
-                act.lookups_in_flight -= 1;
+                act.lookups.done();
                 act.flush_lookups(ctx);
+            });
+        }
+    }
+
+    /// Reads the queued orders from the primary, many ids per query.
+    fn flush_gets(&mut self, ctx: &mut Context<Self>) {
+        let (max_batch, max_in_flight) = self.read_batch_limits();
+        while let Some(batch) = self.gets.take(max_batch, max_in_flight) {
+            let store = self.store.clone();
+            let work = async move {
+                let ids: Vec<OrderId> = batch.iter().map(|(id, _)| *id).collect();
+                let found = store.get_many(&ids).await;
+                answer_all(batch, &found, |id, orders| {
+                    orders
+                        .iter()
+                        .find(|o| o.id == *id)
+                        .cloned()
+                        .ok_or(StoreError::NotFound)
+                });
+            };
+            self.spawn_contained(ctx, work, |(), act, ctx| {
+                act.gets.done();
+                act.flush_gets(ctx);
             });
         }
     }
@@ -400,10 +423,9 @@ impl Supervised for UnitActor {
             .fail_pending(StoreError::Unavailable("unit actor restarted".into()));
         self.batcher.in_flight = 0;
         self.batcher.timer_set = false;
-        for (_, reply) in self.lookups.drain(..) {
-            let _ = reply.send(Err(StoreError::Unavailable("unit actor restarted".into())));
-        }
-        self.lookups_in_flight = 0;
+        let restarted = StoreError::Unavailable("unit actor restarted".into());
+        self.lookups.reset(&restarted);
+        self.gets.reset(&restarted);
     }
 }
 
@@ -445,20 +467,31 @@ impl Handler<BatchStats> for UnitActor {
 impl Handler<GetOrder> for UnitActor {
     type Result = ResponseFuture<Result<Order, StoreError>>;
 
-    fn handle(&mut self, msg: GetOrder, _ctx: &mut Self::Context) -> Self::Result {
-        let store = self.store.clone();
-        Box::pin(async move { store.get(msg.id, msg.consistency).await })
+    /// Reads from the primary batch like key look-ups; an eventual read with
+    /// a replica to go to goes alone.
+    fn handle(&mut self, msg: GetOrder, ctx: &mut Self::Context) -> Self::Result {
+        if msg.consistency == Consistency::Eventual && self.store.has_replica() {
+            let store = self.store.clone();
+            return Box::pin(async move { store.get(msg.id, msg.consistency).await });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.gets.push(msg.id, tx);
+        self.flush_gets(ctx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("unit actor restarted".into())))
+        })
     }
 }
 
 impl Handler<FindByKey> for UnitActor {
     type Result = ResponseFuture<Result<Option<Order>, StoreError>>;
 
-    /// Look-ups batch like creates: while `max_in_flight_batches` queries run,
-    /// new keys queue and are asked together in one query.
+    /// Look-ups batch (see `read_batch`): while `max_in_flight_batches`
+    /// queries run, new keys queue and are asked together in one query.
     fn handle(&mut self, msg: FindByKey, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
-        self.lookups.push(((msg.merchant_id, msg.out_trade_no), tx));
+        self.lookups.push((msg.merchant_id, msg.out_trade_no), tx);
         self.flush_lookups(ctx);
         Box::pin(async move {
             rx.await

@@ -306,6 +306,11 @@ impl UnitStore {
         self.unit
     }
 
+    /// Whether eventual reads have a replica to go to.
+    pub fn has_replica(&self) -> bool {
+        self.replica.is_some()
+    }
+
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }

@@ -330,6 +330,42 @@ impl UnitStore {
         }
     }
 
+    /// Reads several orders of this unit from the primary in one query; an id
+    /// that names no order is simply absent from the answer.
+    ///
+    /// The `IN` list is padded to a power of two by repeating the last id, so
+    /// a connection prepares at most seven shapes of this statement, whatever
+    /// the batch sizes.
+    pub async fn get_many(&self, ids: &[OrderId]) -> Result<Vec<Order>, StoreError> {
+        let Some(last) = ids.last() else {
+            return Ok(Vec::new());
+        };
+        let padded = ids.len().next_power_of_two();
+        let mut sql = String::from(concat!(
+            "SELECT ",
+            order_columns!(),
+            " FROM orders WHERE seq IN ("
+        ));
+        for i in 0..padded {
+            sql.push_str(if i == 0 { "?" } else { ", ?" });
+        }
+        sql.push(')');
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for id in ids
+            .iter()
+            .chain(std::iter::repeat_n(last, padded - ids.len()))
+        {
+            query = query.bind(seq_param(id.sequence()));
+        }
+        let rows = self.read_all(query).await?;
+        let orders: Vec<Order> = rows
+            .iter()
+            .map(|r| self.order_from_row(r))
+            .collect::<Result<_, _>>()?;
+        // The sequence matched; the time must too, or the id names another order.
+        Ok(orders.into_iter().filter(|o| ids.contains(&o.id)).collect())
+    }
+
     /// Locks the order for the rest of the transaction and reads it.
     async fn lock_order(
         &self,

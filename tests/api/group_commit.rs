@@ -379,3 +379,93 @@ async fn reads_are_one_round_trip_on_the_read_lane() {
     assert_eq!(store.read_connections(), 1);
     store.close().await;
 }
+
+#[actix_web::test]
+async fn concurrent_gets_share_queries_and_each_gets_its_own_answer() {
+    use order_engine::actors::unit::GetOrder;
+    use order_engine::domain::OrderId;
+    use order_engine::storage::{Consistency, StoreError};
+    use sqlx::Connection;
+
+    // A server of its own: the statement counter is global to the server.
+    let server = mariadb::MariaDb::start();
+    let store = UnitStore::open(7, &server.url("gets"), None, &StorageSettings::default())
+        .await
+        .unwrap();
+    let options = UnitOptions {
+        sequence_step: 1_000,
+        prefetch_at_percent: 10,
+        mailbox: 1_024,
+        // One query at a time: gets that arrive meanwhile go together.
+        group_commit: GroupCommitSettings {
+            max_in_flight_batches: 1,
+            ..GroupCommitSettings::default()
+        },
+    };
+    let unit = UnitActor::new(store.clone(), options, None, None).start();
+    let mut orders = Vec::new();
+    for i in 0..30 {
+        match unit
+            .send(CreateOrder {
+                request: request(&format!("get-{i}"), 10 + i),
+            })
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            CreateOutcome::Created(o) => orders.push(o),
+            other => panic!("create {i}: {other:?}"),
+        }
+    }
+    let known = orders[0].id;
+    // The right sequence with another second names no order; so does an
+    // unused sequence.
+    let wrong_time = OrderId::new(7, known.created_secs() + 1, known.sequence()).unwrap();
+    let unused = OrderId::new(7, known.created_secs(), 999_999).unwrap();
+
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&server.url("mysql"))
+        .await
+        .unwrap();
+    let mut selects = async || -> i64 {
+        let row = sqlx::query("SHOW GLOBAL STATUS LIKE 'Com_select'")
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        row.get::<String, _>(1).parse().unwrap()
+    };
+    let before = selects().await;
+    // Each order asked twice, plus the two ids that name nothing.
+    let mut asked: Vec<OrderId> = orders.iter().chain(&orders).map(|o| o.id).collect();
+    asked.extend([wrong_time, unused]);
+    let answers = join_all(asked.iter().map(|id| {
+        unit.send(GetOrder {
+            id: *id,
+            consistency: Consistency::Strong,
+        })
+    }))
+    .await;
+    // Slack for the unit's own background reads (the outbox gauge).
+    let queries = selects().await - before;
+
+    for (id, answer) in asked.iter().zip(answers) {
+        match answer.unwrap() {
+            Ok(order) => {
+                assert_eq!(order.id, *id);
+                let created = orders.iter().find(|o| o.id == *id).unwrap();
+                assert_eq!(order.out_trade_no, created.out_trade_no);
+                assert_eq!(order.amount, created.amount);
+            }
+            Err(StoreError::NotFound) => {
+                assert!(*id == wrong_time || *id == unused, "{id} not found")
+            }
+            Err(e) => panic!("{id}: {e}"),
+        }
+    }
+    assert!(
+        queries <= 8,
+        "{} gets took {queries} queries: no batching",
+        asked.len()
+    );
+    store.close().await;
+}

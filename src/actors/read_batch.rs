@@ -1,0 +1,140 @@
+//! Reads of one kind that a unit asks its database together.
+//!
+//! While `max_in_flight` queries of a kind run, new requests of that kind
+//! queue here and leave together (up to `max_batch`) as soon as one finishes:
+//! an idle unit answers a read at once, and a busy one asks for many rows in
+//! one statement instead of one round trip each. Every caller still gets the
+//! answer it would get alone: the rows it asked for, or the query's error.
+
+use tokio::sync::oneshot;
+
+use crate::storage::StoreError;
+
+pub type ReadReply<R> = oneshot::Sender<Result<R, StoreError>>;
+
+pub struct ReadBatcher<Q, R> {
+    pending: Vec<(Q, ReadReply<R>)>,
+    in_flight: usize,
+}
+
+impl<Q, R> Default for ReadBatcher<Q, R> {
+    fn default() -> Self {
+        Self {
+            pending: Vec::new(),
+            in_flight: 0,
+        }
+    }
+}
+
+impl<Q, R> ReadBatcher<Q, R> {
+    pub fn push(&mut self, request: Q, reply: ReadReply<R>) {
+        self.pending.push((request, reply));
+    }
+
+    /// The next batch when requests wait and fewer than `max_in_flight`
+    /// queries run; the caller runs it and then calls [`Self::done`].
+    pub fn take(
+        &mut self,
+        max_batch: usize,
+        max_in_flight: usize,
+    ) -> Option<Vec<(Q, ReadReply<R>)>> {
+        if self.pending.is_empty() || self.in_flight >= max_in_flight {
+            return None;
+        }
+        self.in_flight += 1;
+        let n = self.pending.len().min(max_batch);
+        Some(self.pending.drain(..n).collect())
+    }
+
+    /// A query taken with [`Self::take`] has answered its callers.
+    pub fn done(&mut self) {
+        self.in_flight -= 1;
+    }
+
+    /// Answers every queued request with `error` and forgets the running
+    /// queries (the actor is restarting; their callers' replies were dropped).
+    pub fn reset(&mut self, error: &StoreError) {
+        for (_, reply) in self.pending.drain(..) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        self.in_flight = 0;
+    }
+}
+
+/// Answers each request of a batch from one query's result: `pick` finds a
+/// request's answer among the rows, and a failed query fails every request.
+pub fn answer_all<Q, T, R>(
+    batch: Vec<(Q, ReadReply<R>)>,
+    rows: &Result<Vec<T>, StoreError>,
+    pick: impl Fn(&Q, &[T]) -> Result<R, StoreError>,
+) {
+    for (request, reply) in batch {
+        let answer = match rows {
+            Ok(rows) => pick(&request, rows),
+            Err(e) => Err(e.clone()),
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_wait_for_room_and_take_what_queued() {
+        let mut reads: ReadBatcher<u32, u32> = ReadBatcher::default();
+        assert!(reads.take(4, 1).is_none(), "nothing queued");
+        let mut receivers = Vec::new();
+        for i in 0..6 {
+            let (tx, rx) = oneshot::channel();
+            reads.push(i, tx);
+            receivers.push(rx);
+        }
+        let first = reads.take(4, 1).expect("room for one query");
+        assert_eq!(
+            first.iter().map(|(q, _)| *q).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert!(reads.take(4, 1).is_none(), "one query at a time");
+        answer_all(first, &Ok(vec![10u32, 11, 12, 13]), |q, rows| {
+            Ok(rows[*q as usize])
+        });
+        reads.done();
+        let second = reads.take(4, 1).expect("the rest");
+        assert_eq!(second.len(), 2);
+        answer_all(second, &Err::<Vec<u32>, _>(StoreError::NotFound), |_, _| {
+            Ok(0)
+        });
+        reads.done();
+        let answers: Vec<_> = receivers
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap())
+            .collect();
+        for (i, answer) in answers[..4].iter().enumerate() {
+            assert!(matches!(answer, Ok(v) if *v == 10 + i as u32), "{answer:?}");
+        }
+        assert!(matches!(answers[4], Err(StoreError::NotFound)));
+        assert!(matches!(answers[5], Err(StoreError::NotFound)));
+    }
+
+    #[test]
+    fn a_reset_fails_the_queue_and_frees_the_slots() {
+        let mut reads: ReadBatcher<u32, u32> = ReadBatcher::default();
+        let (tx, mut rx) = oneshot::channel();
+        reads.push(1, tx);
+        let running = reads.take(4, 1).unwrap();
+        let (tx, mut queued) = oneshot::channel();
+        reads.push(2, tx);
+        reads.reset(&StoreError::Unavailable("restarted".into()));
+        assert!(matches!(
+            queued.try_recv(),
+            Ok(Err(StoreError::Unavailable(_)))
+        ));
+        drop(running);
+        assert!(rx.try_recv().is_err(), "a dropped batch answers nothing");
+        let (tx, _rx) = oneshot::channel();
+        reads.push(3, tx);
+        assert!(reads.take(4, 1).is_some(), "the slot is free again");
+    }
+}
