@@ -6,14 +6,16 @@
 #      sized for a write benchmark on SSD (2 GiB redo log, io_capacity 2000),
 #      and time the disk's own fdatasync there (the floor under commit latency)
 #   2. sysbench oltp_insert against it (the reference: inserts/s)
-#   3. the engine (release build) with 4 units on that server
+#   3. the engine (release build) with 4 units on that server, once MariaDB
+#      has written back the pages sysbench left dirty (as clean a start as
+#      sysbench had)
 #   4. order-loadgen closed loop, creates only: the engine's peak creates/s,
 #      and the engine's and MariaDB's CPU time per create (from /proc)
 #   5. order-loadgen open loop at 50% of that peak: p50 / p99 latency
 #   Each engine run also prints how busy the cores were and how much CPU the
 #   hypervisor stole meanwhile (on a shared host the tail follows the steal).
 #
-# Usage: bash bench/run.sh            (DURATION=20 THREADS="32 64" CONNS="64 128 256")
+# Usage: bash bench/run.sh   (DURATION=20 THREADS="32 64" CONNS="64 128 256" SETTLE_SECS=120)
 # Everything listens on loopback; everything stops when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,8 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-20}
 THREADS=${THREADS:-"32 64"}
 CONNS=${CONNS:-"64 128 256"}
+# 0: the engine starts on whatever sysbench left dirty (to see what that costs).
+SETTLE_SECS=${SETTLE_SECS:-120}
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
@@ -44,6 +48,10 @@ for t in $THREADS; do
   echo "   $t threads: $eps inserts/s"
   SYSBENCH=$(python3 -c "print(max($SYSBENCH, $eps))")
 done
+
+if [ "$SETTLE_SECS" -gt 0 ]; then
+  echo "== MariaDB writes back what sysbench left dirty: $(settle_mariadb "$SETTLE_SECS")"
+fi
 
 echo "== order-engine: 4 units on the same server"
 start_engine
