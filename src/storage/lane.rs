@@ -1,23 +1,24 @@
 //! Connections of a MySQL/MariaDB unit kept outside sqlx's pool: a lane.
 //!
 //! sqlx pings every pooled connection when it goes back to its pool, so on a
-//! pooled connection a read costs two round trips and a create batch five
-//! (`BEGIN`, the orders insert, the outbox insert, `COMMIT`, the ping). Each
-//! round trip is a wake-up on both sides, and at a few creates per batch they
-//! are most of the CPU a create costs. A lane hands out its connections with
-//! no ping; whoever took one gives it back only once the server answered its
-//! last statement, and otherwise drops it (closed, not reused).
+//! pooled connection a read costs two round trips, a create batch five
+//! (`BEGIN`, the orders insert, the outbox insert, `COMMIT`, the ping) and a
+//! pay six. Each round trip is a wake-up on both sides, and at a few creates
+//! per batch they are most of the CPU a create costs. A lane hands out its
+//! connections with no ping; whoever took one gives it back only once the
+//! server answered its last statement, and otherwise drops it (closed, not
+//! reused).
 //!
 //! A unit has two lanes:
 //!
-//! - **creates**, on connections opened with `autocommit = 0`: the first
-//!   insert opens the transaction, and a batch is three round trips (insert,
-//!   insert, `COMMIT`). Nothing is committed before `COMMIT`, exactly as after
-//!   `BEGIN`, so an error or silence before it is still a definite failure. A
-//!   connection goes back only after its transaction ended with an answered
-//!   `COMMIT` or `ROLLBACK`; closing it makes the server roll back whatever it
-//!   held. The unit actor runs at most `group_commit.max_in_flight_batches`
-//!   batches at once, so that is how many connections this lane opens;
+//! - **writes** (create batches, pays, closes, refunds), on connections opened
+//!   with `autocommit = 0`: the first statement opens the transaction, so a
+//!   batch is three round trips (insert, insert, `COMMIT`) and a pay four
+//!   (`SELECT ... FOR UPDATE`, update, outbox insert, `COMMIT`). Nothing is
+//!   committed before `COMMIT`, exactly as after `BEGIN`, so an error or
+//!   silence before it is still a definite failure. A connection goes back
+//!   only after its transaction ended with an answered `COMMIT` or
+//!   `ROLLBACK`; closing it makes the server roll back whatever it held;
 //! - **reads**, on plain autocommit connections: one statement, one round trip.
 //!
 //! `max` (the pool's `max_connections`) bounds each lane.
@@ -52,8 +53,8 @@ impl std::fmt::Debug for Lane {
 }
 
 impl Lane {
-    /// The lane create batches run on.
-    pub(crate) fn for_creates(url: String, max: u32) -> Self {
+    /// The lane create batches and updates run on.
+    pub(crate) fn for_writes(url: String, max: u32) -> Self {
         Self::new(url, Some("SET autocommit = 0"), max)
     }
 
@@ -143,7 +144,7 @@ impl<'a> LaneConnection<'a> {
     }
 
     /// Gives the connection back for its next user: only once the server
-    /// answered its last statement (on the create lane: a `COMMIT` or
+    /// answered its last statement (on the write lane: a `COMMIT` or
     /// `ROLLBACK`, so that no transaction is left open).
     pub(crate) fn release(mut self) {
         if let Some(conn) = self.conn.take() {

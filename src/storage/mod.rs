@@ -127,6 +127,15 @@ fn is_transient(e: &sqlx::Error) -> bool {
     }
 }
 
+impl StoreError {
+    /// An answer about the data (the order is not there, a rule said no): the
+    /// connection that found it is sound, and its transaction can be rolled
+    /// back and the connection reused.
+    pub(crate) fn is_answer(&self) -> bool {
+        matches!(self, Self::NotFound | Self::Rule(_))
+    }
+}
+
 /// A connection for one strong read (see [`UnitStore::read_connection`]).
 pub(crate) enum ReadConnection<'a> {
     /// MySQL: no ping when it goes back, so a read is one round trip.
@@ -159,6 +168,24 @@ impl ReadConnection<'_> {
     }
 }
 
+/// A write transaction (see [`UnitStore::begin_write`]).
+pub(crate) enum WriteTx<'a> {
+    /// MySQL: a write-lane connection (`autocommit = 0`), where the first
+    /// statement opens the transaction: no `BEGIN`, and no ping after it.
+    Lane(LaneConnection<'a>),
+    /// SQLite: a pool transaction (`BEGIN IMMEDIATE`).
+    Pool(sqlx::Transaction<'static, Any>),
+}
+
+impl WriteTx<'_> {
+    pub(crate) fn get(&mut self) -> &mut AnyConnection {
+        match self {
+            Self::Lane(c) => c.get(),
+            Self::Pool(tx) => tx,
+        }
+    }
+}
+
 /// The pools of one unit. Cheap to clone (pools are shared handles).
 #[derive(Debug, Clone)]
 pub struct UnitStore {
@@ -171,8 +198,9 @@ pub struct UnitStore {
     read: AnyPool,
     /// Eventual reads: a replica when configured.
     replica: Option<AnyPool>,
-    /// MySQL: the connections create batches run on (see `lane.rs`).
-    create_lane: Option<Arc<Lane>>,
+    /// MySQL: the connections create batches, pays, closes and refunds run
+    /// on (see `lane.rs`).
+    write_lane: Option<Arc<Lane>>,
     /// MySQL: the connections strong reads run on (see `lane.rs`).
     read_lane: Option<Arc<Lane>>,
     /// Bound on the statements of one call (see `bounded` and `commit`).
@@ -278,9 +306,9 @@ impl UnitStore {
             None => None,
         };
         let max = settings.max_connections;
-        let (create_lane, read_lane) = match dialect {
+        let (write_lane, read_lane) = match dialect {
             Dialect::MySql => (
-                Some(Arc::new(Lane::for_creates(url.clone(), max))),
+                Some(Arc::new(Lane::for_writes(url.clone(), max))),
                 Some(Arc::new(Lane::for_reads(url, max))),
             ),
             Dialect::Sqlite => (None, None),
@@ -291,7 +319,7 @@ impl UnitStore {
             write,
             read,
             replica,
-            create_lane,
+            write_lane,
             read_lane,
             statement_timeout: Duration::from_millis(settings.statement_timeout_ms),
             waiting: Arc::default(),
@@ -316,7 +344,7 @@ impl UnitStore {
     }
 
     /// Open, idle and waited-for connections over the unit's primary pools
-    /// (not the create lane: see [`UnitStore::create_connections`]).
+    /// (not the lanes: see [`UnitStore::write_connections`]).
     pub fn pool_stats(&self) -> PoolStats {
         let pools: &[&AnyPool] = match self.dialect {
             Dialect::MySql => &[&self.write],
@@ -330,10 +358,10 @@ impl UnitStore {
         }
     }
 
-    /// Connections open in the create lane (MySQL; at most as many as create
-    /// batches ran at once, beside the pool's `max_connections`).
-    pub fn create_connections(&self) -> u32 {
-        self.create_lane.as_deref().map_or(0, Lane::open)
+    /// Connections open in the write lane (MySQL; at most as many as create
+    /// batches and updates ran at once, up to `max_connections`).
+    pub fn write_connections(&self) -> u32 {
+        self.write_lane.as_deref().map_or(0, Lane::open)
     }
 
     /// Connections open in the read lane (MySQL; at most as many as reads ran
@@ -355,7 +383,7 @@ impl UnitStore {
 
     /// Closes every pool, waiting for checked-out connections to come back.
     pub async fn close(&self) {
-        for lane in [&self.create_lane, &self.read_lane].into_iter().flatten() {
+        for lane in [&self.write_lane, &self.read_lane].into_iter().flatten() {
             lane.close().await;
         }
         self.write.close().await;
@@ -407,6 +435,53 @@ impl UnitStore {
     /// Counts the caller as waiting for a connection for as long as the guard lives.
     pub(crate) fn count_waiting(&self) -> WaitGuard<'_> {
         WaitGuard::new(&self.waiting)
+    }
+
+    /// Starts a transaction that changes orders: on the write lane (MySQL),
+    /// or as [`Self::begin`]. An error before [`Self::commit_write`] drops
+    /// it, which rolls it back (a lane connection is closed); an answer that
+    /// leaves the connection sound ends it with [`Self::rollback_write`].
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx<'_>, StoreError> {
+        let Some(lane) = &self.write_lane else {
+            return self.begin().await.map(WriteTx::Pool);
+        };
+        let _waiting = self.count_waiting();
+        self.bounded(async { lane.take().await.map_err(StoreError::before_commit) })
+            .await
+            .map(WriteTx::Lane)
+    }
+
+    /// Sends `COMMIT` (an error or a timeout leaves the outcome unknown). A
+    /// lane connection goes back only after an answered `COMMIT`.
+    pub(crate) async fn commit_write(&self, tx: WriteTx<'_>) -> Result<(), StoreError> {
+        match tx {
+            WriteTx::Pool(tx) => self.commit(tx).await,
+            WriteTx::Lane(mut conn) => {
+                self.at_commit(sqlx::raw_sql("COMMIT").execute(conn.get()))
+                    .await?;
+                conn.release();
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends a transaction with nothing to keep, and its locks. A lane
+    /// connection goes back only after an answered `ROLLBACK`.
+    pub(crate) async fn rollback_write(&self, tx: WriteTx<'_>) {
+        match tx {
+            WriteTx::Pool(tx) => drop(tx), // sqlx rolls it back
+            WriteTx::Lane(mut conn) => {
+                let ended = self
+                    .bounded(async {
+                        let rollback = sqlx::raw_sql("ROLLBACK").execute(conn.get()).await;
+                        rollback.map_err(StoreError::before_commit)
+                    })
+                    .await;
+                if ended.is_ok() {
+                    conn.release();
+                }
+            }
+        }
     }
 
     /// Starts a write transaction. SQLite takes the write lock up front so that a

@@ -10,10 +10,9 @@
 use serde_json::{Map, Value};
 use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
-use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row};
 
-use super::lane::Lane;
-use super::{Dialect, StoreError, UnitStore, now_ms};
+use super::{Dialect, StoreError, UnitStore, WriteTx, now_ms};
 use crate::domain::values::{
     Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
 };
@@ -155,47 +154,15 @@ impl UnitStore {
     /// unique key was already taken; then nothing was written, and the caller
     /// inserts them one by one to give each its own answer.
     pub async fn insert_orders(&self, orders: &[Order]) -> Result<BatchOutcome, StoreError> {
-        if let Some(lane) = &self.create_lane {
-            return self.insert_orders_on_lane(lane, orders).await;
-        }
-        let mut tx = self.begin().await?;
-        if !self.bounded(write_created(&mut tx, orders)).await? {
-            return Ok(BatchOutcome::KeyTaken); // dropping `tx` rolls the batch back
-        }
-        self.commit(tx).await?;
-        Ok(BatchOutcome::Inserted)
-    }
-
-    /// `insert_orders` on a connection of the unit's create lane (MySQL),
-    /// where the first insert opens the transaction (see `lane.rs`).
-    async fn insert_orders_on_lane(
-        &self,
-        lane: &Lane,
-        orders: &[Order],
-    ) -> Result<BatchOutcome, StoreError> {
-        let mut conn = {
-            let _waiting = self.count_waiting();
-            self.bounded(async { lane.take().await.map_err(StoreError::before_commit) })
-                .await?
-        };
-        // An error from here on drops `conn`: closed, it rolls back.
-        if !self.bounded(write_created(conn.get(), orders)).await? {
-            // The failed statement was undone; ROLLBACK ends the transaction
-            // and its locks before the connection is reused.
-            let ended = self
-                .bounded(async {
-                    let rollback = sqlx::raw_sql("ROLLBACK").execute(conn.get()).await;
-                    rollback.map_err(StoreError::before_commit)
-                })
-                .await;
-            if ended.is_ok() {
-                conn.release();
-            }
+        let mut tx = self.begin_write().await?;
+        // An error from here on drops `tx`, which rolls the batch back.
+        if !self.bounded(write_created(tx.get(), orders)).await? {
+            // The failed statement was undone; the rollback ends the
+            // transaction and its locks before the connection is reused.
+            self.rollback_write(tx).await;
             return Ok(BatchOutcome::KeyTaken);
         }
-        self.at_commit(sqlx::raw_sql("COMMIT").execute(conn.get()))
-            .await?;
-        conn.release();
+        self.commit_write(tx).await?;
         Ok(BatchOutcome::Inserted)
     }
 
@@ -367,18 +334,14 @@ impl UnitStore {
     }
 
     /// Locks the order for the rest of the transaction and reads it.
-    async fn lock_order(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        id: OrderId,
-    ) -> Result<Order, StoreError> {
+    async fn lock_order(&self, tx: &mut AnyConnection, id: OrderId) -> Result<Order, StoreError> {
         let sql = match self.dialect {
             Dialect::MySql => SELECT_BY_SEQ_FOR_UPDATE,
             Dialect::Sqlite => SELECT_BY_SEQ, // BEGIN IMMEDIATE already holds the lock
         };
         let row = sqlx::query(sql)
             .bind(seq_param(id.sequence()))
-            .fetch_optional(&mut **tx)
+            .fetch_optional(tx)
             .await
             .map_err(StoreError::before_commit)?
             .ok_or(StoreError::NotFound)?;
@@ -398,27 +361,40 @@ impl UnitStore {
         event: &'static str,
         change: impl FnOnce(&Order, i64) -> Result<Change, RuleError>,
     ) -> Result<(Order, bool), StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_write().await?;
         let next = self
             .bounded(async {
-                let current = self.lock_order(&mut tx, id).await?;
+                let current = self.lock_order(tx.get(), id).await?;
                 match change(&current, now_ms())? {
                     Change::Unchanged => Ok(Err(current)),
                     Change::Next(next) => {
-                        write_order_update(&mut tx, &current, &next).await?;
-                        write_event(&mut tx, &next, event).await?;
+                        write_order_update(tx.get(), &current, &next).await?;
+                        write_event(tx.get(), &next, event).await?;
                         Ok(Ok(*next))
                     }
                 }
             })
-            .await?;
+            .await;
         match next {
-            Err(unchanged) => Ok((unchanged, false)), // rolls back: nothing written
-            Ok(next) => {
-                self.commit(tx).await?;
+            Ok(Ok(next)) => {
+                self.commit_write(tx).await?;
                 Ok((next, true))
             }
+            Ok(Err(unchanged)) => {
+                self.rollback_write(tx).await; // nothing written
+                Ok((unchanged, false))
+            }
+            Err(e) => Err(self.abandon_write(tx, e).await),
         }
+    }
+
+    /// Ends a write that failed with `error`: an answer about the data
+    /// rolls back and keeps the connection; anything else drops it.
+    async fn abandon_write(&self, tx: WriteTx<'_>, error: StoreError) -> StoreError {
+        if error.is_answer() {
+            self.rollback_write(tx).await;
+        }
+        error
     }
 
     /// Records a refund: the refund row, the order's new amounts/status/version
@@ -430,14 +406,14 @@ impl UnitStore {
         request: &NewRefund,
         expected_version: Option<i64>,
     ) -> Result<(Refund, Order, bool), StoreError> {
-        let mut tx = self.begin().await?;
-        let (refund, order, created) = self
+        let mut tx = self.begin_write().await?;
+        let done = self
             .bounded(async {
-                let current = self.lock_order(&mut tx, id).await?;
+                let current = self.lock_order(tx.get(), id).await?;
                 let existing = sqlx::query(SELECT_REFUND)
                     .bind(seq_param(id.sequence()))
                     .bind(request.refund_id.as_str())
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(tx.get())
                     .await
                     .map_err(StoreError::before_commit)?;
                 if let Some(row) = existing {
@@ -462,16 +438,22 @@ impl UnitStore {
                     .bind(refund.amount.get())
                     .bind(refund.reason.as_ref().map(Text::as_str))
                     .bind(refund.created_at_ms)
-                    .execute(&mut *tx)
+                    .execute(tx.get())
                     .await
                     .map_err(StoreError::before_commit)?;
-                write_order_update(&mut tx, &current, &next).await?;
-                write_event(&mut tx, &next, "order.refunded").await?;
+                write_order_update(tx.get(), &current, &next).await?;
+                write_event(tx.get(), &next, "order.refunded").await?;
                 Ok((refund, next, true))
             })
-            .await?;
+            .await;
+        let (refund, order, created) = match done {
+            Ok(done) => done,
+            Err(e) => return Err(self.abandon_write(tx, e).await),
+        };
         if created {
-            self.commit(tx).await?;
+            self.commit_write(tx).await?;
+        } else {
+            self.rollback_write(tx).await; // a replay: nothing written
         }
         Ok((refund, order, created))
     }
@@ -595,7 +577,7 @@ fn decode_order(unit: u16, row: &AnyRow) -> Result<Order, String> {
 
 /// Writes `next` over `current`, guarded by `current`'s version.
 async fn write_order_update(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut AnyConnection,
     current: &Order,
     next: &Order,
 ) -> Result<(), StoreError> {
@@ -608,7 +590,7 @@ async fn write_order_update(
         .bind(next.updated_at_ms)
         .bind(seq_param(current.id.sequence()))
         .bind(current.version)
-        .execute(&mut **tx)
+        .execute(tx)
         .await
         .map_err(StoreError::before_commit)?;
     if done.rows_affected() == 1 {

@@ -192,7 +192,7 @@ async fn a_killed_create_connection_fails_one_batch_cleanly() {
         BatchOutcome::Inserted
     );
     assert_eq!(
-        store.create_connections(),
+        store.write_connections(),
         1,
         "one batch, one lane connection"
     );
@@ -224,7 +224,7 @@ async fn a_killed_create_connection_fails_one_batch_cleanly() {
         }
     }
     assert_eq!(
-        store.create_connections(),
+        store.write_connections(),
         0,
         "the killed connection was kept"
     );
@@ -268,10 +268,10 @@ async fn a_killed_create_connection_fails_one_batch_cleanly() {
     store.close().await;
 }
 
-/// The create lane opens no more connections than the pool may: concurrent
+/// The write lane opens no more connections than the pool may: concurrent
 /// batches beyond `max_connections` wait for one instead of opening more.
 #[actix_web::test]
-async fn the_create_lane_is_bounded() {
+async fn the_write_lane_is_bounded() {
     use order_engine::domain::OrderId;
     use order_engine::storage::BatchOutcome;
 
@@ -298,7 +298,7 @@ async fn the_create_lane_is_bounded() {
         assert_eq!(o.unwrap(), BatchOutcome::Inserted);
     }
     assert_eq!(
-        store.create_connections(),
+        store.write_connections(),
         2,
         "12 concurrent batches, 2 connections"
     );
@@ -466,6 +466,128 @@ async fn concurrent_gets_share_queries_and_each_gets_its_own_answer() {
         queries <= 8,
         "{} gets took {queries} queries: no batching",
         asked.len()
+    );
+    store.close().await;
+}
+
+/// Pays, closes and refunds on MariaDB run on the unit's write lane: no
+/// `BEGIN` (the connection runs with `autocommit = 0`) and no ping after
+/// (`Com_admin_commands`). Answers that change nothing (a replay, a refused
+/// transition, a stale version, an unknown order) roll back and keep the
+/// connection: all of it runs on one.
+#[actix_web::test]
+async fn updates_run_on_the_write_lane_without_begin_or_ping() {
+    use order_engine::domain::values::{Amount, PaymentRef, RefundId};
+    use order_engine::domain::{NewRefund, OrderId, RuleError};
+    use order_engine::storage::{BatchOutcome, StoreError};
+    use sqlx::Connection;
+
+    // A server of its own: the counters are global to the server.
+    let server = mariadb::MariaDb::start();
+    let store = UnitStore::open(8, &server.url("writes"), None, &StorageSettings::default())
+        .await
+        .unwrap();
+    let now = order_engine::storage::now_ms();
+    let id = OrderId::new(8, now / 1000, 1).unwrap();
+    let order = request("write-1", 100).into_order(id, now);
+    assert_eq!(
+        store.insert_orders(&[order]).await.unwrap(),
+        BatchOutcome::Inserted
+    );
+
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&server.url("mysql"))
+        .await
+        .unwrap();
+    let mut counters = async || -> HashMap<String, i64> {
+        let rows = sqlx::query(
+            "SHOW GLOBAL STATUS WHERE Variable_name IN \
+             ('Com_begin', 'Com_admin_commands', 'Com_commit', 'Com_rollback')",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        rows.iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    r.get::<String, _>(1).parse().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let before = counters().await;
+
+    let p1 = PaymentRef::parse("p-1").unwrap();
+    let amount = Amount::new(100).unwrap();
+    let pay = |expected: Option<i64>| {
+        let p1 = p1.clone();
+        store.update_order(id, "order.paid", move |o, now| {
+            o.pay(&p1, amount, expected, now)
+        })
+    };
+    assert!(matches!(
+        pay(Some(7)).await,
+        Err(StoreError::Rule(RuleError::VersionMismatch { .. }))
+    ));
+    assert!(pay(None).await.unwrap().1, "the pay changed the order");
+    assert!(
+        !pay(None).await.unwrap().1,
+        "a replayed pay changes nothing"
+    );
+    assert!(matches!(
+        store
+            .update_order(id, "order.closed", |o, now| o.close(None, now))
+            .await,
+        Err(StoreError::Rule(RuleError::InvalidTransition { .. }))
+    ));
+    let missing = OrderId::new(8, now / 1000, 999).unwrap();
+    assert!(matches!(
+        store
+            .update_order(missing, "order.closed", |o, now| o.close(None, now))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    let refund = NewRefund {
+        refund_id: RefundId::parse("r-1").unwrap(),
+        amount: Amount::new(40).unwrap(),
+        reason: None,
+    };
+    assert!(
+        store.refund(id, &refund, None).await.unwrap().2,
+        "a new refund"
+    );
+    assert!(
+        !store.refund(id, &refund, None).await.unwrap().2,
+        "a replay"
+    );
+
+    let after = counters().await;
+    let delta = |k: &str| after[k] - before[k];
+    assert_eq!(delta("Com_begin"), 0, "an update sent BEGIN");
+    assert_eq!(
+        delta("Com_admin_commands"),
+        0,
+        "an update pinged its connection"
+    );
+    assert_eq!(delta("Com_commit"), 2, "the pay and the refund commit");
+    assert_eq!(
+        delta("Com_rollback"),
+        5,
+        "each answer that changed nothing rolls back"
+    );
+    assert_eq!(
+        store.write_connections(),
+        1,
+        "every answer kept the one connection"
+    );
+    let stored = store
+        .get(id, order_engine::storage::Consistency::Strong)
+        .await
+        .unwrap();
+    assert_eq!(
+        (stored.paid_amount, stored.refunded_amount, stored.version),
+        (100, 40, 3)
     );
     store.close().await;
 }
