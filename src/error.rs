@@ -207,6 +207,7 @@ impl EngineError {
             StoreError::Rule(r) => Self::Rule(r),
             StoreError::Unavailable(_)
             | StoreError::InDoubt(_)
+            | StoreError::Restarted { .. }
             | StoreError::SequenceExhausted
             | StoreError::SequenceReused { .. } => Self::UnitUnavailable { unit },
             StoreError::Internal(m) => Self::Internal(m),

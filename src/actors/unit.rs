@@ -2,14 +2,17 @@
 //! its sequence generator, and knows nothing about other units, so a unit's
 //! trouble stays inside the unit (fault containment).
 //!
-//! Handlers return `ResponseFuture`s that clone the store into the future: the
-//! database work of many requests overlaps, while the actor itself only hands
-//! work out. Units share a few threads (`server.unit_threads`): a unit whose
-//! database is slow only has more futures waiting, which costs its neighbours
-//! on the thread nothing. A panic ends alone too: in a `ResponseFuture` it ends
-//! that call's task (tokio catches a panic per task), and in the batches and
-//! look-ups the actor runs in its own context it is caught and restarts the
-//! actor with fresh state (see `spawn_contained`).
+//! Creates (`group_commit`), gets, key look-ups, pays and closes (`call_batch`)
+//! queue in the actor and go to the database in batches it runs in its own
+//! context; the other handlers return `ResponseFuture`s that clone the store
+//! into the future. Either way the database work of many requests overlaps,
+//! while the actor itself only hands work out. Units share a few threads
+//! (`server.unit_threads`): a unit whose database is slow only has more
+//! futures waiting, which costs its neighbours on the thread nothing. A panic
+//! ends alone too: in a `ResponseFuture` it ends that call's task (tokio
+//! catches a panic per task), and in the batches the actor runs in its own
+//! context it is caught and restarts the actor with fresh state (see
+//! `spawn_contained`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -21,9 +24,9 @@ use futures_util::FutureExt;
 use metrics::{counter, gauge};
 use tokio::sync::oneshot;
 
+use super::call_batch::{CallBatcher, answer_all};
 use super::group_commit::{Batcher, may_start_batch, run_batch};
 use super::health::UnitHealth;
-use super::read_batch::{ReadBatcher, answer_all};
 use crate::config::GroupCommitSettings;
 use crate::metrics as m;
 
@@ -31,7 +34,7 @@ use crate::domain::key_filter::KeyFilter;
 use crate::domain::values::{MerchantId, OutTradeNo, PaymentRef, UserId};
 use crate::domain::{NewOrder, NewRefund, Order, OrderId, Refund};
 use crate::storage::sequence::SequenceGenerator;
-use crate::storage::{Consistency, Page, StoreError, UnitStore, UserCursor};
+use crate::storage::{Consistency, OrderUpdate, Page, StoreError, UnitStore, UserCursor};
 
 /// What a create did in this unit.
 #[derive(Debug)]
@@ -161,8 +164,10 @@ pub struct UnitActor {
     sequence: SequenceGenerator,
     options: UnitOptions,
     batcher: Batcher,
-    lookups: ReadBatcher<Key, Option<Order>>,
-    gets: ReadBatcher<OrderId, Order>,
+    lookups: CallBatcher<Key, Option<Order>>,
+    gets: CallBatcher<OrderId, Order>,
+    /// Pays and closes.
+    updates: CallBatcher<OrderUpdate<'static>, (Order, bool)>,
 }
 
 type Key = (MerchantId, OutTradeNo);
@@ -185,8 +190,9 @@ impl UnitActor {
             store,
             options,
             batcher: Batcher::default(),
-            lookups: ReadBatcher::default(),
-            gets: ReadBatcher::default(),
+            lookups: CallBatcher::default(),
+            gets: CallBatcher::default(),
+            updates: CallBatcher::default(),
         }
     }
 
@@ -272,14 +278,14 @@ impl UnitActor {
     }
 
     /// Reads batch within the create batches' limits.
-    fn read_batch_limits(&self) -> (usize, usize) {
+    fn call_batch_limits(&self) -> (usize, usize) {
         let gc = &self.options.group_commit;
         (gc.max_batch, gc.max_in_flight_batches)
     }
 
     /// Asks for the queued key look-ups, many keys per query.
     fn flush_lookups(&mut self, ctx: &mut Context<Self>) {
-        let (max_batch, max_in_flight) = self.read_batch_limits();
+        let (max_batch, max_in_flight) = self.call_batch_limits();
         while let Some(batch) = self.lookups.take(max_batch, max_in_flight) {
             let store = self.store.clone();
             let work = async move {
@@ -301,7 +307,7 @@ impl UnitActor {
 
     /// Reads the queued orders from the primary, many ids per query.
     fn flush_gets(&mut self, ctx: &mut Context<Self>) {
-        let (max_batch, max_in_flight) = self.read_batch_limits();
+        let (max_batch, max_in_flight) = self.call_batch_limits();
         while let Some(batch) = self.gets.take(max_batch, max_in_flight) {
             let store = self.store.clone();
             let work = async move {
@@ -320,6 +326,54 @@ impl UnitActor {
                 act.flush_gets(ctx);
             });
         }
+    }
+
+    /// Writes the queued pays and closes, many per transaction (each alone
+    /// when group commit is off).
+    fn flush_updates(&mut self, ctx: &mut Context<Self>) {
+        let gc = &self.options.group_commit;
+        let (max_batch, max_in_flight) = if gc.enabled {
+            (gc.max_batch, gc.max_in_flight_batches)
+        } else {
+            (1, usize::MAX)
+        };
+        while let Some(batch) = self.updates.take(max_batch, max_in_flight) {
+            let store = self.store.clone();
+            let work = async move {
+                let (updates, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                match store.update_orders(updates).await {
+                    Ok(answers) => {
+                        for (reply, answer) in replies.into_iter().zip(answers) {
+                            let _ = reply.send(answer);
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            };
+            self.spawn_contained(ctx, work, |(), act, ctx| {
+                act.updates.done();
+                act.flush_updates(ctx);
+            });
+        }
+    }
+
+    /// Queues a pay or close; the caller hears its own answer.
+    fn update(
+        &mut self,
+        update: OrderUpdate<'static>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseFuture<Result<(Order, bool), StoreError>> {
+        let (tx, rx) = oneshot::channel();
+        self.updates.push(update, tx);
+        self.flush_updates(ctx);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or(Err(StoreError::Restarted { in_doubt: true }))
+        })
     }
 
     /// Starts batches while there are queued creates and room for another
@@ -420,12 +474,13 @@ impl Supervised for UnitActor {
         // Queued creates never reached the database; running batches were
         // dropped with the old context, and their callers hear "in doubt".
         self.batcher
-            .fail_pending(StoreError::Unavailable("unit actor restarted".into()));
+            .fail_pending(StoreError::Restarted { in_doubt: false });
         self.batcher.in_flight = 0;
         self.batcher.timer_set = false;
-        let restarted = StoreError::Unavailable("unit actor restarted".into());
+        let restarted = StoreError::Restarted { in_doubt: false };
         self.lookups.reset(&restarted);
         self.gets.reset(&restarted);
+        self.updates.reset(&restarted);
     }
 }
 
@@ -447,11 +502,8 @@ impl Handler<CreateOrder> for UnitActor {
             self.spawn_contained(ctx, work, |(), _, _| {});
         }
         Box::pin(async move {
-            rx.await.unwrap_or_else(|_| {
-                Err(StoreError::InDoubt(
-                    "the unit actor stopped while the create was being written".into(),
-                ))
-            })
+            rx.await
+                .unwrap_or(Err(StoreError::Restarted { in_doubt: true }))
         })
     }
 }
@@ -479,7 +531,7 @@ impl Handler<GetOrder> for UnitActor {
         self.flush_gets(ctx);
         Box::pin(async move {
             rx.await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("unit actor restarted".into())))
+                .unwrap_or(Err(StoreError::Restarted { in_doubt: false }))
         })
     }
 }
@@ -487,7 +539,7 @@ impl Handler<GetOrder> for UnitActor {
 impl Handler<FindByKey> for UnitActor {
     type Result = ResponseFuture<Result<Option<Order>, StoreError>>;
 
-    /// Look-ups batch (see `read_batch`): while `max_in_flight_batches`
+    /// Look-ups batch (see `call_batch`): while `max_in_flight_batches`
     /// queries run, new keys queue and are asked together in one query.
     fn handle(&mut self, msg: FindByKey, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
@@ -495,7 +547,7 @@ impl Handler<FindByKey> for UnitActor {
         self.flush_lookups(ctx);
         Box::pin(async move {
             rx.await
-                .unwrap_or_else(|_| Err(StoreError::Unavailable("unit actor restarted".into())))
+                .unwrap_or(Err(StoreError::Restarted { in_doubt: false }))
         })
     }
 }
@@ -503,30 +555,28 @@ impl Handler<FindByKey> for UnitActor {
 impl Handler<PayOrder> for UnitActor {
     type Result = ResponseFuture<Result<(Order, bool), StoreError>>;
 
-    fn handle(&mut self, msg: PayOrder, _ctx: &mut Self::Context) -> Self::Result {
-        let store = self.store.clone();
-        Box::pin(async move {
-            store
-                .update_order(msg.id, "order.paid", |order, now| {
-                    order.pay(&msg.payment_ref, msg.amount, msg.expected_version, now)
-                })
-                .await
-        })
+    fn handle(&mut self, msg: PayOrder, ctx: &mut Self::Context) -> Self::Result {
+        let update = OrderUpdate {
+            id: msg.id,
+            event: "order.paid",
+            change: Box::new(move |order, now| {
+                order.pay(&msg.payment_ref, msg.amount, msg.expected_version, now)
+            }),
+        };
+        self.update(update, ctx)
     }
 }
 
 impl Handler<CloseOrder> for UnitActor {
     type Result = ResponseFuture<Result<(Order, bool), StoreError>>;
 
-    fn handle(&mut self, msg: CloseOrder, _ctx: &mut Self::Context) -> Self::Result {
-        let store = self.store.clone();
-        Box::pin(async move {
-            store
-                .update_order(msg.id, "order.closed", |order, now| {
-                    order.close(msg.expected_version, now)
-                })
-                .await
-        })
+    fn handle(&mut self, msg: CloseOrder, ctx: &mut Self::Context) -> Self::Result {
+        let update = OrderUpdate {
+            id: msg.id,
+            event: "order.closed",
+            change: Box::new(move |order, now| order.close(msg.expected_version, now)),
+        };
+        self.update(update, ctx)
     }
 }
 

@@ -20,7 +20,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{Any, AnyConnection, AnyPool};
 
-pub use orders::{BatchOutcome, Consistency, InsertOutcome, Page, UserCursor};
+pub use orders::{BatchOutcome, Consistency, InsertOutcome, OrderUpdate, Page, UserCursor};
 
 use self::lane::{Lane, LaneConnection};
 use crate::config::{StorageSettings, mask_url};
@@ -60,6 +60,12 @@ pub enum StoreError {
     /// `COMMIT` was sent but its outcome is unknown.
     #[error("commit outcome unknown: {0}")]
     InDoubt(String),
+    /// The unit actor restarted (after a caught panic or broken state) while
+    /// the call waited or ran. That says nothing about the unit's database, so
+    /// it does not count against the unit's circuit. `in_doubt`: the call's
+    /// writes may have reached `COMMIT`; otherwise nothing was written.
+    #[error("the unit actor restarted during the call (outcome in doubt: {in_doubt})")]
+    Restarted { in_doubt: bool },
     /// The sequence handed out a number an order already has: the unit's state
     /// is broken (nothing was written; the unit actor restarts and re-syncs).
     #[error("unit {unit}: sequence {seq} was handed out twice")]

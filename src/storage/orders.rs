@@ -7,6 +7,8 @@
 //! pays, closes and refunds of one order are serialized, and a refund, its order
 //! update and its event commit together or not at all.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
@@ -90,6 +92,17 @@ pub enum Consistency {
     /// A replica when the unit has one (falls back to the primary).
     Eventual,
 }
+
+/// One pay or close of a batch (see [`UnitStore::update_orders`]): the order,
+/// its event, and the change the state machine makes to it.
+pub struct OrderUpdate<'a> {
+    pub id: OrderId,
+    pub event: &'static str,
+    pub change: ChangeFn<'a>,
+}
+
+/// What the state machine does to an order at a time (`Order::pay`, ...).
+pub type ChangeFn<'a> = Box<dyn FnOnce(&Order, i64) -> Result<Change, RuleError> + 'a>;
 
 /// The result of inserting a batch of new orders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,37 +312,21 @@ impl UnitStore {
 
     /// Reads several orders of this unit from the primary in one query; an id
     /// that names no order is simply absent from the answer.
-    ///
-    /// The `IN` list is padded to a power of two by repeating the last id, so
-    /// a connection prepares at most seven shapes of this statement, whatever
-    /// the batch sizes.
     pub async fn get_many(&self, ids: &[OrderId]) -> Result<Vec<Order>, StoreError> {
-        let Some(last) = ids.last() else {
+        if ids.is_empty() {
             return Ok(Vec::new());
-        };
-        let padded = ids.len().next_power_of_two();
-        let mut sql = String::from(concat!(
-            "SELECT ",
-            order_columns!(),
-            " FROM orders WHERE seq IN ("
-        ));
-        for i in 0..padded {
-            sql.push_str(if i == 0 { "?" } else { ", ?" });
         }
-        sql.push(')');
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for id in ids
-            .iter()
-            .chain(std::iter::repeat_n(last, padded - ids.len()))
-        {
-            query = query.bind(seq_param(id.sequence()));
-        }
-        let rows = self.read_all(query).await?;
+        let rows = self.read_all(select_by_seqs(ids, "")).await?;
+        self.orders_named(&rows, ids)
+    }
+
+    /// The orders in `rows` that `ids` name: the sequence matched, and the
+    /// time must too, or the id names another order.
+    fn orders_named(&self, rows: &[AnyRow], ids: &[OrderId]) -> Result<Vec<Order>, StoreError> {
         let orders: Vec<Order> = rows
             .iter()
             .map(|r| self.order_from_row(r))
             .collect::<Result<_, _>>()?;
-        // The sequence matched; the time must too, or the id names another order.
         Ok(orders.into_iter().filter(|o| ids.contains(&o.id)).collect())
     }
 
@@ -361,28 +358,83 @@ impl UnitStore {
         event: &'static str,
         change: impl FnOnce(&Order, i64) -> Result<Change, RuleError>,
     ) -> Result<(Order, bool), StoreError> {
+        let update = OrderUpdate {
+            id,
+            event,
+            change: Box::new(change),
+        };
+        let mut answers = self.update_orders(vec![update]).await?;
+        answers.pop().expect("one answer per update")
+    }
+
+    /// Applies pay/close style changes to several orders in one transaction:
+    /// one query locks the orders, each change sees its order as the changes
+    /// before it in `updates` left it, and one statement writes the changed
+    /// orders, another their events. Each update gets the answer
+    /// [`Self::update_order`] would give it alone; an error of the whole call
+    /// is every update's (none was applied, or with `InDoubt`, none is known
+    /// to be).
+    pub async fn update_orders(
+        &self,
+        updates: Vec<OrderUpdate<'_>>,
+    ) -> Result<Vec<Result<(Order, bool), StoreError>>, StoreError> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
-        let next = self
+        let now = now_ms();
+        let done = self
             .bounded(async {
-                let current = self.lock_order(tx.get(), id).await?;
-                match change(&current, now_ms())? {
-                    Change::Unchanged => Ok(Err(current)),
-                    Change::Next(next) => {
-                        write_order_update(tx.get(), &current, &next).await?;
-                        write_event(tx.get(), &next, event).await?;
-                        Ok(Ok(*next))
-                    }
+                let ids: Vec<OrderId> = updates.iter().map(|u| u.id).collect();
+                let lock = match self.dialect {
+                    Dialect::MySql => " FOR UPDATE",
+                    Dialect::Sqlite => "", // BEGIN IMMEDIATE already holds the lock
+                };
+                let rows = select_by_seqs(&ids, lock)
+                    .fetch_all(tx.get())
+                    .await
+                    .map_err(StoreError::before_commit)?;
+                let mut orders: HashMap<OrderId, Order> = self
+                    .orders_named(&rows, &ids)?
+                    .into_iter()
+                    .map(|o| (o.id, o))
+                    .collect();
+                let mut changed: Vec<OrderId> = Vec::new();
+                let mut events: Vec<(Order, &'static str)> = Vec::new();
+                let answers: Vec<_> = updates
+                    .into_iter()
+                    .map(|u| {
+                        let order = orders.get_mut(&u.id).ok_or(StoreError::NotFound)?;
+                        match (u.change)(order, now)? {
+                            Change::Unchanged => Ok((order.clone(), false)),
+                            Change::Next(next) => {
+                                *order = *next;
+                                if !changed.contains(&u.id) {
+                                    changed.push(u.id);
+                                }
+                                events.push((order.clone(), u.event));
+                                Ok((order.clone(), true))
+                            }
+                        }
+                    })
+                    .collect();
+                if !changed.is_empty() {
+                    let written: Vec<&Order> = changed.iter().map(|id| &orders[id]).collect();
+                    write_order_changes(tx.get(), &written).await?;
+                    let events: Vec<_> = events.iter().map(|(o, e)| (o, *e)).collect();
+                    write_events(tx.get(), &events).await?;
                 }
+                Ok((answers, !changed.is_empty()))
             })
             .await;
-        match next {
-            Ok(Ok(next)) => {
+        match done {
+            Ok((answers, true)) => {
                 self.commit_write(tx).await?;
-                Ok((next, true))
+                Ok(answers)
             }
-            Ok(Err(unchanged)) => {
+            Ok((answers, false)) => {
                 self.rollback_write(tx).await; // nothing written
-                Ok((unchanged, false))
+                Ok(answers)
             }
             Err(e) => Err(self.abandon_write(tx, e).await),
         }
@@ -573,6 +625,98 @@ fn decode_order(unit: u16, row: &AnyRow) -> Result<Order, String> {
         updated_at_ms: get(row, "updated_at_ms")?,
         sections: Sections::from_stored(sections),
     })
+}
+
+/// The orders whose sequences `ids` name, with `suffix` (` FOR UPDATE`). The
+/// `IN` list is padded to a power of two by repeating the last id, so a
+/// connection prepares at most seven shapes of the statement.
+fn select_by_seqs(
+    ids: &[OrderId],
+    suffix: &'static str,
+) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
+    let padded = ids.len().next_power_of_two();
+    let mut sql = String::from(concat!(
+        "SELECT ",
+        order_columns!(),
+        " FROM orders WHERE seq IN ("
+    ));
+    for i in 0..padded {
+        sql.push_str(if i == 0 { "?" } else { ", ?" });
+    }
+    sql.push(')');
+    sql.push_str(suffix);
+    let last = ids.last().expect("at least one id");
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for id in ids
+        .iter()
+        .chain(std::iter::repeat_n(last, padded - ids.len()))
+    {
+        query = query.bind(seq_param(id.sequence()));
+    }
+    query
+}
+
+/// Writes several changed orders in one statement, under the row locks the
+/// caller's transaction holds (which is what guards their versions).
+async fn write_order_changes(tx: &mut AnyConnection, orders: &[&Order]) -> Result<(), StoreError> {
+    let mut sql = String::from("UPDATE orders SET ");
+    let columns = [
+        "status",
+        "paid_amount",
+        "refunded_amount",
+        "payment_ref",
+        "version",
+        "updated_at_ms",
+    ];
+    for (i, column) in columns.iter().enumerate() {
+        sql.push_str(if i == 0 { "" } else { ", " });
+        sql.push_str(column);
+        sql.push_str(" = CASE seq");
+        for _ in orders {
+            sql.push_str(" WHEN ? THEN ?");
+        }
+        sql.push_str(" END");
+    }
+    sql.push_str(" WHERE seq IN (");
+    for i in 0..orders.len() {
+        sql.push_str(if i == 0 { "?" } else { ", ?" });
+    }
+    sql.push(')');
+    let seq = |o: &Order| seq_param(o.id.sequence());
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for o in orders {
+        query = query.bind(seq(o)).bind(o.status.as_str());
+    }
+    for o in orders {
+        query = query.bind(seq(o)).bind(o.paid_amount);
+    }
+    for o in orders {
+        query = query.bind(seq(o)).bind(o.refunded_amount);
+    }
+    for o in orders {
+        let payment_ref = o.payment_ref.as_ref().map(|p| p.as_str().to_owned());
+        query = query.bind(seq(o)).bind(payment_ref);
+    }
+    for o in orders {
+        query = query.bind(seq(o)).bind(o.version);
+    }
+    for o in orders {
+        query = query.bind(seq(o)).bind(o.updated_at_ms);
+    }
+    for o in orders {
+        query = query.bind(seq(o));
+    }
+    let done = query.execute(tx).await.map_err(StoreError::before_commit)?;
+    if done.rows_affected() == orders.len() as u64 {
+        Ok(())
+    } else {
+        // Impossible while the row locks are held; refuse rather than lose an update.
+        Err(StoreError::Internal(format!(
+            "{} of {} orders changed under their row locks",
+            orders.len() as u64 - done.rows_affected(),
+            orders.len()
+        )))
+    }
 }
 
 /// Writes `next` over `current`, guarded by `current`'s version.

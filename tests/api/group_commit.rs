@@ -381,9 +381,10 @@ async fn reads_are_one_round_trip_on_the_read_lane() {
 }
 
 #[actix_web::test]
-async fn concurrent_gets_share_queries_and_each_gets_its_own_answer() {
-    use order_engine::actors::unit::GetOrder;
+async fn concurrent_gets_and_pays_share_statements_and_each_gets_its_own_answer() {
+    use order_engine::actors::unit::{GetOrder, PayOrder};
     use order_engine::domain::OrderId;
+    use order_engine::domain::values::PaymentRef;
     use order_engine::storage::{Consistency, StoreError};
     use sqlx::Connection;
 
@@ -427,14 +428,16 @@ async fn concurrent_gets_share_queries_and_each_gets_its_own_answer() {
     let mut admin = sqlx::AnyConnection::connect(&server.url("mysql"))
         .await
         .unwrap();
-    let mut selects = async || -> i64 {
-        let row = sqlx::query("SHOW GLOBAL STATUS LIKE 'Com_select'")
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
+    let mut counter = async |name: &'static str| -> i64 {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SHOW GLOBAL STATUS LIKE '{name}'"
+        )))
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
         row.get::<String, _>(1).parse().unwrap()
     };
-    let before = selects().await;
+    let before = counter("Com_select").await;
     // Each order asked twice, plus the two ids that name nothing.
     let mut asked: Vec<OrderId> = orders.iter().chain(&orders).map(|o| o.id).collect();
     asked.extend([wrong_time, unused]);
@@ -446,7 +449,7 @@ async fn concurrent_gets_share_queries_and_each_gets_its_own_answer() {
     }))
     .await;
     // Slack for the unit's own background reads (the outbox gauge).
-    let queries = selects().await - before;
+    let queries = counter("Com_select").await - before;
 
     for (id, answer) in asked.iter().zip(answers) {
         match answer.unwrap() {
@@ -466,6 +469,54 @@ async fn concurrent_gets_share_queries_and_each_gets_its_own_answer() {
         queries <= 8,
         "{} gets took {queries} queries: no batching",
         asked.len()
+    );
+
+    // Pays: every order paid twice at once (the second a replay), one with
+    // the wrong amount, and an id that names nothing.
+    let before = counter("Com_commit").await;
+    let mut pays: Vec<(OrderId, i64)> = orders
+        .iter()
+        .chain(&orders)
+        .map(|o| (o.id, o.amount.get()))
+        .collect();
+    pays.push((orders[0].id, 1));
+    pays.push((unused, 10));
+    let answers = join_all(pays.iter().map(|(id, amount)| {
+        unit.send(PayOrder {
+            id: *id,
+            payment_ref: PaymentRef::parse(format!("pay-{}", id.sequence())).unwrap(),
+            amount: Amount::new(*amount).unwrap(),
+            expected_version: None,
+        })
+    }))
+    .await;
+    let commits = counter("Com_commit").await - before;
+    let mut changed = 0;
+    for ((id, amount), answer) in pays.iter().zip(answers) {
+        match answer.unwrap() {
+            Ok((order, did_change)) => {
+                assert_eq!(
+                    (order.id, order.paid_amount, order.version),
+                    (*id, *amount, 2)
+                );
+                changed += usize::from(did_change);
+            }
+            Err(StoreError::NotFound) => assert_eq!(*id, unused),
+            Err(StoreError::Rule(_)) => {
+                assert_eq!(*amount, 1, "{id}: only the wrong amount is refused")
+            }
+            Err(e) => panic!("{id}: {e}"),
+        }
+    }
+    assert_eq!(
+        changed,
+        orders.len(),
+        "each order paid once, its replay unchanged"
+    );
+    assert!(
+        commits <= 8,
+        "{} pays took {commits} commits: no batching",
+        pays.len()
     );
     store.close().await;
 }

@@ -473,8 +473,8 @@ async fn a_unit_whose_sequence_breaks_restarts_and_heals() {
 
 /// A panic in a unit actor's work (here: a create batch) does not lose the
 /// unit: the panic is caught, the actor restarts with fresh state, the creates
-/// of the panicked batch are settled and answered once, and the unit serves
-/// its old orders and takes new ones.
+/// of the panicked batch are settled and answered once, the unit's circuit
+/// stays closed, and the unit serves its old orders and takes new ones.
 #[actix_web::test]
 async fn a_unit_whose_work_panics_restarts_and_loses_nothing() {
     let app = spawn_app(Backend::MariaDb, 2).await;
@@ -526,11 +526,23 @@ async fn a_unit_whose_work_panics_restarts_and_loses_nothing() {
     // Nothing lost, nothing doubled: old orders read, every key stored once.
     for id in before.values() {
         let r = app.get(&format!("/v1/orders/{id}")).await;
-        assert_eq!(r.status, StatusCode::OK, "order {id} after the panic");
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "order {id} after the panic: {}",
+            r.body
+        );
     }
     let stored = stored_keys(&app, merchant).await;
     assert!(stored.values().all(|n| *n == 1), "duplicates: {stored:?}");
     assert_eq!(stored.len(), created + keys.len());
+    // The calls the restart failed say nothing about the unit's database: its
+    // circuit stays closed (it used to open once five of them had failed).
+    assert_eq!(
+        app.unit_status(unit).await["circuit"],
+        "closed",
+        "a caught panic opened the unit's circuit"
+    );
 
     // The restarted unit takes creates again.
     let mut took = false;

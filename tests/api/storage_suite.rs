@@ -10,7 +10,9 @@ use order_engine::domain::values::{
 };
 use order_engine::domain::{Change, NewOrder, NewRefund, Order, OrderId, OrderStatus, RuleError};
 use order_engine::storage::sequence::SequenceGenerator;
-use order_engine::storage::{Consistency, InsertOutcome, StoreError, UnitStore, UserCursor};
+use order_engine::storage::{
+    Consistency, InsertOutcome, OrderUpdate, StoreError, UnitStore, UserCursor,
+};
 use serde_json::json;
 use sqlx::Row;
 
@@ -210,6 +212,93 @@ pub async fn updates_are_versioned_and_logged(backend: Backend) {
     store.close().await;
 }
 
+/// Pays and closes of several orders in one transaction: each gets the answer
+/// it would get alone, each sees its order as the updates before it left it,
+/// and only the changes are written (one event each).
+pub async fn a_batch_of_updates_answers_each_as_alone(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open(&url).await;
+    let a = insert(&store, 1, request("o-a", "u-1", 100), T0).await;
+    let b = insert(&store, 2, request("o-b", "u-1", 100), T0).await;
+    let c = insert(&store, 3, request("o-c", "u-1", 100), T0).await;
+    let missing = OrderId::new(UNIT, T0 / 1000, 999).unwrap();
+    let p1 = PaymentRef::parse("p-1").unwrap();
+    let amount = Amount::new(100).unwrap();
+    let pay = |id: OrderId, expected: Option<i64>| {
+        let p1 = p1.clone();
+        OrderUpdate {
+            id,
+            event: "order.paid",
+            change: Box::new(move |o: &Order, now| o.pay(&p1, amount, expected, now)),
+        }
+    };
+    let close = |id: OrderId| OrderUpdate {
+        id,
+        event: "order.closed",
+        change: Box::new(|o: &Order, now| o.close(None, now)),
+    };
+    let answers = store
+        .update_orders(vec![
+            pay(a.id, None),
+            pay(a.id, None), // a replay of the pay before it
+            close(b.id),
+            pay(b.id, None), // refused: the close before it won
+            pay(missing, None),
+            pay(c.id, Some(9)), // stale version
+            close(c.id),
+        ])
+        .await
+        .unwrap();
+    let summary: Vec<_> = answers
+        .iter()
+        .map(|r| match r {
+            Ok((o, changed)) => format!("{} v{} {}", o.status.as_str(), o.version, changed),
+            Err(StoreError::NotFound) => "not found".into(),
+            Err(StoreError::Rule(RuleError::InvalidTransition { .. })) => "invalid".into(),
+            Err(StoreError::Rule(RuleError::VersionMismatch { .. })) => "stale".into(),
+            Err(e) => format!("{e}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "paid v2 true",
+            "paid v2 false",
+            "closed v2 true",
+            "invalid",
+            "not found",
+            "stale",
+            "closed v2 true",
+        ]
+    );
+    for (id, status) in [
+        (a.id, OrderStatus::Paid),
+        (b.id, OrderStatus::Closed),
+        (c.id, OrderStatus::Closed),
+    ] {
+        let stored = store.get(id, Consistency::Strong).await.unwrap();
+        assert_eq!((stored.status, stored.version), (status, 2), "{id}");
+    }
+    assert_eq!(
+        outbox_count(&url).await,
+        3 + 3,
+        "three created, three changed"
+    );
+
+    // A batch that changes nothing writes nothing.
+    let answers = store
+        .update_orders(vec![pay(a.id, None), close(a.id)])
+        .await
+        .unwrap();
+    assert!(matches!(answers[0], Ok((_, false))));
+    assert!(matches!(
+        answers[1],
+        Err(StoreError::Rule(RuleError::InvalidTransition { .. }))
+    ));
+    assert_eq!(outbox_count(&url).await, 6);
+    store.close().await;
+}
+
 pub async fn refunds_add_up_and_replay(backend: Backend) {
     let (url, _dir) = fresh_url(backend).await;
     let store = open(&url).await;
@@ -404,6 +493,7 @@ macro_rules! on_both_backends {
 on_both_backends!(
     orders_round_trip_and_keys_are_unique,
     updates_are_versioned_and_logged,
+    a_batch_of_updates_answers_each_as_alone,
     refunds_add_up_and_replay,
     user_pages_are_stable,
     sequences_never_repeat,

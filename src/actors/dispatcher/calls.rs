@@ -39,7 +39,10 @@ impl CallError {
     pub fn is_definite(&self) -> bool {
         match self {
             Self::Rejected => true,
-            Self::Store(e) => !matches!(e, StoreError::InDoubt(_)),
+            Self::Store(e) => !matches!(
+                e,
+                StoreError::InDoubt(_) | StoreError::Restarted { in_doubt: true }
+            ),
             Self::Timeout | Self::Gone => false,
         }
     }
@@ -57,6 +60,7 @@ impl CallError {
             Self::Rejected => "circuit_open",
             Self::Store(StoreError::Unavailable(_)) => "unavailable",
             Self::Store(StoreError::InDoubt(_)) => "in_doubt",
+            Self::Store(StoreError::Restarted { .. }) => "actor_restarted",
             Self::Store(StoreError::SequenceExhausted) => "sequence_exhausted",
             Self::Store(StoreError::SequenceReused { .. }) => "sequence_reused",
             Self::Store(_) => "error",
@@ -129,10 +133,14 @@ impl UnitCalls {
         }
         // Successes through a closed circuit are only counted; anything that
         // can change a circuit (a failure, a half-open trial) is sent at once.
+        // A restart of the unit actor says nothing about the unit's database:
+        // the circuit neither counts it nor is told of it.
+        let restarted = matches!(result, Err(CallError::Store(StoreError::Restarted { .. })));
         match self.board.unit(unit) {
             Some(h) if ok && h.circuit() == CircuitState::Closed => {
                 h.count_success(latency.as_micros() as u64)
             }
+            _ if restarted => {}
             _ => self.supervisor.do_send(Report { unit, ok, latency }),
         }
         result

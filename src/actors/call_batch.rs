@@ -1,23 +1,25 @@
-//! Reads of one kind that a unit asks its database together.
+//! Calls of one kind that a unit sends its database together: gets, key
+//! look-ups, and pays and closes.
 //!
-//! While `max_in_flight` queries of a kind run, new requests of that kind
-//! queue here and leave together (up to `max_batch`) as soon as one finishes:
-//! an idle unit answers a read at once, and a busy one asks for many rows in
-//! one statement instead of one round trip each. Every caller still gets the
-//! answer it would get alone: the rows it asked for, or the query's error.
+//! While `max_in_flight` batches of a kind run, new calls of that kind queue
+//! here and leave together (up to `max_batch`) as soon as one finishes: an
+//! idle unit answers a call at once, and a busy one asks for many rows in one
+//! statement (and, for pays and closes, commits many in one transaction)
+//! instead of one round trip each. Every caller still gets the answer it would
+//! get alone: its rows or its change, or the batch's error.
 
 use tokio::sync::oneshot;
 
 use crate::storage::StoreError;
 
-pub type ReadReply<R> = oneshot::Sender<Result<R, StoreError>>;
+pub type CallReply<R> = oneshot::Sender<Result<R, StoreError>>;
 
-pub struct ReadBatcher<Q, R> {
-    pending: Vec<(Q, ReadReply<R>)>,
+pub struct CallBatcher<Q, R> {
+    pending: Vec<(Q, CallReply<R>)>,
     in_flight: usize,
 }
 
-impl<Q, R> Default for ReadBatcher<Q, R> {
+impl<Q, R> Default for CallBatcher<Q, R> {
     fn default() -> Self {
         Self {
             pending: Vec::new(),
@@ -26,18 +28,18 @@ impl<Q, R> Default for ReadBatcher<Q, R> {
     }
 }
 
-impl<Q, R> ReadBatcher<Q, R> {
-    pub fn push(&mut self, request: Q, reply: ReadReply<R>) {
+impl<Q, R> CallBatcher<Q, R> {
+    pub fn push(&mut self, request: Q, reply: CallReply<R>) {
         self.pending.push((request, reply));
     }
 
-    /// The next batch when requests wait and fewer than `max_in_flight`
-    /// queries run; the caller runs it and then calls [`Self::done`].
+    /// The next batch when calls wait and fewer than `max_in_flight` batches
+    /// run; the caller runs it and then calls [`Self::done`].
     pub fn take(
         &mut self,
         max_batch: usize,
         max_in_flight: usize,
-    ) -> Option<Vec<(Q, ReadReply<R>)>> {
+    ) -> Option<Vec<(Q, CallReply<R>)>> {
         if self.pending.is_empty() || self.in_flight >= max_in_flight {
             return None;
         }
@@ -46,13 +48,13 @@ impl<Q, R> ReadBatcher<Q, R> {
         Some(self.pending.drain(..n).collect())
     }
 
-    /// A query taken with [`Self::take`] has answered its callers.
+    /// A batch taken with [`Self::take`] has answered its callers.
     pub fn done(&mut self) {
         self.in_flight -= 1;
     }
 
-    /// Answers every queued request with `error` and forgets the running
-    /// queries (the actor is restarting; their callers' replies were dropped).
+    /// Answers every queued call with `error` and forgets the running batches
+    /// (the actor is restarting; their callers' replies were dropped).
     pub fn reset(&mut self, error: &StoreError) {
         for (_, reply) in self.pending.drain(..) {
             let _ = reply.send(Err(error.clone()));
@@ -64,7 +66,7 @@ impl<Q, R> ReadBatcher<Q, R> {
 /// Answers each request of a batch from one query's result: `pick` finds a
 /// request's answer among the rows, and a failed query fails every request.
 pub fn answer_all<Q, T, R>(
-    batch: Vec<(Q, ReadReply<R>)>,
+    batch: Vec<(Q, CallReply<R>)>,
     rows: &Result<Vec<T>, StoreError>,
     pick: impl Fn(&Q, &[T]) -> Result<R, StoreError>,
 ) {
@@ -83,7 +85,7 @@ mod tests {
 
     #[test]
     fn batches_wait_for_room_and_take_what_queued() {
-        let mut reads: ReadBatcher<u32, u32> = ReadBatcher::default();
+        let mut reads: CallBatcher<u32, u32> = CallBatcher::default();
         assert!(reads.take(4, 1).is_none(), "nothing queued");
         let mut receivers = Vec::new();
         for i in 0..6 {
@@ -120,16 +122,16 @@ mod tests {
 
     #[test]
     fn a_reset_fails_the_queue_and_frees_the_slots() {
-        let mut reads: ReadBatcher<u32, u32> = ReadBatcher::default();
+        let mut reads: CallBatcher<u32, u32> = CallBatcher::default();
         let (tx, mut rx) = oneshot::channel();
         reads.push(1, tx);
         let running = reads.take(4, 1).unwrap();
         let (tx, mut queued) = oneshot::channel();
         reads.push(2, tx);
-        reads.reset(&StoreError::Unavailable("restarted".into()));
+        reads.reset(&StoreError::Restarted { in_doubt: false });
         assert!(matches!(
             queued.try_recv(),
-            Ok(Err(StoreError::Unavailable(_)))
+            Ok(Err(StoreError::Restarted { in_doubt: false }))
         ));
         drop(running);
         assert!(rx.try_recv().is_err(), "a dropped batch answers nothing");
