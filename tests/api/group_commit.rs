@@ -28,6 +28,47 @@ fn request(key: &str, amount: i64) -> NewOrder {
     }
 }
 
+/// A MariaDB server of its own (its status counters are global to the
+/// server), with a unit store on it and a connection that reads the counters.
+struct CountedServer {
+    server: mariadb::MariaDb,
+    admin: sqlx::AnyConnection,
+}
+
+impl CountedServer {
+    async fn start() -> Self {
+        use sqlx::Connection;
+        let server = mariadb::MariaDb::start();
+        sqlx::any::install_default_drivers();
+        let admin = sqlx::AnyConnection::connect(&server.url("mysql"))
+            .await
+            .unwrap();
+        Self { server, admin }
+    }
+
+    async fn store(&self, unit: u16, db: &str) -> UnitStore {
+        UnitStore::open(
+            unit,
+            &self.server.url(db),
+            None,
+            &StorageSettings::default(),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// A `SHOW GLOBAL STATUS` counter, e.g. `Com_commit`.
+    async fn counter(&mut self, name: &'static str) -> i64 {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SHOW GLOBAL STATUS LIKE '{name}'"
+        )))
+        .fetch_one(&mut self.admin)
+        .await
+        .unwrap();
+        row.get::<String, _>(1).parse().unwrap()
+    }
+}
+
 #[actix_web::test]
 async fn a_batch_answers_every_caller_as_if_alone() {
     let url = mariadb::shared().url(&mariadb::unique_db("gc"));
@@ -316,13 +357,9 @@ async fn the_write_lane_is_bounded() {
 async fn reads_are_one_round_trip_on_the_read_lane() {
     use order_engine::domain::OrderId;
     use order_engine::storage::{Consistency, InsertOutcome, StoreError};
-    use sqlx::Connection;
 
-    // A server of its own: the counter is global to the server.
-    let server = mariadb::MariaDb::start();
-    let store = UnitStore::open(6, &server.url("reads"), None, &StorageSettings::default())
-        .await
-        .unwrap();
+    let mut server = CountedServer::start().await;
+    let store = server.store(6, "reads").await;
     let now = order_engine::storage::now_ms();
     let id = OrderId::new(6, now / 1000, 1).unwrap();
     let order = request("read-1", 10).into_order(id, now);
@@ -331,36 +368,29 @@ async fn reads_are_one_round_trip_on_the_read_lane() {
         InsertOutcome::Inserted
     ));
 
-    sqlx::any::install_default_drivers();
-    let mut admin = sqlx::AnyConnection::connect(&server.url("mysql"))
-        .await
-        .unwrap();
-    let mut pings = async || -> i64 {
-        let row = sqlx::query("SHOW GLOBAL STATUS LIKE 'Com_admin_commands'")
-            .fetch_one(&mut admin)
-            .await
-            .unwrap();
-        row.get::<String, _>(1).parse().unwrap()
-    };
-    let before = pings().await;
+    let before = server.counter("Com_admin_commands").await;
     for _ in 0..50 {
         let read = store.get(id, Consistency::Strong).await.unwrap();
         assert_eq!(read.out_trade_no, order.out_trade_no);
     }
-    assert_eq!(pings().await - before, 0, "a read pinged its connection");
+    assert_eq!(
+        server.counter("Com_admin_commands").await - before,
+        0,
+        "a read pinged its connection"
+    );
     assert_eq!(store.read_connections(), 1, "50 reads, one connection");
 
     // The server kills the lane's connection between two reads.
     let ids = sqlx::query(
         "SELECT CAST(ID AS SIGNED) AS id FROM information_schema.PROCESSLIST WHERE DB = 'reads'",
     )
-    .fetch_all(&mut admin)
+    .fetch_all(&mut server.admin)
     .await
     .unwrap();
     for row in &ids {
         let id: i64 = row.get("id");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}")))
-            .execute(&mut admin)
+            .execute(&mut server.admin)
             .await
             .unwrap();
     }
@@ -386,13 +416,9 @@ async fn concurrent_gets_and_pays_share_statements_and_each_gets_its_own_answer(
     use order_engine::domain::OrderId;
     use order_engine::domain::values::PaymentRef;
     use order_engine::storage::{Consistency, StoreError};
-    use sqlx::Connection;
 
-    // A server of its own: the statement counter is global to the server.
-    let server = mariadb::MariaDb::start();
-    let store = UnitStore::open(7, &server.url("gets"), None, &StorageSettings::default())
-        .await
-        .unwrap();
+    let mut server = CountedServer::start().await;
+    let store = server.store(7, "gets").await;
     let options = UnitOptions {
         sequence_step: 1_000,
         prefetch_at_percent: 10,
@@ -424,20 +450,7 @@ async fn concurrent_gets_and_pays_share_statements_and_each_gets_its_own_answer(
     let wrong_time = OrderId::new(7, known.created_secs() + 1, known.sequence()).unwrap();
     let unused = OrderId::new(7, known.created_secs(), 999_999).unwrap();
 
-    sqlx::any::install_default_drivers();
-    let mut admin = sqlx::AnyConnection::connect(&server.url("mysql"))
-        .await
-        .unwrap();
-    let mut counter = async |name: &'static str| -> i64 {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SHOW GLOBAL STATUS LIKE '{name}'"
-        )))
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-        row.get::<String, _>(1).parse().unwrap()
-    };
-    let before = counter("Com_select").await;
+    let before = server.counter("Com_select").await;
     // Each order asked twice, plus the two ids that name nothing.
     let mut asked: Vec<OrderId> = orders.iter().chain(&orders).map(|o| o.id).collect();
     asked.extend([wrong_time, unused]);
@@ -449,7 +462,7 @@ async fn concurrent_gets_and_pays_share_statements_and_each_gets_its_own_answer(
     }))
     .await;
     // Slack for the unit's own background reads (the outbox gauge).
-    let queries = counter("Com_select").await - before;
+    let queries = server.counter("Com_select").await - before;
 
     for (id, answer) in asked.iter().zip(answers) {
         match answer.unwrap() {
@@ -473,7 +486,7 @@ async fn concurrent_gets_and_pays_share_statements_and_each_gets_its_own_answer(
 
     // Pays: every order paid twice at once (the second a replay), one with
     // the wrong amount, and an id that names nothing.
-    let before = counter("Com_commit").await;
+    let before = server.counter("Com_commit").await;
     let mut pays: Vec<(OrderId, i64)> = orders
         .iter()
         .chain(&orders)
@@ -490,7 +503,7 @@ async fn concurrent_gets_and_pays_share_statements_and_each_gets_its_own_answer(
         })
     }))
     .await;
-    let commits = counter("Com_commit").await - before;
+    let commits = server.counter("Com_commit").await - before;
     let mut changed = 0;
     for ((id, amount), answer) in pays.iter().zip(answers) {
         match answer.unwrap() {
@@ -531,13 +544,9 @@ async fn updates_run_on_the_write_lane_without_begin_or_ping() {
     use order_engine::domain::values::{Amount, PaymentRef, RefundId};
     use order_engine::domain::{NewRefund, OrderId, RuleError};
     use order_engine::storage::{BatchOutcome, StoreError};
-    use sqlx::Connection;
 
-    // A server of its own: the counters are global to the server.
-    let server = mariadb::MariaDb::start();
-    let store = UnitStore::open(8, &server.url("writes"), None, &StorageSettings::default())
-        .await
-        .unwrap();
+    let mut server = CountedServer::start().await;
+    let store = server.store(8, "writes").await;
     let now = order_engine::storage::now_ms();
     let id = OrderId::new(8, now / 1000, 1).unwrap();
     let order = request("write-1", 100).into_order(id, now);
@@ -546,28 +555,16 @@ async fn updates_run_on_the_write_lane_without_begin_or_ping() {
         BatchOutcome::Inserted
     );
 
-    sqlx::any::install_default_drivers();
-    let mut admin = sqlx::AnyConnection::connect(&server.url("mysql"))
-        .await
-        .unwrap();
-    let mut counters = async || -> HashMap<String, i64> {
-        let rows = sqlx::query(
-            "SHOW GLOBAL STATUS WHERE Variable_name IN \
-             ('Com_begin', 'Com_admin_commands', 'Com_commit', 'Com_rollback')",
-        )
-        .fetch_all(&mut admin)
-        .await
-        .unwrap();
-        rows.iter()
-            .map(|r| {
-                (
-                    r.get::<String, _>(0),
-                    r.get::<String, _>(1).parse().unwrap(),
-                )
-            })
-            .collect()
-    };
-    let before = counters().await;
+    const COUNTERS: [&str; 4] = [
+        "Com_begin",
+        "Com_admin_commands",
+        "Com_commit",
+        "Com_rollback",
+    ];
+    let mut before = HashMap::new();
+    for name in COUNTERS {
+        before.insert(name, server.counter(name).await);
+    }
 
     let p1 = PaymentRef::parse("p-1").unwrap();
     let amount = Amount::new(100).unwrap();
@@ -613,7 +610,10 @@ async fn updates_run_on_the_write_lane_without_begin_or_ping() {
         "a replay"
     );
 
-    let after = counters().await;
+    let mut after = HashMap::new();
+    for name in COUNTERS {
+        after.insert(name, server.counter(name).await);
+    }
     let delta = |k: &str| after[k] - before[k];
     assert_eq!(delta("Com_begin"), 0, "an update sent BEGIN");
     assert_eq!(
