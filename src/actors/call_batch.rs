@@ -1,10 +1,11 @@
 //! Calls of one kind that a unit sends its database together: gets, key
-//! look-ups, and pays and closes.
+//! look-ups, pays and closes, and refunds.
 //!
 //! While `max_in_flight` batches of a kind run, new calls of that kind queue
 //! here and leave together (up to `max_batch`) as soon as one finishes: an
 //! idle unit answers a call at once, and a busy one asks for many rows in one
-//! statement (and, for pays and closes, commits many in one transaction)
+//! statement (and, for pays, closes and refunds, commits many in one
+//! transaction)
 //! instead of one round trip each. Every caller still gets the answer it would
 //! get alone: its rows or its change, or the batch's error.
 
@@ -76,6 +77,26 @@ pub fn answer_all<Q, T, R>(
             Err(e) => Err(e.clone()),
         };
         let _ = reply.send(answer);
+    }
+}
+
+/// A written batch's answers: one per call, in order, or the batch's error.
+pub type BatchAnswers<R> = Result<Vec<Result<R, StoreError>>, StoreError>;
+
+/// Answers each call of a written batch with its own answer; a failed batch
+/// fails every call.
+pub fn answer_each<R>(replies: Vec<CallReply<R>>, answers: BatchAnswers<R>) {
+    match answers {
+        Ok(answers) => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
 

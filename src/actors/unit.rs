@@ -24,7 +24,7 @@ use futures_util::FutureExt;
 use metrics::{counter, gauge};
 use tokio::sync::oneshot;
 
-use super::call_batch::{CallBatcher, answer_all};
+use super::call_batch::{BatchAnswers, CallBatcher, answer_all, answer_each};
 use super::group_commit::{Batcher, may_start_batch, run_batch};
 use super::health::UnitHealth;
 use crate::config::GroupCommitSettings;
@@ -34,7 +34,9 @@ use crate::domain::key_filter::KeyFilter;
 use crate::domain::values::{MerchantId, OutTradeNo, PaymentRef, UserId};
 use crate::domain::{NewOrder, NewRefund, Order, OrderId, Refund};
 use crate::storage::sequence::SequenceGenerator;
-use crate::storage::{Consistency, OrderUpdate, Page, StoreError, UnitStore, UserCursor};
+use crate::storage::{
+    Consistency, OrderUpdate, Page, RefundRequest, StoreError, UnitStore, UserCursor,
+};
 
 /// What a create did in this unit.
 #[derive(Debug)]
@@ -168,6 +170,21 @@ pub struct UnitActor {
     gets: CallBatcher<OrderId, Order>,
     /// Pays and closes.
     updates: CallBatcher<OrderUpdate<'static>, (Order, bool)>,
+    refunds: CallBatcher<RefundRequest, (Refund, Order, bool)>,
+}
+
+async fn write_updates(
+    store: UnitStore,
+    updates: Vec<OrderUpdate<'static>>,
+) -> BatchAnswers<(Order, bool)> {
+    store.update_orders(updates).await
+}
+
+async fn write_refunds(
+    store: UnitStore,
+    refunds: Vec<RefundRequest>,
+) -> BatchAnswers<(Refund, Order, bool)> {
+    store.refund_orders(refunds).await
 }
 
 type Key = (MerchantId, OutTradeNo);
@@ -193,6 +210,7 @@ impl UnitActor {
             lookups: CallBatcher::default(),
             gets: CallBatcher::default(),
             updates: CallBatcher::default(),
+            refunds: CallBatcher::default(),
         }
     }
 
@@ -328,52 +346,62 @@ impl UnitActor {
         }
     }
 
-    /// Writes the queued pays and closes, many per transaction (each alone
-    /// when group commit is off).
-    fn flush_updates(&mut self, ctx: &mut Context<Self>) {
+    /// Writes the queued calls of one kind (pays and closes, or refunds),
+    /// many per transaction (each alone when group commit is off): `queue`
+    /// picks the kind's queue out of the actor, `write` writes one batch and
+    /// answers each of its calls.
+    fn flush_writes<Q: 'static, R: 'static, F>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        queue: fn(&mut Self) -> &mut CallBatcher<Q, R>,
+        write: fn(UnitStore, Vec<Q>) -> F,
+    ) where
+        F: Future<Output = BatchAnswers<R>> + 'static,
+    {
         let gc = &self.options.group_commit;
         let (max_batch, max_in_flight) = if gc.enabled {
             (gc.max_batch, gc.max_in_flight_batches)
         } else {
             (1, usize::MAX)
         };
-        while let Some(batch) = self.updates.take(max_batch, max_in_flight) {
-            let store = self.store.clone();
-            let work = async move {
-                let (updates, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                match store.update_orders(updates).await {
-                    Ok(answers) => {
-                        for (reply, answer) in replies.into_iter().zip(answers) {
-                            let _ = reply.send(answer);
-                        }
-                    }
-                    Err(e) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
-                }
-            };
-            self.spawn_contained(ctx, work, |(), act, ctx| {
-                act.updates.done();
-                act.flush_updates(ctx);
+        while let Some(batch) = queue(self).take(max_batch, max_in_flight) {
+            let (calls, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let written = write(self.store.clone(), calls);
+            let work = async move { answer_each(replies, written.await) };
+            self.spawn_contained(ctx, work, move |(), act, ctx| {
+                queue(act).done();
+                act.flush_writes(ctx, queue, write);
             });
         }
     }
 
-    /// Queues a pay or close; the caller hears its own answer.
+    /// Queues a write (see [`Self::flush_writes`]); the caller hears its own
+    /// answer, or that the actor restarted while it was being written.
+    fn queue_write<Q: 'static, R: 'static, F>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        queue: fn(&mut Self) -> &mut CallBatcher<Q, R>,
+        write: fn(UnitStore, Vec<Q>) -> F,
+        call: Q,
+    ) -> ResponseFuture<Result<R, StoreError>>
+    where
+        F: Future<Output = BatchAnswers<R>> + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        queue(self).push(call, tx);
+        self.flush_writes(ctx, queue, write);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or(Err(StoreError::Restarted { in_doubt: true }))
+        })
+    }
+
     fn update(
         &mut self,
         update: OrderUpdate<'static>,
         ctx: &mut Context<Self>,
     ) -> ResponseFuture<Result<(Order, bool), StoreError>> {
-        let (tx, rx) = oneshot::channel();
-        self.updates.push(update, tx);
-        self.flush_updates(ctx);
-        Box::pin(async move {
-            rx.await
-                .unwrap_or(Err(StoreError::Restarted { in_doubt: true }))
-        })
+        self.queue_write(ctx, |act| &mut act.updates, write_updates, update)
     }
 
     /// Starts batches while there are queued creates and room for another
@@ -481,6 +509,7 @@ impl Supervised for UnitActor {
         self.lookups.reset(&restarted);
         self.gets.reset(&restarted);
         self.updates.reset(&restarted);
+        self.refunds.reset(&restarted);
     }
 }
 
@@ -583,13 +612,13 @@ impl Handler<CloseOrder> for UnitActor {
 impl Handler<RefundOrder> for UnitActor {
     type Result = ResponseFuture<Result<(Refund, Order, bool), StoreError>>;
 
-    fn handle(&mut self, msg: RefundOrder, _ctx: &mut Self::Context) -> Self::Result {
-        let store = self.store.clone();
-        Box::pin(async move {
-            store
-                .refund(msg.id, &msg.refund, msg.expected_version)
-                .await
-        })
+    fn handle(&mut self, msg: RefundOrder, ctx: &mut Self::Context) -> Self::Result {
+        let refund = RefundRequest {
+            id: msg.id,
+            refund: msg.refund,
+            expected_version: msg.expected_version,
+        };
+        self.queue_write(ctx, |act| &mut act.refunds, write_refunds, refund)
     }
 }
 

@@ -20,7 +20,9 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{Any, AnyConnection, AnyPool};
 
-pub use orders::{BatchOutcome, Consistency, InsertOutcome, OrderUpdate, Page, UserCursor};
+pub use orders::{
+    BatchOutcome, Consistency, InsertOutcome, OrderUpdate, Page, RefundRequest, UserCursor,
+};
 
 use self::lane::{Lane, LaneConnection};
 use crate::config::{StorageSettings, mask_url};

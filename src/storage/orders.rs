@@ -28,11 +28,6 @@ macro_rules! order_columns {
 }
 
 const SELECT_BY_SEQ: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE seq = ?");
-const SELECT_BY_SEQ_FOR_UPDATE: &str = concat!(
-    "SELECT ",
-    order_columns!(),
-    " FROM orders WHERE seq = ? FOR UPDATE"
-);
 const SELECT_BY_KEY: &str = concat!(
     "SELECT ",
     order_columns!(),
@@ -57,8 +52,6 @@ const SCAN_KEYS_AFTER: &str = "SELECT merchant_id, out_trade_no FROM orders \
      ORDER BY merchant_id, out_trade_no LIMIT ?";
 const INSERT_ORDERS_HEAD: &str = concat!("INSERT INTO orders (", order_columns!(), ") VALUES ");
 const ORDER_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-const UPDATE_ORDER: &str = "UPDATE orders SET status = ?, paid_amount = ?, refunded_amount = ?, \
-     payment_ref = ?, version = ?, updated_at_ms = ? WHERE seq = ? AND version = ?";
 const INSERT_OUTBOX_HEAD: &str =
     "INSERT INTO outbox (order_seq, order_version, event_type, payload, created_at_ms) VALUES ";
 const OUTBOX_ROW: &str = "(?, ?, ?, ?, ?)";
@@ -76,12 +69,11 @@ fn multi_row(head: &str, row: &str, n: usize) -> String {
     }
     sql
 }
-const SELECT_REFUND: &str = "SELECT refund_id, amount, reason, created_at_ms FROM refunds \
-     WHERE order_seq = ? AND refund_id = ?";
 const SELECT_REFUNDS: &str = "SELECT refund_id, amount, reason, created_at_ms FROM refunds \
      WHERE order_seq = ? ORDER BY id";
-const INSERT_REFUND: &str = "INSERT INTO refunds (order_seq, refund_id, amount, reason, \
-     created_at_ms) VALUES (?, ?, ?, ?, ?)";
+const INSERT_REFUNDS_HEAD: &str =
+    "INSERT INTO refunds (order_seq, refund_id, amount, reason, created_at_ms) VALUES ";
+const REFUND_ROW: &str = "(?, ?, ?, ?, ?)";
 
 /// Which copy of the unit's data a read may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,6 +91,13 @@ pub struct OrderUpdate<'a> {
     pub id: OrderId,
     pub event: &'static str,
     pub change: ChangeFn<'a>,
+}
+
+/// One refund of a batch (see [`UnitStore::refund_orders`]).
+pub struct RefundRequest {
+    pub id: OrderId,
+    pub refund: NewRefund,
+    pub expected_version: Option<i64>,
 }
 
 /// What the state machine does to an order at a time (`Order::pay`, ...).
@@ -330,26 +329,6 @@ impl UnitStore {
         Ok(orders.into_iter().filter(|o| ids.contains(&o.id)).collect())
     }
 
-    /// Locks the order for the rest of the transaction and reads it.
-    async fn lock_order(&self, tx: &mut AnyConnection, id: OrderId) -> Result<Order, StoreError> {
-        let sql = match self.dialect {
-            Dialect::MySql => SELECT_BY_SEQ_FOR_UPDATE,
-            Dialect::Sqlite => SELECT_BY_SEQ, // BEGIN IMMEDIATE already holds the lock
-        };
-        let row = sqlx::query(sql)
-            .bind(seq_param(id.sequence()))
-            .fetch_optional(tx)
-            .await
-            .map_err(StoreError::before_commit)?
-            .ok_or(StoreError::NotFound)?;
-        let order = self.order_from_row(&row)?;
-        if order.id == id {
-            Ok(order)
-        } else {
-            Err(StoreError::NotFound)
-        }
-    }
-
     /// Applies a pay/close style change under the row lock. Returns the order
     /// after the call and whether it changed.
     pub async fn update_order(
@@ -458,56 +437,147 @@ impl UnitStore {
         request: &NewRefund,
         expected_version: Option<i64>,
     ) -> Result<(Refund, Order, bool), StoreError> {
+        let request = RefundRequest {
+            id,
+            refund: request.clone(),
+            expected_version,
+        };
+        let mut answers = self.refund_orders(vec![request]).await?;
+        answers.pop().expect("one answer per refund")
+    }
+
+    /// Records several refunds in one transaction, as [`Self::update_orders`]
+    /// does pays: one query locks their orders, one finds the refund ids
+    /// already taken, each refund sees its order (and the refunds) as the
+    /// ones before it left them, and one statement each writes the refund
+    /// rows, the changed orders and their events. Each refund gets the answer
+    /// it would get alone; an error of the whole call is every refund's.
+    pub async fn refund_orders(
+        &self,
+        requests: Vec<RefundRequest>,
+    ) -> Result<Vec<Result<(Refund, Order, bool), StoreError>>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
+        let now = now_ms();
         let done = self
             .bounded(async {
-                let current = self.lock_order(tx.get(), id).await?;
-                let existing = sqlx::query(SELECT_REFUND)
-                    .bind(seq_param(id.sequence()))
-                    .bind(request.refund_id.as_str())
-                    .fetch_optional(tx.get())
-                    .await
-                    .map_err(StoreError::before_commit)?;
-                if let Some(row) = existing {
-                    let refund = self.refund_from_row(id, &row)?;
-                    return if request.is_replay_of(&refund) {
-                        Ok((refund, current, false))
-                    } else {
-                        Err(RuleError::RefundIdConflict.into())
-                    };
-                }
-                let next = current.refund(request.amount, expected_version, now_ms())?;
-                let refund = Refund {
-                    order_id: id,
-                    refund_id: request.refund_id.clone(),
-                    amount: request.amount,
-                    reason: request.reason.clone(),
-                    created_at_ms: next.updated_at_ms,
+                let ids: Vec<OrderId> = requests.iter().map(|r| r.id).collect();
+                let lock = match self.dialect {
+                    Dialect::MySql => " FOR UPDATE",
+                    Dialect::Sqlite => "", // BEGIN IMMEDIATE already holds the lock
                 };
-                sqlx::query(INSERT_REFUND)
-                    .bind(seq_param(id.sequence()))
-                    .bind(refund.refund_id.as_str())
-                    .bind(refund.amount.get())
-                    .bind(refund.reason.as_ref().map(Text::as_str))
-                    .bind(refund.created_at_ms)
-                    .execute(tx.get())
+                let rows = select_by_seqs(&ids, lock)
+                    .fetch_all(tx.get())
                     .await
                     .map_err(StoreError::before_commit)?;
-                write_order_update(tx.get(), &current, &next).await?;
-                write_event(tx.get(), &next, "order.refunded").await?;
-                Ok((refund, next, true))
+                let mut orders: HashMap<OrderId, Order> = self
+                    .orders_named(&rows, &ids)?
+                    .into_iter()
+                    .map(|o| (o.id, o))
+                    .collect();
+                let mut refunds = self.refunds_taken(tx.get(), &requests).await?;
+                let mut changed: Vec<OrderId> = Vec::new();
+                let mut written: Vec<Refund> = Vec::new();
+                let answers: Vec<_> = requests
+                    .into_iter()
+                    .map(|r| {
+                        let order = orders.get_mut(&r.id).ok_or(StoreError::NotFound)?;
+                        let key = (r.id.sequence(), r.refund.refund_id.clone());
+                        if let Some(taken) = refunds.get(&key) {
+                            return if r.refund.is_replay_of(taken) {
+                                let taken = Refund {
+                                    order_id: r.id,
+                                    ..taken.clone()
+                                };
+                                Ok((taken, order.clone(), false))
+                            } else {
+                                Err(RuleError::RefundIdConflict.into())
+                            };
+                        }
+                        *order = order.refund(r.refund.amount, r.expected_version, now)?;
+                        let refund = Refund {
+                            order_id: r.id,
+                            refund_id: r.refund.refund_id,
+                            amount: r.refund.amount,
+                            reason: r.refund.reason,
+                            created_at_ms: order.updated_at_ms,
+                        };
+                        refunds.insert(key, refund.clone());
+                        written.push(refund.clone());
+                        if !changed.contains(&r.id) {
+                            changed.push(r.id);
+                        }
+                        Ok((refund, order.clone(), true))
+                    })
+                    .collect();
+                if !written.is_empty() {
+                    write_refunds(tx.get(), &written).await?;
+                    // One event per new refund, with the order as it left it.
+                    let events: Vec<(&Order, &'static str)> = answers
+                        .iter()
+                        .filter_map(|a| match a {
+                            Ok((_, order, true)) => Some((order, "order.refunded")),
+                            _ => None,
+                        })
+                        .collect();
+                    let changed: Vec<&Order> = changed.iter().map(|id| &orders[id]).collect();
+                    write_order_changes(tx.get(), &changed).await?;
+                    write_events(tx.get(), &events).await?;
+                }
+                Ok((answers, !written.is_empty()))
             })
             .await;
-        let (refund, order, created) = match done {
-            Ok(done) => done,
-            Err(e) => return Err(self.abandon_write(tx, e).await),
-        };
-        if created {
-            self.commit_write(tx).await?;
-        } else {
-            self.rollback_write(tx).await; // a replay: nothing written
+        match done {
+            Ok((answers, true)) => {
+                self.commit_write(tx).await?;
+                Ok(answers)
+            }
+            Ok((answers, false)) => {
+                self.rollback_write(tx).await; // nothing written
+                Ok(answers)
+            }
+            Err(e) => Err(self.abandon_write(tx, e).await),
         }
-        Ok((refund, order, created))
+    }
+
+    /// The refunds already recorded under the ids `requests` ask for, by
+    /// order sequence and refund id.
+    async fn refunds_taken(
+        &self,
+        tx: &mut AnyConnection,
+        requests: &[RefundRequest],
+    ) -> Result<HashMap<(u64, RefundId), Refund>, StoreError> {
+        let mut sql = String::from(
+            "SELECT order_seq, refund_id, amount, reason, created_at_ms FROM refunds WHERE ",
+        );
+        for i in 0..requests.len() {
+            sql.push_str(if i == 0 { "" } else { " OR " });
+            // Each disjunct is a point on the unique index.
+            sql.push_str("(order_seq = ? AND refund_id = ?)");
+        }
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for r in requests {
+            query = query
+                .bind(seq_param(r.id.sequence()))
+                .bind(r.refund.refund_id.as_str());
+        }
+        let rows = query
+            .fetch_all(tx)
+            .await
+            .map_err(StoreError::before_commit)?;
+        let mut taken = HashMap::new();
+        for row in &rows {
+            let seq: i64 = get(row, "order_seq").map_err(StoreError::Internal)?;
+            // Any id with this sequence: the caller puts its own in.
+            let Some(r) = requests.iter().find(|r| seq_param(r.id.sequence()) == seq) else {
+                continue;
+            };
+            let refund = self.refund_from_row(r.id, row)?;
+            taken.insert((r.id.sequence(), refund.refund_id.clone()), refund);
+        }
+        Ok(taken)
     }
 
     /// The order's refunds, oldest first. `NotFound` when the order is not here.
@@ -656,6 +726,22 @@ fn select_by_seqs(
     query
 }
 
+/// Inserts new refunds in one statement, in the caller's transaction.
+async fn write_refunds(tx: &mut AnyConnection, refunds: &[Refund]) -> Result<(), StoreError> {
+    let sql = multi_row(INSERT_REFUNDS_HEAD, REFUND_ROW, refunds.len());
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for r in refunds {
+        query = query
+            .bind(seq_param(r.order_id.sequence()))
+            .bind(r.refund_id.as_str().to_owned())
+            .bind(r.amount.get())
+            .bind(r.reason.as_ref().map(|t| t.as_str().to_owned()))
+            .bind(r.created_at_ms);
+    }
+    query.execute(tx).await.map_err(StoreError::before_commit)?;
+    Ok(())
+}
+
 /// Writes several changed orders in one statement, under the row locks the
 /// caller's transaction holds (which is what guards their versions).
 async fn write_order_changes(tx: &mut AnyConnection, orders: &[&Order]) -> Result<(), StoreError> {
@@ -717,44 +803,6 @@ async fn write_order_changes(tx: &mut AnyConnection, orders: &[&Order]) -> Resul
             orders.len()
         )))
     }
-}
-
-/// Writes `next` over `current`, guarded by `current`'s version.
-async fn write_order_update(
-    tx: &mut AnyConnection,
-    current: &Order,
-    next: &Order,
-) -> Result<(), StoreError> {
-    let done = sqlx::query(UPDATE_ORDER)
-        .bind(next.status.as_str())
-        .bind(next.paid_amount)
-        .bind(next.refunded_amount)
-        .bind(next.payment_ref.as_ref().map(PaymentRef::as_str))
-        .bind(next.version)
-        .bind(next.updated_at_ms)
-        .bind(seq_param(current.id.sequence()))
-        .bind(current.version)
-        .execute(tx)
-        .await
-        .map_err(StoreError::before_commit)?;
-    if done.rows_affected() == 1 {
-        Ok(())
-    } else {
-        // Impossible while the row lock is held; refuse rather than lose an update.
-        Err(StoreError::Internal(format!(
-            "order {} changed under its row lock",
-            current.id
-        )))
-    }
-}
-
-/// Appends the change event for `order` to the outbox, in the caller's transaction.
-async fn write_event(
-    conn: &mut AnyConnection,
-    order: &Order,
-    event_type: &'static str,
-) -> Result<(), StoreError> {
-    write_events(conn, &[(order, event_type)]).await
 }
 
 /// A change event's payload, serialized straight from the order (one

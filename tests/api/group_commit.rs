@@ -411,10 +411,10 @@ async fn reads_are_one_round_trip_on_the_read_lane() {
 }
 
 #[actix_web::test]
-async fn concurrent_gets_and_pays_share_statements_and_each_gets_its_own_answer() {
-    use order_engine::actors::unit::{GetOrder, PayOrder};
-    use order_engine::domain::OrderId;
-    use order_engine::domain::values::PaymentRef;
+async fn concurrent_gets_pays_and_refunds_share_statements_and_each_gets_its_own_answer() {
+    use order_engine::actors::unit::{GetOrder, PayOrder, RefundOrder};
+    use order_engine::domain::values::{PaymentRef, RefundId};
+    use order_engine::domain::{NewRefund, OrderId};
     use order_engine::storage::{Consistency, StoreError};
 
     let mut server = CountedServer::start().await;
@@ -530,6 +530,44 @@ async fn concurrent_gets_and_pays_share_statements_and_each_gets_its_own_answer(
         commits <= 8,
         "{} pays took {commits} commits: no batching",
         pays.len()
+    );
+
+    // Refunds: two of each order at once, under two ids.
+    let before = server.counter("Com_commit").await;
+    let refunds: Vec<(OrderId, &str)> = orders
+        .iter()
+        .flat_map(|o| [(o.id, "r-1"), (o.id, "r-2")])
+        .collect();
+    let answers = join_all(refunds.iter().map(|(id, refund_id)| {
+        unit.send(RefundOrder {
+            id: *id,
+            refund: NewRefund {
+                refund_id: RefundId::parse(*refund_id).unwrap(),
+                amount: Amount::new(1).unwrap(),
+                reason: None,
+            },
+            expected_version: None,
+        })
+    }))
+    .await;
+    let commits = server.counter("Com_commit").await - before;
+    for ((id, refund_id), answer) in refunds.iter().zip(answers) {
+        let (refund, order, created) = answer.unwrap().unwrap();
+        assert!(created, "{id} {refund_id}");
+        assert_eq!(
+            (refund.order_id, refund.refund_id.as_str()),
+            (*id, *refund_id)
+        );
+        assert!(order.refunded_amount >= 1);
+    }
+    for o in &orders {
+        let stored = store.get(o.id, Consistency::Strong).await.unwrap();
+        assert_eq!((stored.refunded_amount, stored.version), (2, 4), "{}", o.id);
+    }
+    assert!(
+        commits <= 8,
+        "{} refunds took {commits} commits: no batching",
+        refunds.len()
     );
     store.close().await;
 }

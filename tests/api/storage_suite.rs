@@ -11,7 +11,7 @@ use order_engine::domain::values::{
 use order_engine::domain::{Change, NewOrder, NewRefund, Order, OrderId, OrderStatus, RuleError};
 use order_engine::storage::sequence::SequenceGenerator;
 use order_engine::storage::{
-    Consistency, InsertOutcome, OrderUpdate, StoreError, UnitStore, UserCursor,
+    Consistency, InsertOutcome, OrderUpdate, RefundRequest, StoreError, UnitStore, UserCursor,
 };
 use serde_json::json;
 use sqlx::Row;
@@ -299,6 +299,109 @@ pub async fn a_batch_of_updates_answers_each_as_alone(backend: Backend) {
     store.close().await;
 }
 
+/// Refunds of several orders in one transaction: each gets the answer it
+/// would get alone, and each sees its order and the refund ids as the
+/// refunds before it left them.
+pub async fn a_batch_of_refunds_answers_each_as_alone(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open(&url).await;
+    let mut paid = Vec::new();
+    for (seq, key, amount) in [(1, "o-a", 100), (2, "o-b", 50)] {
+        let o = insert(&store, seq, request(key, "u-1", amount), T0).await;
+        let p = PaymentRef::parse(format!("p-{seq}")).unwrap();
+        let (o, _) = store
+            .update_order(o.id, "order.paid", |o, now| {
+                o.pay(&p, Amount::new(amount).unwrap(), None, now)
+            })
+            .await
+            .unwrap();
+        paid.push(o);
+    }
+    let (a, b) = (paid[0].id, paid[1].id);
+    let unpaid = insert(&store, 3, request("o-c", "u-1", 10), T0).await.id;
+    let missing = OrderId::new(UNIT, T0 / 1000, 999).unwrap();
+    let refund = |id: OrderId, refund_id: &str, amount: i64, expected: Option<i64>| RefundRequest {
+        id,
+        refund: NewRefund {
+            refund_id: RefundId::parse(refund_id).unwrap(),
+            amount: Amount::new(amount).unwrap(),
+            reason: None,
+        },
+        expected_version: expected,
+    };
+    let answers = store
+        .refund_orders(vec![
+            refund(a, "r-1", 30, None),
+            refund(a, "r-1", 30, None),    // a replay of the one before it
+            refund(a, "r-1", 40, None),    // the same id, another body
+            refund(a, "r-2", 80, None),    // 30 + 80 > 100
+            refund(a, "r-3", 70, Some(3)), // the version the first refund left
+            refund(b, "r-1", 50, Some(9)), // stale
+            refund(b, "r-1", 50, None),    // the same id on another order is its own
+            refund(unpaid, "r-1", 10, None),
+            refund(missing, "r-1", 10, None),
+        ])
+        .await
+        .unwrap();
+    let summary: Vec<_> = answers
+        .iter()
+        .map(|r| match r {
+            Ok((refund, order, created)) => format!(
+                "{} {} -> {} {} v{} {created}",
+                refund.refund_id.as_str(),
+                refund.amount.get(),
+                order.status.as_str(),
+                order.refunded_amount,
+                order.version
+            ),
+            Err(StoreError::Rule(RuleError::RefundIdConflict)) => "conflict".into(),
+            Err(StoreError::Rule(RuleError::RefundExceedsPaid { .. })) => "exceeds".into(),
+            Err(StoreError::Rule(RuleError::VersionMismatch { .. })) => "stale".into(),
+            Err(StoreError::Rule(RuleError::InvalidTransition { .. })) => "invalid".into(),
+            Err(StoreError::NotFound) => "not found".into(),
+            Err(e) => format!("{e}"),
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            "r-1 30 -> paid 30 v3 true",
+            "r-1 30 -> paid 30 v3 false",
+            "conflict",
+            "exceeds",
+            "r-3 70 -> refunded 100 v4 true",
+            "stale",
+            "r-1 50 -> refunded 50 v3 true",
+            "invalid",
+            "not found",
+        ]
+    );
+    let listed: Vec<_> = store
+        .list_refunds(a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.refund_id.as_str().to_owned(), r.amount.get()))
+        .collect();
+    assert_eq!(listed, [("r-1".to_owned(), 30), ("r-3".to_owned(), 70)]);
+    assert_eq!(store.list_refunds(b).await.unwrap().len(), 1);
+    // created x3, paid x2, refunded x3
+    assert_eq!(outbox_count(&url).await, 8);
+
+    // Next time the stored refunds answer: a replay, and a conflict.
+    let answers = store
+        .refund_orders(vec![refund(a, "r-1", 30, None), refund(a, "r-3", 1, None)])
+        .await
+        .unwrap();
+    assert!(matches!(&answers[0], Ok((r, o, false)) if r.amount.get() == 30 && o.version == 4));
+    assert!(matches!(
+        answers[1],
+        Err(StoreError::Rule(RuleError::RefundIdConflict))
+    ));
+    assert_eq!(outbox_count(&url).await, 8);
+    store.close().await;
+}
+
 pub async fn refunds_add_up_and_replay(backend: Backend) {
     let (url, _dir) = fresh_url(backend).await;
     let store = open(&url).await;
@@ -494,6 +597,7 @@ on_both_backends!(
     orders_round_trip_and_keys_are_unique,
     updates_are_versioned_and_logged,
     a_batch_of_updates_answers_each_as_alone,
+    a_batch_of_refunds_answers_each_as_alone,
     refunds_add_up_and_replay,
     user_pages_are_stable,
     sequences_never_repeat,
