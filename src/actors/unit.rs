@@ -2,9 +2,9 @@
 //! its sequence generator, and knows nothing about other units, so a unit's
 //! trouble stays inside the unit (fault containment).
 //!
-//! Creates (`group_commit`), gets, key look-ups, pays and closes (`call_batch`)
-//! queue in the actor and go to the database in batches it runs in its own
-//! context; the other handlers return `ResponseFuture`s that clone the store
+//! Creates (`group_commit`), gets, key look-ups, pays, closes and refunds
+//! (`call_batch`) queue in the actor and go to the database in batches it runs
+//! in its own context; the other handlers return `ResponseFuture`s that clone the store
 //! into the future. Either way the database work of many requests overlaps,
 //! while the actor itself only hands work out. Units share a few threads
 //! (`server.unit_threads`): a unit whose database is slow only has more
@@ -396,6 +396,7 @@ impl UnitActor {
         })
     }
 
+    /// Queues a pay or close.
     fn update(
         &mut self,
         update: OrderUpdate<'static>,
