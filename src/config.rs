@@ -167,6 +167,9 @@ impl Default for DispatcherSettings {
 /// creates that arrive meanwhile queue and go together (up to `max_batch`)
 /// when one finishes, so an idle unit adds no latency and a busy one writes
 /// many orders per commit. `window_us > 0` also waits that long for company.
+/// Pays and closes, and refunds, batch the same way (without `overlap_at`
+/// and `window_us`), and `enabled = false` writes each alone. Gets and key
+/// look-ups always batch within `max_batch` and `max_in_flight_batches`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GroupCommitSettings {
