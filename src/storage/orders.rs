@@ -365,19 +365,7 @@ impl UnitStore {
         let done = self
             .bounded(async {
                 let ids: Vec<OrderId> = updates.iter().map(|u| u.id).collect();
-                let lock = match self.dialect {
-                    Dialect::MySql => " FOR UPDATE",
-                    Dialect::Sqlite => "", // BEGIN IMMEDIATE already holds the lock
-                };
-                let rows = select_by_seqs(&ids, lock)
-                    .fetch_all(tx.get())
-                    .await
-                    .map_err(StoreError::before_commit)?;
-                let mut orders: HashMap<OrderId, Order> = self
-                    .orders_named(&rows, &ids)?
-                    .into_iter()
-                    .map(|o| (o.id, o))
-                    .collect();
+                let mut orders = self.lock_orders(tx.get(), &ids).await?;
                 let mut changed: Vec<OrderId> = Vec::new();
                 let mut events: Vec<(Order, &'static str)> = Vec::new();
                 let answers: Vec<_> = updates
@@ -406,6 +394,38 @@ impl UnitStore {
                 Ok((answers, !changed.is_empty()))
             })
             .await;
+        self.end_write(tx, done).await
+    }
+
+    /// Locks the orders `ids` name for the rest of the transaction and reads
+    /// them (an id that names no order is absent).
+    async fn lock_orders(
+        &self,
+        tx: &mut AnyConnection,
+        ids: &[OrderId],
+    ) -> Result<HashMap<OrderId, Order>, StoreError> {
+        let lock = match self.dialect {
+            Dialect::MySql => " FOR UPDATE",
+            Dialect::Sqlite => "", // BEGIN IMMEDIATE already holds the lock
+        };
+        let rows = select_by_seqs(ids, lock)
+            .fetch_all(tx)
+            .await
+            .map_err(StoreError::before_commit)?;
+        Ok(self
+            .orders_named(&rows, ids)?
+            .into_iter()
+            .map(|o| (o.id, o))
+            .collect())
+    }
+
+    /// Ends a batch's transaction: commits it when it `wrote`, rolls it back
+    /// when it wrote nothing, and on an error as [`Self::abandon_write`].
+    async fn end_write<T>(
+        &self,
+        tx: WriteTx<'_>,
+        done: Result<(T, bool), StoreError>,
+    ) -> Result<T, StoreError> {
         match done {
             Ok((answers, true)) => {
                 self.commit_write(tx).await?;
@@ -464,19 +484,7 @@ impl UnitStore {
         let done = self
             .bounded(async {
                 let ids: Vec<OrderId> = requests.iter().map(|r| r.id).collect();
-                let lock = match self.dialect {
-                    Dialect::MySql => " FOR UPDATE",
-                    Dialect::Sqlite => "", // BEGIN IMMEDIATE already holds the lock
-                };
-                let rows = select_by_seqs(&ids, lock)
-                    .fetch_all(tx.get())
-                    .await
-                    .map_err(StoreError::before_commit)?;
-                let mut orders: HashMap<OrderId, Order> = self
-                    .orders_named(&rows, &ids)?
-                    .into_iter()
-                    .map(|o| (o.id, o))
-                    .collect();
+                let mut orders = self.lock_orders(tx.get(), &ids).await?;
                 let mut refunds = self.refunds_taken(tx.get(), &requests).await?;
                 let mut changed: Vec<OrderId> = Vec::new();
                 let mut written: Vec<Refund> = Vec::new();
@@ -529,17 +537,7 @@ impl UnitStore {
                 Ok((answers, !written.is_empty()))
             })
             .await;
-        match done {
-            Ok((answers, true)) => {
-                self.commit_write(tx).await?;
-                Ok(answers)
-            }
-            Ok((answers, false)) => {
-                self.rollback_write(tx).await; // nothing written
-                Ok(answers)
-            }
-            Err(e) => Err(self.abandon_write(tx, e).await),
-        }
+        self.end_write(tx, done).await
     }
 
     /// The refunds already recorded under the ids `requests` ask for, by
