@@ -173,6 +173,32 @@ pub struct UnitActor {
     refunds: CallBatcher<RefundRequest, (Refund, Order, bool)>,
 }
 
+async fn read_keys(store: UnitStore, keys: Vec<Key>) -> Result<Vec<Order>, StoreError> {
+    store.find_by_keys(&keys).await
+}
+
+fn pick_by_key(
+    (merchant, out_trade_no): &Key,
+    orders: &[Order],
+) -> Result<Option<Order>, StoreError> {
+    Ok(orders
+        .iter()
+        .find(|o| &o.merchant_id == merchant && &o.out_trade_no == out_trade_no)
+        .cloned())
+}
+
+async fn read_orders(store: UnitStore, ids: Vec<OrderId>) -> Result<Vec<Order>, StoreError> {
+    store.get_many(&ids).await
+}
+
+fn pick_by_id(id: &OrderId, orders: &[Order]) -> Result<Order, StoreError> {
+    orders
+        .iter()
+        .find(|o| o.id == *id)
+        .cloned()
+        .ok_or(StoreError::NotFound)
+}
+
 async fn write_updates(
     store: UnitStore,
     updates: Vec<OrderUpdate<'static>>,
@@ -301,47 +327,27 @@ impl UnitActor {
         (gc.max_batch, gc.max_in_flight_batches)
     }
 
-    /// Asks for the queued key look-ups, many keys per query.
-    fn flush_lookups(&mut self, ctx: &mut Context<Self>) {
+    /// Asks for the queued reads of one kind (gets or key look-ups), many
+    /// per query: `queue` picks the kind's queue out of the actor, `read`
+    /// asks for one batch's rows, and `pick` finds each call's answer among
+    /// them.
+    fn flush_reads<Q: Clone + 'static, R: 'static, F>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        queue: fn(&mut Self) -> &mut CallBatcher<Q, R>,
+        read: fn(UnitStore, Vec<Q>) -> F,
+        pick: fn(&Q, &[Order]) -> Result<R, StoreError>,
+    ) where
+        F: Future<Output = Result<Vec<Order>, StoreError>> + 'static,
+    {
         let (max_batch, max_in_flight) = self.call_batch_limits();
-        while let Some(batch) = self.lookups.take(max_batch, max_in_flight) {
-            let store = self.store.clone();
-            let work = async move {
-                let keys: Vec<Key> = batch.iter().map(|(k, _)| k.clone()).collect();
-                let found = store.find_by_keys(&keys).await;
-                answer_all(batch, &found, |(merchant, out_trade_no), orders| {
-                    Ok(orders
-                        .iter()
-                        .find(|o| &o.merchant_id == merchant && &o.out_trade_no == out_trade_no)
-                        .cloned())
-                });
-            };
-            self.spawn_contained(ctx, work, |(), act, ctx| {
-                act.lookups.done();
-                act.flush_lookups(ctx);
-            });
-        }
-    }
-
-    /// Reads the queued orders from the primary, many ids per query.
-    fn flush_gets(&mut self, ctx: &mut Context<Self>) {
-        let (max_batch, max_in_flight) = self.call_batch_limits();
-        while let Some(batch) = self.gets.take(max_batch, max_in_flight) {
-            let store = self.store.clone();
-            let work = async move {
-                let ids: Vec<OrderId> = batch.iter().map(|(id, _)| *id).collect();
-                let found = store.get_many(&ids).await;
-                answer_all(batch, &found, |id, orders| {
-                    orders
-                        .iter()
-                        .find(|o| o.id == *id)
-                        .cloned()
-                        .ok_or(StoreError::NotFound)
-                });
-            };
-            self.spawn_contained(ctx, work, |(), act, ctx| {
-                act.gets.done();
-                act.flush_gets(ctx);
+        while let Some(batch) = queue(self).take(max_batch, max_in_flight) {
+            let asked: Vec<Q> = batch.iter().map(|(q, _)| q.clone()).collect();
+            let rows = read(self.store.clone(), asked);
+            let work = async move { answer_all(batch, &rows.await, pick) };
+            self.spawn_contained(ctx, work, move |(), act, ctx| {
+                queue(act).done();
+                act.flush_reads(ctx, queue, read, pick);
             });
         }
     }
@@ -558,7 +564,7 @@ impl Handler<GetOrder> for UnitActor {
         }
         let (tx, rx) = oneshot::channel();
         self.gets.push(msg.id, tx);
-        self.flush_gets(ctx);
+        self.flush_reads(ctx, |act| &mut act.gets, read_orders, pick_by_id);
         Box::pin(async move {
             rx.await
                 .unwrap_or(Err(StoreError::Restarted { in_doubt: false }))
@@ -574,7 +580,7 @@ impl Handler<FindByKey> for UnitActor {
     fn handle(&mut self, msg: FindByKey, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         self.lookups.push((msg.merchant_id, msg.out_trade_no), tx);
-        self.flush_lookups(ctx);
+        self.flush_reads(ctx, |act| &mut act.lookups, read_keys, pick_by_key);
         Box::pin(async move {
             rx.await
                 .unwrap_or(Err(StoreError::Restarted { in_doubt: false }))
