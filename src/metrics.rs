@@ -51,9 +51,10 @@ pub const OUTCOMES: [&str; 5] = ["ok", "client_error", "conflict", "unavailable"
 /// `outcome` label values of unit calls.
 pub const UNIT_CALL_OUTCOMES: [&str; 3] = ["ok", "unavailable", "error"];
 /// `reason` label values of order retries (see `CallError::reason`).
-pub const RETRY_REASONS: [&str; 6] = [
+pub const RETRY_REASONS: [&str; 7] = [
     "circuit_open",
     "unavailable",
+    "actor_restarted",
     "sequence_exhausted",
     "sequence_reused",
     "error",
