@@ -12,6 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::order_id::MAX_UNIT;
+use crate::storage::shapes;
 
 pub const ENV_PREFIX: &str = "ORDERENGINE__";
 
@@ -170,6 +171,9 @@ impl Default for DispatcherSettings {
 /// Pays and closes, and refunds, batch the same way (without `overlap_at`
 /// and `window_us`), and `enabled = false` writes each alone. Gets and key
 /// look-ups always batch within `max_batch` and `max_in_flight_batches`.
+/// Batches leave in a few sizes only (1, 2, 3, 4, 6, 8, 12, ...; see
+/// `storage::shapes`), so `max_batch` is at most 128 and is rounded down to
+/// one of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GroupCommitSettings {
@@ -466,6 +470,13 @@ impl Settings {
         }
         if self.group_commit.max_batch == 0 || self.group_commit.max_in_flight_batches == 0 {
             return invalid("group_commit.max_batch and max_in_flight_batches must be > 0".into());
+        }
+        if self.group_commit.max_batch > shapes::MAX_ROWS {
+            return invalid(format!(
+                "group_commit.max_batch must be <= {} (every batch size's statements \
+                 must fit each connection's statement cache)",
+                shapes::MAX_ROWS
+            ));
         }
         if self.dispatcher.max_attempts == 0 {
             return invalid("dispatcher.max_attempts must be > 0".into());

@@ -11,7 +11,7 @@
 
 use tokio::sync::oneshot;
 
-use crate::storage::StoreError;
+use crate::storage::{StoreError, shapes};
 
 pub type CallReply<R> = oneshot::Sender<Result<R, StoreError>>;
 
@@ -35,7 +35,8 @@ impl<Q, R> CallBatcher<Q, R> {
     }
 
     /// The next batch when calls wait and fewer than `max_in_flight` batches
-    /// run; the caller runs it and then calls [`Self::done`].
+    /// run: as many as wait, at most `max_batch`, rounded down to a statement
+    /// shape. The caller runs it and then calls [`Self::done`].
     pub fn take(
         &mut self,
         max_batch: usize,
@@ -45,7 +46,7 @@ impl<Q, R> CallBatcher<Q, R> {
             return None;
         }
         self.in_flight += 1;
-        let n = self.pending.len().min(max_batch);
+        let n = shapes::at_most(self.pending.len().min(max_batch));
         Some(self.pending.drain(..n).collect())
     }
 
@@ -139,6 +140,20 @@ mod tests {
         }
         assert!(matches!(answers[4], Err(StoreError::NotFound)));
         assert!(matches!(answers[5], Err(StoreError::NotFound)));
+    }
+
+    #[test]
+    fn a_batch_leaves_at_a_statement_shape() {
+        let mut writes: CallBatcher<u32, u32> = CallBatcher::default();
+        let mut receivers = Vec::new();
+        for i in 0..7 {
+            let (tx, rx) = oneshot::channel();
+            writes.push(i, tx);
+            receivers.push(rx);
+        }
+        // Seven wait, eight may go: six do (a shape), and the seventh next.
+        assert_eq!(writes.take(8, 2).map(|b| b.len()), Some(6));
+        assert_eq!(writes.take(8, 2).map(|b| b.len()), Some(1));
     }
 
     #[test]

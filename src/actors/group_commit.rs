@@ -22,7 +22,7 @@ use super::unit::{Broken, CreateOutcome, UnitActor};
 use crate::domain::{NewOrder, Order, OrderId};
 use crate::metrics as m;
 use crate::storage::sequence::SequenceGenerator;
-use crate::storage::{BatchOutcome, InsertOutcome, StoreError, UnitStore, now_ms};
+use crate::storage::{BatchOutcome, InsertOutcome, StoreError, UnitStore, now_ms, shapes};
 
 pub type Reply = oneshot::Sender<Result<CreateOutcome, StoreError>>;
 
@@ -46,9 +46,10 @@ impl Batcher {
         self.pending.len()
     }
 
-    /// Takes the next batch of at most `max` creates.
+    /// Takes the next batch: as many creates as wait, at most `max`, rounded
+    /// down to a statement shape (the rest wait for the next batch).
     pub fn take(&mut self, max: usize) -> Vec<(NewOrder, Reply)> {
-        let n = self.pending.len().min(max);
+        let n = shapes::at_most(self.pending.len().min(max));
         self.batches += 1;
         self.orders += n as u64;
         self.pending.drain(..n).collect()

@@ -10,6 +10,7 @@ mod lane;
 mod orders;
 mod probe;
 pub mod sequence;
+pub mod shapes;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row};
 
-use super::{Dialect, StoreError, UnitStore, WriteTx, now_ms};
+use super::{Dialect, StoreError, UnitStore, WriteTx, now_ms, shapes};
 use crate::domain::values::{
     Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
 };
@@ -199,19 +199,20 @@ impl UnitStore {
     }
 
     /// The orders holding any of `keys` (one query; absent keys are simply
-    /// missing from the result).
+    /// missing from the result). The list is padded to a shape by repeating
+    /// the last key.
     pub async fn find_by_keys(
         &self,
         keys: &[(MerchantId, OutTradeNo)],
     ) -> Result<Vec<Order>, StoreError> {
         let mut sql = String::from(concat!("SELECT ", order_columns!(), " FROM orders WHERE "));
-        for i in 0..keys.len() {
+        for i in 0..shapes::at_least(keys.len()) {
             sql.push_str(if i == 0 { "" } else { " OR " });
             // Each disjunct is a point on the unique index.
             sql.push_str("(merchant_id = ? AND out_trade_no = ?)");
         }
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (merchant, out_trade_no) in keys {
+        for (merchant, out_trade_no) in padded(keys) {
             query = query.bind(merchant.as_str()).bind(out_trade_no.as_str());
         }
         let rows = self.read_all(query).await?;
@@ -541,7 +542,7 @@ impl UnitStore {
     }
 
     /// The refunds already recorded under the ids `requests` ask for, by
-    /// order sequence and refund id.
+    /// order sequence and refund id (the list padded to a shape).
     async fn refunds_taken(
         &self,
         tx: &mut AnyConnection,
@@ -550,13 +551,13 @@ impl UnitStore {
         let mut sql = String::from(
             "SELECT order_seq, refund_id, amount, reason, created_at_ms FROM refunds WHERE ",
         );
-        for i in 0..requests.len() {
+        for i in 0..shapes::at_least(requests.len()) {
             sql.push_str(if i == 0 { "" } else { " OR " });
             // Each disjunct is a point on the unique index.
             sql.push_str("(order_seq = ? AND refund_id = ?)");
         }
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for r in requests {
+        for r in padded(requests) {
             query = query
                 .bind(seq_param(r.id.sequence()))
                 .bind(r.refund.refund_id.as_str());
@@ -695,54 +696,66 @@ fn decode_order(unit: u16, row: &AnyRow) -> Result<Order, String> {
     })
 }
 
+/// `items`, then its last item repeated up to the next shape: a padded
+/// `IN` or `OR` list asks for nothing more.
+fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
+    let last = items.last().expect("a list of at least one");
+    let padding = shapes::at_least(items.len()) - items.len();
+    items.iter().chain(std::iter::repeat_n(last, padding))
+}
+
 /// The orders whose sequences `ids` name, with `suffix` (` FOR UPDATE`). The
-/// `IN` list is padded to a power of two by repeating the last id, so a
-/// connection prepares at most seven shapes of the statement.
+/// `IN` list is padded to a shape.
 fn select_by_seqs(
     ids: &[OrderId],
     suffix: &'static str,
 ) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
-    let padded = ids.len().next_power_of_two();
     let mut sql = String::from(concat!(
         "SELECT ",
         order_columns!(),
         " FROM orders WHERE seq IN ("
     ));
-    for i in 0..padded {
+    for i in 0..shapes::at_least(ids.len()) {
         sql.push_str(if i == 0 { "?" } else { ", ?" });
     }
     sql.push(')');
     sql.push_str(suffix);
-    let last = ids.last().expect("at least one id");
     let mut query = sqlx::query(AssertSqlSafe(sql));
-    for id in ids
-        .iter()
-        .chain(std::iter::repeat_n(last, padded - ids.len()))
-    {
+    for id in padded(ids) {
         query = query.bind(seq_param(id.sequence()));
     }
     query
 }
 
-/// Inserts new refunds in one statement, in the caller's transaction.
+/// Inserts new refunds (one statement per shape-sized chunk), in the
+/// caller's transaction.
 async fn write_refunds(tx: &mut AnyConnection, refunds: &[Refund]) -> Result<(), StoreError> {
-    let sql = multi_row(INSERT_REFUNDS_HEAD, REFUND_ROW, refunds.len());
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for r in refunds {
-        query = query
-            .bind(seq_param(r.order_id.sequence()))
-            .bind(r.refund_id.as_str().to_owned())
-            .bind(r.amount.get())
-            .bind(r.reason.as_ref().map(|t| t.as_str().to_owned()))
-            .bind(r.created_at_ms);
+    for chunk in shapes::split(refunds) {
+        let sql = multi_row(INSERT_REFUNDS_HEAD, REFUND_ROW, chunk.len());
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for r in chunk {
+            query = query
+                .bind(seq_param(r.order_id.sequence()))
+                .bind(r.refund_id.as_str().to_owned())
+                .bind(r.amount.get())
+                .bind(r.reason.as_ref().map(|t| t.as_str().to_owned()))
+                .bind(r.created_at_ms);
+        }
+        query
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::before_commit)?;
     }
-    query.execute(tx).await.map_err(StoreError::before_commit)?;
     Ok(())
 }
 
 /// Writes several changed orders in one statement, under the row locks the
 /// caller's transaction holds (which is what guards their versions).
 async fn write_order_changes(tx: &mut AnyConnection, orders: &[&Order]) -> Result<(), StoreError> {
+    // Padded to a shape by repeating the last order: a repeated `WHEN` is
+    // never reached (the first one matches) and a repeated `IN` value adds
+    // no row.
+    let rows = shapes::at_least(orders.len());
     let mut sql = String::from("UPDATE orders SET ");
     let columns = [
         "status",
@@ -756,38 +769,38 @@ async fn write_order_changes(tx: &mut AnyConnection, orders: &[&Order]) -> Resul
         sql.push_str(if i == 0 { "" } else { ", " });
         sql.push_str(column);
         sql.push_str(" = CASE seq");
-        for _ in orders {
+        for _ in 0..rows {
             sql.push_str(" WHEN ? THEN ?");
         }
         sql.push_str(" END");
     }
     sql.push_str(" WHERE seq IN (");
-    for i in 0..orders.len() {
+    for i in 0..rows {
         sql.push_str(if i == 0 { "?" } else { ", ?" });
     }
     sql.push(')');
     let seq = |o: &Order| seq_param(o.id.sequence());
     let mut query = sqlx::query(AssertSqlSafe(sql));
-    for o in orders {
+    for o in padded(orders) {
         query = query.bind(seq(o)).bind(o.status.as_str());
     }
-    for o in orders {
+    for o in padded(orders) {
         query = query.bind(seq(o)).bind(o.paid_amount);
     }
-    for o in orders {
+    for o in padded(orders) {
         query = query.bind(seq(o)).bind(o.refunded_amount);
     }
-    for o in orders {
+    for o in padded(orders) {
         let payment_ref = o.payment_ref.as_ref().map(|p| p.as_str().to_owned());
         query = query.bind(seq(o)).bind(payment_ref);
     }
-    for o in orders {
+    for o in padded(orders) {
         query = query.bind(seq(o)).bind(o.version);
     }
-    for o in orders {
+    for o in padded(orders) {
         query = query.bind(seq(o)).bind(o.updated_at_ms);
     }
-    for o in orders {
+    for o in padded(orders) {
         query = query.bind(seq(o));
     }
     let done = query.execute(tx).await.map_err(StoreError::before_commit)?;
@@ -827,72 +840,74 @@ fn as_display<S: serde::Serializer>(id: &OrderId, s: S) -> Result<S::Ok, S::Erro
 /// Inserts new orders and their `created` events, in the caller's transaction.
 /// `false` when a unique key was taken (the caller rolls back).
 async fn write_created(conn: &mut AnyConnection, orders: &[Order]) -> Result<bool, StoreError> {
-    let sql = multi_row(INSERT_ORDERS_HEAD, ORDER_ROW, orders.len());
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for order in orders {
-        let sections =
-            serde_json::to_string(order.sections.as_map()).expect("a JSON map serializes");
-        query = query
-            .bind(seq_param(order.id.sequence()))
-            .bind(order.merchant_id.as_str().to_owned())
-            .bind(order.out_trade_no.as_str().to_owned())
-            .bind(order.user_id.as_str().to_owned())
-            .bind(order.amount.get())
-            .bind(order.currency.as_str().to_owned())
-            .bind(order.description.as_ref().map(|d| d.as_str().to_owned()))
-            .bind(order.status.as_str())
-            .bind(order.paid_amount)
-            .bind(order.refunded_amount)
-            .bind(order.payment_ref.as_ref().map(|p| p.as_str().to_owned()))
-            .bind(order.version)
-            .bind(order.created_at_ms)
-            .bind(order.updated_at_ms)
-            .bind(sections);
-    }
-    match query.execute(&mut *conn).await {
-        Ok(_) => {}
-        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(false),
-        Err(e) => return Err(StoreError::before_commit(e)),
+    for chunk in shapes::split(orders) {
+        let sql = multi_row(INSERT_ORDERS_HEAD, ORDER_ROW, chunk.len());
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for order in chunk {
+            let sections =
+                serde_json::to_string(order.sections.as_map()).expect("a JSON map serializes");
+            query = query
+                .bind(seq_param(order.id.sequence()))
+                .bind(order.merchant_id.as_str().to_owned())
+                .bind(order.out_trade_no.as_str().to_owned())
+                .bind(order.user_id.as_str().to_owned())
+                .bind(order.amount.get())
+                .bind(order.currency.as_str().to_owned())
+                .bind(order.description.as_ref().map(|d| d.as_str().to_owned()))
+                .bind(order.status.as_str())
+                .bind(order.paid_amount)
+                .bind(order.refunded_amount)
+                .bind(order.payment_ref.as_ref().map(|p| p.as_str().to_owned()))
+                .bind(order.version)
+                .bind(order.created_at_ms)
+                .bind(order.updated_at_ms)
+                .bind(sections);
+        }
+        match query.execute(&mut *conn).await {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(false),
+            Err(e) => return Err(StoreError::before_commit(e)),
+        }
     }
     let events: Vec<_> = orders.iter().map(|o| (o, "order.created")).collect();
     write_events(conn, &events).await?;
     Ok(true)
 }
 
-/// Appends change events to the outbox in one statement, in the caller's transaction.
+/// Appends change events to the outbox (one statement per shape-sized
+/// chunk), in the caller's transaction.
 async fn write_events(
     conn: &mut AnyConnection,
     events: &[(&Order, &'static str)],
 ) -> Result<(), StoreError> {
-    let mut query = sqlx::query(AssertSqlSafe(multi_row(
-        INSERT_OUTBOX_HEAD,
-        OUTBOX_ROW,
-        events.len(),
-    )));
-    for (order, event_type) in events {
-        let payload = serde_json::to_string(&Event {
-            r#type: event_type,
-            order_id: order.id,
-            merchant_id: order.merchant_id.as_str(),
-            out_trade_no: order.out_trade_no.as_str(),
-            status: order.status.as_str(),
-            amount: order.amount.get(),
-            paid_amount: order.paid_amount,
-            refunded_amount: order.refunded_amount,
-            version: order.version,
-            at_ms: order.updated_at_ms,
-        })
-        .expect("an event serializes");
-        query = query
-            .bind(seq_param(order.id.sequence()))
-            .bind(order.version)
-            .bind(*event_type)
-            .bind(payload)
-            .bind(order.updated_at_ms);
+    for chunk in shapes::split(events) {
+        let sql = multi_row(INSERT_OUTBOX_HEAD, OUTBOX_ROW, chunk.len());
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (order, event_type) in chunk {
+            let payload = serde_json::to_string(&Event {
+                r#type: event_type,
+                order_id: order.id,
+                merchant_id: order.merchant_id.as_str(),
+                out_trade_no: order.out_trade_no.as_str(),
+                status: order.status.as_str(),
+                amount: order.amount.get(),
+                paid_amount: order.paid_amount,
+                refunded_amount: order.refunded_amount,
+                version: order.version,
+                at_ms: order.updated_at_ms,
+            })
+            .expect("an event serializes");
+            query = query
+                .bind(seq_param(order.id.sequence()))
+                .bind(order.version)
+                .bind(*event_type)
+                .bind(payload)
+                .bind(order.updated_at_ms);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::before_commit)?;
     }
-    query
-        .execute(&mut *conn)
-        .await
-        .map_err(StoreError::before_commit)?;
     Ok(())
 }

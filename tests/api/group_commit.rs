@@ -680,3 +680,104 @@ async fn updates_run_on_the_write_lane_without_begin_or_ping() {
     );
     store.close().await;
 }
+
+/// One pass over batches of every size from 1 to `shapes::MAX_ROWS`: creates,
+/// gets, key look-ups, pays (every third refused, so the events written are
+/// a subset of the batch) and refunds of the paid orders.
+async fn a_batch_of_every_size(store: &UnitStore, pass: &str, first_seq: u64) {
+    use order_engine::domain::values::{PaymentRef, RefundId};
+    use order_engine::domain::{NewRefund, Order, OrderId};
+    use order_engine::storage::{BatchOutcome, OrderUpdate, RefundRequest, now_ms, shapes};
+
+    let now = now_ms();
+    let mut seq = first_seq;
+    for n in 1..=shapes::MAX_ROWS {
+        let orders: Vec<Order> = (0..n)
+            .map(|i| {
+                let id = OrderId::new(store.unit(), now.div_euclid(1000), seq + i as u64).unwrap();
+                request(&format!("{pass}-{n}-{i}"), 100).into_order(id, now)
+            })
+            .collect();
+        seq += n as u64;
+        let ids: Vec<OrderId> = orders.iter().map(|o| o.id).collect();
+        let keys: Vec<_> = orders
+            .iter()
+            .map(|o| (o.merchant_id.clone(), o.out_trade_no.clone()))
+            .collect();
+        assert_eq!(
+            store.insert_orders(&orders).await.unwrap(),
+            BatchOutcome::Inserted
+        );
+        assert_eq!(store.get_many(&ids).await.unwrap().len(), n);
+        assert_eq!(store.find_by_keys(&keys).await.unwrap().len(), n);
+        let payment = PaymentRef::parse("p-1").unwrap();
+        let pays = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let payment = payment.clone();
+                let amount = Amount::new(if i % 3 == 2 { 1 } else { 100 }).unwrap();
+                OrderUpdate {
+                    id: *id,
+                    event: "order.paid",
+                    change: Box::new(move |o: &Order, now| o.pay(&payment, amount, None, now)),
+                }
+            })
+            .collect();
+        let paid: Vec<OrderId> = store
+            .update_orders(pays)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|answer| answer.ok().map(|(order, _)| order.id))
+            .collect();
+        assert_eq!(paid.len(), n - n / 3, "the wrong amounts are refused");
+        let refunds = paid
+            .iter()
+            .map(|id| RefundRequest {
+                id: *id,
+                refund: NewRefund {
+                    refund_id: RefundId::parse("r-1").unwrap(),
+                    amount: Amount::new(10).unwrap(),
+                    reason: None,
+                },
+                expected_version: None,
+            })
+            .collect();
+        let refunded = store.refund_orders(refunds).await.unwrap();
+        assert!(refunded.iter().all(Result::is_ok), "{n}: {refunded:?}");
+    }
+}
+
+/// sqlx keeps at most 100 prepared statements per connection. A batch
+/// statement is a distinct text for every row count, and an eviction sends
+/// `COM_STMT_CLOSE`, which the server does not answer: with sqlx 0.9.0 not
+/// setting `TCP_NODELAY`, the next statement then waited 40-100 ms for the
+/// server's delayed ACK. So batches come in a few shapes, and after one pass
+/// over every batch size up to the largest, a second pass prepares nothing
+/// and nothing was ever evicted.
+#[actix_web::test]
+async fn the_statements_of_every_batch_size_fit_the_statement_cache() {
+    let mut server = CountedServer::start().await;
+    let store = server.store(9, "shapes").await;
+    let (prepares, closes) = (
+        server.counter("Com_stmt_prepare").await,
+        server.counter("Com_stmt_close").await,
+    );
+    a_batch_of_every_size(&store, "first", 1).await;
+    let first_pass = server.counter("Com_stmt_prepare").await - prepares;
+    a_batch_of_every_size(&store, "second", 100_000).await;
+    let second_pass = server.counter("Com_stmt_prepare").await - prepares - first_pass;
+    let evicted = server.counter("Com_stmt_close").await - closes;
+    assert_eq!(
+        evicted, 0,
+        "statements were evicted ({first_pass} prepared in the first pass)"
+    );
+    assert_eq!(
+        second_pass, 0,
+        "the second pass prepared again ({first_pass} in the first)"
+    );
+    // Two connections (the write lane and the read lane), at most 100 each.
+    assert!(first_pass <= 200, "{first_pass} statements prepared");
+    store.close().await;
+}
