@@ -174,12 +174,12 @@ fn describe() {
     describe_gauge!(
         POOL_CONNECTIONS,
         Unit::Count,
-        "Open database connections of the unit, by state (idle, in_use)."
+        "Open connections of the unit to its primary (pool and lanes), by state (idle, in_use)."
     );
     describe_gauge!(
         POOL_MAX,
         Unit::Count,
-        "Most connections the unit's pools may open."
+        "Most connections the unit may open to its primary (pool and lanes)."
     );
     describe_gauge!(
         POOL_WAITING,

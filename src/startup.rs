@@ -23,7 +23,7 @@ use crate::api::middleware::{Admission, observe};
 use crate::api::{self, AppState, admin};
 use crate::config::{Settings, UnitSettings};
 use crate::domain::key_filter::KeyFilter;
-use crate::storage::{OpenError, UnitStore};
+use crate::storage::{Dialect, OpenError, UnitStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -61,7 +61,9 @@ impl Application {
 
         let metrics = crate::metrics::install();
         for u in &settings.units {
-            crate::metrics::init_unit(u.id, settings.storage.max_connections);
+            let most =
+                Dialect::of_url(&u.primary_url).most_connections(settings.storage.max_connections);
+            crate::metrics::init_unit(u.id, most);
             crate::metrics::init_partition(&u.partition);
         }
         // The exporter folds histogram samples in on upkeep; keep it regular.

@@ -46,6 +46,16 @@ impl Dialect {
             Self::MySql
         }
     }
+
+    /// The most connections a unit opens to its primary with
+    /// `max_connections` configured: on MySQL its pool and its write and read
+    /// lanes, each bounded by it; on SQLite one writer and the read pool.
+    pub fn most_connections(self, max_connections: u32) -> u32 {
+        match self {
+            Self::MySql => 3 * max_connections,
+            Self::Sqlite => max_connections + 1,
+        }
+    }
 }
 
 /// Why a storage call did not succeed. The split between `Unavailable` and
@@ -219,7 +229,8 @@ pub struct UnitStore {
     max_connections: u32,
 }
 
-/// A unit's connection pools at one moment.
+/// A unit's connections to its primary at one moment: its pools and, on
+/// MySQL, its write and read lanes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
     pub open: u32,
@@ -332,10 +343,7 @@ impl UnitStore {
             read_lane,
             statement_timeout: Duration::from_millis(settings.statement_timeout_ms),
             waiting: Arc::default(),
-            max_connections: match dialect {
-                Dialect::MySql => settings.max_connections,
-                Dialect::Sqlite => settings.max_connections + 1,
-            },
+            max_connections: dialect.most_connections(settings.max_connections),
         })
     }
 
@@ -359,9 +367,12 @@ impl UnitStore {
             Dialect::MySql => &[&self.write],
             Dialect::Sqlite => &[&self.write, &self.read],
         };
+        let lanes = || [&self.write_lane, &self.read_lane].into_iter().flatten();
         PoolStats {
-            open: pools.iter().map(|p| p.size()).sum(),
-            idle: pools.iter().map(|p| p.num_idle() as u32).sum(),
+            open: pools.iter().map(|p| p.size()).sum::<u32>()
+                + lanes().map(|l| l.open()).sum::<u32>(),
+            idle: pools.iter().map(|p| p.num_idle() as u32).sum::<u32>()
+                + lanes().map(|l| l.idle_count()).sum::<u32>(),
             waiting: self.waiting.load(Ordering::Relaxed).max(0),
             max: self.max_connections,
         }

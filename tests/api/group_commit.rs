@@ -369,6 +369,7 @@ async fn reads_are_one_round_trip_on_the_read_lane() {
     ));
 
     let before = server.counter("Com_admin_commands").await;
+    let pools_before = store.pool_stats();
     for _ in 0..50 {
         let read = store.get(id, Consistency::Strong).await.unwrap();
         assert_eq!(read.out_trade_no, order.out_trade_no);
@@ -379,6 +380,14 @@ async fn reads_are_one_round_trip_on_the_read_lane() {
         "a read pinged its connection"
     );
     assert_eq!(store.read_connections(), 1, "50 reads, one connection");
+    // The `pool` gauges count the lanes' connections too.
+    let pools = store.pool_stats();
+    assert_eq!(
+        (pools.open, pools.idle),
+        (pools_before.open + 1, pools_before.idle + 1),
+        "the read lane's connection, idle again, is counted"
+    );
+    assert_eq!(pools.max, 3 * StorageSettings::default().max_connections);
 
     // The server kills the lane's connection between two reads.
     let ids = sqlx::query(
