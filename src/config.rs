@@ -660,6 +660,17 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("server.unit_threads must be at least 1"), "{e}");
+
+        let batch = |n: &str| {
+            Settings::from_toml(
+                BASE,
+                "t",
+                env(&[("ORDERENGINE__GROUP_COMMIT__MAX_BATCH", n)]),
+            )
+        };
+        assert!(batch("128").is_ok());
+        let e = batch("129").unwrap_err().to_string();
+        assert!(e.contains("group_commit.max_batch must be <= 128"), "{e}");
     }
 
     #[test]
