@@ -204,7 +204,7 @@ fn describe() {
     describe_gauge!(
         OUTBOX_BACKLOG,
         Unit::Count,
-        "Change events in the unit's outbox not yet published."
+        "Outbox records of the unit not yet published: one per pay, close or refund, one per create batch."
     );
     describe_gauge!(
         KEY_FILTER_KEYS,

@@ -8,6 +8,7 @@
 
 mod lane;
 mod orders;
+mod outbox;
 mod probe;
 pub mod sequence;
 pub mod shapes;
@@ -24,6 +25,7 @@ use sqlx::{Any, AnyConnection, AnyPool};
 pub use orders::{
     BatchOutcome, Consistency, InsertOutcome, OrderUpdate, Page, RefundRequest, UserCursor,
 };
+pub use outbox::OutboxEvent;
 
 use self::lane::{Lane, LaneConnection};
 use crate::config::{StorageSettings, mask_url};

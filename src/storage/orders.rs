@@ -3,7 +3,8 @@
 //! Every change runs in one transaction that (1) locks the order row
 //! (`SELECT ... FOR UPDATE` on MySQL; SQLite's single writer holds the database
 //! lock), (2) asks the pure state machine for the next row, (3) writes it with a
-//! version guard, and (4) writes the change event to the outbox. So concurrent
+//! version guard, and (4) writes the change event to the outbox (`outbox.rs`;
+//! a create batch writes one record for all its orders). So concurrent
 //! pays, closes and refunds of one order are serialized, and a refund, its order
 //! update and its event commit together or not at all.
 
@@ -14,6 +15,7 @@ use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row};
 
+use super::outbox::{self, write_events};
 use super::{Dialect, StoreError, UnitStore, WriteTx, now_ms, shapes};
 use crate::domain::values::{
     Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
@@ -52,13 +54,10 @@ const SCAN_KEYS_AFTER: &str = "SELECT merchant_id, out_trade_no FROM orders \
      ORDER BY merchant_id, out_trade_no LIMIT ?";
 const INSERT_ORDERS_HEAD: &str = concat!("INSERT INTO orders (", order_columns!(), ") VALUES ");
 const ORDER_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-const INSERT_OUTBOX_HEAD: &str =
-    "INSERT INTO outbox (order_seq, order_version, event_type, payload, created_at_ms) VALUES ";
-const OUTBOX_ROW: &str = "(?, ?, ?, ?, ?)";
 
 /// `head` followed by `n` copies of the placeholder `row`: a multi-row insert.
 /// Only placeholders are spliced in, never data.
-fn multi_row(head: &str, row: &str, n: usize) -> String {
+pub(super) fn multi_row(head: &str, row: &str, n: usize) -> String {
     let mut sql = String::with_capacity(head.len() + n * (row.len() + 2));
     sql.push_str(head);
     for i in 0..n {
@@ -132,7 +131,7 @@ pub struct Page {
     pub orders: Vec<Order>,
 }
 
-fn seq_param(seq: u64) -> i64 {
+pub(super) fn seq_param(seq: u64) -> i64 {
     // Sequences are at most 10 digits, so they always fit.
     i64::try_from(seq).expect("sequence fits i64")
 }
@@ -220,7 +219,7 @@ impl UnitStore {
     }
 
     /// Runs a read on the primary, bounded by the statement timeout.
-    async fn read_all(
+    pub(super) async fn read_all(
         &self,
         query: sqlx::query::Query<'_, Any, sqlx::any::AnyArguments>,
     ) -> Result<Vec<AnyRow>, StoreError> {
@@ -316,8 +315,15 @@ impl UnitStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = self.read_all(select_by_seqs(ids, "")).await?;
+        let rows = self.read_all(select_by_seqs(&sequences(ids), "")).await?;
         self.orders_named(&rows, ids)
+    }
+
+    /// Reads the orders with these sequences from the primary in one query
+    /// (at most `shapes::MAX_ROWS`); a sequence with no order is absent.
+    pub(super) async fn get_by_seqs(&self, seqs: &[u64]) -> Result<Vec<Order>, StoreError> {
+        let rows = self.read_all(select_by_seqs(seqs, "")).await?;
+        rows.iter().map(|r| self.order_from_row(r)).collect()
     }
 
     /// The orders in `rows` that `ids` name: the sequence matched, and the
@@ -409,7 +415,7 @@ impl UnitStore {
             Dialect::MySql => " FOR UPDATE",
             Dialect::Sqlite => "", // BEGIN IMMEDIATE already holds the lock
         };
-        let rows = select_by_seqs(ids, lock)
+        let rows = select_by_seqs(&sequences(ids), lock)
             .fetch_all(tx)
             .await
             .map_err(StoreError::before_commit)?;
@@ -704,10 +710,14 @@ fn padded<T>(items: &[T]) -> impl Iterator<Item = &T> {
     items.iter().chain(std::iter::repeat_n(last, padding))
 }
 
-/// The orders whose sequences `ids` name, with `suffix` (` FOR UPDATE`). The
+fn sequences(ids: &[OrderId]) -> Vec<u64> {
+    ids.iter().map(OrderId::sequence).collect()
+}
+
+/// The orders with sequences `seqs`, with `suffix` (` FOR UPDATE`). The
 /// `IN` list is padded to a shape.
 fn select_by_seqs(
-    ids: &[OrderId],
+    seqs: &[u64],
     suffix: &'static str,
 ) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
     let mut sql = String::from(concat!(
@@ -715,14 +725,14 @@ fn select_by_seqs(
         order_columns!(),
         " FROM orders WHERE seq IN ("
     ));
-    for i in 0..shapes::at_least(ids.len()) {
+    for i in 0..shapes::at_least(seqs.len()) {
         sql.push_str(if i == 0 { "?" } else { ", ?" });
     }
     sql.push(')');
     sql.push_str(suffix);
     let mut query = sqlx::query(AssertSqlSafe(sql));
-    for id in padded(ids) {
-        query = query.bind(seq_param(id.sequence()));
+    for &seq in padded(seqs) {
+        query = query.bind(seq_param(seq));
     }
     query
 }
@@ -816,27 +826,6 @@ async fn write_order_changes(tx: &mut AnyConnection, orders: &[&Order]) -> Resul
     }
 }
 
-/// A change event's payload, serialized straight from the order (one
-/// allocation, where a `json!` map took one per field).
-#[derive(serde::Serialize)]
-struct Event<'a> {
-    r#type: &'a str,
-    #[serde(serialize_with = "as_display")]
-    order_id: OrderId,
-    merchant_id: &'a str,
-    out_trade_no: &'a str,
-    status: &'a str,
-    amount: i64,
-    paid_amount: i64,
-    refunded_amount: i64,
-    version: i64,
-    at_ms: i64,
-}
-
-fn as_display<S: serde::Serializer>(id: &OrderId, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(id)
-}
-
 /// Inserts new orders and their `created` events, in the caller's transaction.
 /// `false` when a unique key was taken (the caller rolls back).
 async fn write_created(conn: &mut AnyConnection, orders: &[Order]) -> Result<bool, StoreError> {
@@ -869,45 +858,6 @@ async fn write_created(conn: &mut AnyConnection, orders: &[Order]) -> Result<boo
             Err(e) => return Err(StoreError::before_commit(e)),
         }
     }
-    let events: Vec<_> = orders.iter().map(|o| (o, "order.created")).collect();
-    write_events(conn, &events).await?;
+    outbox::write_created(conn, orders).await?;
     Ok(true)
-}
-
-/// Appends change events to the outbox (one statement per shape-sized
-/// chunk), in the caller's transaction.
-async fn write_events(
-    conn: &mut AnyConnection,
-    events: &[(&Order, &'static str)],
-) -> Result<(), StoreError> {
-    for chunk in shapes::split(events) {
-        let sql = multi_row(INSERT_OUTBOX_HEAD, OUTBOX_ROW, chunk.len());
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (order, event_type) in chunk {
-            let payload = serde_json::to_string(&Event {
-                r#type: event_type,
-                order_id: order.id,
-                merchant_id: order.merchant_id.as_str(),
-                out_trade_no: order.out_trade_no.as_str(),
-                status: order.status.as_str(),
-                amount: order.amount.get(),
-                paid_amount: order.paid_amount,
-                refunded_amount: order.refunded_amount,
-                version: order.version,
-                at_ms: order.updated_at_ms,
-            })
-            .expect("an event serializes");
-            query = query
-                .bind(seq_param(order.id.sequence()))
-                .bind(order.version)
-                .bind(*event_type)
-                .bind(payload)
-                .bind(order.updated_at_ms);
-        }
-        query
-            .execute(&mut *conn)
-            .await
-            .map_err(StoreError::before_commit)?;
-    }
-    Ok(())
 }

@@ -5,8 +5,9 @@ use sqlx::Row;
 use super::{StoreError, UnitStore, now_ms};
 
 const PROBE_WRITE: &str = "UPDATE probe SET token = ?, written_at_ms = ? WHERE id = 1";
-/// Change events not yet published by a relay, as the span of ids from the
-/// oldest unpublished event to the newest event: two index look-ups, where a
+/// Outbox records not yet published by a relay (one per pay, close or
+/// refund, one per create batch), as the span of ids from the oldest
+/// unpublished record to the newest: two index look-ups, where a
 /// `COUNT(*)` would scan the whole backlog (measured: a stall of ~100 ms of
 /// database time per unit with a few hundred thousand events). An upper
 /// bound when events were published out of order or ids have gaps.
@@ -50,7 +51,7 @@ impl UnitStore {
         }
     }
 
-    /// Change events waiting in the outbox.
+    /// Records waiting in the outbox.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         self.bounded(async {
             let mut conn = self.read_connection().await?;

@@ -11,10 +11,10 @@ use order_engine::domain::values::{
 use order_engine::domain::{Change, NewOrder, NewRefund, Order, OrderId, OrderStatus, RuleError};
 use order_engine::storage::sequence::SequenceGenerator;
 use order_engine::storage::{
-    Consistency, InsertOutcome, OrderUpdate, RefundRequest, StoreError, UnitStore, UserCursor,
+    BatchOutcome, Consistency, InsertOutcome, OrderUpdate, RefundRequest, StoreError, UnitStore,
+    UserCursor,
 };
 use serde_json::json;
-use sqlx::Row;
 
 use crate::helpers::Backend;
 use crate::mariadb as server;
@@ -120,27 +120,16 @@ pub async fn orders_round_trip_and_keys_are_unique(backend: Backend) {
         "only the inserted order wrote an event"
     );
     // The event says what happened to which order, for a relay to publish.
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-    let row = sqlx::query("SELECT order_seq, event_type, payload FROM outbox")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    let payload: serde_json::Value =
-        serde_json::from_str(&row.try_get::<String, _>("payload").unwrap()).unwrap();
-    assert_eq!(row.try_get::<i64, _>("order_seq").unwrap(), 1);
+    let events = store.outbox_events(0, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].event_type, "order.created");
     assert_eq!(
-        row.try_get::<String, _>("event_type").unwrap(),
-        "order.created"
-    );
-    assert_eq!(
-        payload,
+        events[0].payload,
         json!({"type": "order.created", "order_id": order.id.to_string(),
                "merchant_id": "m-1", "out_trade_no": "o-1", "status": "created",
                "amount": 1999, "paid_amount": 0, "refunded_amount": 0,
                "version": 1, "at_ms": T0 + 123})
     );
-    pool.close().await;
     store.close().await;
 }
 
@@ -197,6 +186,25 @@ pub async fn updates_are_versioned_and_logged(backend: Backend) {
         paid
     );
     assert_eq!(outbox_count(&url).await, 2, "created + paid");
+    let events = store.outbox_events(0, 10).await.unwrap();
+    let summary: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e.event_type.as_str(),
+                e.payload["status"].clone(),
+                e.payload["version"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("order.created", json!("created"), json!(1)),
+            ("order.paid", json!("paid"), json!(2))
+        ],
+        "the created event shows the order as created, though it is paid now"
+    );
 
     let missing = OrderId::new(UNIT, T0 / 1000, 999).unwrap();
     let r = store
@@ -540,7 +548,77 @@ pub async fn sequences_never_repeat(backend: Backend) {
     }
 }
 
-pub async fn keys_scan_in_pages_and_the_backlog_counts_events(backend: Backend) {
+/// A create batch writes one outbox record for all its orders; read back, it
+/// is one `created` event per order, in the batch's order, each showing the
+/// order as it was created, however it changed since.
+pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open(&url).await;
+    let batch: Vec<Order> = (1..=5)
+        .map(|seq| {
+            let id = OrderId::new(UNIT, T0 / 1000, seq).unwrap();
+            request(&format!("b-{seq}"), "u-1", 100 * seq as i64).into_order(id, T0 + seq as i64)
+        })
+        .collect();
+    assert_eq!(
+        store.insert_orders(&batch).await.unwrap(),
+        BatchOutcome::Inserted
+    );
+    assert_eq!(outbox_count(&url).await, 1, "one record for the batch");
+    let p1 = PaymentRef::parse("p-1").unwrap();
+    store
+        .update_order(batch[2].id, "order.paid", |o, now| {
+            o.pay(&p1, o.amount, None, now)
+        })
+        .await
+        .unwrap();
+    let alone = insert(&store, 6, request("alone", "u-2", 7), T0 + 60_000).await;
+
+    let events = store.outbox_events(0, 100).await.unwrap();
+    let expected: Vec<_> = batch
+        .iter()
+        .chain([&alone])
+        .map(|o| {
+            json!({"type": "order.created", "order_id": o.id.to_string(),
+                   "merchant_id": "m-1", "out_trade_no": o.out_trade_no.as_str(),
+                   "status": "created", "amount": o.amount.get(), "paid_amount": 0,
+                   "refunded_amount": 0, "version": 1, "at_ms": o.created_at_ms})
+        })
+        .collect();
+    let created: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_type == "order.created")
+        .map(|e| e.payload.clone())
+        .collect();
+    assert_eq!(created, expected);
+    let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "order.created",
+            "order.created",
+            "order.created",
+            "order.created",
+            "order.created",
+            "order.paid",
+            "order.created"
+        ],
+        "records in commit order"
+    );
+    let records: Vec<_> = events.iter().map(|e| e.record_id).collect();
+    assert!(records[..5].iter().all(|&r| r == records[0]), "one record");
+    assert!(records[0] < records[5] && records[5] < records[6]);
+    assert_eq!(events[5].payload["order_id"], batch[2].id.to_string());
+
+    // A relay's cursor: after the batch's record come the pay and the lone create.
+    let rest = store.outbox_events(records[0], 100).await.unwrap();
+    assert_eq!(rest, events[5..]);
+    let first = store.outbox_events(0, 1).await.unwrap();
+    assert_eq!(first, events[..5], "a limit counts records, not events");
+    store.close().await;
+}
+
+pub async fn keys_scan_in_pages_and_the_backlog_counts_records(backend: Backend) {
     let (url, _dir) = fresh_url(backend).await;
     let store = open(&url).await;
     assert_eq!(store.scan_keys(None, 10).await.unwrap(), vec![]);
@@ -570,7 +648,7 @@ pub async fn keys_scan_in_pages_and_the_backlog_counts_events(backend: Backend) 
         }
     }
     assert_eq!(seen, expected);
-    // Every order wrote its `created` event and nothing was published.
+    // Every order, created alone, wrote a record and nothing was published.
     assert_eq!(store.outbox_backlog().await.unwrap(), 24);
     assert_eq!(outbox_count(&url).await, 24);
     store.close().await;
@@ -601,5 +679,6 @@ on_both_backends!(
     refunds_add_up_and_replay,
     user_pages_are_stable,
     sequences_never_repeat,
-    keys_scan_in_pages_and_the_backlog_counts_events,
+    keys_scan_in_pages_and_the_backlog_counts_records,
+    a_create_batch_writes_one_record_read_as_an_event_per_order,
 );
