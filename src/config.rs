@@ -167,7 +167,9 @@ impl Default for DispatcherSettings {
 /// A unit runs at most `max_in_flight_batches` create transactions at once;
 /// creates that arrive meanwhile queue and go together (up to `max_batch`)
 /// when one finishes, so an idle unit adds no latency and a busy one writes
-/// many orders per commit. `window_us > 0` also waits that long for company.
+/// many orders per commit. A batch also waits up to `window_us` for company
+/// when the unit's recent create rate says company comes within it and
+/// grows the batch by at least a quarter (0: never waits).
 /// Pays and closes, and refunds, batch the same way (without `overlap_at`
 /// and `window_us`), and `enabled = false` writes each alone. Gets and key
 /// look-ups always batch within `max_batch` and `max_in_flight_batches`.
@@ -184,6 +186,8 @@ pub struct GroupCommitSettings {
     /// creates wait; fewer wait for the running batch and go together. The
     /// first batch always starts at once.
     pub overlap_at: usize,
+    /// The longest a batch waits for company, when the unit's create rate
+    /// says it comes (`group_commit::Batcher::waits_for_company`).
     pub window_us: u64,
 }
 
@@ -198,7 +202,9 @@ impl Default for GroupCommitSettings {
             // Measured (README, Performance): below the peak, fuller batches
             // cost the database fewer statements, which is what cuts the tail.
             overlap_at: 16,
-            window_us: 0,
+            // Measured (README, Performance): at half the peak, MariaDB CPU
+            // per create -15%, p50 +0.3 ms, p99 the same; a slow unit never waits.
+            window_us: 200,
         }
     }
 }

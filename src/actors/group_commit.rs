@@ -6,13 +6,18 @@
 //! at once; creates that arrive while they run queue here and leave together
 //! (up to `max_batch`) as soon as one finishes. An idle unit therefore adds no
 //! latency, and a busy one writes many orders per commit ("natural"
-//! batching; `window_us` can add a deliberate wait).
+//! batching). A batch also waits up to `window_us` for company when the
+//! unit's create rate says company comes within it and grows the batch by a
+//! quarter or more: at high rates a create's own transaction costs the
+//! database more than the wait costs the caller.
 //!
 //! Every caller gets the answer it would get alone: a batch whose multi-row
 //! insert hits a taken unique key is rolled back and its orders are inserted
 //! one by one (a replay gets its order, a conflict its 409, the neighbours
 //! their new orders); any other failure is the same failure for every order of
 //! the batch (they all committed or none did).
+
+use std::time::{Duration, Instant};
 
 use actix::Addr;
 use metrics::histogram;
@@ -26,6 +31,9 @@ use crate::storage::{BatchOutcome, InsertOutcome, StoreError, UnitStore, now_ms,
 
 pub type Reply = oneshot::Sender<Result<CreateOutcome, StoreError>>;
 
+/// How often a unit measures its create rate again.
+const RATE_PERIOD: Duration = Duration::from_millis(10);
+
 /// Creates waiting for a batch, and the batches running.
 #[derive(Default)]
 pub struct Batcher {
@@ -35,11 +43,44 @@ pub struct Batcher {
     /// Batches written and orders in them, since start.
     pub batches: u64,
     pub orders: u64,
+    rate: ArrivalRate,
+}
+
+/// Creates per second, measured over periods of at least [`RATE_PERIOD`]
+/// that end at an arrival (so a silence counts once the next create comes).
+#[derive(Default)]
+struct ArrivalRate {
+    since: Option<Instant>,
+    arrivals: u32,
+    per_sec: f64,
+}
+
+impl ArrivalRate {
+    fn arrived(&mut self, now: Instant) {
+        self.arrivals += 1;
+        let since = *self.since.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= RATE_PERIOD {
+            self.per_sec = f64::from(self.arrivals) / elapsed.as_secs_f64();
+            self.arrivals = 0;
+            self.since = Some(now);
+        }
+    }
 }
 
 impl Batcher {
     pub fn push(&mut self, request: NewOrder, reply: Reply) {
+        self.rate.arrived(Instant::now());
         self.pending.push((request, reply));
+    }
+
+    /// Whether the next batch should wait up to `window` for company: at the
+    /// unit's recent rate at least one more create comes within the window,
+    /// and that many would grow the batch by at least a quarter. So a slow
+    /// unit's creates go at once, and so do batches that are full or large
+    /// already (a busy unit's, which fill while the previous batch runs).
+    pub fn waits_for_company(&self, window: Duration, max_batch: usize) -> bool {
+        worth_waiting(self.rate.per_sec, window, self.pending.len(), max_batch)
     }
 
     pub fn pending(&self) -> usize {
@@ -62,6 +103,12 @@ impl Batcher {
             let _ = reply.send(Err(error.clone()));
         }
     }
+}
+
+/// See [`Batcher::waits_for_company`]: `per_sec` creates arrive per second.
+fn worth_waiting(per_sec: f64, window: Duration, pending: usize, max_batch: usize) -> bool {
+    let company = per_sec * window.as_secs_f64();
+    pending < max_batch && company >= 1.0 && company * 4.0 >= pending as f64
 }
 
 /// Whether a unit starts another create batch now: when creates wait and
@@ -159,7 +206,50 @@ pub async fn insert_one(
 
 #[cfg(test)]
 mod tests {
-    use super::may_start_batch;
+    use std::time::{Duration, Instant};
+
+    use super::{ArrivalRate, may_start_batch, worth_waiting};
+
+    #[test]
+    fn the_rate_is_measured_over_periods_and_a_silence_counts() {
+        let start = Instant::now();
+        let mut rate = ArrivalRate::default();
+        // One create every 100 us for 20 ms: 10,000/s.
+        for i in 0..=200 {
+            rate.arrived(start + Duration::from_micros(100 * i));
+        }
+        assert!(
+            (9_000.0..=11_000.0).contains(&rate.per_sec),
+            "{}",
+            rate.per_sec
+        );
+        // Then one create after a second of silence: the rate falls at once.
+        rate.arrived(start + Duration::from_millis(1_020));
+        assert!(rate.per_sec < 10.0, "{}", rate.per_sec);
+    }
+
+    #[test]
+    fn a_batch_waits_only_for_company_that_comes_and_matters() {
+        let window = Duration::from_micros(200);
+        // 10,000/s: two more creates in 200 us.
+        assert!(
+            worth_waiting(10_000.0, window, 1, 64),
+            "a lone create waits"
+        );
+        assert!(
+            worth_waiting(10_000.0, window, 8, 64),
+            "two more grow 8 by a quarter"
+        );
+        assert!(
+            !worth_waiting(10_000.0, window, 9, 64),
+            "a large batch goes"
+        );
+        assert!(!worth_waiting(1e9, window, 64, 64), "a full batch goes");
+        // 1,000/s: company is not expected within the window.
+        assert!(!worth_waiting(1_000.0, window, 1, 64));
+        // No window, no wait.
+        assert!(!worth_waiting(1e9, Duration::ZERO, 1, 64));
+    }
 
     #[test]
     fn a_second_batch_waits_for_enough_company() {

@@ -426,7 +426,7 @@ impl UnitActor {
             max_in_flight,
             overlap_at,
         ) {
-            if !window.is_zero() && !window_over && self.batcher.pending() < max_batch {
+            if !window_over && self.batcher.waits_for_company(window, max_batch) {
                 if !self.batcher.timer_set {
                     self.batcher.timer_set = true;
                     ctx.run_later(window, |act, ctx| {
