@@ -69,6 +69,76 @@ impl CountedServer {
     }
 }
 
+/// `window_us`: a batch waits for company only when the unit's create rate
+/// says it comes. A lone create at an idle unit goes at once; a steady stream
+/// waits and shares commits; after a silence a lone create goes at once again.
+#[actix_web::test]
+async fn a_batch_waits_for_company_only_when_the_rate_says_it_comes() {
+    use std::time::{Duration, Instant};
+    let url = mariadb::shared().url(&mariadb::unique_db("gcwin"));
+    let store = UnitStore::open(6, &url, None, &StorageSettings::default())
+        .await
+        .unwrap();
+    // A window far longer than a commit, so that waiting shows.
+    let window = Duration::from_millis(400);
+    let options = UnitOptions {
+        sequence_step: 1_000,
+        prefetch_at_percent: 10,
+        mailbox: 1_024,
+        group_commit: GroupCommitSettings {
+            window_us: window.as_micros() as u64,
+            ..GroupCommitSettings::default()
+        },
+    };
+    let unit = UnitActor::new(store.clone(), options, None, None).start();
+    let create = |key: String| {
+        let unit = unit.clone();
+        async move {
+            let started = Instant::now();
+            let r = unit
+                .send(CreateOrder {
+                    request: request(&key, 10),
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(matches!(r, CreateOutcome::Created(_)), "{key}: {r:?}");
+            started.elapsed()
+        }
+    };
+
+    let alone = create("first".into()).await;
+    assert!(alone < window / 2, "an idle unit's create waited {alone:?}");
+
+    // 40 creates 5 ms apart (200/s: 80 per window): after the first 10 ms
+    // the unit knows its rate, and the rest wait for company.
+    let (batches_before, _) = unit.send(BatchStats).await.unwrap();
+    let mut stream = Vec::new();
+    for i in 0..40 {
+        stream.push(actix::spawn(create(format!("steady-{i}"))));
+        actix::clock::sleep(Duration::from_millis(5)).await;
+    }
+    for answer in join_all(stream).await {
+        answer.unwrap();
+    }
+    let (batches_after, _) = unit.send(BatchStats).await.unwrap();
+    let batches = batches_after - batches_before;
+    assert!(
+        batches <= 8,
+        "40 creates at 200/s took {batches} batches: they did not wait for company"
+    );
+
+    // A silence: measured up to the next create, the rate is ~1/s, so
+    // company is not expected within the window and that create goes at once.
+    actix::clock::sleep(Duration::from_secs(3)).await;
+    let after_silence = create("after-silence".into()).await;
+    assert!(
+        after_silence < window / 2,
+        "a create after a silence waited {after_silence:?}"
+    );
+    store.close().await;
+}
+
 #[actix_web::test]
 async fn a_batch_answers_every_caller_as_if_alone() {
     let url = mariadb::shared().url(&mariadb::unique_db("gc"));
