@@ -9,58 +9,75 @@
 //! this process, and the look-up of that unit is skipped; a "maybe" (a real
 //! hit, or a false positive in about 1% of keys) asks the database as before.
 //!
-//! Readers and writers share it without locks on the hot path: bits are
-//! atomics, and the list of parts is only write-locked to add a part. When
+//! Readers and writers share it without locks: bits are atomics, parts sit
+//! in slots filled once, and only adding a part takes a lock. When
 //! the newest part holds its capacity of keys, a part twice its size is
 //! added (a scalable Bloom filter), so the false-positive rate stays bounded
 //! however many orders a unit takes.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
-/// Bits per key and hash functions: ~0.5% false positives per part.
-const BITS_PER_KEY: u64 = 11;
+/// Bits per key and hash functions: ~0.4% false positives per full part
+/// (measured: 0.39% at 13 bits, 0.81% at 11; a blocked filter needs more
+/// bits than a classic one, which had 0.5% at 11).
+const BITS_PER_KEY: u64 = 13;
 const HASHES: u64 = 8;
+/// A key's bits all lie in one block of 512 bits, one cache line (a "blocked"
+/// Bloom filter): a look-up or an insert misses the cache once, where eight
+/// bits anywhere in a filter of megabytes missed up to eight times.
+const BLOCK_WORDS: usize = 8;
+const BLOCK_BITS: u64 = 64 * BLOCK_WORDS as u64;
+/// Each part holds twice the keys of the one before, so 32 parts hold 2^31
+/// times the first's capacity: more than any unit will ever see.
+const MAX_PARTS: usize = 32;
+
+#[repr(align(64))]
+struct Block([AtomicU64; BLOCK_WORDS]);
 
 /// One fixed-size Bloom filter.
 struct Part {
-    bits: Box<[AtomicU64]>,
-    /// Number of bits (a multiple of 64).
-    len: u64,
+    blocks: Box<[Block]>,
     capacity: u64,
     count: AtomicU64,
 }
 
 impl Part {
     fn new(capacity: u64) -> Self {
-        let words = (capacity * BITS_PER_KEY).div_ceil(64).max(1);
+        let blocks = (capacity * BITS_PER_KEY).div_ceil(BLOCK_BITS).max(1);
         Self {
-            bits: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            len: words * 64,
+            blocks: (0..blocks)
+                .map(|_| Block(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
             capacity,
             count: AtomicU64::new(0),
         }
     }
 
-    /// The bit positions of a key (Kirsch-Mitzenmacher double hashing).
-    fn positions(&self, (h1, h2): (u64, u64)) -> impl Iterator<Item = (usize, u64)> + '_ {
-        (0..HASHES).map(move |i| {
-            let bit = h1.wrapping_add(i.wrapping_mul(h2)) % self.len;
+    /// A key's block (the high bits of `h1` scaled to the block count, no
+    /// division) and its bits there (double hashing from the low bits of
+    /// `h1`; `h2` is odd, so the steps visit distinct bits).
+    fn positions(&self, (h1, h2): (u64, u64)) -> (&Block, impl Iterator<Item = (usize, u64)>) {
+        let block = ((u128::from(h1) * self.blocks.len() as u128) >> 64) as usize;
+        let bits = (0..HASHES).map(move |i| {
+            let bit = h1.wrapping_add(i.wrapping_mul(h2)) % BLOCK_BITS;
             ((bit / 64) as usize, 1u64 << (bit % 64))
-        })
+        });
+        (&self.blocks[block], bits)
     }
 
     fn insert(&self, hash: (u64, u64)) {
-        for (word, mask) in self.positions(hash) {
-            self.bits[word].fetch_or(mask, Ordering::Relaxed);
+        let (block, bits) = self.positions(hash);
+        for (word, mask) in bits {
+            block.0[word].fetch_or(mask, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
     fn may_contain(&self, hash: (u64, u64)) -> bool {
-        self.positions(hash)
-            .all(|(word, mask)| self.bits[word].load(Ordering::Relaxed) & mask != 0)
+        let (block, mut bits) = self.positions(hash);
+        bits.all(|(word, mask)| block.0[word].load(Ordering::Relaxed) & mask != 0)
     }
 
     fn is_full(&self) -> bool {
@@ -71,7 +88,11 @@ impl Part {
 /// The keys a unit may hold. `ready` turns on once the unit's existing keys
 /// were all loaded; before that a "no" means nothing and callers must ask.
 pub struct KeyFilter {
-    parts: RwLock<Vec<Part>>,
+    /// [`MAX_PARTS`] slots, filled in order. Readers take no lock (a read
+    /// lock's counter, shared by every HTTP worker, was the filter's largest
+    /// cost); adding a part takes `adding`.
+    parts: Box<[OnceLock<Part>]>,
+    adding: Mutex<()>,
     ready: AtomicBool,
     hasher: std::hash::RandomState,
 }
@@ -80,7 +101,11 @@ impl KeyFilter {
     /// An empty filter whose first part holds `capacity` keys.
     pub fn new(capacity: u64) -> Self {
         Self {
-            parts: RwLock::new(vec![Part::new(capacity.max(1024))]),
+            parts: std::iter::once(OnceLock::from(Part::new(capacity.max(1024))))
+                .chain(std::iter::repeat_with(OnceLock::new))
+                .take(MAX_PARTS)
+                .collect(),
+            adding: Mutex::new(()),
             ready: AtomicBool::new(false),
             hasher: std::hash::RandomState::new(),
         }
@@ -101,31 +126,46 @@ impl KeyFilter {
     /// nothing and is not counted.
     pub fn insert(&self, merchant_id: &str, out_trade_no: &str) {
         let hash = self.hash(merchant_id, out_trade_no);
-        {
-            let parts = self.parts.read().unwrap_or_else(PoisonError::into_inner);
-            if parts.iter().any(|p| p.may_contain(hash)) {
+        let mut newest = None;
+        for part in self.parts() {
+            if part.may_contain(hash) {
                 return;
             }
-            let last = parts.last().expect("a filter has a part");
-            if !last.is_full() {
-                last.insert(hash);
-                return;
-            }
+            newest = Some(part);
         }
-        let mut parts = self.parts.write().unwrap_or_else(PoisonError::into_inner);
-        let last = parts.last().expect("a filter has a part");
-        if last.is_full() {
-            let bigger = Part::new(last.capacity * 2);
-            parts.push(bigger);
+        let newest = newest.expect("a filter has a part");
+        if !newest.is_full() {
+            newest.insert(hash);
+            return;
         }
-        parts.last().expect("just pushed").insert(hash);
+        // The newest part is full: add one twice its size (once, whoever
+        // gets here first) and insert there.
+        let _adding = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
+        let (count, newest) = self
+            .parts()
+            .enumerate()
+            .last()
+            .expect("a filter has a part");
+        let target = if newest.is_full() {
+            self.parts
+                .get(count + 1)
+                .expect("fewer than MAX_PARTS parts: 2^31 times the first's capacity")
+                .get_or_init(|| Part::new(newest.capacity * 2))
+        } else {
+            newest
+        };
+        target.insert(hash);
+    }
+
+    /// The parts added so far, oldest first.
+    fn parts(&self) -> impl Iterator<Item = &Part> {
+        self.parts.iter().map_while(OnceLock::get)
     }
 
     /// False only when the key was certainly never inserted.
     pub fn may_contain(&self, merchant_id: &str, out_trade_no: &str) -> bool {
         let hash = self.hash(merchant_id, out_trade_no);
-        let parts = self.parts.read().unwrap_or_else(PoisonError::into_inner);
-        parts.iter().any(|p| p.may_contain(hash))
+        self.parts().any(|p| p.may_contain(hash))
     }
 
     /// Whether the unit's existing keys are all in (a "no" can be trusted).
@@ -139,8 +179,7 @@ impl KeyFilter {
 
     /// Keys inserted so far (repeats not counted).
     pub fn len(&self) -> u64 {
-        let parts = self.parts.read().unwrap_or_else(PoisonError::into_inner);
-        parts.iter().map(|p| p.count.load(Ordering::Relaxed)).sum()
+        self.parts().map(|p| p.count.load(Ordering::Relaxed)).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -149,8 +188,9 @@ impl KeyFilter {
 
     /// Memory held by the bits, in bytes.
     pub fn size_bytes(&self) -> u64 {
-        let parts = self.parts.read().unwrap_or_else(PoisonError::into_inner);
-        parts.iter().map(|p| p.len / 8).sum()
+        self.parts()
+            .map(|p| p.blocks.len() as u64 * BLOCK_BITS / 8)
+            .sum()
     }
 }
 
