@@ -7,7 +7,7 @@
 //! started (scanned from its database) plus every key this process sends it
 //! afterwards, added *before* the insert. A "no" is therefore certain for
 //! this process, and the look-up of that unit is skipped; a "maybe" (a real
-//! hit, or a false positive in about 1% of keys) asks the database as before.
+//! hit, or a false positive in about 0.4% of keys) asks the database as before.
 //!
 //! Readers and writers share it without locks: bits are atomics, parts sit
 //! in slots filled once, and only adding a part takes a lock. When
