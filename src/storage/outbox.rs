@@ -242,19 +242,20 @@ fn decode_record(row: &sqlx::any::AnyRow) -> Result<Record, String> {
     let payload: String = row.try_get("payload").map_err(get_err)?;
     let payload: Value =
         serde_json::from_str(&payload).map_err(|e| format!("record {id}: payload: {e}"))?;
-    if event_type != CREATED {
+    // Created records written before batches had their own record hold
+    // their event, like any change.
+    let Some(seqs) = payload.get("order_seqs").filter(|_| event_type == CREATED) else {
         return Ok(Record::Change {
             id,
             event_type,
             payload,
         });
-    }
-    let seqs = payload
-        .get("order_seqs")
-        .and_then(Value::as_array)
+    };
+    let seqs = seqs
+        .as_array()
         .and_then(|seqs| seqs.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
         .filter(|seqs| !seqs.is_empty())
-        .ok_or_else(|| format!("record {id}: no order_seqs"))?;
+        .ok_or_else(|| format!("record {id}: order_seqs is not a list of sequences"))?;
     Ok(Record::Created { id, seqs })
 }
 

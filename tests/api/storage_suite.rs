@@ -615,6 +615,23 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
     assert_eq!(rest, events[5..]);
     let first = store.outbox_events(0, 1).await.unwrap();
     assert_eq!(first, events[..5], "a limit counts records, not events");
+
+    // A created record from before batches had one record: it holds its event.
+    let legacy = json!({"type": "order.created", "order_id": "legacy", "version": 1});
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (order_seq, order_version, event_type, payload, created_at_ms) \
+         VALUES (99, 1, 'order.created', ?, 0)",
+    )
+    .bind(legacy.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let last = store.outbox_events(records[6], 100).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].payload, legacy);
     store.close().await;
 }
 
