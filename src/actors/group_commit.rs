@@ -143,8 +143,8 @@ pub async fn run_batch(
         };
         match id {
             Ok(id) => {
-                orders.push(request.clone().into_order(id, now));
-                waiting.push((request, reply));
+                orders.push(request.into_order(id, now));
+                waiting.push(reply);
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -157,24 +157,25 @@ pub async fn run_batch(
     crate::fault::check_create(orders.iter().map(|o| o.out_trade_no.as_str()));
     if orders.len() == 1 {
         // Alone: the single-order path answers replays and conflicts itself.
-        let (request, reply) = waiting.pop().expect("one order, one waiter");
-        let _ = reply.send(insert_one(&store, &orders[0], &request, &me).await);
+        let order = orders.pop().expect("one order");
+        let reply = waiting.pop().expect("one waiter");
+        let _ = reply.send(insert_one(&store, order, &me).await);
         return;
     }
     match store.insert_orders(&orders).await {
         Ok(BatchOutcome::Inserted) => {
-            for (order, (_, reply)) in orders.into_iter().zip(waiting) {
+            for (order, reply) in orders.into_iter().zip(waiting) {
                 let _ = reply.send(Ok(CreateOutcome::Created(order)));
             }
         }
         Ok(BatchOutcome::KeyTaken) => {
             // Nothing was written: give each order the answer it gets alone.
-            for (order, (request, reply)) in orders.iter().zip(waiting) {
-                let _ = reply.send(insert_one(&store, order, &request, &me).await);
+            for (order, reply) in orders.into_iter().zip(waiting) {
+                let _ = reply.send(insert_one(&store, order, &me).await);
             }
         }
         Err(e) => {
-            for (_, reply) in waiting {
+            for reply in waiting {
                 let _ = reply.send(Err(e.clone()));
             }
         }
@@ -185,19 +186,18 @@ pub async fn run_batch(
 /// broken, and the actor is told to restart.
 pub async fn insert_one(
     store: &UnitStore,
-    order: &Order,
-    request: &NewOrder,
+    order: Order,
     me: &Addr<UnitActor>,
 ) -> Result<CreateOutcome, StoreError> {
-    let inserted = store.insert_order(order).await;
+    let inserted = store.insert_order(&order).await;
     if let Err(e @ StoreError::SequenceReused { .. }) = &inserted {
         me.do_send(Broken {
             reason: e.to_string(),
         });
     }
     Ok(match inserted? {
-        InsertOutcome::Inserted => CreateOutcome::Created(order.clone()),
-        InsertOutcome::KeyExists(existing) if request.is_replay_of(&existing) => {
+        InsertOutcome::Inserted => CreateOutcome::Created(order),
+        InsertOutcome::KeyExists(existing) if order.has_the_request_of(&existing) => {
             CreateOutcome::Replayed(*existing)
         }
         InsertOutcome::KeyExists(_) => CreateOutcome::KeyConflict,

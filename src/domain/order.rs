@@ -59,13 +59,16 @@ impl NewOrder {
     /// True when `order` was created by an identical request: a replay gets the
     /// existing order back, a different body under the same key is a conflict.
     pub fn is_replay_of(&self, order: &Order) -> bool {
-        self.merchant_id == order.merchant_id
-            && self.out_trade_no == order.out_trade_no
-            && self.user_id == order.user_id
-            && self.amount == order.amount
-            && self.currency == order.currency
-            && self.description == order.description
-            && self.sections == order.sections
+        let request = (
+            &self.merchant_id,
+            &self.out_trade_no,
+            &self.user_id,
+            &self.amount,
+            &self.currency,
+            &self.description,
+            &self.sections,
+        );
+        request == order.request()
     }
 
     /// The order this request creates, with id `id` at time `now_ms`.
@@ -89,6 +92,17 @@ impl NewOrder {
         }
     }
 }
+
+/// What a create request fixes in its order, compared to tell a replay.
+type RequestFields<'a> = (
+    &'a MerchantId,
+    &'a OutTradeNo,
+    &'a UserId,
+    &'a Amount,
+    &'a Currency,
+    &'a Option<Text>,
+    &'a Sections,
+);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Order {
@@ -136,6 +150,26 @@ pub enum Change {
     Unchanged,
     /// The order as it must be written.
     Next(Box<Order>),
+}
+
+impl Order {
+    /// True when `order` was created by an identical request (see
+    /// [`NewOrder::is_replay_of`]).
+    pub fn has_the_request_of(&self, order: &Order) -> bool {
+        self.request() == order.request()
+    }
+
+    fn request(&self) -> RequestFields<'_> {
+        (
+            &self.merchant_id,
+            &self.out_trade_no,
+            &self.user_id,
+            &self.amount,
+            &self.currency,
+            &self.description,
+            &self.sections,
+        )
+    }
 }
 
 impl Order {
