@@ -43,6 +43,21 @@ impl OrderStatus {
     }
 }
 
+/// The fields a create request fixes, of a `NewOrder` or an `Order`.
+macro_rules! request_fields {
+    ($o:expr) => {
+        (
+            &$o.merchant_id,
+            &$o.out_trade_no,
+            &$o.user_id,
+            &$o.amount,
+            &$o.currency,
+            &$o.description,
+            &$o.sections,
+        )
+    };
+}
+
 /// A create request, validated. `(merchant_id, out_trade_no)` is its idempotency key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewOrder {
@@ -59,16 +74,7 @@ impl NewOrder {
     /// True when `order` was created by an identical request: a replay gets the
     /// existing order back, a different body under the same key is a conflict.
     pub fn is_replay_of(&self, order: &Order) -> bool {
-        let request = (
-            &self.merchant_id,
-            &self.out_trade_no,
-            &self.user_id,
-            &self.amount,
-            &self.currency,
-            &self.description,
-            &self.sections,
-        );
-        request == order.request()
+        request_fields!(self) == order.request()
     }
 
     /// The order this request creates, with id `id` at time `now_ms`.
@@ -160,15 +166,7 @@ impl Order {
     }
 
     fn request(&self) -> RequestFields<'_> {
-        (
-            &self.merchant_id,
-            &self.out_trade_no,
-            &self.user_id,
-            &self.amount,
-            &self.currency,
-            &self.description,
-            &self.sections,
-        )
+        request_fields!(self)
     }
 }
 
