@@ -141,14 +141,14 @@ impl KeyFilter {
         // The newest part is full: add one twice its size (once, whoever
         // gets here first) and insert there.
         let _adding = self.adding.lock().unwrap_or_else(PoisonError::into_inner);
-        let (count, newest) = self
+        let (newest_index, newest) = self
             .parts()
             .enumerate()
             .last()
             .expect("a filter has a part");
         let target = if newest.is_full() {
             self.parts
-                .get(count + 1)
+                .get(newest_index + 1)
                 .expect("fewer than MAX_PARTS parts: 2^31 times the first's capacity")
                 .get_or_init(|| Part::new(newest.capacity * 2))
         } else {
