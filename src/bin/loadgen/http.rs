@@ -88,6 +88,28 @@ impl Client {
         idle.pop_front()
     }
 
+    /// Opens `n` connections into the idle pool, at most `at_once` handshakes
+    /// at a time (a burst of thousands would overflow the server's accept
+    /// queue). Returns how many opened.
+    pub async fn open(&self, n: usize, at_once: usize) -> usize {
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(at_once.max(1)));
+        let opening = (0..n).map(|_| {
+            let slots = slots.clone();
+            async move {
+                let _slot = slots.acquire().await;
+                Conn::connect(self.addr).await.ok()
+            }
+        });
+        let opened: Vec<Conn> = futures_util::future::join_all(opening)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let count = opened.len();
+        self.idle.lock().unwrap().extend(opened);
+        count
+    }
+
     /// Sends one request on an idle connection (or a new one) and reads the
     /// reply. When a reused connection turns out to be closed before any
     /// reply came (the server timed it out), the request is sent once more
@@ -288,7 +310,8 @@ mod tests {
         server.await.unwrap();
     }
 
-    /// Idle connections are reused oldest first, so all of them stay warm.
+    /// Connections opened up front are reused oldest first, so all of them
+    /// stay warm.
     #[tokio::test]
     async fn the_least_recently_used_connection_goes_first() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -314,9 +337,9 @@ mod tests {
             }
         });
         let client = Client::new(&format!("http://{addr}"), Duration::from_secs(5)).unwrap();
-        let first = Conn::connect(addr).await.unwrap();
-        let second = Conn::connect(addr).await.unwrap();
-        client.idle.lock().unwrap().extend([first, second]);
+        // Opened up front, in order; the server accepts no third connection,
+        // so a request that opened one would get no answer.
+        assert_eq!(client.open(2, 1).await, 2);
         let mut served_by = Vec::new();
         for _ in 0..4 {
             let r = client.send("GET", "/", None).await.unwrap();

@@ -269,6 +269,17 @@ async fn run(args: Args) -> std::process::ExitCode {
         sent: AtomicU64::new(0),
         deadline: std::sync::OnceLock::new(),
     });
+    // Every connection opens before the clock starts, as a fixed client pool
+    // would. Opened on demand, a slow moment of the server (more requests in
+    // flight) made the open loop open hundreds at once, and the server then
+    // spent that moment on handshakes.
+    let opened = shared.client.open(args.connections, 64).await;
+    if opened < args.connections {
+        eprintln!(
+            "order-loadgen: opened {opened} of {} connections (the rest open when needed)",
+            args.connections
+        );
+    }
     let start = Instant::now();
     let warmup_end = start + args.warmup;
     let measure_for = args.duration.unwrap_or(HARD_LIMIT).min(HARD_LIMIT);
