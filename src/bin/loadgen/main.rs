@@ -57,6 +57,10 @@ struct Args {
     /// Write the report as JSON to this file (`-` for standard output).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write a CSV line per 100 ms of send time (requests, errors, slowest
+    /// answer) to this file: when in the run the slow answers were.
+    #[arg(long)]
+    timeline: Option<PathBuf>,
     /// Tokio worker threads for the generator.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -119,7 +123,10 @@ impl Shared {
         // Answers after the time limit fall outside the measured period.
         let in_time = self.deadline.get().is_none_or(|end| Instant::now() <= *end);
         if in_time && self.measuring.load(Ordering::Acquire) {
-            self.stats.lock().unwrap().record(req.op, status, latency);
+            self.stats
+                .lock()
+                .unwrap()
+                .record(req.op, status, since, latency);
         }
     }
 }
@@ -293,7 +300,9 @@ async fn run(args: Args) -> std::process::ExitCode {
         let shared = shared.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(warmup_end.into()).await;
-            *shared.measured_started.lock().unwrap() = Some(Instant::now());
+            let now = Instant::now();
+            *shared.measured_started.lock().unwrap() = Some(now);
+            shared.stats.lock().unwrap().start(now);
             shared.measuring.store(true, Ordering::Release);
         })
     };
@@ -336,6 +345,12 @@ async fn run(args: Args) -> std::process::ExitCode {
     };
     let report = shared.stats.lock().unwrap().report(config, measured);
     print!("{}", report.text());
+    if let Some(path) = &args.timeline
+        && let Err(e) = std::fs::write(path, report.timeline_csv())
+    {
+        eprintln!("order-loadgen: cannot write {}: {e}", path.display());
+        return std::process::ExitCode::FAILURE;
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).expect("report serializes");
         if path.as_os_str() == "-" {

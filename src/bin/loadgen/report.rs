@@ -2,7 +2,7 @@
 //! status code, throughput over the measured period (warm-up excluded).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -21,10 +21,71 @@ pub struct Stats {
     /// HTTP status -> count; transport failures under 0.
     pub status: BTreeMap<u16, u64>,
     pub transport_errors: u64,
+    timeline: Timeline,
+}
+
+/// The measured requests by when they were (meant to be) sent, in slots of
+/// [`SLOT`]: a server that stalls for a moment shows as a few slots whose
+/// requests all waited, which one set of percentiles cannot tell from a
+/// server that is slow all the time.
+#[derive(Default)]
+struct Timeline {
+    /// When the measured period began; requests sent before it count in
+    /// the first slot.
+    start: Option<Instant>,
+    slots: Vec<Slot>,
+}
+
+/// The width of a timeline slot.
+pub const SLOT: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Slot {
+    /// Start of the slot, seconds into the measured period.
+    pub at_secs: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub max_ms: f64,
+}
+
+impl Timeline {
+    fn record(&mut self, sent: Instant, latency: Duration, error: bool) {
+        let start = *self.start.get_or_insert(sent);
+        let index = (sent.saturating_duration_since(start).as_nanos() / SLOT.as_nanos()) as usize;
+        if self.slots.len() <= index {
+            self.slots.resize_with(index + 1, Slot::default);
+        }
+        let slot = &mut self.slots[index];
+        slot.requests += 1;
+        slot.errors += u64::from(error);
+        slot.max_ms = slot.max_ms.max(latency.as_secs_f64() * 1000.0);
+    }
+
+    fn slots(&self) -> Vec<Slot> {
+        let width = SLOT.as_secs_f64();
+        let at = |i: usize| (i as f64 * width * 1000.0).round() / 1000.0;
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Slot {
+                at_secs: at(i),
+                ..*s
+            })
+            .collect()
+    }
 }
 
 impl Stats {
-    pub fn record(&mut self, op: Op, status: Option<u16>, latency: Duration) {
+    /// Marks the start of the measured period (for the timeline).
+    pub fn start(&mut self, at: Instant) {
+        self.timeline.start = Some(at);
+    }
+
+    /// One measured answer: `sent` is when the request was meant to go
+    /// (the open loop's schedule) or went (closed loop).
+    pub fn record(&mut self, op: Op, status: Option<u16>, sent: Instant, latency: Duration) {
+        self.timeline
+            .record(sent, latency, status.is_none_or(|s| s >= 400));
         let us = (latency.as_micros() as u64).clamp(1, 300_000_000);
         self.by_op
             .entry(op)
@@ -81,6 +142,7 @@ impl Stats {
                 .iter()
                 .map(|(op, h)| (op.name().to_string(), summary(h)))
                 .collect(),
+            timeline: self.timeline.slots(),
         }
     }
 }
@@ -121,9 +183,24 @@ pub struct Report {
     pub status: BTreeMap<String, u64>,
     pub all: Option<OpReport>,
     pub ops: BTreeMap<String, OpReport>,
+    /// Per [`SLOT`] of send time; written by `--timeline`, not in `--json`.
+    #[serde(skip)]
+    pub timeline: Vec<Slot>,
 }
 
 impl Report {
+    /// The timeline as CSV: one line per slot of send time.
+    pub fn timeline_csv(&self) -> String {
+        let mut out = String::from("at_secs,requests,errors,max_ms\n");
+        for s in &self.timeline {
+            out += &format!(
+                "{:.1},{},{},{:.3}\n",
+                s.at_secs, s.requests, s.errors, s.max_ms
+            );
+        }
+        out
+    }
+
     pub fn text(&self) -> String {
         let c = &self.config;
         let mut out = format!(
@@ -155,6 +232,19 @@ impl Report {
                 name, r.count, r.rate_per_sec, r.p50_ms, r.p90_ms, r.p99_ms, r.p999_ms, r.max_ms
             );
         }
+        let worst = self
+            .timeline
+            .iter()
+            .max_by(|a, b| a.max_ms.total_cmp(&b.max_ms));
+        if let Some(w) = worst {
+            out += &format!(
+                "slowest moment: requests sent {:.1}-{:.1}s in waited up to {:.2} ms ({} of them)\n",
+                w.at_secs,
+                w.at_secs + SLOT.as_secs_f64(),
+                w.max_ms,
+                w.requests
+            );
+        }
         let statuses: Vec<_> = self
             .status
             .iter()
@@ -180,11 +270,12 @@ mod tests {
     #[test]
     fn percentiles_and_errors() {
         let mut s = Stats::default();
+        let t0 = Instant::now();
         for ms in 1..=100 {
-            s.record(Op::Create, Some(201), Duration::from_millis(ms));
+            s.record(Op::Create, Some(201), t0, Duration::from_millis(ms));
         }
-        s.record(Op::Get, Some(503), Duration::from_millis(5));
-        s.record(Op::Get, None, Duration::from_millis(5));
+        s.record(Op::Get, Some(503), t0, Duration::from_millis(5));
+        s.record(Op::Get, None, t0, Duration::from_millis(5));
         let config = RunConfig {
             url: "u".into(),
             mode: "closed".into(),
@@ -203,5 +294,56 @@ mod tests {
         assert_eq!((r.requests, r.errors, r.transport_errors), (102, 2, 1));
         assert!((r.throughput_per_sec - 51.0).abs() < 1e-9);
         assert!(r.text().contains("503: 1"));
+    }
+
+    #[test]
+    fn the_timeline_shows_when_the_slow_answers_were_sent() {
+        let mut s = Stats::default();
+        let t0 = Instant::now();
+        s.start(t0);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // 0.0-0.1 s: quick; 0.2-0.3 s: a stall; nothing sent in 0.1-0.2 s.
+        s.record(Op::Create, Some(201), at(10), Duration::from_millis(2));
+        s.record(Op::Create, Some(201), at(90), Duration::from_millis(3));
+        s.record(Op::Create, Some(201), at(210), Duration::from_millis(250));
+        s.record(Op::Create, Some(503), at(299), Duration::from_millis(170));
+        s.record(Op::Create, None, at(250), Duration::from_millis(1));
+        let r = s.report(
+            RunConfig {
+                url: "u".into(),
+                mode: "open".into(),
+                rate_per_sec: Some(50.0),
+                connections: 8,
+                mix: "create=100".into(),
+                duration_secs: Some(0.3),
+                requests_limit: None,
+                warmup_secs: 0.0,
+            },
+            Duration::from_millis(300),
+        );
+        let slot = |at_secs, requests, errors, max_ms| Slot {
+            at_secs,
+            requests,
+            errors,
+            max_ms,
+        };
+        assert_eq!(
+            r.timeline,
+            [
+                slot(0.0, 2, 0, 3.0),
+                slot(0.1, 0, 0, 0.0),
+                slot(0.2, 3, 2, 250.0)
+            ]
+        );
+        assert_eq!(
+            r.timeline_csv(),
+            "at_secs,requests,errors,max_ms\n0.0,2,0,3.000\n0.1,0,0,0.000\n0.2,3,2,250.000\n"
+        );
+        assert!(
+            r.text()
+                .contains("requests sent 0.2-0.3s in waited up to 250.00 ms (3 of them)"),
+            "{}",
+            r.text()
+        );
     }
 }
