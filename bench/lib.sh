@@ -45,24 +45,37 @@ PY
 
 # The disk's own commit latency: 4 KiB write + fdatasync in DIR for SECS
 # seconds, one at a time (what a durable commit waits for, without MariaDB).
+# With PAUSE_MS, it pauses that long between syncs (a light probe to run
+# beside a benchmark) and also lists when the syncs over 20 ms began; with
+# SKIP_SECS, it starts counting that long after it starts (so that its own
+# start-up falls in a benchmark's warm-up), and times are from then.
 disk_sync_latency() {
-  python3 - "$1" "$2" <<'PY'
+  python3 - "$1" "$2" "${3:-0}" "${4:-0}" <<'PY'
 import os, sys, time
 secs, path = float(sys.argv[1]), os.path.join(sys.argv[2], "sync-probe.dat")
+pause, skip = float(sys.argv[3]) / 1e3, float(sys.argv[4])
 fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-lat, off, end = [], 0, time.monotonic() + secs
-while time.monotonic() < end:
+lat, slow, off = [], [], 0
+time.sleep(skip)
+start = time.monotonic()
+while time.monotonic() < start + secs:
     os.pwrite(fd, b"x" * 4096, off)
     off = (off + 4096) % (64 << 20)
     t = time.perf_counter()
     os.fdatasync(fd)
-    lat.append((time.perf_counter() - t) * 1e3)
+    ms = (time.perf_counter() - t) * 1e3
+    lat.append(ms)
+    if ms > 20:
+        slow.append(f"{time.monotonic() - start - ms / 1e3:.1f}s: {ms:.0f} ms")
+    time.sleep(pause)
 os.close(fd)
 os.unlink(path)
 lat.sort()
 q = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))]
 print(f"{len(lat)} syncs: p50 {q(.5):.2f} ms, p99 {q(.99):.2f} ms, p99.9 {q(.999):.2f} ms, "
       f"max {lat[-1]:.1f} ms, {sum(x > 50 for x in lat)} over 50 ms")
+if pause:
+    print("syncs over 20 ms began at: " + (", ".join(slow) or "none"))
 PY
 }
 

@@ -11,7 +11,8 @@
 #      sysbench had)
 #   4. order-loadgen closed loop, creates only: the engine's peak creates/s,
 #      and the engine's and MariaDB's CPU time per create (from /proc)
-#   5. order-loadgen open loop at 50% of that peak: p50 / p99 latency
+#   5. order-loadgen open loop at 50% of that peak: p50 / p99 latency, its
+#      slowest moments, and the disk's own fdatasync at the same time
 #   Each engine run also prints how busy the cores were and how much CPU the
 #   hypervisor stole meanwhile (on a shared host the tail follows the steal).
 #
@@ -76,8 +77,19 @@ done
 HALF=$(python3 -c "print(round($PEAK / 2))")
 echo "== open loop at 50% of peak: $HALF creates/s"
 s0=$(cpu_counters)
-"${LG[@]}" --rate "$HALF" --connections 1024 --duration "${DURATION}s" --warmup 3s --json "$WORK/half.json" | sed 's/^/   /'
+# Beside it, from the end of the warm-up, a light probe of the disk's own
+# fdatasync (one every 10 ms): a commit cannot be faster than the disk.
+disk_sync_latency "$DURATION" "$WORK" 10 3 >"$WORK/half-disk.txt" &
+PROBE=$!
+"${LG[@]}" --rate "$HALF" --connections 1024 --duration "${DURATION}s" --warmup 3s \
+  --json "$WORK/half.json" --timeline "$WORK/half-timeline.csv" | sed 's/^/   /'
 HALF_CPU=$(cpu_report "$s0" "$(cpu_counters)")
+wait "$PROBE"
+echo "   slowest moments (100 ms of send time, seconds into the measured period): $(
+  sort -t, -k4 -g -r "$WORK/half-timeline.csv" | grep -v '^at' | head -5 |
+    awk -F, '{ printf "%s%.1fs: %.0f ms", sep, $1, $4; sep = ", " }')"
+echo "   the disk meanwhile: $(sed -n 1p "$WORK/half-disk.txt")"
+echo "   $(sed -n 2p "$WORK/half-disk.txt")"
 echo "   during the open loop: $HALF_CPU"
 
 # Past ~75% of the redo log InnoDB flushes hard, which shows in the tail.
