@@ -19,6 +19,7 @@ use super::calls::{CallError, UnitCalls};
 use super::routing::{Key, SharedRouting};
 use crate::actors::key_lock::KeyLocks;
 use crate::actors::unit::{CreateOrder, CreateOutcome, FindByKey, SettleKey, UnitActor};
+use crate::domain::key_filter::KeyHash;
 use crate::domain::{NewOrder, Order};
 use crate::error::EngineError;
 use crate::metrics as m;
@@ -59,11 +60,13 @@ impl CreateContext {
             self.routing
                 .get()
                 .choose_for_create(&request.merchant_id, &[], &self.calls.board);
-        // Units whose key filter rules the key out are not asked.
+        // Units whose key filter rules the key out are not asked. The key is
+        // hashed once for every unit's filter.
+        let hash = KeyHash::of(key.0.as_str(), key.1.as_str());
         let targets = self
             .routing
             .get()
-            .key_lookup_targets(&key, first.as_ref().map(|f| f.0));
+            .key_lookup_targets(hash, first.as_ref().map(|f| f.0));
         if !targets.is_empty()
             && let Some(existing) = find_key(&self.calls, &targets, &key).await.found
         {
@@ -88,7 +91,7 @@ impl CreateContext {
                 break;
             };
             tried.push(unit);
-            self.routing.get().note_key(unit, &key);
+            self.routing.get().note_key(unit, hash);
             let attempt = CreateOrder {
                 request: request.clone(),
             };

@@ -13,7 +13,7 @@ use crate::actors::health::HealthBoard;
 use crate::actors::unit::UnitActor;
 use crate::config::{PartitionSettings, Temperature, UnitMode, UnitSettings};
 use crate::domain::circuit::CircuitState;
-use crate::domain::key_filter::KeyFilter;
+use crate::domain::key_filter::{KeyFilter, KeyHash};
 use crate::domain::selection::{Candidate, SlidingCount, choose};
 use crate::domain::values::{MerchantId, OutTradeNo};
 use crate::error::EngineError;
@@ -65,10 +65,10 @@ impl UnitRoute {
 
     /// Whether the unit may hold `key`: false only when its loaded filter
     /// rules the key out.
-    fn may_hold(&self, key: &Key) -> bool {
+    fn may_hold(&self, key: KeyHash) -> bool {
         self.filter
             .as_ref()
-            .is_none_or(|f| !f.is_ready() || f.may_contain(key.0.as_str(), key.1.as_str()))
+            .is_none_or(|f| !f.is_ready() || f.may_contain_hash(key))
     }
 
     /// Whether the operator lets this unit take new orders.
@@ -172,7 +172,7 @@ impl Routing {
     /// rule the key out. Also returns how many were ruled out.
     pub fn key_lookup_targets(
         &self,
-        key: &Key,
+        key: KeyHash,
         target: Option<u16>,
     ) -> Vec<(u16, Addr<UnitActor>)> {
         self.units
@@ -194,9 +194,9 @@ impl Routing {
 
     /// Records that `key` is about to be written in `unit` (before the
     /// insert, so no later look-up can miss it).
-    pub fn note_key(&self, unit: u16, key: &Key) {
+    pub fn note_key(&self, unit: u16, key: KeyHash) {
         if let Some(f) = self.units.get(&unit).and_then(|u| u.filter.as_ref()) {
-            f.insert(key.0.as_str(), key.1.as_str());
+            f.insert_hash(key);
         }
     }
 
