@@ -370,6 +370,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_op_and_outcome_is_listed() {
+        let routes = [
+            ("POST", "/v1/orders"),
+            ("GET", "/v1/orders/{order_id}"),
+            ("POST", "/v1/orders/{order_id}/pay"),
+            ("POST", "/v1/orders/{order_id}/close"),
+            ("POST", "/v1/orders/{order_id}/refunds"),
+            ("GET", "/v1/orders/{order_id}/refunds"),
+            ("GET", "/v1/merchants/{merchant_id}/orders/{out_trade_no}"),
+            ("GET", "/v1/users/{user_id}/orders"),
+        ];
+        let mut ops: Vec<_> = routes.iter().filter_map(|(m, p)| op_of(m, p)).collect();
+        ops.sort();
+        ops.dedup();
+        let mut listed = OPS.to_vec();
+        listed.sort();
+        assert_eq!(ops, listed);
+        for status in 100..600 {
+            assert!(OUTCOMES.contains(&outcome_of(status)), "{status}");
+        }
+    }
+
+    #[test]
     fn labels_stay_bounded() {
         assert_eq!(op_of("POST", "/v1/orders"), Some("create"));
         assert_eq!(op_of("GET", "/v1/users/{user_id}/orders"), Some("list"));

@@ -4,14 +4,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, ResponseError, web};
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use tracing::Instrument;
 
 use crate::domain::OrderId;
@@ -27,9 +27,13 @@ pub struct UnitTag(pub u16);
 
 /// Admission control: requests over `max_in_flight` are shed with `429` before
 /// they reach a unit, so overload queues in the caller, not in the databases.
+/// Build it after the metrics recorder is installed: it keeps the handles
+/// of the request metrics (see [`RequestMetrics`]).
 pub struct Admission {
     in_flight: AtomicUsize,
     max_in_flight: usize,
+    in_flight_gauge: Gauge,
+    metrics: RequestMetrics,
 }
 
 impl Admission {
@@ -37,6 +41,8 @@ impl Admission {
         Arc::new(Self {
             in_flight: AtomicUsize::new(0),
             max_in_flight,
+            in_flight_gauge: gauge!(m::REQUESTS_IN_FLIGHT),
+            metrics: RequestMetrics::new(),
         })
     }
 }
@@ -46,7 +52,52 @@ struct InFlight<'a>(&'a Admission);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let now = self.0.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
-        gauge!(m::REQUESTS_IN_FLIGHT).set(now as f64);
+        self.0.in_flight_gauge.set(now as f64);
+    }
+}
+
+/// The handles of the RED metrics' series, by `op` and `outcome` (all
+/// registered at start-up). `counter!` and `histogram!` look their series up
+/// in the registry on every call: with the in-flight gauge, ~1,800
+/// instructions per request.
+struct RequestMetrics {
+    series: [[(Counter, Histogram); m::OUTCOMES.len()]; m::OPS.len()],
+}
+
+impl RequestMetrics {
+    fn new() -> Self {
+        Self {
+            series: std::array::from_fn(|i| {
+                std::array::from_fn(|j| Self::register(m::OPS[i], m::OUTCOMES[j]))
+            }),
+        }
+    }
+
+    fn register(op: &'static str, outcome: &'static str) -> (Counter, Histogram) {
+        (
+            counter!(m::REQUESTS, "op" => op, "outcome" => outcome),
+            histogram!(m::REQUEST_DURATION, "op" => op, "outcome" => outcome),
+        )
+    }
+
+    fn record(&self, op: &'static str, outcome: &'static str, elapsed: Duration) {
+        let i = m::OPS.iter().position(|o| *o == op);
+        let j = m::OUTCOMES.iter().position(|o| *o == outcome);
+        match (i, j) {
+            (Some(i), Some(j)) => {
+                let (requests, duration) = &self.series[i][j];
+                requests.increment(1);
+                duration.record(elapsed.as_secs_f64());
+            }
+            // A label not listed in `OPS`/`OUTCOMES`: still counted.
+            _ => Self::record_uncached(op, outcome, elapsed),
+        }
+    }
+
+    fn record_uncached(op: &'static str, outcome: &'static str, elapsed: Duration) {
+        let (requests, duration) = Self::register(op, outcome);
+        requests.increment(1);
+        duration.record(elapsed.as_secs_f64());
     }
 }
 
@@ -90,7 +141,7 @@ pub async fn observe(
                 );
                 return Ok(res.map_into_right_body());
             }
-            gauge!(m::REQUESTS_IN_FLIGHT).set(now as f64);
+            a.in_flight_gauge.set(now as f64);
             Some(guard)
         }
         None => None,
@@ -114,9 +165,10 @@ pub async fn observe(
     let elapsed = started.elapsed();
     if let Some(op) = pattern.as_deref().and_then(|p| m::op_of(&method, p)) {
         let outcome = m::outcome_of(status);
-        counter!(m::REQUESTS, "op" => op, "outcome" => outcome).increment(1);
-        histogram!(m::REQUEST_DURATION, "op" => op, "outcome" => outcome)
-            .record(elapsed.as_secs_f64());
+        match &admission {
+            Some(a) => a.metrics.record(op, outcome, elapsed),
+            None => RequestMetrics::record_uncached(op, outcome, elapsed),
+        }
         tracing::info!(
             target: "order_engine::access",
             request_id = %id,
