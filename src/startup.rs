@@ -106,7 +106,8 @@ impl Application {
             match started {
                 Ok(addr) => {
                     let window = Duration::from_secs(settings.dispatcher.recent_window_secs);
-                    routes.push(UnitRoute::new(unit.clone(), addr, window, filter));
+                    let health = board.unit(unit.id).expect("the board lists every unit");
+                    routes.push(UnitRoute::new(unit.clone(), addr, window, filter, health));
                 }
                 Err(e) => {
                     first_error.get_or_insert(e);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use rand::rngs::StdRng;
 
-use crate::actors::health::HealthBoard;
+use crate::actors::health::{HealthBoard, UnitHealth};
 use crate::actors::unit::UnitActor;
 use crate::config::{PartitionSettings, Temperature, UnitMode, UnitSettings};
 use crate::domain::circuit::CircuitState;
@@ -45,6 +45,10 @@ pub struct UnitRoute {
     pub(super) filter: Option<Arc<KeyFilter>>,
     /// How often creates asked this unit for a key, or skipped it.
     lookups: KeyLookupMetrics,
+    /// The unit's entry on the health board, held here so that choosing a
+    /// unit for a create reads its circuit without a look-up in the board's
+    /// map (whose shard lock both HTTP workers took, four times per create).
+    health: Arc<UnitHealth>,
 }
 
 impl UnitRoute {
@@ -53,6 +57,7 @@ impl UnitRoute {
         addr: Addr<UnitActor>,
         window: Duration,
         filter: Option<Arc<KeyFilter>>,
+        health: Arc<UnitHealth>,
     ) -> Self {
         Self {
             lookups: KeyLookupMetrics::for_unit(settings.id),
@@ -60,6 +65,7 @@ impl UnitRoute {
             addr,
             recent: SlidingCount::new(window),
             filter,
+            health,
         }
     }
 
@@ -101,19 +107,13 @@ impl Routing {
     /// Units of `partition` that may take a create now, minus those in `tried`.
     /// Units whose circuit is not closed are left out unless `trust_health` is
     /// off (the merchant's partition is in panic mode).
-    fn candidates(
-        &self,
-        partition: &str,
-        tried: &[u16],
-        board: &HealthBoard,
-        trust_health: bool,
-    ) -> Vec<Candidate> {
+    fn candidates(&self, partition: &str, tried: &[u16], trust_health: bool) -> Vec<Candidate> {
         let now = self.started.elapsed();
         self.units
             .values()
             .filter(|u| u.settings.partition == partition && u.takes_creates())
             .filter(|u| !tried.contains(&u.settings.id))
-            .filter(|u| !trust_health || board.circuit(u.settings.id) == CircuitState::Closed)
+            .filter(|u| !trust_health || u.health.circuit() == CircuitState::Closed)
             .map(|u| Candidate {
                 unit: u.settings.id,
                 weight: u.settings.weight,
@@ -138,7 +138,7 @@ impl Routing {
             .unwrap_or_default();
         let trust_health = !board.in_panic(&home);
         let unit = std::iter::once(home).chain(spill).find_map(|p| {
-            let candidates = self.candidates(&p, tried, board, trust_health);
+            let candidates = self.candidates(&p, tried, trust_health);
             choose(&candidates, &mut self.rng)
         })?;
         let now = self.started.elapsed();
