@@ -68,7 +68,7 @@ pub async fn create_order(
             created.order,
         ));
     }
-    let location = format!("/v1/orders/{}", created.order.id);
+    let location = ["/v1/orders/", &created.order.id.text()].concat();
     let unit = created.order.id.unit();
     let mut res = order_response(actix_web::http::StatusCode::CREATED, created.order);
     res.extensions_mut()

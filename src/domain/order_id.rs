@@ -124,6 +124,11 @@ impl OrderId {
         self.created_secs
     }
 
+    /// The id as text: what `to_string()` gives, without the formatter.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.digits().to_vec()).expect("ASCII digits")
+    }
+
     /// The 28 ASCII digits. Every reply and every event carries the id, so
     /// this writes into a fixed buffer instead of going through `format!`.
     pub fn digits(&self) -> [u8; ORDER_ID_LEN] {
@@ -179,6 +184,7 @@ mod tests {
         let t = DateTime::<Utc>::from_timestamp(id.created_secs(), 0).unwrap();
         assert_eq!(t.to_rfc3339(), "2026-11-22T14:30:15+00:00");
         assert_eq!(id.to_string(), EXAMPLE);
+        assert_eq!(id.text(), EXAMPLE);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 
 use std::fmt;
 
-use serde_json::{Map, Value};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Smallest and largest order amount, in minor units (fen, cents).
 pub const MIN_AMOUNT: i64 = 1;
@@ -47,6 +50,10 @@ macro_rules! identifier {
 
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
             }
         }
 
@@ -141,37 +148,106 @@ impl Text {
     }
 }
 
-/// Named JSON sections of an order (items, shipping, ...): a JSON object whose keys
-/// are identifiers. Sections can be read one at a time.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Sections(Map<String, Value>);
+/// Named JSON sections of an order (items, shipping, ...): a JSON object whose
+/// keys are identifiers. Sections can be read one at a time.
+///
+/// Each section's value is kept as the JSON text it arrived in (checked to be
+/// JSON, never built into a tree): a create stores it and answers with it as
+/// it came, number for number. Sections are held sorted by name; a name given
+/// twice keeps its last value, as a JSON object parser would.
+#[derive(Debug, Clone, Default)]
+pub struct Sections(Vec<(String, Box<RawValue>)>);
+
+/// A JSON object's entries as they arrived, values unparsed: what
+/// [`Sections::parse`] checks.
+#[derive(Debug, Default)]
+pub struct SectionEntries(Vec<(String, Box<RawValue>)>);
+
+impl<'de> Deserialize<'de> for SectionEntries {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = SectionEntries;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of named sections")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(SectionEntries(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries)
+    }
+}
 
 impl Sections {
-    pub fn parse(map: Map<String, Value>) -> Result<Self, Invalid> {
-        match map.keys().find(|k| !is_identifier(k)) {
-            Some(k) => Err(Invalid(format!(
+    pub fn parse(entries: SectionEntries) -> Result<Self, Invalid> {
+        match entries.0.iter().find(|(k, _)| !is_identifier(k)) {
+            Some((k, _)) => Err(Invalid(format!(
                 "section name {k:?} must be 1-{MAX_IDENTIFIER_LEN} characters of [A-Za-z0-9_.:-]"
             ))),
-            None => Ok(Self(map)),
+            None => Ok(Self::from_stored(entries)),
         }
     }
 
     /// Sections read back from storage, which only ever holds validated ones.
-    pub fn from_stored(map: Map<String, Value>) -> Self {
-        Self(map)
+    pub fn from_stored(SectionEntries(mut entries): SectionEntries) -> Self {
+        // A stable sort keeps a name's entries in arrival order; the last wins.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                std::mem::swap(later, kept);
+            }
+            same
+        });
+        Self(entries)
     }
 
-    pub fn as_map(&self) -> &Map<String, Value> {
-        &self.0
+    /// Parses the JSON object text `json` (as storage holds it).
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json).map(Self::from_stored)
     }
 
-    pub fn into_map(self) -> Map<String, Value> {
-        self.0
+    /// The sections as one compact JSON object (as storage holds it).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("JSON text serializes")
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Keeps only the named sections; names that do not exist are ignored.
     pub fn retain_named(&mut self, names: &[String]) {
-        self.0.retain(|k, _| names.iter().any(|n| n == k));
+        self.0.retain(|(k, _)| names.iter().any(|n| n == k));
+    }
+}
+
+impl Serialize for Sections {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// Equal as JSON: the same names with equal values, however each value was
+/// spaced or its keys ordered (texts that differ are compared parsed).
+impl PartialEq for Sections {
+    fn eq(&self, other: &Self) -> bool {
+        fn value(raw: &RawValue) -> Option<Value> {
+            serde_json::from_str(raw.get()).ok()
+        }
+        self.0.len() == other.0.len()
+            && self.0.iter().zip(&other.0).all(|((k1, v1), (k2, v2))| {
+                k1 == k2 && (v1.get() == v2.get() || value(v1) == value(v2))
+            })
     }
 }
 
@@ -214,14 +290,50 @@ mod tests {
         assert!(Text::parse("咖".repeat(257)).is_err());
     }
 
+    fn sections(json: &str) -> Result<Sections, Invalid> {
+        Sections::parse(serde_json::from_str(json).expect("a JSON object"))
+    }
+
     #[test]
     fn sections_filter_by_name() {
-        let map = serde_json::json!({"items": [1], "shipping": {"city": "SZ"}, "x": 1});
-        let mut s = Sections::parse(map.as_object().unwrap().clone()).unwrap();
+        let mut s = sections(r#"{"x": 1, "shipping": {"city": "SZ"}, "items": [1]}"#).unwrap();
+        assert_eq!(
+            s.to_json(),
+            r#"{"items":[1],"shipping":{"city": "SZ"},"x":1}"#
+        );
         s.retain_named(&["items".into(), "nope".into()]);
-        assert_eq!(s.as_map().keys().collect::<Vec<_>>(), vec!["items"]);
-        let bad = serde_json::json!({"bad name": 1});
-        assert!(Sections::parse(bad.as_object().unwrap().clone()).is_err());
+        assert_eq!(s.to_json(), r#"{"items":[1]}"#);
+        assert!(sections(r#"{"bad name": 1}"#).is_err());
+        assert!(serde_json::from_str::<SectionEntries>("[1, 2]").is_err());
+    }
+
+    #[test]
+    fn sections_keep_their_values_as_sent() {
+        // A big integer would lose digits as an f64 in a parsed tree.
+        let s = sections(r#"{"n": 123456789012345678901234567890, "t": "请快点"}"#).unwrap();
+        let text = s.to_json();
+        assert_eq!(text, r#"{"n":123456789012345678901234567890,"t":"请快点"}"#);
+        assert_eq!(Sections::from_json(&text).unwrap().to_json(), text);
+    }
+
+    #[test]
+    fn a_section_named_twice_keeps_its_last_value() {
+        let s = sections(r#"{"a": 1, "b": 2, "a": 3}"#).unwrap();
+        assert_eq!(s.to_json(), r#"{"a":3,"b":2}"#);
+    }
+
+    #[test]
+    fn sections_are_equal_as_json_not_as_text() {
+        let a = sections(r#"{"items": [{"sku": "c1", "qty": 2}], "note": "x"}"#).unwrap();
+        let b = sections(r#"{"note":"x","items":[{"qty":2,"sku":"c1"}]}"#).unwrap();
+        assert_eq!(a, b);
+        let c = sections(r#"{"items": [{"sku": "c1", "qty": 3}], "note": "x"}"#).unwrap();
+        assert_ne!(a, c);
+        assert_ne!(
+            a,
+            sections(r#"{"items": [{"sku": "c1", "qty": 2}]}"#).unwrap()
+        );
+        assert_eq!(Sections::default(), sections("{}").unwrap());
     }
 
     proptest! {

@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 
-use serde_json::{Map, Value};
 use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use sqlx::{Any, AssertSqlSafe, Row};
@@ -673,8 +672,7 @@ fn decode_order(unit: u16, row: &AnyRow) -> Result<Order, String> {
     let seq: i64 = get(row, "seq")?;
     let created_at_ms: i64 = get(row, "created_at_ms")?;
     let sections: String = get(row, "sections")?;
-    let sections: Map<String, Value> =
-        serde_json::from_str(&sections).map_err(|e| format!("sections: {e}"))?;
+    let sections = Sections::from_json(&sections).map_err(|e| format!("sections: {e}"))?;
     let status: String = get(row, "status")?;
     Ok(Order {
         id: OrderId::new(unit, created_at_ms.div_euclid(1000), seq as u64)
@@ -698,7 +696,7 @@ fn decode_order(unit: u16, row: &AnyRow) -> Result<Order, String> {
         version: get(row, "version")?,
         created_at_ms,
         updated_at_ms: get(row, "updated_at_ms")?,
-        sections: Sections::from_stored(sections),
+        sections,
     })
 }
 
@@ -833,8 +831,7 @@ async fn write_created(conn: &mut AnyConnection, orders: &[Order]) -> Result<boo
         let sql = multi_row(INSERT_ORDERS_HEAD, ORDER_ROW, chunk.len());
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for order in chunk {
-            let sections =
-                serde_json::to_string(order.sections.as_map()).expect("a JSON map serializes");
+            let sections = order.sections.to_json();
             query = query
                 .bind(seq_param(order.id.sequence()))
                 .bind(order.merchant_id.as_str().to_owned())

@@ -38,7 +38,7 @@ async fn open(url: &str) -> UnitStore {
 }
 
 fn request(out_trade_no: &str, user: &str, amount: i64) -> NewOrder {
-    let sections = json!({"items": [{"sku": "c1", "qty": 2}], "note": "请快点"});
+    let sections = r#"{"items": [{"sku": "c1", "qty": 2}], "note": "请快点"}"#;
     NewOrder {
         merchant_id: MerchantId::parse("m-1").unwrap(),
         out_trade_no: OutTradeNo::parse(out_trade_no).unwrap(),
@@ -46,7 +46,7 @@ fn request(out_trade_no: &str, user: &str, amount: i64) -> NewOrder {
         amount: Amount::new(amount).unwrap(),
         currency: Currency::parse("CNY").unwrap(),
         description: Some(Text::parse("2 coffees ☕").unwrap()),
-        sections: Sections::parse(sections.as_object().unwrap().clone()).unwrap(),
+        sections: Sections::from_json(sections).unwrap(),
     }
 }
 
