@@ -69,7 +69,7 @@ impl CircuitState {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CircuitBreaker {
     config: CircuitConfig,
     state: CircuitState,

@@ -23,7 +23,7 @@ use std::sync::{LazyLock, Mutex, OnceLock, PoisonError};
 /// once for the look-ups in all other units and the insert in its own (it
 /// hashed it four times with four units, ~2% of the engine's instructions
 /// per create).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyHash(u64, u64);
 
 /// The process's seed: random, so keys cannot be chosen to collide.

@@ -5,6 +5,7 @@
 //! creates in the last few seconds (relative to its weight) keeps units even
 //! with no coordination beyond a local counter: the paper's "hot-spot balancing".
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -54,47 +55,59 @@ fn pick_weighted<'a>(candidates: &'a [Candidate], total: u64, rng: &mut impl Rng
     unreachable!("ticket < total weight")
 }
 
-/// Events in a sliding window of `SLOTS` time slots (a ring of counters).
-#[derive(Debug, Clone)]
+/// Events in a sliding window of `SLOTS` time slots: a ring of counters that
+/// any thread bumps without a lock (both HTTP workers count their creates
+/// here). An entry packs its slot number (high bits) with its count (low
+/// `COUNT_BITS`); a bump that finds an older slot there starts the entry over.
+#[derive(Debug)]
 pub struct SlidingCount {
-    slot: Duration,
-    /// (slot number, count) per ring position.
-    ring: [(u64, u64); SLOTS],
+    slot_ms: u64,
+    ring: [AtomicU64; SLOTS],
 }
 
 const SLOTS: usize = 10;
+/// Events one slot can count (16.7 million); more are not counted.
+const COUNT_BITS: u32 = 24;
+const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
 
 impl SlidingCount {
     /// A window of `window` split into ten slots.
     pub fn new(window: Duration) -> Self {
+        let slot = (window / SLOTS as u32).max(Duration::from_millis(1));
         Self {
-            slot: (window / SLOTS as u32).max(Duration::from_millis(1)),
-            ring: [(0, 0); SLOTS],
+            slot_ms: slot.as_millis() as u64,
+            ring: Default::default(),
         }
     }
 
     fn slot_of(&self, since_start: Duration) -> u64 {
-        (since_start.as_millis() / self.slot.as_millis()) as u64
+        since_start.as_millis() as u64 / self.slot_ms
     }
 
     /// The length of the window.
     pub fn window(&self) -> Duration {
-        self.slot * SLOTS as u32
+        Duration::from_millis(self.slot_ms * SLOTS as u64)
     }
 
     /// Records one event at `now` (time since an arbitrary fixed start).
-    pub fn record(&mut self, now: Duration) {
+    pub fn record(&self, now: Duration) {
         self.record_n(now, 1);
     }
 
     /// Records `n` events at once.
-    pub fn record_n(&mut self, now: Duration, n: u64) {
+    pub fn record_n(&self, now: Duration, n: u64) {
         let slot = self.slot_of(now);
-        let entry = &mut self.ring[slot as usize % SLOTS];
-        if entry.0 != slot {
-            *entry = (slot, 0);
-        }
-        entry.1 += n;
+        let entry = &self.ring[slot as usize % SLOTS];
+        // `None` (no change) when the entry already counts a later slot: the
+        // event is a full window old.
+        let _ = entry.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |packed| {
+            let count = match (packed >> COUNT_BITS).cmp(&slot) {
+                std::cmp::Ordering::Equal => packed & COUNT_MAX,
+                std::cmp::Ordering::Less => 0,
+                std::cmp::Ordering::Greater => return None,
+            };
+            Some(slot << COUNT_BITS | count.saturating_add(n).min(COUNT_MAX))
+        });
     }
 
     /// Events in the window ending at `now`.
@@ -102,8 +115,12 @@ impl SlidingCount {
         let slot = self.slot_of(now);
         self.ring
             .iter()
-            .filter(|(s, _)| *s + SLOTS as u64 > slot && *s <= slot)
-            .map(|(_, n)| n)
+            .map(|e| e.load(Ordering::Relaxed))
+            .filter(|packed| {
+                let s = packed >> COUNT_BITS;
+                s + SLOTS as u64 > slot && s <= slot
+            })
+            .map(|packed| packed & COUNT_MAX)
             .sum()
     }
 }
@@ -156,7 +173,7 @@ mod tests {
 
     #[test]
     fn sliding_count_forgets_old_slots() {
-        let mut w = SlidingCount::new(Duration::from_secs(10));
+        let w = SlidingCount::new(Duration::from_secs(10));
         let s = Duration::from_secs;
         w.record(s(0));
         w.record(s(0));
@@ -166,5 +183,19 @@ mod tests {
         assert_eq!(w.count(s(16)), 0);
         w.record(s(25)); // reuses the ring slot of t=5
         assert_eq!(w.count(s(25)), 1);
+        w.record(s(15)); // a window older than what its ring slot holds: dropped
+        assert_eq!(w.count(s(25)), 1);
+    }
+
+    #[test]
+    fn sliding_count_adds_up_bumps_from_many_threads() {
+        let w = SlidingCount::new(Duration::from_secs(10));
+        let now = Duration::from_millis(1_500);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| (0..10_000).for_each(|_| w.record(now)));
+            }
+        });
+        assert_eq!(w.count(now), 40_000);
     }
 }

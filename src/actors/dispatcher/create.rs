@@ -27,7 +27,7 @@ use metrics::counter;
 
 pub(super) struct CreateContext {
     pub routing: SharedRouting,
-    pub locks: KeyLocks<Key>,
+    pub locks: KeyLocks<KeyHash>,
     pub calls: UnitCalls,
     pub max_attempts: u32,
 }
@@ -46,8 +46,11 @@ fn answer(request: &NewOrder, existing: Order, replayed: bool) -> Result<Created
 impl CreateContext {
     pub async fn create(self, request: NewOrder) -> Result<Created, EngineError> {
         let key: Key = (request.merchant_id.clone(), request.out_trade_no.clone());
-        // Concurrent creates of one key in this process run one after another.
-        let _serialized = self.locks.lock(key.clone()).await;
+        // The key is hashed once, for its lock and every unit's key filter.
+        let hash = KeyHash::of(key.0.as_str(), key.1.as_str());
+        // Concurrent creates of one key in this process run one after another
+        // (two keys with one 128-bit hash would too, harmlessly).
+        let _serialized = self.locks.lock(hash).await;
         let deadline = Instant::now() + self.calls.timeout;
 
         if let Some(existing) = self.settle_remembered(&key).await? {
@@ -56,16 +59,12 @@ impl CreateContext {
         // The key may already name an order in any unit (a replay that the
         // random choice would send elsewhere): ask the others first. The unit
         // the first attempt goes to is not asked: its unique index answers.
-        let first =
-            self.routing
-                .get()
-                .choose_for_create(&request.merchant_id, &[], &self.calls.board);
-        // Units whose key filter rules the key out are not asked. The key is
-        // hashed once for every unit's filter.
-        let hash = KeyHash::of(key.0.as_str(), key.1.as_str());
+        let first = self
+            .routing
+            .choose_for_create(&request.merchant_id, &[], &self.calls.board);
+        // Units whose key filter rules the key out are not asked.
         let targets = self
             .routing
-            .get()
             .key_lookup_targets(hash, first.as_ref().map(|f| f.0));
         if !targets.is_empty()
             && let Some(existing) = find_key(&self.calls, &targets, &key).await.found
@@ -81,17 +80,14 @@ impl CreateContext {
                 break;
             }
             let choice = first.take().or_else(|| {
-                self.routing.get().choose_for_create(
-                    &request.merchant_id,
-                    &tried,
-                    &self.calls.board,
-                )
+                self.routing
+                    .choose_for_create(&request.merchant_id, &tried, &self.calls.board)
             });
             let Some((unit, addr)) = choice else {
                 break;
             };
             tried.push(unit);
-            self.routing.get().note_key(unit, hash);
+            self.routing.note_key(unit, hash);
             let attempt = CreateOrder {
                 request: request.clone(),
             };
@@ -132,7 +128,7 @@ impl CreateContext {
                 }
                 Err(_) => {
                     counter!(m::CREATE_IN_DOUBT, "outcome" => "unresolved").increment(1);
-                    self.routing.get().remember_in_doubt(key, unit);
+                    self.routing.in_doubt.remember(key, unit);
                     return Err(EngineError::UnitUnavailable { unit });
                 }
             }
@@ -159,14 +155,14 @@ impl CreateContext {
     /// If an earlier create of `key` ended in doubt, settles it first: the
     /// order it made, or `None` once the unit says it made none.
     async fn settle_remembered(&self, key: &Key) -> Result<Option<Order>, EngineError> {
-        let Some(unit) = self.routing.get().in_doubt_unit(key) else {
+        let Some(unit) = self.routing.in_doubt.unit_of(key) else {
             return Ok(None);
         };
-        let addr = self.routing.get().route(unit)?;
+        let addr = self.routing.route(unit)?;
         match self.settle(unit, &addr, key).await {
             Ok(found) => {
                 tracing::info!(unit, found = found.is_some(), "in-doubt create settled");
-                self.routing.get().forget_in_doubt(key);
+                self.routing.in_doubt.forget(key);
                 Ok(found)
             }
             // Still no answer: creating elsewhere could duplicate the order.

@@ -11,8 +11,9 @@
 //! The dispatcher runs sharded: one instance per HTTP worker thread (started
 //! on that worker's arbiter, so a request reaches it without a thread hop),
 //! plus one on the system arbiter for status and shutdown. The shards share
-//! one routing table, one set of per-key locks and one in-doubt map, each
-//! behind a mutex held for a table operation only, never across an await.
+//! one routing table (read without a lock, `routing.rs`) and one set of
+//! per-key locks (a mutex held for a map operation only, never across an
+//! await).
 //! Health comes from the supervisor's [`HealthBoard`] without a round trip.
 
 mod calls;
@@ -20,21 +21,19 @@ mod create;
 mod routing;
 mod status;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures_util::future::join_all;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 
 pub use calls::{CallError, UnitCalls};
 pub use routing::UnitRoute;
 pub use status::{EngineStatus, PartitionStatus, UnitStatus};
 
 use self::create::{CreateContext, find_key};
-use self::routing::{Key, Routing, SharedRouting};
+use self::routing::{InDoubt, Routing, SharedRouting};
 use super::health::HealthBoard;
 use super::key_lock::KeyLocks;
 use super::supervisor::Supervisor;
@@ -42,6 +41,7 @@ use super::unit::{
     CloseOrder, CloseUnit, GetOrder, ListRefunds, ListUserOrders, PayOrder, RefundOrder, UnitActor,
 };
 use crate::config::Settings;
+use crate::domain::key_filter::KeyHash;
 use crate::domain::values::{MerchantId, OutTradeNo, UserId};
 use crate::domain::{NewOrder, Order, OrderId, Refund};
 use crate::error::EngineError;
@@ -126,7 +126,7 @@ pub struct CloseAll;
 #[derive(Clone)]
 pub struct Dispatcher {
     routing: SharedRouting,
-    key_locks: KeyLocks<Key>,
+    key_locks: KeyLocks<KeyHash>,
     calls: UnitCalls,
     max_attempts: u32,
 }
@@ -139,15 +139,13 @@ impl Dispatcher {
         supervisor: Addr<Supervisor>,
     ) -> Self {
         Self {
-            routing: SharedRouting::new(Routing {
+            routing: Arc::new(Routing {
                 units: units.into_iter().map(|u| (u.settings.id, u)).collect(),
                 merchants: settings.merchants.clone(),
                 partitions: settings.partitions.clone(),
                 default_partition: settings.dispatcher.default_partition.clone(),
                 started: Instant::now(),
-                rng: StdRng::from_os_rng(),
-                in_doubt: HashMap::new(),
-                in_doubt_ttl: Duration::from_secs(settings.dispatcher.in_doubt_ttl_secs),
+                in_doubt: InDoubt::new(Duration::from_secs(settings.dispatcher.in_doubt_ttl_secs)),
             }),
             key_locks: KeyLocks::default(),
             calls: UnitCalls {
@@ -174,7 +172,7 @@ impl Dispatcher {
         UnitActor: Handler<M>,
     {
         let unit = id.unit();
-        let addr = self.routing.get().route(unit);
+        let addr = self.routing.route(unit);
         let calls = self.calls.clone();
         Box::pin(async move { calls.forward(unit, &addr?, msg).await })
     }
@@ -253,7 +251,7 @@ impl Handler<LookupByKey> for Dispatcher {
     type Result = ResponseFuture<Result<Order, EngineError>>;
 
     fn handle(&mut self, msg: LookupByKey, _ctx: &mut Self::Context) -> Self::Result {
-        let targets = self.routing.get().lookup_targets();
+        let targets = self.routing.lookup_targets();
         let calls = self.calls.clone();
         Box::pin(async move {
             let search = find_key(&calls, &targets, &(msg.merchant_id, msg.out_trade_no)).await;
@@ -272,7 +270,7 @@ impl Handler<ListUser> for Dispatcher {
     type Result = ResponseFuture<Result<UserPage, EngineError>>;
 
     fn handle(&mut self, msg: ListUser, _ctx: &mut Self::Context) -> Self::Result {
-        let targets = self.routing.get().lookup_targets();
+        let targets = self.routing.lookup_targets();
         let calls = self.calls.clone();
         Box::pin(async move {
             let limit = msg.limit as usize;
@@ -308,8 +306,7 @@ impl Handler<Status> for Dispatcher {
     type Result = MessageResult<Status>;
 
     fn handle(&mut self, _msg: Status, _ctx: &mut Self::Context) -> Self::Result {
-        let routing = self.routing.get();
-        MessageResult(status::snapshot(&routing, &self.calls.board))
+        MessageResult(status::snapshot(&self.routing, &self.calls.board))
     }
 }
 
@@ -319,7 +316,6 @@ impl Handler<CloseAll> for Dispatcher {
     fn handle(&mut self, _msg: CloseAll, _ctx: &mut Self::Context) -> Self::Result {
         let addrs: Vec<_> = self
             .routing
-            .get()
             .units
             .values()
             .map(|u| u.addr.clone())

@@ -1,13 +1,19 @@
 //! The routing table as the dispatcher sees it: units and their operator
 //! settings, the merchant -> partition map, recent creates per unit, and keys
 //! whose create had an unknown outcome.
+//!
+//! Every dispatcher shard (one per HTTP worker thread) reads the same table
+//! on every create, so nothing a create does takes a lock on it: the table
+//! is read-only, a unit's recent creates are atomic counters, the random
+//! choice uses the thread's own generator, and the in-doubt keys (rare) sit
+//! behind their own lock, which a create skips while there are none.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use rand::rngs::StdRng;
 
 use crate::actors::health::{HealthBoard, UnitHealth};
 use crate::actors::unit::UnitActor;
@@ -21,20 +27,8 @@ use crate::metrics::KeyLookupMetrics;
 
 pub type Key = (MerchantId, OutTradeNo);
 
-/// The routing table shared by the dispatcher's shards. The lock is held for a
-/// table operation only, never across an await.
-#[derive(Clone)]
-pub(super) struct SharedRouting(Arc<Mutex<Routing>>);
-
-impl SharedRouting {
-    pub fn new(routing: Routing) -> Self {
-        Self(Arc::new(Mutex::new(routing)))
-    }
-
-    pub fn get(&self) -> MutexGuard<'_, Routing> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
+/// The routing table shared by the dispatcher's shards.
+pub(super) type SharedRouting = Arc<Routing>;
 
 /// A unit as the dispatcher routes to it.
 pub struct UnitRoute {
@@ -91,10 +85,62 @@ pub(super) struct Routing {
     pub partitions: BTreeMap<String, PartitionSettings>,
     pub default_partition: String,
     pub started: Instant,
-    pub rng: StdRng,
-    /// key -> (unit whose commit outcome is unknown, forget after)
-    pub in_doubt: HashMap<Key, (u16, Instant)>,
-    pub in_doubt_ttl: Duration,
+    pub in_doubt: InDoubt,
+}
+
+/// Keys whose create ended with an unknown outcome, each with the unit that
+/// may have committed it, remembered for a while.
+pub(super) struct InDoubt {
+    /// key -> (unit, forget after)
+    keys: Mutex<HashMap<Key, (u16, Instant)>>,
+    /// How many keys `keys` holds, read without its lock.
+    len: AtomicUsize,
+    ttl: Duration,
+}
+
+impl InDoubt {
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            keys: Mutex::default(),
+            len: AtomicUsize::new(0),
+            ttl,
+        }
+    }
+
+    fn keys(&self) -> MutexGuard<'_, HashMap<Key, (u16, Instant)>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn remember(&self, key: Key, unit: u16) {
+        let now = Instant::now();
+        let mut keys = self.keys();
+        keys.retain(|_, (_, until)| *until > now);
+        keys.insert(key, (unit, now + self.ttl));
+        self.len.store(keys.len(), Ordering::Release);
+    }
+
+    /// The unit where a create of `key` may have committed, if one is remembered.
+    pub fn unit_of(&self, key: &Key) -> Option<u16> {
+        if self.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut keys = self.keys();
+        match keys.get(key) {
+            Some(&(unit, until)) if until > Instant::now() => Some(unit),
+            Some(_) => {
+                keys.remove(key);
+                self.len.store(keys.len(), Ordering::Release);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn forget(&self, key: &Key) {
+        let mut keys = self.keys();
+        keys.remove(key);
+        self.len.store(keys.len(), Ordering::Release);
+    }
 }
 
 impl Routing {
@@ -125,25 +171,23 @@ impl Routing {
     /// Picks the unit for a create by `merchant`: its partition first, then the
     /// partitions it may spill into, in order. Counts the create against the unit.
     pub fn choose_for_create(
-        &mut self,
+        &self,
         merchant: &MerchantId,
         tried: &[u16],
         board: &HealthBoard,
     ) -> Option<(u16, Addr<UnitActor>)> {
-        let home = self.partition_of(merchant).to_string();
+        let home = self.partition_of(merchant);
         let spill = self
             .partitions
-            .get(&home)
-            .map(|p| p.spill_to.clone())
-            .unwrap_or_default();
-        let trust_health = !board.in_panic(&home);
-        let unit = std::iter::once(home).chain(spill).find_map(|p| {
-            let candidates = self.candidates(&p, tried, trust_health);
-            choose(&candidates, &mut self.rng)
-        })?;
-        let now = self.started.elapsed();
-        let route = self.units.get_mut(&unit)?;
-        route.recent.record(now);
+            .get(home)
+            .map_or(&[][..], |p| p.spill_to.as_slice());
+        let trust_health = !board.in_panic(home);
+        let mut rng = rand::rng();
+        let unit = std::iter::once(home)
+            .chain(spill.iter().map(String::as_str))
+            .find_map(|p| choose(&self.candidates(p, tried, trust_health), &mut rng))?;
+        let route = self.units.get(&unit)?;
+        route.recent.record(self.started.elapsed());
         Some((unit, route.addr.clone()))
     }
 
@@ -198,21 +242,5 @@ impl Routing {
         if let Some(f) = self.units.get(&unit).and_then(|u| u.filter.as_ref()) {
             f.insert_hash(key);
         }
-    }
-
-    pub fn remember_in_doubt(&mut self, key: Key, unit: u16) {
-        let until = Instant::now() + self.in_doubt_ttl;
-        self.in_doubt.insert(key, (unit, until));
-    }
-
-    /// The unit where a create of `key` may have committed, if one is remembered.
-    pub fn in_doubt_unit(&mut self, key: &Key) -> Option<u16> {
-        let now = Instant::now();
-        self.in_doubt.retain(|_, (_, until)| *until > now);
-        self.in_doubt.get(key).map(|(unit, _)| *unit)
-    }
-
-    pub fn forget_in_doubt(&mut self, key: &Key) {
-        self.in_doubt.remove(key);
     }
 }
