@@ -409,6 +409,54 @@ async fn pay_close_and_versions() {
 }
 
 #[actix_web::test]
+async fn sections_come_back_as_sent_and_a_replay_compares_them_as_json() {
+    let app = spawn_app(Backend::MariaDb, 2).await;
+    let body = |sections: &str| {
+        format!(
+            r#"{{"merchant_id":"m-1","out_trade_no":"raw-1","user_id":"u-1","amount":100,
+                "currency":"CNY","sections":{sections}}}"#
+        )
+        .into_bytes()
+    };
+    let sent =
+        r#"{"z": 1, "items": [{"sku": "c1", "qty": 2}], "n": 123456789012345678901234567890}"#;
+    let r = app.post_raw("/v1/orders", body(sent), None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["order_id"].as_str().unwrap().to_string();
+
+    // Read back as text: a parsed tree would turn the big number into a float.
+    let text = app
+        .client
+        .get(format!("{}/v1/orders/{id}", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(
+            r#""sections":{"items":[{"sku": "c1", "qty": 2}],"n":123456789012345678901234567890,"z":1}"#
+        ),
+        "{text}"
+    );
+
+    // The same sections, spaced and ordered differently: a replay.
+    let again = r#"{"n":123456789012345678901234567890,"items":[{"qty":2,"sku":"c1"}],"z":1}"#;
+    let r = app.post_raw("/v1/orders", body(again), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["order_id"], id.as_str());
+    // Another value: a conflict.
+    let other = r#"{"n":123456789012345678901234567890,"items":[{"qty":3,"sku":"c1"}],"z":1}"#;
+    let r = app.post_raw("/v1/orders", body(other), None).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "idempotency_conflict")
+    );
+    app.shutdown().await;
+}
+
+#[actix_web::test]
 async fn sections_can_be_read_one_at_a_time() {
     let app = spawn_app(Backend::MariaDb, 3).await;
     let id = app.create("m-1", "o-1", "u-1", 100).await["order_id"]
