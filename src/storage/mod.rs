@@ -403,15 +403,31 @@ impl UnitStore {
         .map_err(StoreError::before_commit)
     }
 
-    /// Closes every pool, waiting for checked-out connections to come back.
+    /// Closes every pool, waiting for checked-out connections to come back,
+    /// for at most one statement timeout: a database that stopped answering
+    /// leaves connections that never come back (sqlx pings each one it gets
+    /// back before pooling it), and shutdown must not wait for them. Those
+    /// are dropped with the unit's thread.
     pub async fn close(&self) {
-        for lane in [&self.write_lane, &self.read_lane].into_iter().flatten() {
-            lane.close().await;
-        }
-        self.write.close().await;
-        self.read.close().await;
-        if let Some(r) = &self.replica {
-            r.close().await;
+        let close = async {
+            for lane in [&self.write_lane, &self.read_lane].into_iter().flatten() {
+                lane.close().await;
+            }
+            self.write.close().await;
+            self.read.close().await;
+            if let Some(r) = &self.replica {
+                r.close().await;
+            }
+        };
+        if tokio::time::timeout(self.statement_timeout, close)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                unit = self.unit,
+                waited = ?self.statement_timeout,
+                "connections still busy at shutdown; dropping them"
+            );
         }
     }
 

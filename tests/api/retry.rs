@@ -382,6 +382,34 @@ async fn a_black_holed_unit_fails_fast_and_creates_flow_elsewhere() {
 }
 
 #[actix_web::test]
+async fn a_silent_database_cannot_hold_up_shutdown() {
+    let (app, proxy, _servers) = app_with_proxied_unit(200).await;
+    let order = app.create("m-proxy", "quiet-0", "u-1", 10).await;
+    assert_eq!(order["unit"], 2);
+    proxy.set(Mode::BlackHole);
+    // Reads that time out leave their connections waiting for answers that
+    // never come; the probes keep trying on others.
+    for _ in 0..3 {
+        let r = app
+            .get(&format!(
+                "/v1/orders/{}",
+                order["order_id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    }
+    let started = Instant::now();
+    app.shutdown().await;
+    // The HTTP drain is over at once (nothing in flight); closing unit 2's
+    // connections may wait one statement timeout (2 s in tests), no more.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[actix_web::test]
 async fn a_slow_unit_is_taken_out_by_its_probes() {
     let (app, proxy, _servers) = app_with_proxied_unit(200).await;
     proxy.set(Mode::Delay(Duration::from_millis(300)));
