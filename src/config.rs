@@ -94,6 +94,7 @@ pub struct StorageSettings {
     pub connect_timeout_ms: u64,
     /// Bound on each statement of a transaction. One that runs out before
     /// `COMMIT` is a definite failure (rolled back); at `COMMIT`, an unknown outcome.
+    /// Also how long shutdown waits for a unit's busy connections.
     pub statement_timeout_ms: u64,
 }
 
