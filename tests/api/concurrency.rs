@@ -7,7 +7,9 @@ use futures_util::stream;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Backend, count_rows, order_body, spawn_app};
+use crate::helpers::{
+    Backend, count_rows, order_body, settings_for, spawn_app, spawn_app_with, unit_urls,
+};
 
 #[actix_web::test]
 async fn creates_spread_evenly_over_units() {
@@ -159,4 +161,48 @@ async fn two_engines_sharing_unit_databases_never_reuse_an_id() {
     assert_eq!(ids.len(), 400);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[actix_web::test]
+async fn overlapping_batches_of_refunds_never_deadlock() {
+    // One unit whose batches overlap freely: up to four refund transactions
+    // at once, each locking its own mix of the same orders. Batches that
+    // locked rows in different orders would deadlock, and the server would
+    // abort one of them: its callers would get 503.
+    let dir = tempfile::tempdir().unwrap();
+    let units = unit_urls(Backend::MariaDb, 1, dir.path());
+    let extra = "[group_commit]\nmax_in_flight_batches = 4\noverlap_at = 1\n";
+    let app = spawn_app_with(settings_for(&units, extra), dir).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(app.paid_order(&format!("lock-{i}"), 1_000).await);
+    }
+    // Twenty refunds of 1 per order, each round visiting the orders in
+    // another order, from 64 callers at once.
+    let calls: Vec<(String, serde_json::Value)> = (0..20)
+        .flat_map(|round| {
+            let ids = &ids;
+            (0..ids.len()).map(move |k| {
+                let id = &ids[(k * 7 + round * 5) % ids.len()];
+                (
+                    format!("/v1/orders/{id}/refunds"),
+                    json!({"refund_id": format!("r-{round}"), "amount": 1}),
+                )
+            })
+        })
+        .collect();
+    let replies: Vec<_> = stream::iter(&calls)
+        .map(|(path, body)| app.post(path, body))
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for r in &replies {
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    for id in &ids {
+        let order = app.get(&format!("/v1/orders/{id}")).await.body;
+        assert_eq!(order["refunded_amount"], 20, "{order}");
+        assert_eq!(order["version"], 2 + 20, "{order}");
+    }
+    app.shutdown().await;
 }
