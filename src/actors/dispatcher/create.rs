@@ -45,15 +45,18 @@ fn answer(request: &NewOrder, existing: Order, replayed: bool) -> Result<Created
 
 impl CreateContext {
     pub async fn create(self, request: NewOrder) -> Result<Created, EngineError> {
-        let key: Key = (request.merchant_id.clone(), request.out_trade_no.clone());
-        // The key is hashed once, for its lock and every unit's key filter.
-        let hash = KeyHash::of(key.0.as_str(), key.1.as_str());
+        // The key is hashed once, for its lock and every unit's key filter,
+        // and copied only when a unit must be asked for it (rarely).
+        let hash = KeyHash::of(request.merchant_id.as_str(), request.out_trade_no.as_str());
+        let key = || -> Key { (request.merchant_id.clone(), request.out_trade_no.clone()) };
         // Concurrent creates of one key in this process run one after another
         // (two keys with one 128-bit hash would too, harmlessly).
         let _serialized = self.locks.lock(hash).await;
         let deadline = Instant::now() + self.calls.timeout;
 
-        if let Some(existing) = self.settle_remembered(&key).await? {
+        if !self.routing.in_doubt.is_empty()
+            && let Some(existing) = self.settle_remembered(&key()).await?
+        {
             return answer(&request, existing, true);
         }
         // The key may already name an order in any unit (a replay that the
@@ -67,7 +70,7 @@ impl CreateContext {
             .routing
             .key_lookup_targets(hash, first.as_ref().map(|f| f.0));
         if !targets.is_empty()
-            && let Some(existing) = find_key(&self.calls, &targets, &key).await.found
+            && let Some(existing) = find_key(&self.calls, &targets, &key()).await.found
         {
             return answer(&request, existing, true);
         }
@@ -114,7 +117,7 @@ impl CreateContext {
                 continue;
             }
             tracing::warn!(unit, reason = failure.reason(), error = %failure, "create outcome unknown; asking the unit");
-            match self.settle(unit, &addr, &key).await {
+            match self.settle(unit, &addr, &key()).await {
                 Ok(Some(order)) => {
                     counter!(m::CREATE_IN_DOUBT, "outcome" => "found").increment(1);
                     self.calls.count_create(unit);
@@ -128,7 +131,7 @@ impl CreateContext {
                 }
                 Err(_) => {
                     counter!(m::CREATE_IN_DOUBT, "outcome" => "unresolved").increment(1);
-                    self.routing.in_doubt.remember(key, unit);
+                    self.routing.in_doubt.remember(key(), unit);
                     return Err(EngineError::UnitUnavailable { unit });
                 }
             }

@@ -119,9 +119,14 @@ impl InDoubt {
         self.len.store(keys.len(), Ordering::Release);
     }
 
+    /// Whether no key is remembered (read without the lock).
+    pub fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
     /// The unit where a create of `key` may have committed, if one is remembered.
     pub fn unit_of(&self, key: &Key) -> Option<u16> {
-        if self.len.load(Ordering::Acquire) == 0 {
+        if self.is_empty() {
             return None;
         }
         let mut keys = self.keys();
