@@ -20,12 +20,10 @@
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use metrics::histogram;
 use tokio::sync::oneshot;
 
 use super::unit::{Broken, CreateOutcome, UnitActor};
 use crate::domain::{NewOrder, Order, OrderId};
-use crate::metrics as m;
 use crate::storage::sequence::SequenceGenerator;
 use crate::storage::{BatchOutcome, InsertOutcome, StoreError, UnitStore, now_ms, shapes};
 
@@ -131,7 +129,6 @@ pub async fn run_batch(
     batch: Vec<(NewOrder, Reply)>,
     me: Addr<UnitActor>,
 ) {
-    histogram!(m::CREATE_BATCH_SIZE, "unit" => store.unit().to_string()).record(batch.len() as f64);
     let now = now_ms();
     let mut orders = Vec::with_capacity(batch.len());
     let mut waiting = Vec::with_capacity(batch.len());

@@ -166,6 +166,8 @@ pub struct UnitActor {
     sequence: SequenceGenerator,
     options: UnitOptions,
     batcher: Batcher,
+    /// Creates per batch (the handle, not a registry look-up per batch).
+    batch_size: metrics::Histogram,
     lookups: CallBatcher<Key, Option<Order>>,
     gets: CallBatcher<OrderId, Order>,
     /// Pays and closes.
@@ -229,6 +231,10 @@ impl UnitActor {
                 store.clone(),
                 options.sequence_step,
                 options.prefetch_at_percent,
+            ),
+            batch_size: metrics::histogram!(
+                crate::metrics::CREATE_BATCH_SIZE,
+                "unit" => store.unit().to_string()
             ),
             store,
             options,
@@ -438,6 +444,7 @@ impl UnitActor {
             }
             let batch = self.batcher.take(max_batch);
             self.batcher.in_flight += 1;
+            self.batch_size.record(batch.len() as f64);
             let work = run_batch(
                 self.store.clone(),
                 self.sequence.clone(),
@@ -529,6 +536,7 @@ impl Handler<CreateOrder> for UnitActor {
             self.batcher.push(msg.request, tx);
             self.flush(ctx, false);
         } else {
+            self.batch_size.record(1.0);
             let work = run_batch(
                 self.store.clone(),
                 self.sequence.clone(),
