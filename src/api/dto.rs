@@ -12,7 +12,7 @@ use crate::domain::values::{
     Amount, Currency, Invalid, MerchantId, OutTradeNo, PaymentRef, RefundId, SectionEntries,
     Sections, Text, UserId,
 };
-use crate::domain::{NewOrder, NewRefund, Order, OrderStatus, Refund};
+use crate::domain::{NewOrder, NewRefund, Order, OrderStatus, Refund, write_decimal};
 use crate::error::ApiError;
 
 fn field<T>(name: &str, r: Result<T, Invalid>) -> Result<T, ApiError> {
@@ -62,7 +62,8 @@ pub struct CreateOrderRequest {
     #[serde(default)]
     #[schema(max_length = 256, nullable = false, example = "2 coffees")]
     pub description: Option<String>,
-    /// Named JSON sections (items, shipping, ...), readable one at a time.
+    /// Named JSON sections (items, shipping, ...), readable one at a time;
+    /// each is stored and returned as the JSON text it was sent in.
     #[serde(default)]
     #[schema(value_type = Option<Object>, nullable = false)]
     pub sections: Option<SectionEntries>,
@@ -202,11 +203,8 @@ pub fn timestamp(ms: i64) -> String {
         return t.to_rfc3339_opts(SecondsFormat::Millis, true);
     }
     let mut out = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut n: u32| {
-        for d in out[at..at + width].iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
+    let mut put = |at: usize, width: usize, n: u32| {
+        write_decimal(&mut out[at..at + width], u64::from(n));
     };
     put(0, 4, t.year() as u32);
     put(5, 2, t.month());

@@ -10,3 +10,13 @@ pub mod values;
 
 pub use order::{Change, NewOrder, NewRefund, Order, OrderStatus, Refund, RuleError};
 pub use order_id::OrderId;
+
+/// Writes `n` into `out` as zero-padded decimal digits, as many as `out`
+/// holds (higher digits are dropped): ids and timestamps are written this way
+/// into fixed buffers, not through `format!`.
+pub fn write_decimal(out: &mut [u8], mut n: u64) {
+    for d in out.iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}

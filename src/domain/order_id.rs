@@ -135,11 +135,8 @@ impl OrderId {
         let t = DateTime::<Utc>::from_timestamp(self.created_secs, 0)
             .expect("OrderId holds a time checked at construction");
         let mut out = [b'0'; ORDER_ID_LEN];
-        let mut put = |at: usize, width: usize, mut n: u64| {
-            for d in out[at..at + width].iter_mut().rev() {
-                *d = b'0' + (n % 10) as u8;
-                n /= 10;
-            }
+        let mut put = |at: usize, width: usize, n: u64| {
+            super::write_decimal(&mut out[at..at + width], n);
         };
         put(0, 1, u64::from(LAYOUT_VERSION));
         put(1, 4, u64::from(self.unit));
