@@ -22,6 +22,10 @@ pub struct Stats {
     pub status: BTreeMap<u16, u64>,
     pub transport_errors: u64,
     timeline: Timeline,
+    /// Open loop: how late the generator itself sent each measured request
+    /// (from its scheduled time to the write). It counts in the latency, so
+    /// it says how much of the latency is the generator's own.
+    send_lag: Option<Histogram<u64>>,
 }
 
 /// The measured requests by when they were (meant to be) sent, in slots of
@@ -98,6 +102,14 @@ impl Stats {
         }
     }
 
+    /// How late a measured request went out (open loop only).
+    pub fn record_send_lag(&mut self, lag: Duration) {
+        let us = (lag.as_micros() as u64).clamp(1, 300_000_000);
+        self.send_lag
+            .get_or_insert_with(histogram)
+            .saturating_record(us);
+    }
+
     pub fn count(&self) -> u64 {
         self.all.as_ref().map_or(0, Histogram::len)
     }
@@ -143,8 +155,21 @@ impl Stats {
                 .map(|(op, h)| (op.name().to_string(), summary(h)))
                 .collect(),
             timeline: self.timeline.slots(),
+            send_lag: self.send_lag.as_ref().map(|h| SendLag {
+                p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+                p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+                max_ms: h.max() as f64 / 1000.0,
+            }),
         }
     }
+}
+
+/// How late the open loop sent its requests, from their scheduled times.
+#[derive(Debug, Clone, Serialize)]
+pub struct SendLag {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -186,6 +211,9 @@ pub struct Report {
     /// Per [`SLOT`] of send time; written by `--timeline`, not in `--json`.
     #[serde(skip)]
     pub timeline: Vec<Slot>,
+    /// Open loop only: the generator's own lateness, part of every latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag: Option<SendLag>,
 }
 
 impl Report {
@@ -245,6 +273,12 @@ impl Report {
                 w.requests
             );
         }
+        if let Some(lag) = &self.send_lag {
+            out += &format!(
+                "the generator sent late by (part of the latency above): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms\n",
+                lag.p50_ms, lag.p99_ms, lag.max_ms
+            );
+        }
         let statuses: Vec<_> = self
             .status
             .iter()
@@ -294,6 +328,44 @@ mod tests {
         assert_eq!((r.requests, r.errors, r.transport_errors), (102, 2, 1));
         assert!((r.throughput_per_sec - 51.0).abs() < 1e-9);
         assert!(r.text().contains("503: 1"));
+    }
+
+    #[test]
+    fn an_open_loop_reports_how_late_the_generator_sent() {
+        let config = |mode: &str| RunConfig {
+            url: "u".into(),
+            mode: mode.into(),
+            rate_per_sec: None,
+            connections: 1,
+            mix: "create=100".into(),
+            duration_secs: Some(1.0),
+            requests_limit: None,
+            warmup_secs: 0.0,
+        };
+        let t0 = Instant::now();
+        let mut closed = Stats::default();
+        closed.record(Op::Create, Some(201), t0, Duration::from_millis(2));
+        let r = closed.report(config("closed"), Duration::from_secs(1));
+        assert!(r.send_lag.is_none());
+        assert!(!r.text().contains("sent late"), "{}", r.text());
+
+        let mut open = Stats::default();
+        for us in 1..=100 {
+            open.record(Op::Create, Some(201), t0, Duration::from_millis(3));
+            open.record_send_lag(Duration::from_micros(us * 10));
+        }
+        let r = open.report(config("open"), Duration::from_secs(1));
+        let lag = r.send_lag.as_ref().expect("lag measured");
+        assert!((lag.p50_ms - 0.5).abs() < 0.01, "{}", lag.p50_ms);
+        assert!((lag.max_ms - 1.0).abs() < 0.01, "{}", lag.max_ms);
+        assert!(
+            r.text()
+                .contains("the generator sent late by (part of the latency above): p50 0.50 ms"),
+            "{}",
+            r.text()
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert!(json["send_lag"]["p99_ms"].as_f64().unwrap() > 0.9);
     }
 
     #[test]
