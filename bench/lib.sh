@@ -119,7 +119,7 @@ start_mariadb() {
 mariadb() { command mariadb -h127.0.0.1 -P"$DB_PORT" -uroot "$@"; }
 
 # The engine with 4 units on that server; any command prefix (e.g. valgrind)
-# goes in front of the binary.
+# goes in front of the binary. ENGINE_BIN runs another build (to compare two).
 start_engine() {
   PORT=$(free_port)
   cat > "$WORK/engine.toml" <<TOML
@@ -135,7 +135,7 @@ TOML
     printf '[[units]]\nid = %d\nprimary_url = "mysql://root@127.0.0.1:%d/orderengine_unit_%d"\n' \
       "$u" "$DB_PORT" "$u" >> "$WORK/engine.toml"
   done
-  "$@" ./target/release/order-engine --config "$WORK/engine.toml" >"$WORK/engine.log" 2>&1 &
+  "$@" "${ENGINE_BIN:-./target/release/order-engine}" --config "$WORK/engine.toml" >"$WORK/engine.log" 2>&1 &
   ENGINE_PID=$!
   PIDS+=($!)
   for _ in $(seq 600); do curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done

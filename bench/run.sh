@@ -17,6 +17,8 @@
 #   hypervisor stole meanwhile (on a shared host the tail follows the steal).
 #
 # Usage: bash bench/run.sh   (DURATION=20 THREADS="32 64" CONNS="64 128 256" SETTLE_SECS=120)
+# ENGINE_BIN=path runs another build of the engine; ORDERENGINE__* variables
+# reach the engine (e.g. ORDERENGINE__GROUP_COMMIT__WINDOW_US=400).
 # Everything listens on loopback; everything stops when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
