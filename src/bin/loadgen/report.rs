@@ -301,6 +301,21 @@ impl Report {
 mod tests {
     use super::*;
 
+    /// A run's configuration as the report shows it (the numbers here are
+    /// not what the tests look at).
+    fn config(mode: &str) -> RunConfig {
+        RunConfig {
+            url: "u".into(),
+            mode: mode.into(),
+            rate_per_sec: None,
+            connections: 1,
+            mix: "create=100".into(),
+            duration_secs: Some(1.0),
+            requests_limit: None,
+            warmup_secs: 0.0,
+        }
+    }
+
     #[test]
     fn percentiles_and_errors() {
         let mut s = Stats::default();
@@ -310,17 +325,7 @@ mod tests {
         }
         s.record(Op::Get, Some(503), t0, Duration::from_millis(5));
         s.record(Op::Get, None, t0, Duration::from_millis(5));
-        let config = RunConfig {
-            url: "u".into(),
-            mode: "closed".into(),
-            rate_per_sec: None,
-            connections: 1,
-            mix: "create=100".into(),
-            duration_secs: Some(1.0),
-            requests_limit: None,
-            warmup_secs: 0.0,
-        };
-        let r = s.report(config, Duration::from_secs(2));
+        let r = s.report(config("closed"), Duration::from_secs(2));
         let create = &r.ops["create"];
         assert_eq!(create.count, 100);
         assert!((create.p50_ms - 50.0).abs() < 0.5, "{}", create.p50_ms);
@@ -332,16 +337,6 @@ mod tests {
 
     #[test]
     fn an_open_loop_reports_how_late_the_generator_sent() {
-        let config = |mode: &str| RunConfig {
-            url: "u".into(),
-            mode: mode.into(),
-            rate_per_sec: None,
-            connections: 1,
-            mix: "create=100".into(),
-            duration_secs: Some(1.0),
-            requests_limit: None,
-            warmup_secs: 0.0,
-        };
         let t0 = Instant::now();
         let mut closed = Stats::default();
         closed.record(Op::Create, Some(201), t0, Duration::from_millis(2));
@@ -382,14 +377,10 @@ mod tests {
         s.record(Op::Create, None, at(250), Duration::from_millis(1));
         let r = s.report(
             RunConfig {
-                url: "u".into(),
-                mode: "open".into(),
                 rate_per_sec: Some(50.0),
                 connections: 8,
-                mix: "create=100".into(),
                 duration_secs: Some(0.3),
-                requests_limit: None,
-                warmup_secs: 0.0,
+                ..config("open")
             },
             Duration::from_millis(300),
         );
