@@ -102,12 +102,12 @@ struct Shared {
 
 impl Shared {
     /// Sends one request; `since` is when it should have been sent (the
-    /// open loop's schedule; `scheduled`) or now (closed loop).
+    /// open loop's schedule, when `scheduled`) or now (closed loop).
     async fn one(&self, since: Instant, scheduled: bool) {
         let ticket = rand::random_range(0..100);
         let req = self.orders.request(self.mix.pick(ticket));
         let method = if req.body.is_some() { "POST" } else { "GET" };
-        let lag = since.elapsed();
+        let lag = scheduled.then(|| since.elapsed());
         let result = self
             .client
             .send(method, &req.path, req.body.as_deref())
@@ -127,7 +127,7 @@ impl Shared {
         if in_time && self.measuring.load(Ordering::Acquire) {
             let mut stats = self.stats.lock().unwrap();
             stats.record(req.op, status, since, latency);
-            if scheduled {
+            if let Some(lag) = lag {
                 stats.record_send_lag(lag);
             }
         }
@@ -172,13 +172,10 @@ async fn open_loop(shared: Arc<Shared>, rate: f64, in_flight: usize, limits: Lim
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0u64.. {
         let intended = start + interval.mul_f64(i as f64);
-        // tokio's timer ticks once a millisecond, so requests leave in
-        // bursts up to a millisecond late; the lateness counts as latency
-        // (the report says how much). A finer clock (a timerfd armed every
-        // 100-250 us) was measured: the generator's own lateness fell from
-        // p50 0.8 to 0.2 ms, but it and the engine spent ~14 us more CPU per
-        // request on the wake-ups of smooth arrivals, and on two shared
-        // cores the engine's p99 was no better.
+        // tokio's timer ticks once a millisecond, so requests leave up to a
+        // millisecond late, and that counts as latency (the report says how
+        // much). A finer clock cost more CPU in wake-ups than it saved on
+        // two shared cores (README, Performance).
         tokio::time::sleep_until(intended.into()).await;
         if limits.done(&shared) {
             break;

@@ -14,6 +14,16 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 300_000_000, 3).expect("valid bounds")
 }
 
+/// A duration as a histogram value: microseconds, within the bounds.
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, 300_000_000)
+}
+
+/// The value at quantile `q`, in milliseconds.
+fn ms_at(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
 #[derive(Default)]
 pub struct Stats {
     by_op: BTreeMap<Op, Histogram<u64>>,
@@ -90,7 +100,7 @@ impl Stats {
     pub fn record(&mut self, op: Op, status: Option<u16>, sent: Instant, latency: Duration) {
         self.timeline
             .record(sent, latency, status.is_none_or(|s| s >= 400));
-        let us = (latency.as_micros() as u64).clamp(1, 300_000_000);
+        let us = micros(latency);
         self.by_op
             .entry(op)
             .or_insert_with(histogram)
@@ -104,10 +114,9 @@ impl Stats {
 
     /// How late a measured request went out (open loop only).
     pub fn record_send_lag(&mut self, lag: Duration) {
-        let us = (lag.as_micros() as u64).clamp(1, 300_000_000);
         self.send_lag
             .get_or_insert_with(histogram)
-            .saturating_record(us);
+            .saturating_record(micros(lag));
     }
 
     pub fn count(&self) -> u64 {
@@ -129,10 +138,10 @@ impl Stats {
         let summary = |h: &Histogram<u64>| OpReport {
             count: h.len(),
             rate_per_sec: h.len() as f64 / secs,
-            p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-            p90_ms: h.value_at_quantile(0.9) as f64 / 1000.0,
-            p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
-            p999_ms: h.value_at_quantile(0.999) as f64 / 1000.0,
+            p50_ms: ms_at(h, 0.5),
+            p90_ms: ms_at(h, 0.9),
+            p99_ms: ms_at(h, 0.99),
+            p999_ms: ms_at(h, 0.999),
             max_ms: h.max() as f64 / 1000.0,
             mean_ms: h.mean() / 1000.0,
         };
@@ -156,8 +165,8 @@ impl Stats {
                 .collect(),
             timeline: self.timeline.slots(),
             send_lag: self.send_lag.as_ref().map(|h| SendLag {
-                p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
-                p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+                p50_ms: ms_at(h, 0.5),
+                p99_ms: ms_at(h, 0.99),
                 max_ms: h.max() as f64 / 1000.0,
             }),
         }
