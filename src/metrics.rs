@@ -397,6 +397,22 @@ mod tests {
     }
 
     #[test]
+    fn latency_buckets_resolve_where_creates_live() {
+        assert!(LATENCY_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+        // The alert rules compare a p99 with 250 ms.
+        assert!(LATENCY_BUCKETS.contains(&0.25));
+        // From 2 to 50 ms (a create's p50 and p99 under load) no bucket spans
+        // more than 1.67x, so an interpolated quantile is off by less than that.
+        let dense = LATENCY_BUCKETS
+            .windows(2)
+            .filter(|w| w[0] >= 0.002 && w[1] <= 0.05);
+        assert_eq!(dense.clone().count(), 8);
+        for w in dense {
+            assert!(w[1] / w[0] <= 1.67, "{w:?}");
+        }
+    }
+
+    #[test]
     fn labels_stay_bounded() {
         assert_eq!(op_of("POST", "/v1/orders"), Some("create"));
         assert_eq!(op_of("GET", "/v1/users/{user_id}/orders"), Some("list"));
