@@ -118,6 +118,36 @@ start_mariadb() {
 }
 mariadb() { command mariadb -h127.0.0.1 -P"$DB_PORT" -uroot "$@"; }
 
+# The engine's histogram of successful creates (`le count` per line), and
+# `engine_quantiles BEFORE AFTER`: its p50 / p90 / p99 between two of them,
+# interpolated inside a bucket as Prometheus' `histogram_quantile` does.
+create_buckets() {
+  curl -sf "http://127.0.0.1:$PORT/metrics" |
+    sed -n 's/^orderengine_request_duration_seconds_bucket{.*le="\([^"]*\)".*op="create".*outcome="ok".*} \(.*\)$/\1 \2/p
+            s/^orderengine_request_duration_seconds_bucket{.*op="create".*outcome="ok".*le="\([^"]*\)".*} \(.*\)$/\1 \2/p'
+}
+engine_quantiles() {
+  python3 - "$1" "$2" <<'PY'
+import sys
+def load(path):
+    rows = [line.split() for line in open(path) if line.strip()]
+    return sorted((float("inf") if le == "+Inf" else float(le), float(n)) for le, n in rows)
+a, b = load(sys.argv[1]), load(sys.argv[2])
+a = a or [(le, 0.0) for le, _ in b]  # no create had been counted yet
+if not b or len(a) != len(b):
+    print("not found in /metrics"); sys.exit()
+d = [(le, nb - na) for (le, na), (_, nb) in zip(a, b)]
+total = d[-1][1]
+def q(p):
+    rank, lo, below = p * total, 0.0, 0.0
+    for le, n in d:
+        if n >= rank:
+            return lo if le == float("inf") else lo + (le - lo) * (rank - below) / max(n - below, 1e-9)
+        lo, below = le, n
+print(", ".join(f"p{int(p * 100)} {q(p) * 1e3:.2f} ms" for p in (0.5, 0.9, 0.99)) + f" ({total:.0f} creates)")
+PY
+}
+
 # The engine with 4 units on that server; any command prefix (e.g. valgrind)
 # goes in front of the binary. ENGINE_BIN runs another build (to compare two).
 start_engine() {

@@ -83,9 +83,11 @@ s0=$(cpu_counters)
 # fdatasync (one every 10 ms): a commit cannot be faster than the disk.
 disk_sync_latency "$DURATION" "$WORK" 10 3 >"$WORK/half-disk.txt" &
 PROBE=$!
+create_buckets >"$WORK/half-buckets-0.txt"
 "${LG[@]}" --rate "$HALF" --connections 1024 --duration "${DURATION}s" --warmup 3s \
   --json "$WORK/half.json" --timeline "$WORK/half-timeline.csv" | sed 's/^/   /'
 HALF_CPU=$(cpu_report "$s0" "$(cpu_counters)")
+create_buckets >"$WORK/half-buckets-1.txt"
 wait "$PROBE"
 echo "   slowest moments (100 ms of send time, seconds into the measured period): $(
   sort -t, -k4 -g -r "$WORK/half-timeline.csv" | grep -v '^at' | head -5 |
@@ -93,6 +95,8 @@ echo "   slowest moments (100 ms of send time, seconds into the measured period)
 echo "   the disk meanwhile: $(sed -n 1p "$WORK/half-disk.txt")"
 echo "   $(sed -n 2p "$WORK/half-disk.txt")"
 echo "   during the open loop: $HALF_CPU"
+echo "   the engine's own view (its request histogram, from a request's arrival to its answer, warm-up included): $(
+  engine_quantiles "$WORK/half-buckets-0.txt" "$WORK/half-buckets-1.txt")"
 
 # Past ~75% of the redo log InnoDB flushes hard, which shows in the tail.
 AGE=$(mariadb -N -e "SHOW GLOBAL STATUS LIKE 'Innodb_checkpoint_age'" | awk '{print int($2/1048576)}')
