@@ -79,6 +79,45 @@ if pause:
 PY
 }
 
+# What it costs here to wake a thread on the other core: two processes pass
+# a byte back and forth over pipes, first both on one core, then one on each
+# (ROUNDS round trips each, at most 2 s). On a virtual machine whose idle
+# vCPU halts, the second wakes a halted vCPU every time, and the waker pays
+# for it in CPU time: at half the peak that cost is most of why a create
+# takes more CPU than at the peak. Prints wall and waker CPU per round trip.
+wake_latency() {
+  python3 - "${1:-3000}" <<'PY'
+import os, resource, sys, time
+rounds = int(sys.argv[1])
+def trip(a, b):
+    ping, pong = os.pipe(), os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.sched_setaffinity(0, {b})
+        while os.read(ping[0], 1) == b"x":
+            os.write(pong[1], b"x")
+        os._exit(0)
+    os.sched_setaffinity(0, {a})
+    cpu0, t0, n = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), 0
+    while n < rounds and time.perf_counter() - t0 < 2:
+        os.write(ping[1], b"x")
+        os.read(pong[0], 1)
+        n += 1
+    wall, cpu1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
+    os.write(ping[1], b"q")
+    os.waitpid(child, 0)
+    for fd in (*ping, *pong):
+        os.close(fd)
+    cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    return f"{wall / n * 1e6:.0f} us ({cpu / n * 1e6:.0f} us of CPU)"
+cores = sorted(os.sched_getaffinity(0))
+if len(cores) < 2:
+    print("one core: nothing to wake elsewhere")
+else:
+    print(f"same core {trip(cores[0], cores[0])}, across cores {trip(cores[0], cores[1])} per round trip")
+PY
+}
+
 # Writes back every dirty page in MariaDB's buffer pool (bounded by SECS), so
 # the next benchmark starts on a server as clean as the first one did: pages
 # left dirty by one run are otherwise flushed during the next, on the same

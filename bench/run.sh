@@ -39,6 +39,8 @@ start_mariadb
 mariadb -e "CREATE DATABASE sbtest"
 DISK=$(disk_sync_latency 10 "$WORK")
 echo "   disk: 4 KiB write + fdatasync, one at a time for 10 s: $DISK"
+WAKE=$(wake_latency)
+echo "   waking a thread: $WAKE"
 
 echo "== sysbench oltp_insert (reference)"
 SB=(sysbench oltp_insert --db-driver=mysql --mysql-host=127.0.0.1 --mysql-port="$DB_PORT"
@@ -108,7 +110,7 @@ LOG=$(mariadb -N -e "SELECT @@innodb_log_file_size" | awk '{print int($1/1048576
 echo "   MariaDB checkpoint age at the end: $AGE MiB of a $LOG MiB redo log"
 echo "   listen queue overflows on this machine during the engine runs: $(( $(listen_overflows) - OVERFLOWS0 ))"
 
-python3 - "$SYSBENCH" "$PEAK" "$WORK/half.json" "$DISK" "$HALF_CPU" <<'PY'
+python3 - "$SYSBENCH" "$PEAK" "$WORK/half.json" "$DISK" "$HALF_CPU" "$WAKE" <<'PY'
 import json, sys
 sb, peak, half = float(sys.argv[1]), float(sys.argv[2]), json.load(open(sys.argv[3]))
 c = half["ops"]["create"]
@@ -117,4 +119,5 @@ print(f"   sysbench oltp_insert : {sb:10.1f} inserts/s")
 print(f"   engine (HTTP)        : {peak:10.1f} creates/s  = {peak / sb:.2f}x sysbench (bar: 1.5x)")
 print(f"   at {half['config']['rate_per_sec']:.0f}/s (50% peak): p50 {c['p50_ms']:.2f} ms, p99 {c['p99_ms']:.2f} ms (bar: 10 ms), errors {half['errors']}; {sys.argv[5]}")
 print(f"   disk fdatasync alone : {sys.argv[4]}")
+print(f"   waking a thread      : {sys.argv[6]}")
 PY
