@@ -83,31 +83,43 @@ PY
 # a byte back and forth over pipes, first both on one core, then one on each
 # (ROUNDS round trips each, at most 2 s). On a virtual machine whose idle
 # vCPU halts, the second wakes a halted vCPU every time, and the waker pays
-# for it in CPU time: at half the peak that cost is most of why a create
-# takes more CPU than at the peak. Prints wall and waker CPU per round trip.
+# for it in CPU time; below the peak most of the engine's, MariaDB's and the
+# generator's wake-ups are of that kind (see the README's performance notes).
+# Prints wall and waker CPU per round trip.
 wake_latency() {
   python3 - "${1:-3000}" <<'PY'
 import os, resource, sys, time
 rounds = int(sys.argv[1])
 def trip(a, b):
-    ping, pong = os.pipe(), os.pipe()
+    (ping_r, ping_w), (pong_r, pong_w) = os.pipe(), os.pipe()
     child = os.fork()
     if child == 0:
-        os.sched_setaffinity(0, {b})
-        while os.read(ping[0], 1) == b"x":
-            os.write(pong[1], b"x")
-        os._exit(0)
+        try:
+            os.close(ping_w)
+            os.close(pong_r)
+            os.sched_setaffinity(0, {b})
+            while os.read(ping_r, 1) == b"x":
+                os.write(pong_w, b"x")
+        finally:
+            os._exit(0)
+    os.close(ping_r)
+    os.close(pong_w)
     os.sched_setaffinity(0, {a})
     cpu0, t0, n = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter(), 0
     while n < rounds and time.perf_counter() - t0 < 2:
-        os.write(ping[1], b"x")
-        os.read(pong[0], 1)
+        try:
+            os.write(ping_w, b"x")
+            if os.read(pong_r, 1) != b"x":
+                break  # the child is gone
+        except BrokenPipeError:
+            break  # the child is gone
         n += 1
     wall, cpu1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
-    os.write(ping[1], b"q")
+    os.close(ping_w)  # the child reads end-of-file and exits
     os.waitpid(child, 0)
-    for fd in (*ping, *pong):
-        os.close(fd)
+    os.close(pong_r)
+    if n == 0:
+        return "not measured"
     cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
     return f"{wall / n * 1e6:.0f} us ({cpu / n * 1e6:.0f} us of CPU)"
 cores = sorted(os.sched_getaffinity(0))

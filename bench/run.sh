@@ -5,6 +5,8 @@
 #   1. start a durable MariaDB (innodb_flush_log_at_trx_commit=1) in a temp dir,
 #      sized for a write benchmark on SSD (2 GiB redo log, io_capacity 2000),
 #      and time the disk's own fdatasync there (the floor under commit latency)
+#      and what waking a thread on the other core costs (what a create pays
+#      for below the peak)
 #   2. sysbench oltp_insert against it (the reference: inserts/s)
 #   3. the engine (release build) with 4 units on that server, once MariaDB
 #      has written back the pages sysbench left dirty (as clean a start as
