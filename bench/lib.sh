@@ -83,7 +83,7 @@ PY
 # a byte back and forth over pipes, first both on one core, then one on each
 # (ROUNDS round trips each, at most 2 s). On a virtual machine whose idle
 # vCPU halts, the second wakes a halted vCPU every time, and the waker pays
-# for it in CPU time; below the peak most of the engine's, MariaDB's and the
+# for it in CPU time; below the peak many of the engine's, MariaDB's and the
 # generator's wake-ups are of that kind (see the README's performance notes).
 # Prints wall and waker CPU per round trip.
 wake_latency() {
@@ -109,9 +109,10 @@ def trip(a, b):
     while n < rounds and time.perf_counter() - t0 < 2:
         try:
             os.write(ping_w, b"x")
-            if os.read(pong_r, 1) != b"x":
-                break  # the child is gone
+            reply = os.read(pong_r, 1)
         except BrokenPipeError:
+            reply = b""
+        if reply != b"x":
             break  # the child is gone
         n += 1
     wall, cpu1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
