@@ -1,15 +1,21 @@
-//! Pure domain logic: ids, validated values, the order state machine and unit
-//! selection. No I/O here, so all of it is unit-tested beside the code.
+//! Pure domain logic: ids, validated values, the order state machine, the
+//! rules for applying a batch of changes, unit selection, circuit breaking,
+//! key filters and batch sizes. No I/O here, so all of it is unit-tested
+//! beside the code.
 
+pub mod apply;
 pub mod circuit;
 pub mod key_filter;
 pub mod order;
 pub mod order_id;
+pub mod reads;
 pub mod selection;
+pub mod shapes;
 pub mod values;
 
 pub use order::{Change, NewOrder, NewRefund, Order, OrderStatus, Refund, RuleError};
 pub use order_id::OrderId;
+pub use reads::{Consistency, UserCursor};
 
 /// Writes `n` into `out` as zero-padded decimal digits, as many as `out`
 /// holds (higher digits are dropped): ids and timestamps are written this way

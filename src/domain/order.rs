@@ -7,7 +7,9 @@
 //! ```
 //!
 //! The transitions are pure: storage loads the row under a lock, asks the state
-//! machine what the new row is, and writes it with the version guard.
+//! machine what the new row is (`apply.rs` for a batch of calls), and writes
+//! it while it still holds the lock. `If-Match` is checked here
+//! ([`Order::check_version`]).
 
 use super::order_id::OrderId;
 use super::values::{
