@@ -30,9 +30,9 @@ use std::time::Instant;
 use sqlx::{AnyConnection, Connection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::PING_AFTER_IDLE;
+use super::connect::PING_AFTER_IDLE;
 
-pub(crate) struct Lane {
+pub(super) struct Lane {
     url: String,
     /// Run once on each new connection (`SET autocommit = 0` for creates).
     init: Option<&'static str>,
@@ -54,12 +54,12 @@ impl std::fmt::Debug for Lane {
 
 impl Lane {
     /// The lane create batches and updates run on.
-    pub(crate) fn for_writes(url: String, max: u32) -> Self {
+    pub(super) fn for_writes(url: String, max: u32) -> Self {
         Self::new(url, Some("SET autocommit = 0"), max)
     }
 
     /// The lane reads run on.
-    pub(crate) fn for_reads(url: String, max: u32) -> Self {
+    pub(super) fn for_reads(url: String, max: u32) -> Self {
         Self::new(url, None, max)
     }
 
@@ -73,11 +73,11 @@ impl Lane {
         }
     }
 
-    pub(crate) fn open(&self) -> u32 {
+    pub(super) fn open(&self) -> u32 {
         self.open.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn idle_count(&self) -> u32 {
+    pub(super) fn idle_count(&self) -> u32 {
         self.idle_list().len() as u32
     }
 
@@ -89,7 +89,7 @@ impl Lane {
 
     /// The most recently used idle connection, or a new one. The caller
     /// bounds the wait.
-    pub(crate) async fn take(&self) -> Result<LaneConnection<'_>, sqlx::Error> {
+    pub(super) async fn take(&self) -> Result<LaneConnection<'_>, sqlx::Error> {
         let permit =
             (self.permits.clone().acquire_owned().await).map_err(|_| sqlx::Error::PoolClosed)?;
         loop {
@@ -110,7 +110,7 @@ impl Lane {
     }
 
     /// Closes the idle connections (at shutdown, after the last batch).
-    pub(crate) async fn close(&self) {
+    pub(super) async fn close(&self) {
         self.permits.close();
         let idle: Vec<_> = self.idle_list().drain(..).collect();
         for (conn, _) in idle {
@@ -122,7 +122,7 @@ impl Lane {
 
 /// A lane connection in use. Dropped without [`LaneConnection::release`], it
 /// is closed, not reused.
-pub(crate) struct LaneConnection<'a> {
+pub(super) struct LaneConnection<'a> {
     lane: &'a Lane,
     conn: Option<AnyConnection>,
     _permit: OwnedSemaphorePermit,
@@ -137,7 +137,7 @@ impl<'a> LaneConnection<'a> {
         }
     }
 
-    pub(crate) fn get(&mut self) -> &mut AnyConnection {
+    pub(super) fn get(&mut self) -> &mut AnyConnection {
         self.conn
             .as_mut()
             .expect("present until released or dropped")
@@ -146,7 +146,7 @@ impl<'a> LaneConnection<'a> {
     /// Gives the connection back for its next user: only once the server
     /// answered its last statement (on the write lane: a `COMMIT` or
     /// `ROLLBACK`, so that no transaction is left open).
-    pub(crate) fn release(mut self) {
+    pub(super) fn release(mut self) {
         if let Some(conn) = self.conn.take() {
             self.lane.idle_list().push((conn, Instant::now()));
         }

@@ -13,16 +13,15 @@
 //!   MariaDB about a third of a create's work (its own row, index entry and
 //!   ~250 bytes of JSON per order).
 //!
-//! [`UnitStore::outbox_events`] reads records back as one event per change,
-//! in commit order within each order, which is what a relay publishes.
+//! `events.rs` reads records back as events.
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-use sqlx::{AnyConnection, AssertSqlSafe, Row};
+use sqlx::{AnyConnection, AssertSqlSafe};
 
-use super::orders::{multi_row, seq_param};
-use super::{StoreError, UnitStore, shapes};
+use super::error::StoreError;
+use super::sql::{multi_row, seq_param};
+use crate::domain::shapes;
 use crate::domain::{Order, OrderId, OrderStatus};
 
 /// The event type of a create; its records name the orders it created.
@@ -31,13 +30,11 @@ pub const CREATED: &str = "order.created";
 const INSERT_HEAD: &str =
     "INSERT INTO outbox (order_seq, order_version, event_type, payload, created_at_ms) VALUES ";
 const ROW: &str = "(?, ?, ?, ?, ?)";
-const SELECT_RECORDS: &str = "SELECT id, order_seq, event_type, payload FROM outbox \
-     WHERE id > ? ORDER BY id LIMIT ?";
 
 /// A change event's payload, serialized straight from the order (one
 /// allocation, where a `json!` map took one per field).
 #[derive(serde::Serialize)]
-struct Event<'a> {
+pub(super) struct Event<'a> {
     r#type: &'a str,
     #[serde(serialize_with = "as_display")]
     order_id: OrderId,
@@ -53,7 +50,7 @@ struct Event<'a> {
 
 impl<'a> Event<'a> {
     /// `order` as the change `event_type` left it.
-    fn of(order: &'a Order, event_type: &'a str) -> Self {
+    pub(super) fn of(order: &'a Order, event_type: &'a str) -> Self {
         Event {
             r#type: event_type,
             order_id: order.id,
@@ -69,7 +66,7 @@ impl<'a> Event<'a> {
     }
 
     /// `order` as its create left it, from the order at any later version.
-    fn created(order: &'a Order) -> Self {
+    pub(super) fn created(order: &'a Order) -> Self {
         Event {
             status: OrderStatus::Created.as_str(),
             paid_amount: 0,
@@ -80,7 +77,7 @@ impl<'a> Event<'a> {
         }
     }
 
-    fn to_json(&self) -> String {
+    pub(super) fn to_json(&self) -> String {
         serde_json::to_string(self).expect("an event serializes")
     }
 }
@@ -119,7 +116,7 @@ pub(super) async fn write_created(
 /// chunk), in the caller's transaction.
 pub(super) async fn write_events(
     conn: &mut AnyConnection,
-    events: &[(&Order, &'static str)],
+    events: &[(Order, &'static str)],
 ) -> Result<(), StoreError> {
     for chunk in shapes::split(events) {
         let sql = multi_row(INSERT_HEAD, ROW, chunk.len());
@@ -138,125 +135,6 @@ pub(super) async fn write_events(
             .map_err(StoreError::before_commit)?;
     }
     Ok(())
-}
-
-/// One change event, as a relay publishes it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutboxEvent {
-    /// The outbox row it came from; a create batch's row holds several events.
-    pub record_id: i64,
-    pub event_type: String,
-    /// The event: `type`, `order_id`, `merchant_id`, `out_trade_no`,
-    /// `status`, `amount`, `paid_amount`, `refunded_amount`, `version`, `at_ms`.
-    pub payload: Value,
-}
-
-/// A record of a create batch names orders by sequence; the others hold their event.
-enum Record {
-    Created {
-        id: i64,
-        seqs: Vec<u64>,
-    },
-    Change {
-        id: i64,
-        event_type: String,
-        payload: Value,
-    },
-}
-
-impl UnitStore {
-    /// The events of the outbox records after `after_record` (a record id;
-    /// 0 for the first), at most `limit` records, in record order, and the
-    /// events of a create batch in the order of its orders. Read from the
-    /// primary, published or not: what to skip is the relay's cursor.
-    pub async fn outbox_events(
-        &self,
-        after_record: i64,
-        limit: i64,
-    ) -> Result<Vec<OutboxEvent>, StoreError> {
-        let undecodable =
-            |e: String| StoreError::Internal(format!("unit {}: outbox record: {e}", self.unit));
-        let rows = self
-            .read_all(
-                sqlx::query(SELECT_RECORDS)
-                    .bind(after_record)
-                    .bind(limit.max(0)),
-            )
-            .await?;
-        let records = rows
-            .iter()
-            .map(|row| decode_record(row).map_err(undecodable))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        // The orders the create records name, in one read per shape-sized chunk.
-        let seqs: Vec<u64> = records
-            .iter()
-            .flat_map(|r| match r {
-                Record::Created { seqs, .. } => seqs.as_slice(),
-                Record::Change { .. } => &[],
-            })
-            .copied()
-            .collect();
-        let mut created = std::collections::HashMap::with_capacity(seqs.len());
-        for chunk in shapes::split(&seqs) {
-            for order in self.get_by_seqs(chunk).await? {
-                created.insert(order.id.sequence(), order);
-            }
-        }
-
-        let mut events = Vec::with_capacity(records.len().max(seqs.len()));
-        for record in records {
-            match record {
-                Record::Created { id, seqs } => {
-                    for seq in seqs {
-                        let order = created.get(&seq).ok_or_else(|| {
-                            undecodable(format!("record {id} names order {seq}, which is missing"))
-                        })?;
-                        events.push(OutboxEvent {
-                            record_id: id,
-                            event_type: CREATED.to_owned(),
-                            payload: serde_json::to_value(Event::created(order))
-                                .expect("an event serializes"),
-                        });
-                    }
-                }
-                Record::Change {
-                    id,
-                    event_type,
-                    payload,
-                } => events.push(OutboxEvent {
-                    record_id: id,
-                    event_type,
-                    payload,
-                }),
-            }
-        }
-        Ok(events)
-    }
-}
-
-fn decode_record(row: &sqlx::any::AnyRow) -> Result<Record, String> {
-    let get_err = |e: sqlx::Error| e.to_string();
-    let id: i64 = row.try_get("id").map_err(get_err)?;
-    let event_type: String = row.try_get("event_type").map_err(get_err)?;
-    let payload: String = row.try_get("payload").map_err(get_err)?;
-    let payload: Value =
-        serde_json::from_str(&payload).map_err(|e| format!("record {id}: payload: {e}"))?;
-    // Created records written before batches had their own record hold
-    // their event, like any change.
-    let Some(seqs) = payload.get("order_seqs").filter(|_| event_type == CREATED) else {
-        return Ok(Record::Change {
-            id,
-            event_type,
-            payload,
-        });
-    };
-    let seqs = seqs
-        .as_array()
-        .and_then(|seqs| seqs.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
-        .filter(|seqs| !seqs.is_empty())
-        .ok_or_else(|| format!("record {id}: order_seqs is not a list of sequences"))?;
-    Ok(Record::Created { id, seqs })
 }
 
 #[cfg(test)]

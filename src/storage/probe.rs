@@ -2,7 +2,8 @@
 
 use sqlx::Row;
 
-use super::{StoreError, UnitStore, now_ms};
+use super::error::StoreError;
+use super::store::{UnitStore, now_ms};
 
 const PROBE_WRITE: &str = "UPDATE probe SET token = ?, written_at_ms = ? WHERE id = 1";
 /// Outbox records not yet published by a relay (one per pay, close or

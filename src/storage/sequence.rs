@@ -17,7 +17,8 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use super::{StoreError, UnitStore};
+use super::error::StoreError;
+use super::store::UnitStore;
 use crate::domain::order_id::MAX_SEQUENCE;
 
 const ADVANCE: &str = "UPDATE sequences SET next_value = next_value + ? WHERE name = ?";

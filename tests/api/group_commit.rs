@@ -112,7 +112,7 @@ async fn a_batch_waits_for_company_only_when_the_rate_says_it_comes() {
 
     // 40 creates 5 ms apart (200/s: 80 per window): after the first 10 ms
     // the unit knows its rate, and the rest wait for company.
-    let (batches_before, _) = unit.send(BatchStats).await.unwrap();
+    let batches_before = unit.send(BatchStats).await.unwrap().batches;
     let mut stream = Vec::new();
     for i in 0..40 {
         stream.push(actix::spawn(create(format!("steady-{i}"))));
@@ -121,7 +121,7 @@ async fn a_batch_waits_for_company_only_when_the_rate_says_it_comes() {
     for answer in join_all(stream).await {
         answer.unwrap();
     }
-    let (batches_after, _) = unit.send(BatchStats).await.unwrap();
+    let batches_after = unit.send(BatchStats).await.unwrap().batches;
     let batches = batches_after - batches_before;
     assert!(
         batches <= 8,
@@ -179,7 +179,7 @@ async fn a_batch_answers_every_caller_as_if_alone() {
     burst.push(("conflicting".into(), 99));
     burst.push(("twice".into(), 10));
     burst.push(("twice".into(), 10));
-    let (batches_before, _) = unit.send(BatchStats).await.unwrap();
+    let batches_before = unit.send(BatchStats).await.unwrap().batches;
     let answers = join_all(burst.iter().map(|(key, amount)| {
         unit.send(CreateOrder {
             request: request(key, *amount),
@@ -209,7 +209,7 @@ async fn a_batch_answers_every_caller_as_if_alone() {
         "the same key twice in a burst is one order"
     );
 
-    let (batches_after, _) = unit.send(BatchStats).await.unwrap();
+    let batches_after = unit.send(BatchStats).await.unwrap().batches;
     let batches = batches_after - batches_before;
     assert!(
         batches < burst.len() as u64 / 2,
@@ -435,8 +435,9 @@ async fn the_write_lane_is_bounded() {
 /// replaced.
 #[actix_web::test]
 async fn reads_are_one_round_trip_on_the_read_lane() {
+    use order_engine::domain::Consistency;
     use order_engine::domain::OrderId;
-    use order_engine::storage::{Consistency, InsertOutcome, StoreError};
+    use order_engine::storage::{InsertOutcome, StoreError};
 
     let mut server = CountedServer::start().await;
     let store = server.store(6, "reads").await;
@@ -502,9 +503,10 @@ async fn reads_are_one_round_trip_on_the_read_lane() {
 #[actix_web::test]
 async fn concurrent_gets_pays_and_refunds_share_statements_and_each_gets_its_own_answer() {
     use order_engine::actors::unit::{GetOrder, PayOrder, RefundOrder};
+    use order_engine::domain::Consistency;
     use order_engine::domain::values::{PaymentRef, RefundId};
     use order_engine::domain::{NewRefund, OrderId};
-    use order_engine::storage::{Consistency, StoreError};
+    use order_engine::storage::StoreError;
 
     let mut server = CountedServer::start().await;
     let store = server.store(7, "gets").await;
@@ -596,12 +598,13 @@ async fn concurrent_gets_pays_and_refunds_share_statements_and_each_gets_its_own
     let mut changed = 0;
     for ((id, amount), answer) in pays.iter().zip(answers) {
         match answer.unwrap() {
-            Ok((order, did_change)) => {
+            Ok(paid) => {
+                let order = &paid.order;
                 assert_eq!(
                     (order.id, order.paid_amount, order.version),
                     (*id, *amount, 2)
                 );
-                changed += usize::from(did_change);
+                changed += usize::from(paid.changed);
             }
             Err(StoreError::NotFound) => assert_eq!(*id, unused),
             Err(StoreError::Rule(_)) => {
@@ -641,7 +644,11 @@ async fn concurrent_gets_pays_and_refunds_share_statements_and_each_gets_its_own
     .await;
     let commits = server.counter("Com_commit").await - before;
     for ((id, refund_id), answer) in refunds.iter().zip(answers) {
-        let (refund, order, created) = answer.unwrap().unwrap();
+        let order_engine::domain::apply::Refunded {
+            refund,
+            order,
+            created,
+        } = answer.unwrap().unwrap();
         assert!(created, "{id} {refund_id}");
         assert_eq!(
             (refund.order_id, refund.refund_id.as_str()),
@@ -668,6 +675,7 @@ async fn concurrent_gets_pays_and_refunds_share_statements_and_each_gets_its_own
 /// connection: all of it runs on one.
 #[actix_web::test]
 async fn updates_run_on_the_write_lane_without_begin_or_ping() {
+    use order_engine::domain::apply::{RefundUpdate, Update, UpdateAction};
     use order_engine::domain::values::{Amount, PaymentRef, RefundId};
     use order_engine::domain::{NewRefund, OrderId, RuleError};
     use order_engine::storage::{BatchOutcome, StoreError};
@@ -693,49 +701,56 @@ async fn updates_run_on_the_write_lane_without_begin_or_ping() {
         before.insert(name, server.counter(name).await);
     }
 
-    let p1 = PaymentRef::parse("p-1").unwrap();
-    let amount = Amount::new(100).unwrap();
     let pay = |expected: Option<i64>| {
-        let p1 = p1.clone();
-        store.update_order(id, "order.paid", move |o, now| {
-            o.pay(&p1, amount, expected, now)
+        store.update_order(Update {
+            id,
+            action: UpdateAction::Pay {
+                payment_ref: PaymentRef::parse("p-1").unwrap(),
+                amount: Amount::new(100).unwrap(),
+            },
+            expected_version: expected,
         })
+    };
+    let close = |id: OrderId| Update {
+        id,
+        action: UpdateAction::Close,
+        expected_version: None,
     };
     assert!(matches!(
         pay(Some(7)).await,
         Err(StoreError::Rule(RuleError::VersionMismatch { .. }))
     ));
-    assert!(pay(None).await.unwrap().1, "the pay changed the order");
     assert!(
-        !pay(None).await.unwrap().1,
+        pay(None).await.unwrap().changed,
+        "the pay changed the order"
+    );
+    assert!(
+        !pay(None).await.unwrap().changed,
         "a replayed pay changes nothing"
     );
     assert!(matches!(
-        store
-            .update_order(id, "order.closed", |o, now| o.close(None, now))
-            .await,
+        store.update_order(close(id)).await,
         Err(StoreError::Rule(RuleError::InvalidTransition { .. }))
     ));
     let missing = OrderId::new(8, now / 1000, 999).unwrap();
     assert!(matches!(
-        store
-            .update_order(missing, "order.closed", |o, now| o.close(None, now))
-            .await,
+        store.update_order(close(missing)).await,
         Err(StoreError::NotFound)
     ));
-    let refund = NewRefund {
-        refund_id: RefundId::parse("r-1").unwrap(),
-        amount: Amount::new(40).unwrap(),
-        reason: None,
+    let refund = || RefundUpdate {
+        id,
+        refund: NewRefund {
+            refund_id: RefundId::parse("r-1").unwrap(),
+            amount: Amount::new(40).unwrap(),
+            reason: None,
+        },
+        expected_version: None,
     };
     assert!(
-        store.refund(id, &refund, None).await.unwrap().2,
+        store.refund(refund()).await.unwrap().created,
         "a new refund"
     );
-    assert!(
-        !store.refund(id, &refund, None).await.unwrap().2,
-        "a replay"
-    );
+    assert!(!store.refund(refund()).await.unwrap().created, "a replay");
 
     let mut after = HashMap::new();
     for name in COUNTERS {
@@ -760,7 +775,7 @@ async fn updates_run_on_the_write_lane_without_begin_or_ping() {
         "every answer kept the one connection"
     );
     let stored = store
-        .get(id, order_engine::storage::Consistency::Strong)
+        .get(id, order_engine::domain::Consistency::Strong)
         .await
         .unwrap();
     assert_eq!(
@@ -774,9 +789,11 @@ async fn updates_run_on_the_write_lane_without_begin_or_ping() {
 /// gets, key look-ups, pays (every third refused, so the events written are
 /// a subset of the batch) and refunds of the paid orders.
 async fn a_batch_of_every_size(store: &UnitStore, pass: &str, first_seq: u64) {
+    use order_engine::domain::apply::{RefundUpdate, Update, UpdateAction};
+    use order_engine::domain::shapes;
     use order_engine::domain::values::{PaymentRef, RefundId};
     use order_engine::domain::{NewRefund, Order, OrderId};
-    use order_engine::storage::{BatchOutcome, OrderUpdate, RefundRequest, now_ms, shapes};
+    use order_engine::storage::{BatchOutcome, now_ms};
 
     let now = now_ms();
     let mut seq = first_seq;
@@ -803,14 +820,13 @@ async fn a_batch_of_every_size(store: &UnitStore, pass: &str, first_seq: u64) {
         let pays = ids
             .iter()
             .enumerate()
-            .map(|(i, id)| {
-                let payment = payment.clone();
-                let amount = Amount::new(if i % 3 == 2 { 1 } else { 100 }).unwrap();
-                OrderUpdate {
-                    id: *id,
-                    event: "order.paid",
-                    change: Box::new(move |o: &Order, now| o.pay(&payment, amount, None, now)),
-                }
+            .map(|(i, id)| Update {
+                id: *id,
+                action: UpdateAction::Pay {
+                    payment_ref: payment.clone(),
+                    amount: Amount::new(if i % 3 == 2 { 1 } else { 100 }).unwrap(),
+                },
+                expected_version: None,
             })
             .collect();
         let paid: Vec<OrderId> = store
@@ -818,12 +834,12 @@ async fn a_batch_of_every_size(store: &UnitStore, pass: &str, first_seq: u64) {
             .await
             .unwrap()
             .into_iter()
-            .filter_map(|answer| answer.ok().map(|(order, _)| order.id))
+            .filter_map(|answer| answer.ok().map(|u| u.order.id))
             .collect();
         assert_eq!(paid.len(), n - n / 3, "the wrong amounts are refused");
         let refunds = paid
             .iter()
-            .map(|id| RefundRequest {
+            .map(|id| RefundUpdate {
                 id: *id,
                 refund: NewRefund {
                     refund_id: RefundId::parse("r-1").unwrap(),

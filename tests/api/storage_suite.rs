@@ -5,15 +5,15 @@ use std::collections::HashSet;
 
 use futures_util::future::join_all;
 use order_engine::config::StorageSettings;
+use order_engine::domain::apply::{RefundUpdate, Update, UpdateAction};
 use order_engine::domain::values::{
     Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
 };
-use order_engine::domain::{Change, NewOrder, NewRefund, Order, OrderId, OrderStatus, RuleError};
-use order_engine::storage::sequence::SequenceGenerator;
-use order_engine::storage::{
-    BatchOutcome, Consistency, InsertOutcome, OrderUpdate, RefundRequest, StoreError, UnitStore,
-    UserCursor,
+use order_engine::domain::{
+    Consistency, NewOrder, NewRefund, Order, OrderId, OrderStatus, RuleError, UserCursor,
 };
+use order_engine::storage::sequence::SequenceGenerator;
+use order_engine::storage::{BatchOutcome, InsertOutcome, StoreError, UnitStore};
 use serde_json::json;
 
 use crate::helpers::Backend;
@@ -29,6 +29,26 @@ async fn fresh_url(backend: Backend) -> (String, tempfile::TempDir) {
         Backend::MariaDb => server::shared().url(&server::unique_db("store")),
     };
     (url, dir)
+}
+
+/// A pay of `amount` with `payment_ref`.
+fn pay(id: OrderId, payment_ref: &PaymentRef, amount: i64, expected: Option<i64>) -> Update {
+    Update {
+        id,
+        action: UpdateAction::Pay {
+            payment_ref: payment_ref.clone(),
+            amount: Amount::new(amount).unwrap(),
+        },
+        expected_version: expected,
+    }
+}
+
+fn close(id: OrderId) -> Update {
+    Update {
+        id,
+        action: UpdateAction::Close,
+        expected_version: None,
+    }
 }
 
 async fn open(url: &str) -> UnitStore {
@@ -138,13 +158,8 @@ pub async fn updates_are_versioned_and_logged(backend: Backend) {
     let store = open(&url).await;
     let order = insert(&store, 1, request("o-1", "u-1", 100), T0).await;
     let p1 = PaymentRef::parse("p-1").unwrap();
-    let amount = Amount::new(100).unwrap();
 
-    let stale = store
-        .update_order(order.id, "order.paid", |o, now| {
-            o.pay(&p1, amount, Some(9), now)
-        })
-        .await;
+    let stale = store.update_order(pay(order.id, &p1, 100, Some(9))).await;
     assert!(matches!(
         stale,
         Err(StoreError::Rule(RuleError::VersionMismatch {
@@ -153,32 +168,27 @@ pub async fn updates_are_versioned_and_logged(backend: Backend) {
         }))
     ));
 
-    let (paid, changed) = store
-        .update_order(order.id, "order.paid", |o, now| {
-            o.pay(&p1, amount, Some(1), now)
-        })
+    let paid = store
+        .update_order(pay(order.id, &p1, 100, Some(1)))
         .await
         .unwrap();
-    assert!(changed);
+    assert!(paid.changed);
+    let paid = paid.order;
     assert_eq!(
         (paid.status, paid.version, paid.paid_amount),
         (OrderStatus::Paid, 2, 100)
     );
 
-    let (again, changed) = store
-        .update_order(order.id, "order.paid", |o, now| {
-            o.pay(&p1, amount, None, now)
-        })
+    let again = store
+        .update_order(pay(order.id, &p1, 100, None))
         .await
         .unwrap();
-    assert!(!changed, "a replayed pay changes nothing");
-    assert_eq!(again.version, 2);
+    assert!(!again.changed, "a replayed pay changes nothing");
+    assert_eq!(again.order.version, 2);
 
-    let close = store
-        .update_order(order.id, "order.closed", |o, now| o.close(None, now))
-        .await;
+    let closed = store.update_order(close(order.id)).await;
     assert!(matches!(
-        close,
+        closed,
         Err(StoreError::Rule(RuleError::InvalidTransition { .. }))
     ));
     assert_eq!(
@@ -207,16 +217,15 @@ pub async fn updates_are_versioned_and_logged(backend: Backend) {
     );
 
     let missing = OrderId::new(UNIT, T0 / 1000, 999).unwrap();
-    let r = store
-        .update_order(missing, "order.closed", |o, now| o.close(None, now))
-        .await;
+    let r = store.update_order(close(missing)).await;
     assert!(matches!(r, Err(StoreError::NotFound)));
     // A change that leaves the order as it is writes nothing.
     let r = store
-        .update_order(order.id, "x", |_, _| Ok(Change::Unchanged))
+        .update_order(pay(order.id, &p1, 100, None))
         .await
         .unwrap();
-    assert!(!r.1);
+    assert!(!r.changed);
+    assert_eq!(outbox_count(&url).await, 2, "nothing more written");
     store.close().await;
 }
 
@@ -231,20 +240,7 @@ pub async fn a_batch_of_updates_answers_each_as_alone(backend: Backend) {
     let c = insert(&store, 3, request("o-c", "u-1", 100), T0).await;
     let missing = OrderId::new(UNIT, T0 / 1000, 999).unwrap();
     let p1 = PaymentRef::parse("p-1").unwrap();
-    let amount = Amount::new(100).unwrap();
-    let pay = |id: OrderId, expected: Option<i64>| {
-        let p1 = p1.clone();
-        OrderUpdate {
-            id,
-            event: "order.paid",
-            change: Box::new(move |o: &Order, now| o.pay(&p1, amount, expected, now)),
-        }
-    };
-    let close = |id: OrderId| OrderUpdate {
-        id,
-        event: "order.closed",
-        change: Box::new(|o: &Order, now| o.close(None, now)),
-    };
+    let pay = |id: OrderId, expected: Option<i64>| pay(id, &p1, 100, expected);
     let answers = store
         .update_orders(vec![
             pay(a.id, None),
@@ -260,7 +256,12 @@ pub async fn a_batch_of_updates_answers_each_as_alone(backend: Backend) {
     let summary: Vec<_> = answers
         .iter()
         .map(|r| match r {
-            Ok((o, changed)) => format!("{} v{} {}", o.status.as_str(), o.version, changed),
+            Ok(u) => format!(
+                "{} v{} {}",
+                u.order.status.as_str(),
+                u.order.version,
+                u.changed
+            ),
             Err(StoreError::NotFound) => "not found".into(),
             Err(StoreError::Rule(RuleError::InvalidTransition { .. })) => "invalid".into(),
             Err(StoreError::Rule(RuleError::VersionMismatch { .. })) => "stale".into(),
@@ -298,7 +299,7 @@ pub async fn a_batch_of_updates_answers_each_as_alone(backend: Backend) {
         .update_orders(vec![pay(a.id, None), close(a.id)])
         .await
         .unwrap();
-    assert!(matches!(answers[0], Ok((_, false))));
+    assert!(matches!(&answers[0], Ok(u) if !u.changed));
     assert!(matches!(
         answers[1],
         Err(StoreError::Rule(RuleError::InvalidTransition { .. }))
@@ -317,18 +318,16 @@ pub async fn a_batch_of_refunds_answers_each_as_alone(backend: Backend) {
     for (seq, key, amount) in [(1, "o-a", 100), (2, "o-b", 50)] {
         let o = insert(&store, seq, request(key, "u-1", amount), T0).await;
         let p = PaymentRef::parse(format!("p-{seq}")).unwrap();
-        let (o, _) = store
-            .update_order(o.id, "order.paid", |o, now| {
-                o.pay(&p, Amount::new(amount).unwrap(), None, now)
-            })
+        let o = store
+            .update_order(pay(o.id, &p, amount, None))
             .await
             .unwrap();
-        paid.push(o);
+        paid.push(o.order);
     }
     let (a, b) = (paid[0].id, paid[1].id);
     let unpaid = insert(&store, 3, request("o-c", "u-1", 10), T0).await.id;
     let missing = OrderId::new(UNIT, T0 / 1000, 999).unwrap();
-    let refund = |id: OrderId, refund_id: &str, amount: i64, expected: Option<i64>| RefundRequest {
+    let refund = |id: OrderId, refund_id: &str, amount: i64, expected: Option<i64>| RefundUpdate {
         id,
         refund: NewRefund {
             refund_id: RefundId::parse(refund_id).unwrap(),
@@ -354,13 +353,14 @@ pub async fn a_batch_of_refunds_answers_each_as_alone(backend: Backend) {
     let summary: Vec<_> = answers
         .iter()
         .map(|r| match r {
-            Ok((refund, order, created)) => format!(
-                "{} {} -> {} {} v{} {created}",
-                refund.refund_id.as_str(),
-                refund.amount.get(),
-                order.status.as_str(),
-                order.refunded_amount,
-                order.version
+            Ok(r) => format!(
+                "{} {} -> {} {} v{} {}",
+                r.refund.refund_id.as_str(),
+                r.refund.amount.get(),
+                r.order.status.as_str(),
+                r.order.refunded_amount,
+                r.order.version,
+                r.created
             ),
             Err(StoreError::Rule(RuleError::RefundIdConflict)) => "conflict".into(),
             Err(StoreError::Rule(RuleError::RefundExceedsPaid { .. })) => "exceeds".into(),
@@ -401,7 +401,8 @@ pub async fn a_batch_of_refunds_answers_each_as_alone(backend: Backend) {
         .refund_orders(vec![refund(a, "r-1", 30, None), refund(a, "r-3", 1, None)])
         .await
         .unwrap();
-    assert!(matches!(&answers[0], Ok((r, o, false)) if r.amount.get() == 30 && o.version == 4));
+    assert!(matches!(&answers[0],
+        Ok(r) if !r.created && r.refund.amount.get() == 30 && r.order.version == 4));
     assert!(matches!(
         answers[1],
         Err(StoreError::Rule(RuleError::RefundIdConflict))
@@ -416,47 +417,45 @@ pub async fn refunds_add_up_and_replay(backend: Backend) {
     let order = insert(&store, 1, request("o-1", "u-1", 100), T0).await;
     let p = PaymentRef::parse("p").unwrap();
     store
-        .update_order(order.id, "order.paid", |o, now| {
-            o.pay(&p, Amount::new(100).unwrap(), None, now)
-        })
+        .update_order(pay(order.id, &p, 100, None))
         .await
         .unwrap();
-    let refund = |id: &str, amount: i64| NewRefund {
-        refund_id: RefundId::parse(id).unwrap(),
-        amount: Amount::new(amount).unwrap(),
-        reason: Some(Text::parse("cold").unwrap()),
+    let refund = |refund_id: &str, amount: i64, expected: Option<i64>| RefundUpdate {
+        id: order.id,
+        refund: NewRefund {
+            refund_id: RefundId::parse(refund_id).unwrap(),
+            amount: Amount::new(amount).unwrap(),
+            reason: Some(Text::parse("cold").unwrap()),
+        },
+        expected_version: expected,
     };
 
-    let (r1, after, created) = store
-        .refund(order.id, &refund("r-1", 60), None)
-        .await
-        .unwrap();
-    assert!(created);
+    let first = store.refund(refund("r-1", 60, None)).await.unwrap();
+    assert!(first.created);
+    let (r1, after) = (first.refund, first.order);
     assert_eq!(
         (after.refunded_amount, after.status, after.version),
         (60, OrderStatus::Paid, 3)
     );
-    let (replay, same, created) = store
-        .refund(order.id, &refund("r-1", 60), None)
-        .await
-        .unwrap();
-    assert!(!created);
-    assert_eq!((replay, same.version), (r1.clone(), 3));
+    let replay = store.refund(refund("r-1", 60, None)).await.unwrap();
+    assert!(!replay.created);
+    assert_eq!((replay.refund, replay.order.version), (r1.clone(), 3));
     assert!(matches!(
-        store.refund(order.id, &refund("r-1", 10), None).await,
+        store.refund(refund("r-1", 10, None)).await,
         Err(StoreError::Rule(RuleError::RefundIdConflict))
     ));
     assert!(matches!(
-        store.refund(order.id, &refund("r-2", 41), None).await,
+        store.refund(refund("r-2", 41, None)).await,
         Err(StoreError::Rule(RuleError::RefundExceedsPaid {
             requested: 101,
             paid: 100
         }))
     ));
-    let (_, done, _) = store
-        .refund(order.id, &refund("r-2", 40), Some(3))
+    let done = store
+        .refund(refund("r-2", 40, Some(3)))
         .await
-        .unwrap();
+        .unwrap()
+        .order;
     assert_eq!(
         (done.refunded_amount, done.status),
         (100, OrderStatus::Refunded)
@@ -567,9 +566,7 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
     assert_eq!(outbox_count(&url).await, 1, "one record for the batch");
     let p1 = PaymentRef::parse("p-1").unwrap();
     store
-        .update_order(batch[2].id, "order.paid", |o, now| {
-            o.pay(&p1, o.amount, None, now)
-        })
+        .update_order(pay(batch[2].id, &p1, batch[2].amount.get(), None))
         .await
         .unwrap();
     let alone = insert(&store, 6, request("alone", "u-2", 7), T0 + 60_000).await;
