@@ -1,10 +1,12 @@
-//! The actors: one unit actor per trading unit, and the dispatcher in front of
-//! them. (The supervisor that tracks health comes with circuit breaking.)
+//! The actors: one unit actor per trading unit (`unit/`), the dispatcher in
+//! front of them (`dispatcher/`), and the supervisor that tracks their health
+//! (`supervisor.rs`, publishing on the `HealthBoard` of `health.rs`).
 
-pub mod call_batch;
 pub mod dispatcher;
-pub mod group_commit;
+mod error;
 pub mod health;
 pub mod key_lock;
 pub mod supervisor;
 pub mod unit;
+
+pub use error::EngineError;

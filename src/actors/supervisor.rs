@@ -283,8 +283,10 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Failure reports can come in bursts: a deep mailbox absorbs them.
-        ctx.set_mailbox_capacity(65_536);
+        // No mailbox capacity to set: every message here comes with
+        // `do_send`, which queues whatever the capacity, so that a failure
+        // report is never dropped and never makes a caller wait. A burst of
+        // failures grows the mailbox for as long as it lasts.
         let every = Duration::from_millis(self.settings.probe_interval_ms.max(10));
         ctx.run_interval(every, |act, ctx| act.probe_round(ctx));
         ctx.run_interval(LIVE_FOLD_EVERY, |act, _| {

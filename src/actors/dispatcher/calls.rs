@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use actix::{Addr, Handler, MailboxError, Message};
 
+use crate::actors::EngineError;
 use crate::actors::health::{Admission, HealthBoard};
 use crate::actors::supervisor::{Report, Supervisor};
 use crate::actors::unit::UnitActor;
 use crate::domain::circuit::CircuitState;
-use crate::error::EngineError;
 use crate::metrics as m;
 use crate::storage::StoreError;
 use metrics::{counter, histogram};

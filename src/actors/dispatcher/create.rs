@@ -12,16 +12,16 @@
 use std::time::Instant;
 
 use actix::Addr;
-use futures_util::future::join_all;
 
-use super::Created;
 use super::calls::{CallError, UnitCalls};
+use super::fanout::find_key;
+use super::messages::Created;
 use super::routing::{Key, SharedRouting};
+use crate::actors::EngineError;
 use crate::actors::key_lock::KeyLocks;
-use crate::actors::unit::{CreateOrder, CreateOutcome, FindByKey, SettleKey, UnitActor};
+use crate::actors::unit::{CreateOrder, CreateOutcome, SettleKey, UnitActor};
 use crate::domain::key_filter::KeyHash;
 use crate::domain::{NewOrder, Order};
-use crate::error::EngineError;
 use crate::metrics as m;
 use metrics::counter;
 
@@ -172,43 +172,4 @@ impl CreateContext {
             Err(_) => Err(EngineError::UnitUnavailable { unit }),
         }
     }
-}
-
-/// What a fan-out look-up of one key saw.
-pub(super) struct KeySearch {
-    pub found: Option<Order>,
-    /// Units that could not answer.
-    pub unanswered: Vec<u16>,
-}
-
-pub(super) async fn find_key(
-    calls: &UnitCalls,
-    targets: &[(u16, Addr<UnitActor>)],
-    key: &Key,
-) -> KeySearch {
-    let msg = FindByKey {
-        merchant_id: key.0.clone(),
-        out_trade_no: key.1.clone(),
-    };
-    let answers = join_all(
-        targets
-            .iter()
-            .map(|(unit, addr)| calls.call(*unit, addr, msg.clone(), true, calls.timeout)),
-    )
-    .await;
-    let mut search = KeySearch {
-        found: None,
-        unanswered: Vec::new(),
-    };
-    for ((unit, _), answer) in targets.iter().zip(answers) {
-        match answer {
-            Ok(Some(order)) => search.found = Some(order),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::debug!(unit, error = %e, "unit did not answer a key look-up");
-                search.unanswered.push(*unit);
-            }
-        }
-    }
-    search
 }

@@ -3,25 +3,34 @@
 //! A create chooses a healthy unit (the merchant's partition, then weighted
 //! power of two choices on recent creates) and the unit writes its own number
 //! into the new order id; failed creates are retried elsewhere only when
-//! certainly uncommitted (`create.rs`). Every other call parses the unit out of
-//! the id and goes straight there; reads and updates never move to another
-//! unit, and a unit whose circuit is open fails them fast. Look-ups by
-//! merchant key and user lists fan out to every unit in parallel.
+//! certainly uncommitted (`create.rs`). Every other call parses the unit out
+//! of the id and goes straight there; reads and updates never move to another
+//! unit, and a unit whose circuit is open fails them fast (`calls.rs`).
+//! Look-ups by merchant key and user lists fan out to every unit in parallel
+//! (`fanout.rs`). The routing table is `routing.rs`; what operators and
+//! `/readyz` see of it, `status.rs`.
 //!
-//! The dispatcher runs sharded: one instance per HTTP worker thread (started
-//! on that worker's arbiter, so a request reaches it without a thread hop),
-//! plus one on the system arbiter for status and shutdown. The shards share
-//! one routing table (read without a lock, `routing.rs`) and one set of
-//! per-key locks (a mutex held for a map operation only, never across an
-//! await).
-//! Health comes from the supervisor's [`HealthBoard`] without a round trip.
+//! **Why an actor.** The product brief fixes the shape (HTTP front end ->
+//! dispatcher actor -> unit actors), and an actor is what the front end
+//! sends its messages to. What the actor adds beyond that is little, and it
+//! keeps it so on purpose: its handlers keep no state between messages (each
+//! clones shared handles into the future it returns), so the mailbox is the
+//! only thing between a request and its unit, and it bounds how many
+//! requests a worker queues (16,384; past that, senders wait). There is one
+//! shard per HTTP worker thread, started on that worker's arbiter so that a
+//! request reaches it without a thread hop, plus one on the system arbiter
+//! for status and shutdown. The shards share one routing table (read
+//! without a lock) and one set of per-key locks (a mutex held for a map
+//! operation only, never across an await). Health comes from the
+//! supervisor's [`HealthBoard`] without a round trip.
 
 mod calls;
 mod create;
+mod fanout;
+mod messages;
 mod routing;
 mod status;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,98 +38,25 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 
 pub use calls::{CallError, UnitCalls};
+pub use messages::{
+    AdminStatus, Close, CloseAll, Create, Created, Get, ListRefunds, ListUserOrders, LookupByKey,
+    Pay, Refund, Status, UserPage,
+};
 pub use routing::UnitRoute;
-pub use status::{EngineStatus, PartitionStatus, UnitStatus};
+pub use status::{EngineStatus, PartitionReadiness, PartitionStatus, Readiness, UnitStatus};
 
-use self::create::{CreateContext, find_key};
+use self::create::CreateContext;
 use self::routing::{InDoubt, Routing, SharedRouting};
+use super::EngineError;
 use super::health::HealthBoard;
 use super::key_lock::KeyLocks;
 use super::supervisor::Supervisor;
-use super::unit::{
-    CloseOrder, CloseUnit, GetOrder, ListRefunds, ListUserOrders, PayOrder, RefundOrder, UnitActor,
-};
+use super::unit::{self, CloseUnit, UnitActor};
 use crate::config::Settings;
+use crate::domain::apply::{Refunded, Updated};
 use crate::domain::key_filter::KeyHash;
-use crate::domain::values::{MerchantId, OutTradeNo, UserId};
-use crate::domain::{NewOrder, Order, OrderId, Refund};
-use crate::error::EngineError;
-use crate::storage::{StoreError, UserCursor};
-
-/// A create's result: the order and whether it already existed.
-#[derive(Debug)]
-pub struct Created {
-    pub order: Order,
-    pub replayed: bool,
-}
-
-/// Create an order (idempotent on `(merchant_id, out_trade_no)`).
-#[derive(Message)]
-#[rtype(result = "Result<Created, EngineError>")]
-pub struct Create {
-    pub request: NewOrder,
-}
-
-/// Read an order from its unit.
-#[derive(Message)]
-#[rtype(result = "Result<Order, EngineError>")]
-pub struct Get {
-    pub id: OrderId,
-    pub consistency: crate::storage::Consistency,
-}
-
-/// Pay an order; `(order, changed)`.
-#[derive(Message)]
-#[rtype(result = "Result<(Order, bool), EngineError>")]
-pub struct Pay(pub PayOrder);
-
-/// Close an order; `(order, changed)`.
-#[derive(Message)]
-#[rtype(result = "Result<(Order, bool), EngineError>")]
-pub struct Close(pub CloseOrder);
-
-/// Refund an order; `(refund, order, created)`.
-#[derive(Message)]
-#[rtype(result = "Result<(Refund, Order, bool), EngineError>")]
-pub struct RefundCall(pub RefundOrder);
-
-/// An order's refunds.
-#[derive(Message)]
-#[rtype(result = "Result<Vec<Refund>, EngineError>")]
-pub struct Refunds(pub ListRefunds);
-
-/// Find an order by the merchant's own number, asking every unit.
-#[derive(Message)]
-#[rtype(result = "Result<Order, EngineError>")]
-pub struct LookupByKey {
-    pub merchant_id: MerchantId,
-    pub out_trade_no: OutTradeNo,
-}
-
-/// A page of a user's orders across all units, newest first.
-#[derive(Message)]
-#[rtype(result = "Result<UserPage, EngineError>")]
-pub struct ListUser {
-    pub user_id: UserId,
-    pub after: Option<UserCursor>,
-    pub limit: u32,
-}
-
-#[derive(Debug)]
-pub struct UserPage {
-    pub orders: Vec<Order>,
-    pub next: Option<UserCursor>,
-}
-
-/// The routing table with live health (for `/readyz` and `/admin/units`).
-#[derive(Message)]
-#[rtype(result = "EngineStatus")]
-pub struct Status;
-
-/// Close every unit's pools (graceful shutdown, after the HTTP server drained).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CloseAll;
+use crate::domain::{Order, OrderId};
+use crate::storage::StoreError;
 
 /// One dispatcher shard; `clone()` makes another shard over the same state.
 #[derive(Clone)]
@@ -205,45 +141,58 @@ impl Handler<Get> for Dispatcher {
     type Result = ResponseFuture<Result<Order, EngineError>>;
 
     fn handle(&mut self, msg: Get, _ctx: &mut Self::Context) -> Self::Result {
-        self.forward(
-            msg.id,
-            GetOrder {
-                id: msg.id,
-                consistency: msg.consistency,
-            },
-        )
+        let get = unit::GetOrder {
+            id: msg.id,
+            consistency: msg.consistency,
+        };
+        self.forward(msg.id, get)
     }
 }
 
 impl Handler<Pay> for Dispatcher {
-    type Result = ResponseFuture<Result<(Order, bool), EngineError>>;
+    type Result = ResponseFuture<Result<Updated, EngineError>>;
 
     fn handle(&mut self, msg: Pay, _ctx: &mut Self::Context) -> Self::Result {
-        self.forward(msg.0.id, msg.0)
+        let pay = unit::PayOrder {
+            id: msg.id,
+            payment_ref: msg.payment_ref,
+            amount: msg.amount,
+            expected_version: msg.expected_version,
+        };
+        self.forward(msg.id, pay)
     }
 }
 
 impl Handler<Close> for Dispatcher {
-    type Result = ResponseFuture<Result<(Order, bool), EngineError>>;
+    type Result = ResponseFuture<Result<Updated, EngineError>>;
 
     fn handle(&mut self, msg: Close, _ctx: &mut Self::Context) -> Self::Result {
-        self.forward(msg.0.id, msg.0)
+        let close = unit::CloseOrder {
+            id: msg.id,
+            expected_version: msg.expected_version,
+        };
+        self.forward(msg.id, close)
     }
 }
 
-impl Handler<RefundCall> for Dispatcher {
-    type Result = ResponseFuture<Result<(Refund, Order, bool), EngineError>>;
+impl Handler<Refund> for Dispatcher {
+    type Result = ResponseFuture<Result<Refunded, EngineError>>;
 
-    fn handle(&mut self, msg: RefundCall, _ctx: &mut Self::Context) -> Self::Result {
-        self.forward(msg.0.id, msg.0)
+    fn handle(&mut self, msg: Refund, _ctx: &mut Self::Context) -> Self::Result {
+        let refund = unit::RefundOrder {
+            id: msg.id,
+            refund: msg.refund,
+            expected_version: msg.expected_version,
+        };
+        self.forward(msg.id, refund)
     }
 }
 
-impl Handler<Refunds> for Dispatcher {
-    type Result = ResponseFuture<Result<Vec<Refund>, EngineError>>;
+impl Handler<ListRefunds> for Dispatcher {
+    type Result = ResponseFuture<Result<Vec<crate::domain::Refund>, EngineError>>;
 
-    fn handle(&mut self, msg: Refunds, _ctx: &mut Self::Context) -> Self::Result {
-        self.forward(msg.0.id, msg.0)
+    fn handle(&mut self, msg: ListRefunds, _ctx: &mut Self::Context) -> Self::Result {
+        self.forward(msg.id, unit::ListRefunds { id: msg.id })
     }
 }
 
@@ -252,53 +201,22 @@ impl Handler<LookupByKey> for Dispatcher {
 
     fn handle(&mut self, msg: LookupByKey, _ctx: &mut Self::Context) -> Self::Result {
         let targets = self.routing.lookup_targets();
-        let calls = self.calls.clone();
-        Box::pin(async move {
-            let search = find_key(&calls, &targets, &(msg.merchant_id, msg.out_trade_no)).await;
-            match (search.found, search.unanswered.first()) {
-                (Some(order), _) => Ok(order),
-                // A unit that could hold the order did not answer: "not found"
-                // would not be trustworthy.
-                (None, Some(&unit)) => Err(EngineError::UnitUnavailable { unit }),
-                (None, None) => Err(EngineError::NotFound),
-            }
-        })
+        let key = (msg.merchant_id, msg.out_trade_no);
+        Box::pin(fanout::lookup(self.calls.clone(), targets, key))
     }
 }
 
-impl Handler<ListUser> for Dispatcher {
+impl Handler<ListUserOrders> for Dispatcher {
     type Result = ResponseFuture<Result<UserPage, EngineError>>;
 
-    fn handle(&mut self, msg: ListUser, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ListUserOrders, _ctx: &mut Self::Context) -> Self::Result {
         let targets = self.routing.lookup_targets();
-        let calls = self.calls.clone();
-        Box::pin(async move {
-            let limit = msg.limit as usize;
-            // One more than a page from each unit tells whether another page exists.
-            let ask = ListUserOrders {
-                user_id: msg.user_id,
-                after: msg.after,
-                limit: msg.limit + 1,
-            };
-            let pages = join_all(
-                targets
-                    .iter()
-                    .map(|(unit, addr)| calls.forward(*unit, addr, ask.clone())),
-            )
-            .await;
-            let mut orders = Vec::new();
-            for page in pages {
-                orders.extend(page?.orders);
-            }
-            orders.sort_by_key(|o| std::cmp::Reverse((o.created_at_ms, o.id)));
-            let more = orders.len() > limit;
-            orders.truncate(limit);
-            let next = more.then(|| orders.last()).flatten().map(|o| UserCursor {
-                created_at_ms: o.created_at_ms,
-                order_id: o.id,
-            });
-            Ok(UserPage { orders, next })
-        })
+        let ask = unit::ListUserOrders {
+            user_id: msg.user_id,
+            after: msg.after,
+            limit: msg.limit,
+        };
+        Box::pin(fanout::list_user(self.calls.clone(), targets, ask))
     }
 }
 
@@ -306,6 +224,14 @@ impl Handler<Status> for Dispatcher {
     type Result = MessageResult<Status>;
 
     fn handle(&mut self, _msg: Status, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(status::readiness(&self.routing, &self.calls.board))
+    }
+}
+
+impl Handler<AdminStatus> for Dispatcher {
+    type Result = MessageResult<AdminStatus>;
+
+    fn handle(&mut self, _msg: AdminStatus, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(status::snapshot(&self.routing, &self.calls.board))
     }
 }
@@ -324,15 +250,4 @@ impl Handler<CloseAll> for Dispatcher {
             join_all(addrs.iter().map(|a| a.send(CloseUnit))).await;
         })
     }
-}
-
-/// Units by partition, for status views.
-fn by_partition(routing: &Routing) -> BTreeMap<&str, Vec<u16>> {
-    let mut map: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
-    for u in routing.units.values() {
-        map.entry(&u.settings.partition)
-            .or_default()
-            .push(u.settings.id);
-    }
-    map
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 
+use crate::actors::EngineError;
 use crate::actors::health::{HealthBoard, UnitHealth};
 use crate::actors::unit::UnitActor;
 use crate::config::{PartitionSettings, Temperature, UnitMode, UnitSettings};
@@ -22,7 +23,6 @@ use crate::domain::circuit::CircuitState;
 use crate::domain::key_filter::{KeyFilter, KeyHash};
 use crate::domain::selection::{Candidate, SlidingCount, choose};
 use crate::domain::values::{MerchantId, OutTradeNo};
-use crate::error::EngineError;
 use crate::metrics::KeyLookupMetrics;
 
 pub type Key = (MerchantId, OutTradeNo);

@@ -1,11 +1,13 @@
-//! The routing table with live health, as operators and `/readyz` see it.
+//! The routing table with live health, as operators see it on the admin
+//! listener, and the readiness the public `/readyz` shows: whether creates
+//! can be taken, per partition, and nothing about where units live.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::by_partition;
 use super::routing::Routing;
 use crate::actors::health::HealthBoard;
 use crate::config::{Temperature, UnitMode, mask_url};
@@ -64,6 +66,60 @@ pub struct EngineStatus {
     pub prober_suspected: bool,
     pub partitions: Vec<PartitionStatus>,
     pub units: Vec<UnitStatus>,
+}
+
+/// Public readiness: no unit ids, URLs or settings.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Readiness {
+    /// At least one unit can take creates.
+    pub ready: bool,
+    pub partitions: Vec<PartitionReadiness>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PartitionReadiness {
+    #[schema(example = "standard")]
+    pub name: String,
+    /// Units in the partition.
+    pub units: usize,
+    /// Of those, units that can take a create now.
+    pub taking_creates: usize,
+    /// Too few units look healthy: health is ignored for creates here.
+    pub panic: bool,
+}
+
+/// Units by partition.
+fn by_partition(routing: &Routing) -> BTreeMap<&str, Vec<u16>> {
+    let mut map: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
+    for u in routing.units.values() {
+        map.entry(&u.settings.partition)
+            .or_default()
+            .push(u.settings.id);
+    }
+    map
+}
+
+/// Whether each partition can take creates now.
+pub(super) fn readiness(routing: &Routing, board: &HealthBoard) -> Readiness {
+    let status = snapshot(routing, board);
+    let partitions: Vec<PartitionReadiness> = status
+        .partitions
+        .iter()
+        .map(|p| PartitionReadiness {
+            name: p.name.clone(),
+            units: p.units.len(),
+            taking_creates: status
+                .units
+                .iter()
+                .filter(|u| u.partition == p.name && u.takes_creates)
+                .count(),
+            panic: p.panic,
+        })
+        .collect();
+    Readiness {
+        ready: status.ready,
+        partitions,
+    }
 }
 
 pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {

@@ -11,7 +11,8 @@
 
 use tokio::sync::oneshot;
 
-use crate::storage::{StoreError, shapes};
+use crate::domain::shapes;
+use crate::storage::{BatchAnswers, StoreError};
 
 pub type CallReply<R> = oneshot::Sender<Result<R, StoreError>>;
 
@@ -80,9 +81,6 @@ pub fn answer_all<Q, T, R>(
         let _ = reply.send(answer);
     }
 }
-
-/// A written batch's answers: one per call, in order, or the batch's error.
-pub type BatchAnswers<R> = Result<Vec<Result<R, StoreError>>, StoreError>;
 
 /// Answers each call of a written batch with its own answer; a failed batch
 /// fails every call.

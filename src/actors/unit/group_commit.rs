@@ -19,13 +19,13 @@
 
 use std::time::{Duration, Instant};
 
-use actix::Addr;
 use tokio::sync::oneshot;
 
-use super::unit::{Broken, CreateOutcome, UnitActor};
+use super::messages::CreateOutcome;
+use crate::domain::shapes;
 use crate::domain::{NewOrder, Order, OrderId};
 use crate::storage::sequence::SequenceGenerator;
-use crate::storage::{BatchOutcome, InsertOutcome, StoreError, UnitStore, now_ms, shapes};
+use crate::storage::{BatchOutcome, InsertOutcome, StoreError, UnitStore, now_ms};
 
 pub type Reply = oneshot::Sender<Result<CreateOutcome, StoreError>>;
 
@@ -122,13 +122,20 @@ pub fn may_start_batch(
     pending > 0 && in_flight < max_in_flight && (in_flight == 0 || pending >= overlap_at)
 }
 
-/// Writes one batch and answers each of its callers.
+/// The unit's state is broken: its sequence handed out a number an order
+/// already has. The actor restarts with a fresh generator.
+#[derive(Debug)]
+pub struct Broken {
+    pub reason: String,
+}
+
+/// Writes one batch and answers each of its callers. `Err` when the batch
+/// found the unit's state broken (its callers are answered all the same).
 pub async fn run_batch(
     store: UnitStore,
     sequence: SequenceGenerator,
     batch: Vec<(NewOrder, Reply)>,
-    me: Addr<UnitActor>,
-) {
+) -> Result<(), Broken> {
     let now = now_ms();
     let mut orders = Vec::with_capacity(batch.len());
     let mut waiting = Vec::with_capacity(batch.len());
@@ -149,16 +156,19 @@ pub async fn run_batch(
         }
     }
     if orders.is_empty() {
-        return;
+        return Ok(());
     }
     crate::fault::check_create(orders.iter().map(|o| o.out_trade_no.as_str()));
     if orders.len() == 1 {
         // Alone: the single-order path answers replays and conflicts itself.
         let order = orders.pop().expect("one order");
         let reply = waiting.pop().expect("one waiter");
-        let _ = reply.send(insert_one(&store, order, &me).await);
-        return;
+        let answer = insert_one(&store, order).await;
+        let broken = broken_by(&answer);
+        let _ = reply.send(answer);
+        return broken.map_or(Ok(()), Err);
     }
+    let mut broken = None;
     match store.insert_orders(&orders).await {
         Ok(BatchOutcome::Inserted) => {
             for (order, reply) in orders.into_iter().zip(waiting) {
@@ -168,7 +178,9 @@ pub async fn run_batch(
         Ok(BatchOutcome::KeyTaken) => {
             // Nothing was written: give each order the answer it gets alone.
             for (order, reply) in orders.into_iter().zip(waiting) {
-                let _ = reply.send(insert_one(&store, order, &me).await);
+                let answer = insert_one(&store, order).await;
+                broken = broken.or_else(|| broken_by(&answer));
+                let _ = reply.send(answer);
             }
         }
         Err(e) => {
@@ -177,22 +189,22 @@ pub async fn run_batch(
             }
         }
     }
+    broken.map_or(Ok(()), Err)
 }
 
-/// Inserts one order; a reused sequence number means the unit's state is
-/// broken, and the actor is told to restart.
-pub async fn insert_one(
-    store: &UnitStore,
-    order: Order,
-    me: &Addr<UnitActor>,
-) -> Result<CreateOutcome, StoreError> {
-    let inserted = store.insert_order(&order).await;
-    if let Err(e @ StoreError::SequenceReused { .. }) = &inserted {
-        me.do_send(Broken {
+/// A reused sequence number means the unit's state is broken.
+fn broken_by(answer: &Result<CreateOutcome, StoreError>) -> Option<Broken> {
+    match answer {
+        Err(e @ StoreError::SequenceReused { .. }) => Some(Broken {
             reason: e.to_string(),
-        });
+        }),
+        _ => None,
     }
-    Ok(match inserted? {
+}
+
+/// Inserts one order alone: a replay gets its order, a conflict its answer.
+async fn insert_one(store: &UnitStore, order: Order) -> Result<CreateOutcome, StoreError> {
+    Ok(match store.insert_order(&order).await? {
         InsertOutcome::Inserted => CreateOutcome::Created(order),
         InsertOutcome::KeyExists(existing) if order.has_the_request_of(&existing) => {
             CreateOutcome::Replayed(*existing)

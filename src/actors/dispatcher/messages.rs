@@ -1,0 +1,108 @@
+//! What the RPC front end asks the dispatcher, and what it answers. Each
+//! handler in `api/` sends exactly one of these.
+
+use actix::Message;
+
+use super::status::{EngineStatus, Readiness};
+use crate::actors::EngineError;
+use crate::domain::apply::{Refunded, Updated};
+use crate::domain::values::{Amount, MerchantId, OutTradeNo, PaymentRef, UserId};
+use crate::domain::{Consistency, NewOrder, NewRefund, Order, OrderId, UserCursor};
+
+/// Create an order (idempotent on `(merchant_id, out_trade_no)`).
+#[derive(Message)]
+#[rtype(result = "Result<Created, EngineError>")]
+pub struct Create {
+    pub request: NewOrder,
+}
+
+/// A create's answer: the order, and whether an earlier identical request
+/// had created it (a replay: `200`, not `201`).
+#[derive(Debug)]
+pub struct Created {
+    pub order: Order,
+    pub replayed: bool,
+}
+
+/// Read an order from its unit.
+#[derive(Message)]
+#[rtype(result = "Result<Order, EngineError>")]
+pub struct Get {
+    pub id: OrderId,
+    pub consistency: Consistency,
+}
+
+/// Pay an order (`created -> paid`).
+#[derive(Message)]
+#[rtype(result = "Result<Updated, EngineError>")]
+pub struct Pay {
+    pub id: OrderId,
+    pub payment_ref: PaymentRef,
+    pub amount: Amount,
+    /// `If-Match`: the version the caller saw.
+    pub expected_version: Option<i64>,
+}
+
+/// Close an unpaid order (`created -> closed`).
+#[derive(Message)]
+#[rtype(result = "Result<Updated, EngineError>")]
+pub struct Close {
+    pub id: OrderId,
+    pub expected_version: Option<i64>,
+}
+
+/// Refund part or all of a paid order.
+#[derive(Message)]
+#[rtype(result = "Result<Refunded, EngineError>")]
+pub struct Refund {
+    pub id: OrderId,
+    pub refund: NewRefund,
+    pub expected_version: Option<i64>,
+}
+
+/// An order's refunds, oldest first (`crate::domain::Refund`: in this
+/// module `Refund` is the message).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<crate::domain::Refund>, EngineError>")]
+pub struct ListRefunds {
+    pub id: OrderId,
+}
+
+/// Find an order by the merchant's own number, asking every unit.
+#[derive(Message)]
+#[rtype(result = "Result<Order, EngineError>")]
+pub struct LookupByKey {
+    pub merchant_id: MerchantId,
+    pub out_trade_no: OutTradeNo,
+}
+
+/// A page of a user's orders across all units, newest first.
+#[derive(Message)]
+#[rtype(result = "Result<UserPage, EngineError>")]
+pub struct ListUserOrders {
+    pub user_id: UserId,
+    pub after: Option<UserCursor>,
+    pub limit: u32,
+}
+
+#[derive(Debug)]
+pub struct UserPage {
+    pub orders: Vec<Order>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<UserCursor>,
+}
+
+/// Whether creates can be taken, per partition (public `/readyz`).
+#[derive(Message)]
+#[rtype(result = "Readiness")]
+pub struct Status;
+
+/// The routing table with live health (admin `GET /admin/units`).
+#[derive(Message)]
+#[rtype(result = "EngineStatus")]
+pub struct AdminStatus;
+
+/// Close every unit's pools (graceful shutdown, after the HTTP server drained).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseAll;

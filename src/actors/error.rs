@@ -1,0 +1,49 @@
+//! The errors the engine's actors answer with. The API maps each to a stable
+//! error code (`api::error`); here they say what happened, not how HTTP
+//! shows it.
+
+use crate::domain::RuleError;
+use crate::storage::StoreError;
+
+/// Errors the engine (dispatcher and units) answers with.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("order not found")]
+    NotFound,
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    #[error(
+        "this (merchant_id, out_trade_no) already names an order created from a different request"
+    )]
+    IdempotencyConflict,
+    #[error("no trading unit can take the order now")]
+    NoUnitAvailable,
+    #[error("trading unit {unit} is unavailable")]
+    UnitUnavailable { unit: u16 },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Maps a unit's storage error for a call routed to `unit`.
+    pub fn from_store(unit: u16, e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::NotFound,
+            StoreError::Rule(r) => Self::Rule(r),
+            StoreError::Unavailable(_)
+            | StoreError::InDoubt(_)
+            | StoreError::Restarted { .. }
+            | StoreError::SequenceExhausted
+            | StoreError::SequenceReused { .. } => Self::UnitUnavailable { unit },
+            StoreError::Internal(m) => Self::Internal(m),
+        }
+    }
+
+    /// The unit a failed call went to, when it names one.
+    pub fn unit(&self) -> Option<u16> {
+        match self {
+            Self::UnitUnavailable { unit } => Some(*unit),
+            _ => None,
+        }
+    }
+}

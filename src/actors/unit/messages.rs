@@ -1,0 +1,120 @@
+//! What a unit actor is asked, and what it answers. Only the dispatcher
+//! (and the supervisor's probes) send these: a unit knows nothing of other
+//! units.
+
+use actix::Message;
+
+use crate::domain::apply::{Refunded, Updated};
+use crate::domain::values::{Amount, MerchantId, OutTradeNo, PaymentRef, UserId};
+use crate::domain::{Consistency, NewOrder, NewRefund, Order, OrderId, Refund, UserCursor};
+use crate::storage::{Page, StoreError};
+
+/// What a create did in this unit.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    Created(Order),
+    /// The same request was seen before: here is the order it created.
+    Replayed(Order),
+    /// The key is taken by an order created from a different request.
+    KeyConflict,
+}
+
+/// Create a new order in this unit (or recognise a replay of one).
+#[derive(Message)]
+#[rtype(result = "Result<CreateOutcome, StoreError>")]
+pub struct CreateOrder {
+    pub request: NewOrder,
+}
+
+/// Read one order.
+#[derive(Message)]
+#[rtype(result = "Result<Order, StoreError>")]
+pub struct GetOrder {
+    pub id: OrderId,
+    pub consistency: Consistency,
+}
+
+/// Find the order with this idempotency key, if this unit has it.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<Option<Order>, StoreError>")]
+pub struct FindByKey {
+    pub merchant_id: MerchantId,
+    pub out_trade_no: OutTradeNo,
+}
+
+/// Settles a create whose commit outcome is unknown: finds the key's order,
+/// waiting for any in-flight transaction on it.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<Option<Order>, StoreError>")]
+pub struct SettleKey {
+    pub merchant_id: MerchantId,
+    pub out_trade_no: OutTradeNo,
+}
+
+/// `created -> paid`.
+#[derive(Message)]
+#[rtype(result = "Result<Updated, StoreError>")]
+pub struct PayOrder {
+    pub id: OrderId,
+    pub payment_ref: PaymentRef,
+    pub amount: Amount,
+    pub expected_version: Option<i64>,
+}
+
+/// `created -> closed`.
+#[derive(Message)]
+#[rtype(result = "Result<Updated, StoreError>")]
+pub struct CloseOrder {
+    pub id: OrderId,
+    pub expected_version: Option<i64>,
+}
+
+/// Refund part or all of a paid order.
+#[derive(Message)]
+#[rtype(result = "Result<Refunded, StoreError>")]
+pub struct RefundOrder {
+    pub id: OrderId,
+    pub refund: NewRefund,
+    pub expected_version: Option<i64>,
+}
+
+/// The refunds of an order, oldest first.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Refund>, StoreError>")]
+pub struct ListRefunds {
+    pub id: OrderId,
+}
+
+/// This unit's part of a user's newest-first order list.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<Page, StoreError>")]
+pub struct ListUserOrders {
+    pub user_id: UserId,
+    pub after: Option<UserCursor>,
+    pub limit: u32,
+}
+
+/// The supervisor's synthetic order: a write, read and commit in the unit's database.
+#[derive(Message)]
+#[rtype(result = "Result<(), StoreError>")]
+pub struct Probe {
+    pub token: i64,
+}
+
+/// Close the unit's pools (shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseUnit;
+
+/// Group-commit counters of a unit since it started.
+#[derive(Message)]
+#[rtype(result = "BatchCounts")]
+pub struct BatchStats;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Create transactions written.
+    pub batches: u64,
+    /// Orders in them.
+    pub orders: u64,
+}
