@@ -3,12 +3,14 @@
 //! Path of a request: `api` (HTTP -> typed command) -> `actors::dispatcher`
 //! (choose or parse the unit) -> `actors::unit` (one per trading unit) ->
 //! `storage` (that unit's own database). Pure rules live in `domain`.
+//! Imports run that way only (`tests/architecture.rs` checks it): `domain`
+//! imports none of the others, `config`, `metrics` and `fault` only
+//! `domain`, and `startup` wires everything.
 
 pub mod actors;
 pub mod api;
 pub mod config;
 pub mod domain;
-pub mod error;
 #[doc(hidden)]
 pub mod fault;
 pub mod metrics;

@@ -15,12 +15,14 @@ use actix_web::{App, HttpServer, web};
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
+use metrics_exporter_prometheus::PrometheusHandle;
+
 use crate::actors::dispatcher::{CloseAll, Dispatcher, UnitRoute};
 use crate::actors::health::{HealthBoard, UnitHealth};
 use crate::actors::supervisor::{Supervisor, Watch};
 use crate::actors::unit::{UnitActor, UnitOptions};
 use crate::api::middleware::{Admission, observe};
-use crate::api::{self, AppState, admin};
+use crate::api::{self, AdminToken, AppState};
 use crate::config::{Settings, UnitSettings};
 use crate::domain::key_filter::KeyFilter;
 use crate::storage::{Dialect, OpenError, UnitStore};
@@ -45,158 +47,39 @@ pub struct Application {
 }
 
 impl Application {
-    /// Starts everything; must run inside an actix `System`.
+    /// Starts everything, in this order; must run inside an actix `System`.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        // Listeners first: a taken port stops start-up before anything runs.
-        let addr = format!("{}:{}", settings.server.host, settings.server.port);
-        let backlog = settings.server.backlog;
-        let listener = bind(&addr, backlog)?;
-        let port = listener.local_addr().map_err(bind_err(&addr))?.port();
-        let admin_addr = format!("{}:{}", settings.admin.host, settings.admin.port);
-        let admin_listener = if settings.admin.token.is_empty() {
-            None
-        } else {
-            Some(bind(&admin_addr, backlog)?)
-        };
-
-        let metrics = crate::metrics::install();
-        for u in &settings.units {
-            let most =
-                Dialect::of_url(&u.primary_url).most_connections(settings.storage.max_connections);
-            crate::metrics::init_unit(u.id, most);
-            crate::metrics::init_partition(&u.partition);
-        }
-        // The exporter folds histogram samples in on upkeep; keep it regular.
-        let upkeep = metrics.clone();
-        actix_web::rt::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                every.tick().await;
-                upkeep.run_upkeep();
-            }
-        });
+        let listeners = Listeners::bind(&settings)?;
+        let metrics = install_metrics(&settings);
         let board = Arc::new(HealthBoard::new(settings.units.iter().map(|u| u.id)));
-        let filters: Vec<Option<Arc<KeyFilter>>> = settings
-            .units
-            .iter()
-            .map(|_| {
-                settings
-                    .dispatcher
-                    .key_filter
-                    .then(|| Arc::new(KeyFilter::new(settings.dispatcher.key_filter_capacity)))
-            })
-            .collect();
-        let mut arbiters: Vec<Arbiter> = (0..unit_threads(&settings))
-            .map(|_| Arbiter::new())
-            .collect();
-        let starts = settings
-            .units
-            .iter()
-            .zip(&filters)
-            .enumerate()
-            .map(|(i, (u, filter))| {
-                let health = board.unit(u.id);
-                let arbiter = arbiters[i % arbiters.len()].handle();
-                start_unit(u.clone(), &settings, health, filter.clone(), arbiter)
-            });
-        let mut routes = Vec::new();
-        let mut first_error = None;
-        let started = join_all(starts).await;
-        for ((started, unit), filter) in started.into_iter().zip(&settings.units).zip(filters) {
-            match started {
-                Ok(addr) => {
-                    let window = Duration::from_secs(settings.dispatcher.recent_window_secs);
-                    let health = board.unit(unit.id).expect("the board lists every unit");
-                    routes.push(UnitRoute::new(unit.clone(), addr, window, filter, health));
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+        let mut arbiters = unit_arbiters(&settings);
+        let routes = match start_units(&settings, &board, &arbiters).await {
+            Ok(routes) => routes,
+            Err(e) => {
+                arbiters.iter().for_each(|a| {
+                    a.stop();
+                });
+                return Err(e);
             }
-        }
-        if let Some(e) = first_error {
-            arbiters.iter().for_each(|a| {
-                a.stop();
-            });
-            return Err(e);
-        }
-
-        // Its own thread: it folds in a report per unit call, which must not
-        // compete with the dispatcher for the dispatcher's thread.
-        let supervisor_arbiter = Arbiter::new();
-        let supervisor = {
-            let (board, settings, partitions) = (
-                board.clone(),
-                settings.supervisor.clone(),
-                settings.partitions.clone(),
-            );
-            Supervisor::start_in_arbiter(&supervisor_arbiter.handle(), move |_| {
-                Supervisor::new(board, settings, partitions)
-            })
         };
-        arbiters.push(supervisor_arbiter);
-        for r in &routes {
-            supervisor.do_send(Watch {
-                unit: r.settings.id,
-                addr: r.addr.clone(),
-                partition: r.settings.partition.clone(),
-                mode: r.settings.mode,
-            });
-        }
+        let supervisor = start_supervisor(&settings, &board, &routes, &mut arbiters);
         let shard = Dispatcher::new(&settings, routes, board, supervisor);
         // This shard serves status, the admin API and shutdown; every HTTP
         // worker starts its own on its own thread (see the dispatcher's docs).
         let dispatcher = shard.clone().start();
-        let state = web::Data::new(AppState {
-            dispatcher: dispatcher.clone(),
-        });
-
-        let admission = web::Data::new(Admission::new(settings.server.max_in_flight));
-        let metrics = web::Data::new(metrics);
-        let mut server = HttpServer::new(move || {
-            // Runs once on each worker's thread.
-            let app_state = web::Data::new(AppState {
-                dispatcher: shard.clone().start(),
-            });
-            App::new()
-                .app_data(app_state)
-                .app_data(admission.clone())
-                .app_data(metrics.clone())
-                .wrap(from_fn(observe))
-                .configure(api::configure)
-        })
-        .shutdown_timeout(settings.server.shutdown_timeout_secs);
-        if let Some(n) = settings.server.workers {
-            server = server.workers(n);
-        }
-        let server = server.listen(listener).map_err(bind_err(&addr))?.run();
-        tracing::info!(%addr, port, units = settings.units.len(), "order-engine listening");
-
-        let (admin, admin_port) = if let Some(listener) = admin_listener {
-            let admin_port = listener.local_addr().map_err(bind_err(&admin_addr))?.port();
-            let token = web::Data::new(admin::AdminToken(settings.admin.token.clone()));
-            let server = HttpServer::new(move || {
-                App::new()
-                    .app_data(state.clone())
-                    .app_data(token.clone())
-                    .configure(admin::configure)
-            })
-            .workers(1)
-            .shutdown_timeout(settings.server.shutdown_timeout_secs)
-            .listen(listener)
-            .map_err(bind_err(&admin_addr))?
-            .run();
-            tracing::info!(addr = %admin_addr, port = admin_port, "admin API listening");
-            (Some(server), Some(admin_port))
-        } else {
-            tracing::warn!("admin.token is empty: the admin API is off");
-            (None, None)
+        let server = serve_public(&settings, listeners.public, shard, metrics)?;
+        let admin = match listeners.admin {
+            Some(listener) => Some(serve_admin(&settings, listener, dispatcher.clone())?),
+            None => {
+                tracing::warn!("admin.token is empty: the admin API is off");
+                None
+            }
         };
         Ok(Self {
-            port,
-            admin_port,
+            port: listeners.port,
+            admin_port: admin.as_ref().map(|(_, port)| *port),
             server,
-            admin,
+            admin: admin.map(|(server, _)| server),
             dispatcher,
             arbiters,
         })
@@ -235,6 +118,195 @@ impl Application {
         }
         served
     }
+}
+
+/// The listening sockets, bound before anything starts: a taken port stops
+/// start-up before any unit is opened.
+struct Listeners {
+    public: TcpListener,
+    port: u16,
+    /// Only when the admin API is on (a token is set).
+    admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    fn bind(settings: &Settings) -> Result<Self, StartError> {
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let public = bind(&addr, settings.server.backlog)?;
+        let port = public.local_addr().map_err(bind_err(&addr))?.port();
+        let admin = if settings.admin.token.is_empty() {
+            None
+        } else {
+            let addr = format!("{}:{}", settings.admin.host, settings.admin.port);
+            Some(bind(&addr, settings.server.backlog)?)
+        };
+        Ok(Self {
+            public,
+            port,
+            admin,
+        })
+    }
+}
+
+/// Installs the metrics recorder, creates every unit's and partition's
+/// series at zero, and keeps the exporter's upkeep running.
+fn install_metrics(settings: &Settings) -> PrometheusHandle {
+    let metrics = crate::metrics::install();
+    for u in &settings.units {
+        let most =
+            Dialect::of_url(&u.primary_url).most_connections(settings.storage.max_connections);
+        crate::metrics::init_unit(u.id, most);
+        crate::metrics::init_partition(&u.partition);
+    }
+    // The exporter folds histogram samples in on upkeep; keep it regular.
+    let upkeep = metrics.clone();
+    actix_web::rt::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    metrics
+}
+
+/// The threads the unit actors share.
+fn unit_arbiters(settings: &Settings) -> Vec<Arbiter> {
+    (0..unit_threads(settings))
+        .map(|_| Arbiter::new())
+        .collect()
+}
+
+/// Opens every unit's database and starts its actor (spread over
+/// `arbiters` in turn), all at once; the first failure stops start-up.
+async fn start_units(
+    settings: &Settings,
+    board: &HealthBoard,
+    arbiters: &[Arbiter],
+) -> Result<Vec<UnitRoute>, StartError> {
+    let filters: Vec<Option<Arc<KeyFilter>>> = settings
+        .units
+        .iter()
+        .map(|_| {
+            settings
+                .dispatcher
+                .key_filter
+                .then(|| Arc::new(KeyFilter::new(settings.dispatcher.key_filter_capacity)))
+        })
+        .collect();
+    let starts = settings
+        .units
+        .iter()
+        .zip(&filters)
+        .enumerate()
+        .map(|(i, (u, filter))| {
+            let arbiter = arbiters[i % arbiters.len()].handle();
+            start_unit(
+                u.clone(),
+                settings,
+                board.unit(u.id),
+                filter.clone(),
+                arbiter,
+            )
+        });
+    let started = join_all(starts).await;
+    let window = Duration::from_secs(settings.dispatcher.recent_window_secs);
+    let mut routes = Vec::with_capacity(started.len());
+    for ((addr, unit), filter) in started.into_iter().zip(&settings.units).zip(filters) {
+        let health = board.unit(unit.id).expect("the board lists every unit");
+        routes.push(UnitRoute::new(unit.clone(), addr?, window, filter, health));
+    }
+    Ok(routes)
+}
+
+/// Starts the supervisor on a thread of its own (it folds in a report per
+/// unit call, which must not compete with the dispatcher for the
+/// dispatcher's thread) and tells it about every unit.
+fn start_supervisor(
+    settings: &Settings,
+    board: &Arc<HealthBoard>,
+    routes: &[UnitRoute],
+    arbiters: &mut Vec<Arbiter>,
+) -> Addr<Supervisor> {
+    let arbiter = Arbiter::new();
+    let supervisor = {
+        let (board, supervision, partitions) = (
+            board.clone(),
+            settings.supervisor.clone(),
+            settings.partitions.clone(),
+        );
+        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+            Supervisor::new(board, supervision, partitions)
+        })
+    };
+    arbiters.push(arbiter);
+    for r in routes {
+        supervisor.do_send(Watch {
+            unit: r.settings.id,
+            addr: r.addr.clone(),
+            partition: r.settings.partition.clone(),
+            mode: r.settings.mode,
+        });
+    }
+    supervisor
+}
+
+/// Serves the public routes on `listener`; each HTTP worker starts its own
+/// dispatcher shard on its own thread.
+fn serve_public(
+    settings: &Settings,
+    listener: TcpListener,
+    shard: Dispatcher,
+    metrics: PrometheusHandle,
+) -> Result<Server, StartError> {
+    let addr = format!("{}:{}", settings.server.host, settings.server.port);
+    let admission = web::Data::new(Admission::new(settings.server.max_in_flight));
+    let metrics = web::Data::new(metrics);
+    let mut server = HttpServer::new(move || {
+        // Runs once on each worker's thread.
+        let app_state = web::Data::new(AppState {
+            dispatcher: shard.clone().start(),
+        });
+        App::new()
+            .app_data(app_state)
+            .app_data(admission.clone())
+            .app_data(metrics.clone())
+            .wrap(from_fn(observe))
+            .configure(api::configure)
+    })
+    .shutdown_timeout(settings.server.shutdown_timeout_secs);
+    if let Some(n) = settings.server.workers {
+        server = server.workers(n);
+    }
+    let server = server.listen(listener).map_err(bind_err(&addr))?.run();
+    tracing::info!(%addr, units = settings.units.len(), "order-engine listening");
+    Ok(server)
+}
+
+/// Serves the admin routes on `listener` (one worker, the status shard);
+/// returns the server and its port.
+fn serve_admin(
+    settings: &Settings,
+    listener: TcpListener,
+    dispatcher: Addr<Dispatcher>,
+) -> Result<(Server, u16), StartError> {
+    let addr = format!("{}:{}", settings.admin.host, settings.admin.port);
+    let port = listener.local_addr().map_err(bind_err(&addr))?.port();
+    let state = web::Data::new(AppState { dispatcher });
+    let token = web::Data::new(AdminToken::new(&settings.admin.token));
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(token.clone())
+            .configure(api::configure_admin)
+    })
+    .workers(1)
+    .shutdown_timeout(settings.server.shutdown_timeout_secs)
+    .listen(listener)
+    .map_err(bind_err(&addr))?
+    .run();
+    tracing::info!(%addr, port, "admin API listening");
+    Ok((server, port))
 }
 
 /// A listening socket on the first of `addr`'s addresses that binds, with

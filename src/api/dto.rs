@@ -8,12 +8,32 @@ use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::error::ApiError;
 use crate::domain::values::{
     Amount, Currency, Invalid, MerchantId, OutTradeNo, PaymentRef, RefundId, SectionEntries,
     Sections, Text, UserId,
 };
 use crate::domain::{NewOrder, NewRefund, Order, OrderStatus, Refund, write_decimal};
-use crate::error::ApiError;
+
+/// A JSON integer as JSON Schema's `integer` means it: any number whose value
+/// is whole (`1999`, `1999.0`, `1.999e3`). Amounts are at most 10^12, far
+/// inside the integers an `f64` holds exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WholeNumber(pub i64);
+
+impl<'de> Deserialize<'de> for WholeNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        let whole = n.as_i64().or_else(|| {
+            let f = n.as_f64()?;
+            // Inside i64's range, an f64 with no fraction converts exactly.
+            (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
+        });
+        whole.map(WholeNumber).ok_or_else(|| {
+            serde::de::Error::custom(format!("invalid value: {n}, expected a whole number"))
+        })
+    }
+}
 
 fn field<T>(name: &str, r: Result<T, Invalid>) -> Result<T, ApiError> {
     r.map_err(|e| ApiError::validation(name, format!("{name} {}", e.0)))
@@ -50,8 +70,8 @@ pub struct CreateOrderRequest {
     )]
     pub user_id: String,
     /// Minor units (fen, cents).
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 1999)]
-    pub amount: i64,
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_i64, example = 1999)]
+    pub amount: WholeNumber,
     #[schema(
         min_length = 3,
         max_length = 3,
@@ -60,12 +80,12 @@ pub struct CreateOrderRequest {
     )]
     pub currency: String,
     #[serde(default)]
-    #[schema(max_length = 256, nullable = false, example = "2 coffees")]
+    #[schema(max_length = 256, example = "2 coffees")]
     pub description: Option<String>,
     /// Named JSON sections (items, shipping, ...), readable one at a time;
     /// each is stored and returned as the JSON text it was sent in.
     #[serde(default)]
-    #[schema(value_type = Option<Object>, nullable = false)]
+    #[schema(value_type = Option<Object>)]
     pub sections: Option<SectionEntries>,
 }
 
@@ -75,7 +95,7 @@ impl CreateOrderRequest {
             merchant_id: field("merchant_id", MerchantId::parse(self.merchant_id))?,
             out_trade_no: field("out_trade_no", OutTradeNo::parse(self.out_trade_no))?,
             user_id: field("user_id", UserId::parse(self.user_id))?,
-            amount: field("amount", Amount::new(self.amount))?,
+            amount: field("amount", Amount::new(self.amount.0))?,
             currency: field("currency", Currency::parse(&self.currency))?,
             description: optional_text("description", self.description)?,
             sections: field(
@@ -98,15 +118,15 @@ pub struct PayRequest {
     )]
     pub payment_ref: String,
     /// Must equal the order amount.
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 1999)]
-    pub amount: i64,
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_i64, example = 1999)]
+    pub amount: WholeNumber,
 }
 
 impl PayRequest {
     pub fn into_domain(self) -> Result<(PaymentRef, Amount), ApiError> {
         Ok((
             field("payment_ref", PaymentRef::parse(self.payment_ref))?,
-            field("amount", Amount::new(self.amount))?,
+            field("amount", Amount::new(self.amount.0))?,
         ))
     }
 }
@@ -128,10 +148,10 @@ pub struct RefundRequest {
         example = "r-1"
     )]
     pub refund_id: String,
-    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, example = 500)]
-    pub amount: i64,
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000_000_i64, example = 500)]
+    pub amount: WholeNumber,
     #[serde(default)]
-    #[schema(max_length = 256, nullable = false, example = "one coffee cold")]
+    #[schema(max_length = 256, example = "one coffee cold")]
     pub reason: Option<String>,
 }
 
@@ -139,7 +159,7 @@ impl RefundRequest {
     pub fn into_domain(self) -> Result<NewRefund, ApiError> {
         Ok(NewRefund {
             refund_id: field("refund_id", RefundId::parse(self.refund_id))?,
-            amount: field("amount", Amount::new(self.amount))?,
+            amount: field("amount", Amount::new(self.amount.0))?,
             reason: optional_text("reason", self.reason)?,
         })
     }

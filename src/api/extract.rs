@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use futures_util::future::{LocalBoxFuture, Ready, ready};
 use serde::de::DeserializeOwned;
 
+use super::error::{ApiError, ErrorCode};
 use crate::domain::OrderId;
-use crate::error::{ApiError, ErrorCode};
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -63,6 +63,23 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     } else {
         body
     };
+    // Every body is an object: serde's derive would also take an array,
+    // field by field in order.
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Ok(_) => ApiError::new(
+                    ErrorCode::ValidationFailed,
+                    "the body must be a JSON object",
+                ),
+                Err(e) => ApiError::new(
+                    ErrorCode::MalformedJson,
+                    format!("the body is not valid JSON: {e}"),
+                ),
+            },
+        );
+    }
     // Good bodies take the plain parser; only a bad one is parsed again
     // with path tracking, which costs about as much as the parse itself.
     let plain = match serde_json::from_slice(body) {
@@ -131,8 +148,23 @@ impl FromRequest for OrderIdPath {
     }
 }
 
-/// The optional `If-Match: <version>` header (quoted or not).
+/// The optional `If-Match: <version>` header: a version (no leading zero),
+/// bare or quoted, optionally weak (`W/`), exactly as the OpenAPI document's
+/// `IF_MATCH_PATTERN` says.
 pub struct IfMatch(pub Option<i64>);
+
+/// The version an `If-Match` value names.
+fn parse_if_match(value: &str) -> Option<i64> {
+    let v = value.trim();
+    let v = v.strip_prefix("W/").unwrap_or(v);
+    let v = match v.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"')?,
+        None => v,
+    };
+    let digits_ok =
+        (1..=18).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()) && !v.starts_with('0');
+    digits_ok.then(|| v.parse().ok()).flatten()
+}
 
 impl FromRequest for IfMatch {
     type Error = ApiError;
@@ -144,9 +176,7 @@ impl FromRequest for IfMatch {
             Some(v) => v
                 .to_str()
                 .ok()
-                .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
-                .and_then(|s| s.parse::<i64>().ok())
-                .filter(|v| *v >= 1)
+                .and_then(parse_if_match)
                 .map(|v| IfMatch(Some(v)))
                 .ok_or_else(|| {
                     ApiError::validation(
@@ -201,6 +231,52 @@ mod tests {
         );
         assert_eq!(e.code, ErrorCode::MalformedJson, "{}", e.message);
         assert!(e.message.contains("trailing"), "{}", e.message);
+    }
+
+    #[test]
+    fn if_match_takes_a_version_bare_quoted_or_weak() {
+        for (value, version) in [("3", 3), ("\"3\"", 3), ("W/\"42\"", 42), (" 7 ", 7)] {
+            assert_eq!(parse_if_match(value), Some(version), "{value:?}");
+        }
+        for bad in [
+            "0",
+            "007",
+            "\"3",
+            "3\"",
+            "\"\"3\"\"",
+            "W/",
+            "abc",
+            "-1",
+            "*",
+            "1234567890123456789",
+        ] {
+            assert_eq!(parse_if_match(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_body_is_an_object_and_amounts_are_whole_numbers() {
+        let e = err(r#"["m","o","u",1,"CNY",null,null]"#);
+        assert_eq!(e.code, ErrorCode::ValidationFailed, "{}", e.message);
+        assert_eq!(err("[1,").code, ErrorCode::MalformedJson);
+        assert_eq!(err("7").code, ErrorCode::ValidationFailed);
+        let order = |amount: &str| {
+            let body = format!(
+                r#"{{"merchant_id":"m","out_trade_no":"o","user_id":"u","amount":{amount},"currency":"CNY"}}"#
+            );
+            parse_json::<CreateOrderRequest>(body.as_bytes()).map(|r| r.amount.0)
+        };
+        assert_eq!(order("1999").unwrap(), 1999);
+        assert_eq!(order("1999.0").unwrap(), 1999);
+        assert_eq!(order("1.999e3").unwrap(), 1999);
+        for bad in ["19.99", "1e300", "\"12\""] {
+            let e = order(bad).unwrap_err();
+            assert_eq!(
+                (e.code, e.field.as_deref()),
+                (ErrorCode::ValidationFailed, Some("amount")),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

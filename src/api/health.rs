@@ -1,38 +1,52 @@
-//! Liveness and readiness.
+//! Liveness, readiness and metrics, on the public listener. Readiness says
+//! whether creates can be taken and, per partition, how many units can take
+//! them: nothing about where units live (that is the admin listener's).
 
-use actix_web::{HttpResponse, get, web};
+use actix_web::HttpResponse;
+use actix_web::web;
+use metrics_exporter_prometheus::PrometheusHandle;
 
-use super::AppState;
-use crate::actors::dispatcher::{EngineStatus, Status};
-use crate::error::{ApiError, ErrorCode};
+use super::error::{ApiError, ErrorCode, ErrorResponse};
+use super::state::AppState;
+use crate::actors::dispatcher::{Readiness, Status};
 
 /// The process is up.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
-#[get("/healthz")]
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Always `{\"status\":\"ok\"}`", body = Object,
+        example = json!({"status": "ok"})))
+)]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
 
-/// Ready when at least one unit can take creates; the body shows each unit's
-/// health, circuit and latency, and each partition's panic mode.
+/// Ready when at least one unit can take creates.
 #[utoipa::path(
     get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, body = EngineStatus),
-        (status = 503, description = "`no_unit_available`", body = crate::error::ErrorResponse),
+        (status = 200, body = Readiness),
+        (status = 503, description = "`no_unit_available`: no unit can take creates", body = ErrorResponse),
     )
 )]
-#[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let status =
-        state.dispatcher.send(Status).await.map_err(|_| {
-            ApiError::new(ErrorCode::NoUnitAvailable, "the dispatcher is not running")
-        })?;
-    if !status.ready {
+    let readiness = state.tell(Status).await?;
+    if !readiness.ready {
         return Err(ApiError::new(
             ErrorCode::NoUnitAvailable,
             "no unit can take creates",
         ));
     }
-    Ok(HttpResponse::Ok().json(status))
+    Ok(HttpResponse::Ok().json(readiness))
+}
+
+/// Prometheus text format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8"))
+)]
+pub async fn metrics_text(handle: web::Data<PrometheusHandle>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(handle.render())
 }

@@ -14,16 +14,11 @@ use actix_web::{Error, ResponseError, web};
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use tracing::Instrument;
 
+use super::error::{ApiError, ErrorCode, UnitTag};
 use crate::domain::OrderId;
-use crate::error::{ApiError, ErrorCode};
 use crate::metrics as m;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// The unit a call went to, left in the response's extensions by handlers
-/// and errors so the access log can name it.
-#[derive(Debug, Clone, Copy)]
-pub struct UnitTag(pub u16);
 
 /// Admission control: requests over `max_in_flight` are shed with `429` before
 /// they reach a unit, so overload queues in the caller, not in the databases.

@@ -1,45 +1,32 @@
 //! Order handlers. Each one parses, sends one message to the dispatcher and
-//! maps the reply: no SQL and no business rules here.
+//! maps the reply: no SQL and no business rules here. Routes are registered
+//! in `routes.rs`; the `#[utoipa::path]` on each handler is its entry in the
+//! OpenAPI document (`openapi.rs` adds what every route shares).
 
-use actix_web::http::header;
-use actix_web::{HttpResponse, get, post, web};
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::AppState;
 use super::dto::{
     CloseRequest, CreateOrderRequest, OrderBody, PayRequest, RefundBody, RefundList, RefundRequest,
     RefundResponse, UserOrdersPage,
 };
+use super::error::{ApiError, ErrorResponse, UnitTag};
 use super::extract::{IfMatch, JsonBody, OrderIdPath};
+use super::state::AppState;
 use crate::actors::dispatcher::{
-    Close, Create, Get, ListUser, LookupByKey, Pay, RefundCall, Refunds,
+    Close, Create, Get, ListRefunds, ListUserOrders, LookupByKey, Pay, Refund,
 };
-use crate::actors::unit::{CloseOrder, ListRefunds, PayOrder, RefundOrder};
 use crate::domain::values::{MerchantId, OutTradeNo, UserId};
-use crate::domain::{Order, OrderId};
-use crate::error::{ApiError, ErrorCode};
-use crate::storage::{Consistency, UserCursor};
+use crate::domain::{Consistency, Order, UserCursor};
 
-/// Sends `msg` to the dispatcher; a dispatcher that cannot take it is a 503.
-async fn ask<M>(state: &AppState, msg: M) -> Result<M::Result, ApiError>
-where
-    M: actix::Message + Send + 'static,
-    M::Result: Send,
-    crate::actors::dispatcher::Dispatcher: actix::Handler<M>,
-{
-    state
-        .dispatcher
-        .send(msg)
-        .await
-        .map_err(|_| ApiError::new(ErrorCode::NoUnitAvailable, "the dispatcher is not running"))
-}
-
-fn order_response(status: actix_web::http::StatusCode, order: Order) -> HttpResponse {
+/// An order reply: the order, with its version as the `ETag`.
+fn order_response(status: StatusCode, order: Order, sections: Option<&[String]>) -> HttpResponse {
     let version = order.version;
     HttpResponse::build(status)
         .insert_header((header::ETAG, format!("\"{version}\"")))
-        .json(OrderBody::new(order, None))
+        .json(OrderBody::new(order, sections))
 }
 
 /// Create an order in a trading unit chosen for it.
@@ -47,32 +34,31 @@ fn order_response(status: actix_web::http::StatusCode, order: Order) -> HttpResp
     post, path = "/v1/orders", tag = "orders",
     request_body = CreateOrderRequest,
     responses(
-        (status = 201, description = "Created; `Location` names the order", body = OrderBody),
-        (status = 200, description = "An identical request created this order before", body = OrderBody),
-        (status = 400, description = "`validation_failed` or `malformed_json`", body = crate::error::ErrorResponse),
-        (status = 409, description = "`idempotency_conflict`: same key, different body", body = crate::error::ErrorResponse),
-        (status = 413, description = "`payload_too_large`", body = crate::error::ErrorResponse),
-        (status = 503, description = "`no_unit_available` (with `Retry-After`)", body = crate::error::ErrorResponse),
+        (status = 201, description = "Created", body = OrderBody, headers(
+            ("Location" = String, description = "`/v1/orders/{order_id}`"),
+            ("ETag" = String, description = "The order's version, quoted"),
+        )),
+        (status = 200, description = "An identical request created this order before", body = OrderBody,
+            headers(("ETag" = String, description = "The order's version, quoted"))),
+        (status = 400, description = "`validation_failed` or `malformed_json`", body = ErrorResponse),
+        (status = 409, description = "`idempotency_conflict`: same key, different body", body = ErrorResponse),
+        (status = 413, description = "`payload_too_large`", body = ErrorResponse),
+        (status = 503, description = "`no_unit_available`, or `unit_unavailable` when an earlier attempt of this key is in doubt", body = ErrorResponse),
     )
 )]
-#[post("/v1/orders")]
 pub async fn create_order(
     state: web::Data<AppState>,
     body: JsonBody<CreateOrderRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.0.into_domain()?;
-    let created = ask(&state, Create { request }).await??;
+    let created = state.ask(Create { request }).await?;
     if created.replayed {
-        return Ok(order_response(
-            actix_web::http::StatusCode::OK,
-            created.order,
-        ));
+        return Ok(order_response(StatusCode::OK, created.order, None));
     }
     let location = ["/v1/orders/", &created.order.id.text()].concat();
     let unit = created.order.id.unit();
-    let mut res = order_response(actix_web::http::StatusCode::CREATED, created.order);
-    res.extensions_mut()
-        .insert(super::middleware::UnitTag(unit));
+    let mut res = order_response(StatusCode::CREATED, created.order, None);
+    res.extensions_mut().insert(UnitTag(unit));
     res.headers_mut().insert(
         header::LOCATION,
         header::HeaderValue::from_str(&location).expect("an order id is a valid header value"),
@@ -84,13 +70,12 @@ pub async fn create_order(
 #[into_params(parameter_in = Query)]
 pub struct GetOrderQuery {
     /// `strong` (default) reads the primary; `eventual` may read a replica.
-    #[param(inline, value_type = Option<String>, pattern = "^(strong|eventual)$")]
     pub consistency: Option<ConsistencyParam>,
     /// Comma-separated section names; empty leaves `sections` out.
     pub sections: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConsistencyParam {
     Strong,
@@ -100,15 +85,14 @@ pub enum ConsistencyParam {
 /// Read an order.
 #[utoipa::path(
     get, path = "/v1/orders/{order_id}", tag = "orders",
-    params(("order_id" = String, Path, description = "28-digit order id"), GetOrderQuery),
+    params(("order_id" = String, Path), GetOrderQuery),
     responses(
-        (status = 200, body = OrderBody),
-        (status = 400, description = "`invalid_order_id`", body = crate::error::ErrorResponse),
-        (status = 404, description = "`order_not_found`", body = crate::error::ErrorResponse),
-        (status = 503, description = "`unit_unavailable`", body = crate::error::ErrorResponse),
+        (status = 200, body = OrderBody, headers(("ETag" = String, description = "The order's version, quoted"))),
+        (status = 400, description = "`invalid_order_id` or `validation_failed`", body = ErrorResponse),
+        (status = 404, description = "`order_not_found`", body = ErrorResponse),
+        (status = 503, description = "`unit_unavailable`", body = ErrorResponse),
     )
 )]
-#[get("/v1/orders/{order_id}")]
 pub async fn get_order(
     state: web::Data<AppState>,
     id: OrderIdPath,
@@ -118,14 +102,12 @@ pub async fn get_order(
         Some(ConsistencyParam::Eventual) => Consistency::Eventual,
         _ => Consistency::Strong,
     };
-    let order = ask(
-        &state,
-        Get {
+    let order = state
+        .ask(Get {
             id: id.0,
             consistency,
-        },
-    )
-    .await??;
+        })
+        .await?;
     let names: Option<Vec<String>> = query.sections.as_ref().map(|s| {
         s.split(',')
             .map(str::trim)
@@ -133,24 +115,24 @@ pub async fn get_order(
             .map(String::from)
             .collect()
     });
-    let version = order.version;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, format!("\"{version}\"")))
-        .json(OrderBody::new(order, names.as_deref())))
+    Ok(order_response(StatusCode::OK, order, names.as_deref()))
 }
 
 /// Pay an order (`created -> paid`). Paying again with the same `payment_ref` is a no-op.
 #[utoipa::path(
     post, path = "/v1/orders/{order_id}/pay", tag = "orders",
-    params(("order_id" = String, Path), ("If-Match" = Option<i64>, Header, description = "expected version")),
+    params(("order_id" = String, Path), ("If-Match" = Option<String>, Header)),
     request_body = PayRequest,
     responses(
-        (status = 200, body = OrderBody),
-        (status = 409, description = "`invalid_transition` or `amount_mismatch`", body = crate::error::ErrorResponse),
-        (status = 412, description = "`version_mismatch`", body = crate::error::ErrorResponse),
+        (status = 200, body = OrderBody, headers(("ETag" = String, description = "The order's version, quoted"))),
+        (status = 400, description = "`invalid_order_id`, `validation_failed` or `malformed_json`", body = ErrorResponse),
+        (status = 404, description = "`order_not_found`", body = ErrorResponse),
+        (status = 409, description = "`invalid_transition` or `amount_mismatch`", body = ErrorResponse),
+        (status = 412, description = "`version_mismatch`", body = ErrorResponse),
+        (status = 413, description = "`payload_too_large`", body = ErrorResponse),
+        (status = 503, description = "`unit_unavailable`", body = ErrorResponse),
     )
 )]
-#[post("/v1/orders/{order_id}/pay")]
 pub async fn pay_order(
     state: web::Data<AppState>,
     id: OrderIdPath,
@@ -158,75 +140,84 @@ pub async fn pay_order(
     body: JsonBody<PayRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let (payment_ref, amount) = body.0.into_domain()?;
-    let msg = PayOrder {
-        id: id.0,
-        payment_ref,
-        amount,
-        expected_version: if_match.0,
-    };
-    let (order, _changed) = ask(&state, Pay(msg)).await??;
-    Ok(order_response(actix_web::http::StatusCode::OK, order))
+    let paid = state
+        .ask(Pay {
+            id: id.0,
+            payment_ref,
+            amount,
+            expected_version: if_match.0,
+        })
+        .await?;
+    Ok(order_response(StatusCode::OK, paid.order, None))
 }
 
 /// Close an unpaid order (`created -> closed`). Closing a closed order is a no-op.
 #[utoipa::path(
     post, path = "/v1/orders/{order_id}/close", tag = "orders",
-    params(("order_id" = String, Path), ("If-Match" = Option<i64>, Header, description = "expected version")),
+    params(("order_id" = String, Path), ("If-Match" = Option<String>, Header)),
     request_body = CloseRequest,
     responses(
-        (status = 200, body = OrderBody),
-        (status = 409, description = "`invalid_transition`", body = crate::error::ErrorResponse),
-        (status = 412, description = "`version_mismatch`", body = crate::error::ErrorResponse),
+        (status = 200, body = OrderBody, headers(("ETag" = String, description = "The order's version, quoted"))),
+        (status = 400, description = "`invalid_order_id`, `validation_failed` or `malformed_json`", body = ErrorResponse),
+        (status = 404, description = "`order_not_found`", body = ErrorResponse),
+        (status = 409, description = "`invalid_transition`", body = ErrorResponse),
+        (status = 412, description = "`version_mismatch`", body = ErrorResponse),
+        (status = 413, description = "`payload_too_large`", body = ErrorResponse),
+        (status = 503, description = "`unit_unavailable`", body = ErrorResponse),
     )
 )]
-#[post("/v1/orders/{order_id}/close")]
 pub async fn close_order(
     state: web::Data<AppState>,
     id: OrderIdPath,
     if_match: IfMatch,
     _body: JsonBody<CloseRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let msg = CloseOrder {
-        id: id.0,
-        expected_version: if_match.0,
-    };
-    let (order, _changed) = ask(&state, Close(msg)).await??;
-    Ok(order_response(actix_web::http::StatusCode::OK, order))
+    let closed = state
+        .ask(Close {
+            id: id.0,
+            expected_version: if_match.0,
+        })
+        .await?;
+    Ok(order_response(StatusCode::OK, closed.order, None))
 }
 
 /// Refund part or all of a paid order. Idempotent by `refund_id`.
 #[utoipa::path(
     post, path = "/v1/orders/{order_id}/refunds", tag = "orders",
-    params(("order_id" = String, Path), ("If-Match" = Option<i64>, Header, description = "expected version")),
+    params(("order_id" = String, Path), ("If-Match" = Option<String>, Header)),
     request_body = RefundRequest,
     responses(
-        (status = 201, body = RefundResponse),
+        (status = 201, description = "Refunded", body = RefundResponse),
         (status = 200, description = "This refund_id and body were refunded before", body = RefundResponse),
-        (status = 409, description = "`invalid_transition`, `refund_exceeds_paid` or `idempotency_conflict`", body = crate::error::ErrorResponse),
-        (status = 412, description = "`version_mismatch`", body = crate::error::ErrorResponse),
+        (status = 400, description = "`invalid_order_id`, `validation_failed` or `malformed_json`", body = ErrorResponse),
+        (status = 404, description = "`order_not_found`", body = ErrorResponse),
+        (status = 409, description = "`invalid_transition`, `refund_exceeds_paid` or `idempotency_conflict`", body = ErrorResponse),
+        (status = 412, description = "`version_mismatch`", body = ErrorResponse),
+        (status = 413, description = "`payload_too_large`", body = ErrorResponse),
+        (status = 503, description = "`unit_unavailable`", body = ErrorResponse),
     )
 )]
-#[post("/v1/orders/{order_id}/refunds")]
 pub async fn refund_order(
     state: web::Data<AppState>,
     id: OrderIdPath,
     if_match: IfMatch,
     body: JsonBody<RefundRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let msg = RefundOrder {
-        id: id.0,
-        refund: body.0.into_domain()?,
-        expected_version: if_match.0,
-    };
-    let (refund, order, created) = ask(&state, RefundCall(msg)).await??;
-    let status = if created {
-        actix_web::http::StatusCode::CREATED
+    let refunded = state
+        .ask(Refund {
+            id: id.0,
+            refund: body.0.into_domain()?,
+            expected_version: if_match.0,
+        })
+        .await?;
+    let status = if refunded.created {
+        StatusCode::CREATED
     } else {
-        actix_web::http::StatusCode::OK
+        StatusCode::OK
     };
     Ok(HttpResponse::build(status).json(RefundResponse {
-        refund: refund.into(),
-        order: OrderBody::new(order, None),
+        refund: refunded.refund.into(),
+        order: OrderBody::new(refunded.order, None),
     }))
 }
 
@@ -234,14 +225,18 @@ pub async fn refund_order(
 #[utoipa::path(
     get, path = "/v1/orders/{order_id}/refunds", tag = "orders",
     params(("order_id" = String, Path)),
-    responses((status = 200, body = RefundList), (status = 404, body = crate::error::ErrorResponse))
+    responses(
+        (status = 200, body = RefundList),
+        (status = 400, description = "`invalid_order_id`", body = ErrorResponse),
+        (status = 404, description = "`order_not_found`", body = ErrorResponse),
+        (status = 503, description = "`unit_unavailable`", body = ErrorResponse),
+    )
 )]
-#[get("/v1/orders/{order_id}/refunds")]
 pub async fn list_refunds(
     state: web::Data<AppState>,
     id: OrderIdPath,
 ) -> Result<HttpResponse, ApiError> {
-    let refunds = ask(&state, Refunds(ListRefunds { id: id.0 })).await??;
+    let refunds = state.ask(ListRefunds { id: id.0 }).await?;
     Ok(HttpResponse::Ok().json(RefundList {
         refunds: refunds.into_iter().map(RefundBody::from).collect(),
     }))
@@ -252,12 +247,12 @@ pub async fn list_refunds(
     get, path = "/v1/merchants/{merchant_id}/orders/{out_trade_no}", tag = "orders",
     params(("merchant_id" = String, Path), ("out_trade_no" = String, Path)),
     responses(
-        (status = 200, body = OrderBody),
-        (status = 404, description = "`order_not_found`", body = crate::error::ErrorResponse),
-        (status = 503, description = "`unit_unavailable`: a unit that could hold it did not answer", body = crate::error::ErrorResponse),
+        (status = 200, body = OrderBody, headers(("ETag" = String, description = "The order's version, quoted"))),
+        (status = 400, description = "`validation_failed`", body = ErrorResponse),
+        (status = 404, description = "`order_not_found`", body = ErrorResponse),
+        (status = 503, description = "`unit_unavailable`: a unit that could hold it did not answer", body = ErrorResponse),
     )
 )]
-#[get("/v1/merchants/{merchant_id}/orders/{out_trade_no}")]
 pub async fn lookup_by_merchant(
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
@@ -269,8 +264,8 @@ pub async fn lookup_by_merchant(
         out_trade_no: OutTradeNo::parse(out_trade_no)
             .map_err(|e| ApiError::validation("out_trade_no", e.0))?,
     };
-    let order = ask(&state, msg).await??;
-    Ok(order_response(actix_web::http::StatusCode::OK, order))
+    let order = state.ask(msg).await?;
+    Ok(order_response(StatusCode::OK, order, None))
 }
 
 /// Default and largest page size for user lists.
@@ -287,26 +282,16 @@ pub struct UserOrdersQuery {
     pub cursor: Option<String>,
 }
 
-/// Encodes a list position; opaque to callers.
-fn encode_cursor(c: &UserCursor) -> String {
-    format!("{:x}.{}", c.created_at_ms, c.order_id)
-}
-
-fn decode_cursor(s: &str) -> Option<UserCursor> {
-    let (ms, id) = s.split_once('.')?;
-    Some(UserCursor {
-        created_at_ms: i64::from_str_radix(ms, 16).ok()?,
-        order_id: OrderId::parse(id).ok()?,
-    })
-}
-
 /// A user's orders across all units, newest first, with stable pagination.
 #[utoipa::path(
     get, path = "/v1/users/{user_id}/orders", tag = "orders",
     params(("user_id" = String, Path), UserOrdersQuery),
-    responses((status = 200, body = UserOrdersPage), (status = 503, body = crate::error::ErrorResponse))
+    responses(
+        (status = 200, body = UserOrdersPage),
+        (status = 400, description = "`validation_failed`", body = ErrorResponse),
+        (status = 503, description = "`unit_unavailable`", body = ErrorResponse),
+    )
 )]
-#[get("/v1/users/{user_id}/orders")]
 pub async fn list_user_orders(
     state: web::Data<AppState>,
     user_id: web::Path<String>,
@@ -323,40 +308,23 @@ pub async fn list_user_orders(
     }
     let after = match &query.cursor {
         None => None,
-        Some(c) => Some(decode_cursor(c).ok_or_else(|| {
+        Some(c) => Some(UserCursor::decode(c).ok_or_else(|| {
             ApiError::validation("cursor", "cursor is not one this server issued")
         })?),
     };
-    let page = ask(
-        &state,
-        ListUser {
+    let page = state
+        .ask(ListUserOrders {
             user_id,
             after,
             limit,
-        },
-    )
-    .await??;
+        })
+        .await?;
     Ok(HttpResponse::Ok().json(UserOrdersPage {
         orders: page
             .orders
             .into_iter()
             .map(|o| OrderBody::new(o, None))
             .collect(),
-        next_cursor: page.next.as_ref().map(encode_cursor),
+        next_cursor: page.next.as_ref().map(UserCursor::encode),
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_round_trips() {
-        let c = UserCursor {
-            created_at_ms: 1_795_000_000_123,
-            order_id: OrderId::parse("1000326112214301500000000425").unwrap(),
-        };
-        assert_eq!(decode_cursor(&encode_cursor(&c)), Some(c));
-        assert_eq!(decode_cursor("zz.1"), None);
-    }
 }

@@ -1,0 +1,325 @@
+//! The OpenAPI documents: the public listener's (`GET /openapi.json`) and the
+//! admin listener's (`GET /openapi.json` there, with the token).
+//!
+//! Most of each document is generated from the handlers' `#[utoipa::path]`
+//! and the DTOs. What is the same for many operations is added here, once,
+//! so that it cannot be forgotten on one: the exact schema of each path,
+//! query and header parameter (by name), the `429` and `X-Request-Id` that
+//! the middleware adds to every public reply, and `Retry-After` on every
+//! `429` and `503`. `tests/openapi/` runs a schema-driven fuzzer against a
+//! running engine to prove the document exact.
+
+use std::sync::OnceLock;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+
+use super::auth::AdminToken;
+
+use super::dto::{
+    CloseRequest, CreateOrderRequest, OrderBody, OrderStatusBody, PayRequest, RefundBody,
+    RefundList, RefundRequest, RefundResponse, UserOrdersPage,
+};
+use super::error::{ApiError, ErrorCode, ErrorDetail, ErrorResponse, RETRY_AFTER_SECS};
+use super::orders::ConsistencyParam;
+use super::{admin, health, orders};
+use crate::actors::dispatcher::{
+    EngineStatus, PartitionReadiness, PartitionStatus, Readiness, UnitStatus,
+};
+use crate::config::{Temperature, UnitMode};
+use crate::domain::order_id::ORDER_ID_LEN;
+use crate::domain::values::{IDENTIFIER_PATTERN, MAX_IDENTIFIER_LEN};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "order-engine",
+        description = "Create, pay, close, refund and query orders stored in trading units. \
+                       Every non-2xx reply has the body `{\"error\":{\"code\",\"message\",\"field\"}}`; \
+                       `ErrorCode` lists the codes. A method a path does not serve answers \
+                       `405 method_not_allowed` with `Allow`."
+    ),
+    paths(
+        orders::create_order,
+        orders::get_order,
+        orders::pay_order,
+        orders::close_order,
+        orders::refund_order,
+        orders::list_refunds,
+        orders::lookup_by_merchant,
+        orders::list_user_orders,
+        health::healthz,
+        health::readyz,
+        public_document,
+        health::metrics_text,
+    ),
+    components(schemas(
+        ErrorResponse,
+        ErrorDetail,
+        ErrorCode,
+        ConsistencyParam,
+        OrderStatusBody,
+        CreateOrderRequest,
+        PayRequest,
+        CloseRequest,
+        RefundRequest,
+        OrderBody,
+        RefundBody,
+        RefundResponse,
+        RefundList,
+        UserOrdersPage,
+        Readiness,
+        PartitionReadiness,
+    ))
+)]
+struct PublicDoc;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "order-engine admin",
+        description = "The admin listener. Every call needs `Authorization: Bearer <token>`."
+    ),
+    paths(admin::list_units, admin_document),
+    components(schemas(
+        ErrorResponse,
+        ErrorDetail,
+        ErrorCode,
+        EngineStatus,
+        PartitionStatus,
+        UnitStatus,
+        UnitMode,
+        Temperature,
+    ))
+)]
+struct AdminDoc;
+
+/// The public listener's OpenAPI document.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document", body = Object))
+)]
+pub async fn public_document() -> HttpResponse {
+    HttpResponse::Ok().json(public())
+}
+
+/// The admin listener's OpenAPI document.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "This document", body = Object),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+    )
+)]
+pub async fn admin_document(
+    req: HttpRequest,
+    token: web::Data<AdminToken>,
+) -> Result<HttpResponse, ApiError> {
+    token.authorize(&req)?;
+    Ok(HttpResponse::Ok().json(admin()))
+}
+
+/// The public listener's document.
+pub fn public() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(PublicDoc::openapi()).expect("the document serializes");
+        shape_parameters(&mut doc);
+        shape_bodies(&mut doc);
+        add_shared_replies(&mut doc, true);
+        doc
+    })
+}
+
+/// The admin listener's document.
+pub fn admin() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(AdminDoc::openapi()).expect("the document serializes");
+        doc["components"]["securitySchemes"] = json!({
+            "bearer": {"type": "http", "scheme": "bearer"}
+        });
+        add_shared_replies(&mut doc, false);
+        doc
+    })
+}
+
+/// An `If-Match` value the server accepts: a version (1 to 18 digits, no
+/// leading zero), bare or quoted, optionally weak (`W/`).
+pub const IF_MATCH_PATTERN: &str = r#"^(W/)?("[1-9][0-9]{0,17}"|[1-9][0-9]{0,17})$"#;
+/// A user-list cursor: what `next_cursor` holds (opaque to callers).
+pub const CURSOR_PATTERN: &str = r"^[0-9a-f]{1,15}\.[0-9]{28}$";
+
+/// The schema of a parameter, by name: every route that has one shares it.
+fn parameter_schema(name: &str) -> Option<(Value, &'static str)> {
+    let identifier = || {
+        json!({"type": "string", "minLength": 1, "maxLength": MAX_IDENTIFIER_LEN,
+               "pattern": IDENTIFIER_PATTERN})
+    };
+    Some(match name {
+        "order_id" => (
+            json!({"type": "string", "minLength": ORDER_ID_LEN, "maxLength": ORDER_ID_LEN,
+                   "pattern": format!("^[0-9]{{{ORDER_ID_LEN}}}$"), "format": "order-id"}),
+            "28 digits: layout version, unit, UTC time (yyMMddHHmmss), the unit's sequence, \
+             and a Damm check digit over the others (format `order-id`). A mistyped id is \
+             `400 invalid_order_id`; an id of a unit not in the routing table, \
+             `404 order_not_found`.",
+        ),
+        "merchant_id" => (identifier(), "The merchant."),
+        "out_trade_no" => (identifier(), "The merchant's own order number."),
+        "user_id" => (identifier(), "The user."),
+        "If-Match" => (
+            json!({"type": "string", "pattern": IF_MATCH_PATTERN}),
+            "The order version the caller saw (its `ETag`): the change is made only if the \
+             order is still at it, else `412 version_mismatch`.",
+        ),
+        "cursor" => (
+            json!({"type": "string", "pattern": CURSOR_PATTERN, "format": "order-cursor"}),
+            "`next_cursor` from the previous page (format `order-cursor`); any other value is \
+             `400 validation_failed`.",
+        ),
+        "limit" => (
+            json!({"type": "integer", "minimum": 1, "maximum": orders::MAX_PAGE}),
+            "Orders per page, 1-100 (default 20).",
+        ),
+        _ => return None,
+    })
+}
+
+fn operations(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
+    doc["paths"]
+        .as_object_mut()
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(Value::as_object_mut)
+        .flat_map(|ops| ops.values_mut())
+}
+
+/// Gives every named parameter its exact schema.
+fn shape_parameters(doc: &mut Value) {
+    for op in operations(doc) {
+        let parameters = op.get_mut("parameters").and_then(Value::as_array_mut);
+        for p in parameters.into_iter().flatten() {
+            let name = p["name"].as_str().unwrap_or_default().to_owned();
+            if let Some((schema, description)) = parameter_schema(&name) {
+                p["schema"] = schema;
+                p["description"] = json!(description);
+            }
+        }
+    }
+}
+
+/// What the derived body schemas cannot say: section names are identifiers.
+fn shape_bodies(doc: &mut Value) {
+    let sections = json!({
+        "type": ["object", "null"],
+        "propertyNames": {"pattern": IDENTIFIER_PATTERN, "minLength": 1,
+                          "maxLength": MAX_IDENTIFIER_LEN},
+        "additionalProperties": true,
+        "description": "Named JSON sections (items, shipping, ...): names are identifiers, \
+                        values any JSON; each is stored and returned as the JSON text it was \
+                        sent in. Absent or null: none.",
+    });
+    let schemas = &mut doc["components"]["schemas"];
+    schemas["CreateOrderRequest"]["properties"]["sections"] = sections;
+    schemas["UserOrdersPage"]["properties"]["next_cursor"] = json!({
+        "type": "string", "pattern": CURSOR_PATTERN, "format": "order-cursor",
+        "description": "Pass as `?cursor=` for the next page; absent on the last page.",
+    });
+    // Closing takes no fields: an empty body reads as `{}`.
+    doc["paths"]["/v1/orders/{order_id}/close"]["post"]["requestBody"]["required"] = json!(false);
+}
+
+/// Adds what every reply shares: `Retry-After` on `429` and `503`, and on
+/// the public listener (whose middleware does both) `X-Request-Id` on every
+/// reply and `429 overloaded` on every operation.
+fn add_shared_replies(doc: &mut Value, public: bool) {
+    let retry_after = json!({
+        "description": format!("Seconds to wait before retrying ({RETRY_AFTER_SECS})."),
+        "schema": {"type": "integer"},
+        "required": true,
+    });
+    let request_id = json!({
+        "description": "The caller's `X-Request-Id` when it is 1-64 characters of \
+                        `[A-Za-z0-9_.:-]`, else a generated one.",
+        "schema": {"type": "string"},
+        "required": true,
+    });
+    for op in operations(doc) {
+        let responses = &mut op["responses"];
+        if public {
+            responses["429"] = json!({
+                "description": "`overloaded`: more than `server.max_in_flight` requests at once",
+                "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+            });
+        }
+        for (status, reply) in responses.as_object_mut().into_iter().flatten() {
+            if status == "429" || status == "503" {
+                reply["headers"]["Retry-After"] = retry_after.clone();
+            }
+            if public {
+                reply["headers"]["X-Request-Id"] = request_id.clone();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_is_listed() {
+        let codes = &public()["components"]["schemas"]["ErrorCode"]["enum"];
+        let listed: Vec<&str> = codes
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let ours: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, ours);
+    }
+
+    #[test]
+    fn every_parameter_has_an_exact_schema_and_admin_routes_are_not_public() {
+        for doc in [public(), admin()] {
+            for (path, ops) in doc["paths"].as_object().unwrap() {
+                for (method, op) in ops.as_object().unwrap() {
+                    for p in op["parameters"].as_array().into_iter().flatten() {
+                        let name = p["name"].as_str().unwrap();
+                        if name == "consistency" || name == "sections" {
+                            continue; // an enum, and any list of names
+                        }
+                        assert!(
+                            parameter_schema(name).is_some(),
+                            "{method} {path}: parameter {name} has no exact schema"
+                        );
+                    }
+                    assert!(op["responses"].as_object().unwrap().len() >= 2 || path == "/healthz");
+                }
+            }
+        }
+        let public_paths = public()["paths"].as_object().unwrap();
+        assert!(public_paths.keys().all(|p| !p.starts_with("/admin")));
+        assert!(admin()["paths"].get("/admin/units").is_some());
+    }
+
+    #[test]
+    fn the_patterns_match_what_the_server_accepts() {
+        use crate::domain::UserCursor;
+        let cursor = UserCursor {
+            created_at_ms: 1_795_000_000_123,
+            order_id: crate::domain::OrderId::parse("1000326112214301500000000425").unwrap(),
+        }
+        .encode();
+        let (ms, id) = cursor.split_once('.').unwrap();
+        assert!(
+            ms.len() <= 15 && id.len() == 28,
+            "{cursor} fits {CURSOR_PATTERN}"
+        );
+    }
+}
