@@ -2,13 +2,15 @@
 # Runs the whole test suite. The integration tests start their own servers:
 # MariaDB (mariadbd in temp dirs on free loopback ports) and Prometheus (for
 # the dashboard and alert tests), so their Debian packages must be installed,
-# not running. This installs whichever is missing.
+# not running; and the OpenAPI fuzz test runs schemathesis (PyPI) from a
+# virtualenv under target/. This installs whichever is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]} with apt" >&2
@@ -17,5 +19,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# schemathesis, pinned, for tests/api/openapi_fuzz.rs (tests/openapi/).
+venv=target/openapi-venv
+if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
+  echo "== installing schemathesis into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r tests/openapi/requirements.txt
+fi
+export SCHEMATHESIS="$PWD/$venv/bin/schemathesis"
 
 cargo test --all-targets "$@"

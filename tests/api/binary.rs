@@ -85,7 +85,14 @@ async fn serves_the_default_layout_and_stops_on_sigterm() {
         .json()
         .await
         .unwrap();
-    assert_eq!(ready["units"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        (
+            &ready["partitions"][0]["units"],
+            &ready["partitions"][0]["taking_creates"]
+        ),
+        (&serde_json::json!(4), &serde_json::json!(4)),
+        "{ready}"
+    );
     let r = client
         .post(format!("{base}/v1/orders"))
         .json(&order_body("m-1", "bin-1", "u-1", 10))

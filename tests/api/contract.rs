@@ -182,6 +182,43 @@ async fn openapi_describes_what_the_server_accepts() {
     ] {
         assert!(required.contains(&f), "{f} is required");
     }
+    // Every error code, and the exact path parameters.
+    let codes = schemas["ErrorCode"]["enum"].as_array().unwrap();
+    assert!(codes.contains(&json!("method_not_allowed")), "{codes:?}");
+    let pay = &doc["paths"]["/v1/orders/{order_id}/pay"]["post"];
+    let order_id = pay["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "order_id")
+        .unwrap();
+    assert_eq!(order_id["schema"]["pattern"], "^[0-9]{28}$");
+    for status in ["200", "400", "404", "409", "412", "413", "429", "503"] {
+        assert!(
+            pay["responses"].get(status).is_some(),
+            "pay documents {status}"
+        );
+    }
+    // The admin routes are described by the admin listener, behind its token.
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.keys().all(|p| !p.starts_with("/admin")), "{paths:?}");
+    let admin_doc = format!("{}/openapi.json", app.admin);
+    let r = app.client.get(&admin_doc).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = app
+        .client
+        .get(&admin_doc)
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let admin: Value = r.json().await.unwrap();
+    assert!(admin["paths"].get("/admin/units").is_some());
+    assert_eq!(
+        admin["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
     app.shutdown().await;
 }
 
@@ -190,11 +227,17 @@ async fn health_and_readiness() {
     let app = spawn_app(Backend::Sqlite, 2).await;
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
     let r = app.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::OK);
+    // Public readiness: ready or not, and counts per partition; nothing
+    // about where the units live (that needs the admin token).
     assert_eq!(
-        (r.status, r.body["ready"].as_bool()),
-        (StatusCode::OK, Some(true))
+        r.body,
+        json!({"ready": true, "partitions": [
+            {"name": "standard", "units": 2, "taking_creates": 2, "panic": false}
+        ]})
     );
-    let units = r.body["units"].as_array().unwrap();
+    let status = app.units_status().await;
+    let units = status["units"].as_array().unwrap();
     assert_eq!(units.len(), 2);
     for u in units {
         assert_eq!(
@@ -203,8 +246,9 @@ async fn health_and_readiness() {
             "{u}"
         );
         assert_eq!(u["takes_creates"], true);
+        assert!(u["primary_url"].as_str().unwrap().starts_with("sqlite://"));
     }
-    assert_eq!(r.body["partitions"][0]["panic"], false);
+    assert_eq!(status["partitions"][0]["panic"], false);
     app.shutdown().await;
 
     // All units read-only: up, but not ready for creates.
@@ -224,6 +268,67 @@ async fn health_and_readiness() {
         (r.status, r.code()),
         (StatusCode::SERVICE_UNAVAILABLE, "no_unit_available")
     );
+    app.shutdown().await;
+}
+
+/// A path served with other methods answers 405 with `Allow`, before its
+/// parameters are looked at; a path nothing serves answers 404.
+#[actix_web::test]
+async fn a_method_a_path_does_not_serve_is_405_with_allow() {
+    let app = spawn_app(Backend::Sqlite, 1).await;
+    let id = "1000326112214301500000000425";
+    for (method, path, allow) in [
+        ("GET", "/v1/orders".to_string(), "POST"),
+        ("DELETE", format!("/v1/orders/{id}"), "GET"),
+        ("GET", format!("/v1/orders/{id}/pay"), "POST"),
+        ("PUT", "/v1/orders/not-an-id/close".to_string(), "POST"),
+        ("PATCH", format!("/v1/orders/{id}/refunds"), "GET, POST"),
+        ("POST", "/v1/users/u-1/orders".to_string(), "GET"),
+        ("POST", "/healthz".to_string(), "GET"),
+        ("DELETE", "/metrics".to_string(), "GET"),
+    ] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let r = app
+            .client
+            .request(method.clone(), format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(r.headers()["allow"], allow, "{method} {path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(
+            body["error"]["code"], "method_not_allowed",
+            "{method} {path}"
+        );
+    }
+    let r = app
+        .client
+        .get(format!("{}/admin/units", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "the admin listener wants its token"
+    );
+    let r = app
+        .client
+        .delete(format!("{}/admin/units", app.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status(), r.headers()["allow"].to_str().unwrap()),
+        (StatusCode::METHOD_NOT_ALLOWED, "GET")
+    );
+    let r = app.get("/v2/orders").await;
+    assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));
     app.shutdown().await;
 }
 
@@ -251,61 +356,96 @@ async fn start_up_refuses_an_unreachable_database_and_names_it() {
     assert!(!err.contains("hunter2"), "password leaked: {err}");
 }
 
+/// A create that is inside the engine when shutdown begins is finished and
+/// answered, not cut off; connections after the stop are refused. The unit's
+/// MariaDB is behind a proxy that holds every packet for 400 ms, so a create
+/// takes seconds: the engine's own in-flight gauge says it is inside before
+/// the stop, and its answer comes after the stop began.
 #[actix_web::test]
 async fn shutdown_finishes_in_flight_requests() {
-    // Room to drain on a loaded machine: past the shutdown timeout, responses
-    // may be cut off after their order committed, which is not this test.
-    let dir = tempfile::tempdir().unwrap();
-    let units = crate::helpers::unit_urls(Backend::MariaDb, 2, dir.path());
+    use crate::proxy::{Mode, Proxy};
+    use std::time::{Duration, Instant};
+
+    let server = crate::mariadb::MariaDb::start();
+    let proxy = Proxy::start(server.port()).await;
+    let units = [(1, format!("mysql://root@127.0.0.1:{}/orders", proxy.port))];
     let mut settings = settings_for(&units, "");
     settings.server.shutdown_timeout_secs = 30;
-    let app = crate::helpers::spawn_app_with(settings, dir).await;
-    let client = app.client.clone();
-    let base = app.base.clone();
-    let (answered, mut first_answer) = tokio::sync::mpsc::unbounded_channel();
-    let creates: Vec<_> = (0..40)
-        .map(|i| {
-            let (client, base, answered) = (client.clone(), base.clone(), answered.clone());
-            actix_web::rt::spawn(async move {
-                let r = client
-                    .post(format!("{base}/v1/orders"))
-                    .json(&order_body("m-1", &format!("sd-{i}"), "u-1", 10))
-                    .send()
-                    .await
-                    .map(|r| r.status());
-                let _ = answered.send(());
-                r
-            })
-        })
-        .collect();
-    // Stop as soon as the first create is answered: the rest are in flight.
-    first_answer.recv().await;
-    let units = app.units.clone();
-    app.shutdown().await;
+    settings.storage.statement_timeout_ms = 10_000;
+    settings.server.request_timeout_ms = 20_000;
+    // Slow on purpose: the probes must not open the unit's circuit meanwhile.
+    settings.supervisor.slow_probe_ms = 30_000;
+    settings.supervisor.probe_timeout_ms = 30_000;
+    let app = crate::helpers::spawn_app_with(settings, tempfile::tempdir().unwrap()).await;
+    // Warm: the unit's sequence segment and connections are in place.
+    app.create("m-1", "sd-warm", "u-1", 10).await;
+    proxy.set(Mode::Delay(Duration::from_millis(400)));
 
-    let mut acknowledged = 0;
-    for c in creates {
-        match c.await.unwrap() {
-            // Accepted before the stop: it must have completed, not been cut off.
-            Ok(status) => {
-                assert_eq!(status, StatusCode::CREATED);
-                acknowledged += 1;
-            }
-            // Sent after the listener closed: refused, never half-done.
-            Err(e) => assert!(e.is_connect() || e.is_request(), "{e}"),
+    let (client, base) = (app.client.clone(), app.base.clone());
+    let create = actix_web::rt::spawn(async move {
+        let r = client
+            .post(format!("{base}/v1/orders"))
+            .json(&order_body("m-1", "sd-in-flight", "u-1", 10))
+            .send()
+            .await;
+        (r.map(|r| r.status()), Instant::now())
+    });
+    // The engine counts the create as in flight (the gauge is set when a
+    // request enters; /metrics itself is not counted until it is answered).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = app.metrics_text().await;
+        let in_flight = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("orderengine_requests_in_flight "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        // This scrape is one request in flight; the create is another.
+        if in_flight >= 2.0 {
+            break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the create never reached the engine"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    sqlx::any::install_default_drivers();
-    let mut stored = 0;
-    for (_, url) in units {
-        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
-        let n = count_rows(&pool, "orders").await;
-        stored += n;
-    }
-    assert!(acknowledged > 0, "some requests were in flight");
+    let base = app.base.clone();
+    let stop_began = Instant::now();
+    let handle = app.handle.clone();
+    let stopping = actix_web::rt::spawn(async move { handle.stop(true).await });
+    // New connections are refused once the listener closed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = reqwest::Client::new()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await;
+    assert!(
+        late.is_err(),
+        "a request after the stop was served: {late:?}"
+    );
+
+    let (status, answered_at) = create.await.unwrap();
     assert_eq!(
-        stored, acknowledged,
-        "every acknowledged create is stored, nothing else"
+        status.expect("the in-flight create was answered"),
+        StatusCode::CREATED
+    );
+    assert!(
+        answered_at > stop_began + Duration::from_millis(300),
+        "the create was answered before shutdown began: the test proved nothing"
+    );
+    stopping.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), app.stopped)
+        .await
+        .expect("engine shuts down")
+        .ok();
+    proxy.set(Mode::Pass);
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&server.url("orders")).await.unwrap();
+    assert_eq!(
+        count_rows(&pool, "orders").await,
+        2,
+        "warm-up and in-flight creates stored"
     );
 }
 

@@ -9,6 +9,7 @@ mod group_commit;
 mod helpers;
 mod lifecycle;
 mod mariadb;
+mod openapi_fuzz;
 mod proxy;
 mod retry;
 mod storage_suite;

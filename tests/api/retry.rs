@@ -611,7 +611,25 @@ async fn the_admin_api_needs_its_token() {
     );
     assert!(!status.to_string().contains("s3cret"));
     assert_eq!(unit["mode"], "open");
-    // The admin routes are not on the public listener.
+    // The scheme matches in any case (RFC 7235).
+    let r = app
+        .client
+        .get(&url)
+        .header(
+            "authorization",
+            format!("bEaReR {}", crate::helpers::ADMIN_TOKEN),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The admin routes are not on the public listener, and public readiness
+    // shows no unit's address.
     assert_eq!(app.get("/admin/units").await.status, StatusCode::NOT_FOUND);
+    let ready = app.get("/readyz").await.body.to_string();
+    assert!(
+        !ready.contains("mysql://") && !ready.contains("127.0.0.1"),
+        "{ready}"
+    );
     app.shutdown().await;
 }
