@@ -357,10 +357,11 @@ async fn start_up_refuses_an_unreachable_database_and_names_it() {
 }
 
 /// A create that is inside the engine when shutdown begins is finished and
-/// answered, not cut off; connections after the stop are refused. The unit's
-/// MariaDB is behind a proxy that holds every packet for 400 ms, so a create
-/// takes seconds: the engine's own in-flight gauge says it is inside before
-/// the stop, and its answer comes after the stop began.
+/// answered, not cut off, and new connections are refused. The unit's
+/// MariaDB is behind a proxy of this test's own that holds every packet for
+/// 400 ms, so a create takes seconds: the proxy seeing the create's first
+/// statement says it is inside the engine before the stop, and its answer
+/// comes after the stop began.
 #[actix_web::test]
 async fn shutdown_finishes_in_flight_requests() {
     use crate::proxy::{Mode, Proxy};
@@ -373,15 +374,23 @@ async fn shutdown_finishes_in_flight_requests() {
     settings.server.shutdown_timeout_secs = 30;
     settings.storage.statement_timeout_ms = 10_000;
     settings.server.request_timeout_ms = 20_000;
-    // Slow on purpose: the probes must not open the unit's circuit meanwhile.
-    settings.supervisor.slow_probe_ms = 30_000;
-    settings.supervisor.probe_timeout_ms = 30_000;
+    // No probes: the only traffic through the proxy is this test's creates
+    // (and the unit's outbox gauge, once a second after start, then every 15 s).
+    settings.supervisor.probe_interval_ms = 3_600_000;
     let app = crate::helpers::spawn_app_with(settings, tempfile::tempdir().unwrap()).await;
-    // Warm: the unit's sequence segment and connections are in place.
+    // Warm: the unit's sequence segment and connections are in place, and
+    // the first outbox gauge query has gone by.
     app.create("m-1", "sd-warm", "u-1", 10).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.set(Mode::Delay(Duration::from_millis(400)));
+    let before = proxy.reads_from_engine();
 
-    let (client, base) = (app.client.clone(), app.base.clone());
+    // A client of its own: no connection that outlives the stop.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let base = app.base.clone();
     let create = actix_web::rt::spawn(async move {
         let r = client
             .post(format!("{base}/v1/orders"))
@@ -390,48 +399,46 @@ async fn shutdown_finishes_in_flight_requests() {
             .await;
         (r.map(|r| r.status()), Instant::now())
     });
-    // The engine counts the create as in flight (the gauge is set when a
-    // request enters; /metrics itself is not counted until it is answered).
     let deadline = Instant::now() + Duration::from_secs(10);
+    while proxy.reads_from_engine() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the create never reached its unit"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stop_began = Instant::now();
+    let handle = app.handle.clone();
+    let stopping = actix_web::rt::spawn(async move { handle.stop(true).await });
+
+    // New connections are refused once the listener closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let metrics = app.metrics_text().await;
-        let in_flight = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("orderengine_requests_in_flight "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0);
-        // This scrape is one request in flight; the create is another.
-        if in_flight >= 2.0 {
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        if fresh
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await
+            .is_err()
+        {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the create never reached the engine"
+            "the listener still accepts after the stop"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let base = app.base.clone();
-    let stop_began = Instant::now();
-    let handle = app.handle.clone();
-    let stopping = actix_web::rt::spawn(async move { handle.stop(true).await });
-    // New connections are refused once the listener closed.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let late = reqwest::Client::new()
-        .get(format!("{base}/healthz"))
-        .send()
-        .await;
-    assert!(
-        late.is_err(),
-        "a request after the stop was served: {late:?}"
-    );
-
     let (status, answered_at) = create.await.unwrap();
     assert_eq!(
         status.expect("the in-flight create was answered"),
         StatusCode::CREATED
     );
     assert!(
-        answered_at > stop_began + Duration::from_millis(300),
+        answered_at > stop_began,
         "the create was answered before shutdown began: the test proved nothing"
     );
     stopping.await.unwrap();
@@ -445,7 +452,7 @@ async fn shutdown_finishes_in_flight_requests() {
     assert_eq!(
         count_rows(&pool, "orders").await,
         2,
-        "warm-up and in-flight creates stored"
+        "the warm-up and the in-flight create are stored"
     );
 }
 

@@ -4,6 +4,7 @@
 //! after the client's `COMMIT` reached the server but before its answer came
 //! back (the ambiguous case order retry must not duplicate).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ pub enum Mode {
 pub struct Proxy {
     pub port: u16,
     mode: Arc<Mutex<Mode>>,
+    /// Reads from the engine's side (before any delay): traffic this proxy
+    /// alone sees, so a test can tell that a call of its own reached it.
+    from_engine: Arc<AtomicU64>,
     /// Bumped to cut every live connection.
     cut: watch::Sender<u64>,
 }
@@ -40,10 +44,12 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let mode = Arc::new(Mutex::new(Mode::Pass));
+        let from_engine = Arc::new(AtomicU64::new(0));
         let (cut, _) = watch::channel(0u64);
         let proxy = Proxy {
             port,
             mode: mode.clone(),
+            from_engine: from_engine.clone(),
             cut: cut.clone(),
         };
         // Runs on its own thread: the engine under test must not share it.
@@ -58,7 +64,8 @@ impl Proxy {
                         return;
                     };
                     let (mode, cut) = (mode.clone(), cut.clone());
-                    tokio::spawn(serve(client, upstream_port, mode, cut));
+                    let from_engine = from_engine.clone();
+                    tokio::spawn(serve(client, upstream_port, mode, cut, from_engine));
                 }
             });
         });
@@ -77,6 +84,11 @@ impl Proxy {
     pub fn mode(&self) -> Mode {
         *self.mode.lock().unwrap()
     }
+
+    /// How many reads the proxy has taken from the engine's connections.
+    pub fn reads_from_engine(&self) -> u64 {
+        self.from_engine.load(Ordering::SeqCst)
+    }
 }
 
 async fn serve(
@@ -84,6 +96,7 @@ async fn serve(
     upstream_port: u16,
     mode: Arc<Mutex<Mode>>,
     cut: watch::Sender<u64>,
+    from_engine: Arc<AtomicU64>,
 ) {
     let current = *mode.lock().unwrap();
     match current {
@@ -108,6 +121,7 @@ async fn serve(
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            from_engine.fetch_add(1, Ordering::SeqCst);
             let m = *up_mode.lock().unwrap();
             match m {
                 Mode::BlackHole => continue,
