@@ -65,13 +65,22 @@ fn strip_comments(text: &str) -> String {
         .join("\n")
 }
 
-/// The code before the file's `#[cfg(test)] mod ... {`, and that module.
+/// The code before the file's inline test module (`#[cfg(test)]` then
+/// `mod NAME {`), and that module with whatever follows it. A test module
+/// in a file of its own (`mod fixtures;`) is a module like any other.
 fn split_tests(text: &str) -> (String, String) {
     let mut at = 0;
     while let Some(i) = text[at..].find("#[cfg(test)]") {
         let start = at + i;
-        if text[start + 12..].trim_start().starts_with("mod ") {
-            return (text[..start].to_string(), text[start..].to_string());
+        let after = text[start + 12..].trim_start();
+        if let Some(rest) = after.strip_prefix("mod ") {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if rest[name.len()..].trim_start().starts_with('{') {
+                return (text[..start].to_string(), text[start..].to_string());
+            }
         }
         at = start + 12;
     }
@@ -84,14 +93,19 @@ fn is_ident(s: &str) -> bool {
         && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
-/// The paths a `use` tree names: `a::{b, c::{d, e}}` -> `a::b`, `a::c::d`, ...
+/// The paths a `use` tree names: `a::{b, c::{d as e}, f::*}` -> `a::b`,
+/// `a::c::d`, `a::f` (a rename imports what it renames; a glob, the module).
 fn expand_use(tree: &str) -> Vec<String> {
-    let tree: String = tree.split_whitespace().collect();
     fn go(prefix: &str, tree: &str, out: &mut Vec<String>) {
+        let tree = tree.trim();
         match tree.find('{') {
-            None => out.push(format!("{prefix}{}", tree.split(" as ").next().unwrap())),
+            None => {
+                let path = tree.split(" as ").next().unwrap().trim();
+                let path: String = path.split_whitespace().collect();
+                out.push(format!("{prefix}{}", path.trim_end_matches("::*")));
+            }
             Some(open) => {
-                let head = &tree[..open];
+                let head: String = tree[..open].split_whitespace().collect();
                 let inner = &tree[open + 1..tree.rfind('}').unwrap()];
                 let mut depth = 0;
                 let mut last = 0;
@@ -106,17 +120,17 @@ fn expand_use(tree: &str) -> Vec<String> {
                         _ => {}
                     }
                 }
-                if last < inner.len() {
+                if !inner[last..].trim().is_empty() {
                     go(&format!("{prefix}{head}"), &inner[last..], out);
                 }
             }
         }
     }
     let mut out = Vec::new();
-    go("", &tree, &mut out);
+    go("", tree, &mut out);
     out.into_iter()
         .map(|p| p.trim_end_matches("::self").to_string())
-        .filter(|p| !p.is_empty() && !p.ends_with('*'))
+        .filter(|p| !p.is_empty() && p != "*" && !p.ends_with("::"))
         .collect()
 }
 
@@ -129,31 +143,34 @@ struct Uses {
 
 fn uses_of(code: &str) -> Uses {
     let mut uses = Vec::new();
-    let mut rest = code;
     let mut outside_use = String::new();
-    loop {
-        let next = [
-            "\nuse ",
-            "\npub use ",
-            "\npub(crate) use ",
-            "\npub(super) use ",
-            "\n    use ",
-        ]
-        .iter()
-        .filter_map(|k| rest.find(k).map(|i| (i, *k)))
-        .min();
-        let Some((i, key)) = next else {
-            outside_use.push_str(rest);
-            break;
+    let mut lines = code.lines();
+    while let Some(line) = lines.next() {
+        let trimmed = line.trim_start();
+        let key = ["use ", "pub use ", "pub(crate) use ", "pub(super) use "]
+            .into_iter()
+            .find(|k| trimmed.starts_with(k));
+        let Some(key) = key else {
+            outside_use.push_str(line);
+            outside_use.push('\n');
+            continue;
         };
-        outside_use.push_str(&rest[..i]);
-        let body = &rest[i + key.len()..];
-        let end = body.find(';').unwrap();
-        let public = key.trim_start().starts_with("pub");
-        for path in expand_use(&body[..end]) {
+        // The statement runs to its `;`, over as many lines as it takes.
+        let mut statement = trimmed[key.len()..].to_string();
+        while !statement.contains(';') {
+            match lines.next() {
+                Some(more) => {
+                    statement.push(' ');
+                    statement.push_str(more);
+                }
+                None => break,
+            }
+        }
+        let tree = statement.split(';').next().unwrap();
+        let public = key.starts_with("pub");
+        for path in expand_use(tree) {
             uses.push((public, path));
         }
-        rest = &body[end + 1..];
     }
     let mut inline = Vec::new();
     for start in ["crate::", "super::", "self::"] {
@@ -269,12 +286,21 @@ fn edges(sources: &Sources, with_tests: bool) -> BTreeMap<Vec<String>, BTreeSet<
     }
     let mut out: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
     for (module, (code, tests)) in sources {
-        let mut add = |text: &str, self_module: &[String], with_public: bool| {
+        // A re-export of the module's own child is its table of contents,
+        // not a dependency of the module on the child.
+        let own_child = |path: &str| {
+            let first = path.strip_prefix("self::").unwrap_or(path);
+            let first = first.split("::").next().unwrap_or_default();
+            graph
+                .modules
+                .contains(&[module.as_slice(), &[first.to_string()]].concat())
+        };
+        let mut add = |text: &str, self_module: &[String]| {
             let uses = uses_of(text);
             let paths = uses
                 .uses
                 .into_iter()
-                .filter(|(public, _)| with_public || !public)
+                .filter(|(public, path)| !(*public && own_child(path)))
                 .map(|(_, p)| p)
                 .chain(uses.inline);
             for path in paths {
@@ -287,28 +313,11 @@ fn edges(sources: &Sources, with_tests: bool) -> BTreeMap<Vec<String>, BTreeSet<
                 }
             }
         };
-        // A re-export of the module's own child is its table of contents.
-        let own_children_only = |text: &str| -> String {
-            text.lines()
-                .filter(|l| {
-                    let l = l.trim_start();
-                    let Some(rest) = l.strip_prefix("pub use ") else {
-                        return true;
-                    };
-                    let first = rest.split("::").next().unwrap_or_default();
-                    let first = first.strip_prefix("self::").unwrap_or(first);
-                    !graph
-                        .modules
-                        .contains(&[module.as_slice(), &[first.to_string()]].concat())
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
-        add(&format!("\n{}", own_children_only(code)), module, true);
+        add(code, module);
         if with_tests && !tests.is_empty() {
             // Inside `mod tests`, `super` is the file's own module.
             let inner = [module.as_slice(), &["tests".to_string()]].concat();
-            add(&format!("\n{tests}"), &inner, true);
+            add(tests, &inner);
         }
         out.entry(module.clone()).or_default();
     }
@@ -481,4 +490,42 @@ fn a_cycle_and_a_wrong_way_import_are_found() {
         [vec!["domain::a".to_string(), "storage::x".to_string()]]
     );
     assert_eq!(violations(&graph), ["domain::a imports storage::x"]);
+}
+
+/// Renames, globs, indented and multi-line `use`s and a `#[cfg(test)]`
+/// module in a file of its own are all seen.
+#[test]
+fn every_form_of_import_is_seen() {
+    let mut sources = Sources::new();
+    let code = |s: &str| split_tests(s);
+    sources.insert(
+        module("storage"),
+        code("#[cfg(test)]\nmod fixtures;\nmod a;\nmod b;\nmod c;\nmod d;\n"),
+    );
+    sources.insert(module("storage::fixtures"), code(""));
+    sources.insert(module("storage::a"), code("use crate::actors as http;\n"));
+    sources.insert(module("storage::b"), code("use crate::api::x::*;\n"));
+    sources.insert(
+        module("storage::c"),
+        code("fn f() {\n        use crate::actors::{\n            u::V,\n        };\n}\n"),
+    );
+    sources.insert(module("storage::d"), code("use super::a as other;\n"));
+    sources.insert(module("actors"), code("pub mod u;\n"));
+    sources.insert(module("actors::u"), code("use crate::storage::d;\n"));
+    sources.insert(module("api"), code("pub mod x;\n"));
+    sources.insert(module("api::x"), code(""));
+    let graph = edges(&sources, false);
+    let mut bad = violations(&graph);
+    bad.sort();
+    assert_eq!(
+        bad,
+        [
+            "storage::a imports actors",
+            "storage::b imports api::x",
+            "storage::c imports actors::u",
+        ]
+    );
+    assert!(graph[&module("storage::d")].contains(&module("storage::a")));
+    // storage::c -> actors::u -> storage::d -> storage::a -> actors: no loop.
+    assert!(cycles(&graph).is_empty(), "{:?}", cycles(&graph));
 }
