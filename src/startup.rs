@@ -48,6 +48,7 @@ pub struct Application {
 
 impl Application {
     /// Starts everything, in this order; must run inside an actix `System`.
+    /// A failure stops whatever had started.
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let listeners = Listeners::bind(&settings)?;
         let metrics = install_metrics(&settings);
@@ -55,21 +56,22 @@ impl Application {
         let mut arbiters = unit_arbiters(&settings);
         let routes = match start_units(&settings, &board, &arbiters).await {
             Ok(routes) => routes,
-            Err(e) => {
-                arbiters.iter().for_each(|a| {
-                    a.stop();
-                });
-                return Err(e);
-            }
+            Err(e) => return Err(stop_started(&arbiters, None, e)),
         };
         let supervisor = start_supervisor(&settings, &board, &routes, &mut arbiters);
         let shard = Dispatcher::new(&settings, routes, board, supervisor);
         // This shard serves status, the admin API and shutdown; every HTTP
         // worker starts its own on its own thread (see the dispatcher's docs).
         let dispatcher = shard.clone().start();
-        let server = serve_public(&settings, listeners.public, shard, metrics)?;
+        let server = match serve_public(&settings, listeners.public, shard, metrics) {
+            Ok(server) => server,
+            Err(e) => return Err(stop_started(&arbiters, None, e)),
+        };
         let admin = match listeners.admin {
-            Some(listener) => Some(serve_admin(&settings, listener, dispatcher.clone())?),
+            Some(listener) => match serve_admin(&settings, listener, dispatcher.clone()) {
+                Ok(admin) => Some(admin),
+                Err(e) => return Err(stop_started(&arbiters, Some(&server), e)),
+            },
             None => {
                 tracing::warn!("admin.token is empty: the admin API is off");
                 None
@@ -118,6 +120,18 @@ impl Application {
         }
         served
     }
+}
+
+/// Stops what start-up had started before it failed with `error`.
+fn stop_started(arbiters: &[Arbiter], server: Option<&Server>, error: StartError) -> StartError {
+    if let Some(server) = server {
+        // The command is sent now; nobody waits for it to finish.
+        drop(server.handle().stop(false));
+    }
+    for a in arbiters {
+        a.stop();
+    }
+    error
 }
 
 /// The listening sockets, bound before anything starts: a taken port stops
@@ -260,6 +274,7 @@ fn serve_public(
     metrics: PrometheusHandle,
 ) -> Result<Server, StartError> {
     let addr = format!("{}:{}", settings.server.host, settings.server.port);
+    let port = listener.local_addr().map_err(bind_err(&addr))?.port();
     let admission = web::Data::new(Admission::new(settings.server.max_in_flight));
     let metrics = web::Data::new(metrics);
     let mut server = HttpServer::new(move || {
@@ -279,7 +294,7 @@ fn serve_public(
         server = server.workers(n);
     }
     let server = server.listen(listener).map_err(bind_err(&addr))?.run();
-    tracing::info!(%addr, units = settings.units.len(), "order-engine listening");
+    tracing::info!(%addr, port, units = settings.units.len(), "order-engine listening");
     Ok(server)
 }
 

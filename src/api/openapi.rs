@@ -222,14 +222,29 @@ fn shape_bodies(doc: &mut Value) {
                         values any JSON; each is stored and returned as the JSON text it was \
                         sent in. Absent or null: none.",
     });
-    let schemas = &mut doc["components"]["schemas"];
-    schemas["CreateOrderRequest"]["properties"]["sections"] = sections;
-    schemas["UserOrdersPage"]["properties"]["next_cursor"] = json!({
+    *at(
+        doc,
+        "/components/schemas/CreateOrderRequest/properties/sections",
+    ) = sections;
+    *at(
+        doc,
+        "/components/schemas/UserOrdersPage/properties/next_cursor",
+    ) = json!({
         "type": "string", "pattern": CURSOR_PATTERN, "format": "order-cursor",
         "description": "Pass as `?cursor=` for the next page; absent on the last page.",
     });
     // Closing takes no fields: an empty body reads as `{}`.
-    doc["paths"]["/v1/orders/{order_id}/close"]["post"]["requestBody"]["required"] = json!(false);
+    at(
+        doc,
+        "/paths/~1v1~1orders~1{order_id}~1close/post/requestBody",
+    )["required"] = json!(false);
+}
+
+/// The node at `pointer`, which the generated document must have (indexing
+/// would quietly add a node, and a renamed schema or path with it).
+fn at<'a>(doc: &'a mut Value, pointer: &str) -> &'a mut Value {
+    doc.pointer_mut(pointer)
+        .unwrap_or_else(|| panic!("the generated OpenAPI document has no {pointer}"))
 }
 
 /// Adds what every reply shares: `Retry-After` on `429` and `503`, and on

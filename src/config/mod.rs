@@ -10,7 +10,7 @@ mod urls;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 pub use env::ENV_PREFIX;
 pub use sections::{
@@ -25,7 +25,7 @@ use self::units::NO_SPILL_INTO;
 use crate::domain::order_id::MAX_UNIT;
 use crate::domain::shapes;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
@@ -163,6 +163,11 @@ impl Settings {
         if self.storage.max_connections == 0 {
             return invalid("storage.max_connections must be > 0".into());
         }
+        // A caller's `Bearer <token>` is read without surrounding spaces, so
+        // a token with any would turn the admin API on and let nobody in.
+        if self.admin.token.chars().any(char::is_whitespace) {
+            return invalid("admin.token must not contain whitespace".into());
+        }
         Ok(())
     }
 
@@ -242,6 +247,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("may not spill into canary"), "{e}");
+
+        let e = Settings::from_toml(BASE, "t", env(&[("ORDERENGINE__ADMIN__TOKEN", "s3cret ")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("admin.token must not contain whitespace"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
 
         let e = Settings::from_toml(BASE, "t", env(&[("ORDERENGINE__SERVER__BACKLOG", "0")]))
             .unwrap_err()

@@ -1,9 +1,9 @@
 //! The settings sections other than the routing table: server, storage,
 //! sequence, dispatcher, group commit, supervisor, admin and log.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSettings {
     pub host: String,
@@ -42,7 +42,7 @@ impl Default for ServerSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageSettings {
     /// Connections per unit pool (MySQL). SQLite writes use one connection per unit.
@@ -68,7 +68,7 @@ impl Default for StorageSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SequenceSettings {
     /// Numbers taken from the database per segment.
@@ -87,7 +87,7 @@ impl Default for SequenceSettings {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatcherSettings {
     pub default_partition: String,
@@ -136,7 +136,7 @@ impl Default for DispatcherSettings {
 /// Batches leave in a few sizes only (1, 2, 3, 4, 6, 8, 12, ...; see
 /// `domain::shapes`), so `max_batch` is at most 128 and is rounded down to
 /// one of them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GroupCommitSettings {
     pub enabled: bool,
@@ -156,13 +156,13 @@ impl Default for GroupCommitSettings {
         Self {
             enabled: true,
             max_batch: 64,
-            // Measured (README, Performance): 2 beats 4, 8 and 16 on a 2-core
+            // Measured (docs/performance.md): 2 beats 4, 8 and 16 on a 2-core
             // machine, because bigger batches cost the database less CPU.
             max_in_flight_batches: 2,
-            // Measured (README, Performance): below the peak, fuller batches
+            // Measured (docs/performance.md): below the peak, fuller batches
             // cost the database fewer statements, which is what cuts the tail.
             overlap_at: 16,
-            // Measured (README, Performance): at half the peak, MariaDB CPU
+            // Measured (docs/performance.md): at half the peak, MariaDB CPU
             // per create -15%, p50 +0.3 ms, p99 the same; a slow unit never waits.
             window_us: 200,
         }
@@ -170,7 +170,7 @@ impl Default for GroupCommitSettings {
 }
 
 /// Health checking and circuit breaking (see `domain::circuit`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SupervisorSettings {
     pub probe_interval_ms: u64,
@@ -226,7 +226,7 @@ impl SupervisorSettings {
 
 /// The admin listener. Every call needs `Authorization: Bearer <token>`; with
 /// no token configured the admin API is off.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSettings {
     pub host: String,
@@ -255,7 +255,7 @@ impl std::fmt::Debug for AdminSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -263,7 +263,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
     pub format: LogFormat,

@@ -30,7 +30,7 @@ pub enum Temperature {
 
 /// One unit of the routing table. Its URLs may hold a password, so `Debug`
 /// masks them (as every log line and error does).
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnitSettings {
     pub id: u16,
@@ -70,7 +70,7 @@ fn default_weight() -> u32 {
     100
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PartitionSettings {
     /// Partitions this one may spill creates into when it has no usable unit.

@@ -28,17 +28,19 @@ pub fn check_db_url(url: &str) -> Result<(), String> {
     }
 }
 
-/// `url` with any password replaced by `***`, safe to log and to show operators.
+/// `url` with any password replaced by `***`, safe to log and to show
+/// operators. The user part ends at the last `@` (a password may hold `/`
+/// or `@`); a URL without `://` whose user part cannot be told apart is
+/// masked up to its `@`. Masking too much is safe.
 pub fn mask_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some(at) = url.rfind('@') else {
         return url.to_string();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => match rest[..at].find(':') {
-            Some(colon) => format!("{scheme}://{}:***{}", &rest[..colon], &rest[at..]),
-            None => url.to_string(),
-        },
+    let Some(start) = url.find("://").map(|i| i + 3).filter(|&s| s <= at) else {
+        return format!("***{}", &url[at..]);
+    };
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
         None => url.to_string(),
     }
 }
@@ -55,5 +57,18 @@ mod tests {
         );
         assert_eq!(mask_url("mysql://root@h/db"), "mysql://root@h/db");
         assert_eq!(mask_url("sqlite://data/u1.db"), "sqlite://data/u1.db");
+        // A password with `/` or `@` in it, and a malformed URL.
+        assert_eq!(mask_url("mysql://u:pa/ss@h/db"), "mysql://u:***@h/db");
+        assert_eq!(mask_url("mysql://u:p@ss@h/db"), "mysql://u:***@h/db");
+        assert_eq!(mask_url("mysql:/root:pw@h/db"), "***@h/db");
+        assert_eq!(mask_url("root:pw@h/db"), "***@h/db");
+        for url in [
+            "mysql://u:pa/ss@h/db",
+            "mysql:/root:pw@h/db",
+            "mysql//root:pw@h",
+        ] {
+            let e = check_db_url(url).map_or_else(|e| e, |()| String::new());
+            assert!(!e.contains("pw") && !e.contains("pa/ss"), "{e}");
+        }
     }
 }
