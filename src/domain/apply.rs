@@ -294,18 +294,29 @@ mod tests {
     }
 
     /// Refunds of orders 1-2 (paid) or 9 (absent), with refund ids r0-r3,
-    /// amounts 1-60 and maybe a reason.
+    /// amounts 1-60, maybe a reason and maybe a version (2-5).
     fn refund() -> impl Strategy<Value = RefundUpdate> {
         let seq = prop_oneof![9 => 1..=2u64, 1 => Just(9u64)];
-        (seq, 0..4u8, 1..=60i64, prop::bool::ANY).prop_map(|(seq, r, amount, why)| RefundUpdate {
-            id: id(seq),
-            refund: NewRefund {
-                refund_id: RefundId::parse(format!("r{r}")).unwrap(),
-                amount: Amount::new(amount).unwrap(),
-                reason: why.then(|| Text::parse("cold").unwrap()),
+        let version = prop::option::weighted(0.2, 2..6i64);
+        (seq, 0..4u8, 1..=60i64, prop::bool::ANY, version).prop_map(
+            |(seq, r, amount, why, expected_version)| RefundUpdate {
+                id: id(seq),
+                refund: NewRefund {
+                    refund_id: RefundId::parse(format!("r{r}")).unwrap(),
+                    amount: Amount::new(amount).unwrap(),
+                    reason: why.then(|| Text::parse("cold").unwrap()),
+                },
+                expected_version,
             },
-            expected_version: None,
-        })
+        )
+    }
+
+    /// The refunds `done` wrote, as the next batch finds them taken.
+    fn taken_after(done: &AppliedRefunds) -> HashMap<(u64, RefundId), Refund> {
+        done.written
+            .iter()
+            .map(|r| ((r.order_id.sequence(), r.refund_id.clone()), r.clone()))
+            .collect()
     }
 
     fn paid_world() -> HashMap<OrderId, Order> {
@@ -368,34 +379,51 @@ mod tests {
 
         /// Refunds never add up past the paid amount; a refund id is written
         /// at most once per order, and every answer under it after the first
-        /// is the same refund (a replay) or a conflict.
+        /// is the same refund (a replay) or a conflict, in the same batch or
+        /// in a later one (which finds it taken).
         #[test]
         fn refunds_never_exceed_the_paid_amount(
-            requests in prop::collection::vec(refund(), 1..32)
+            first in prop::collection::vec(refund(), 1..24),
+            second in prop::collection::vec(refund(), 1..24),
         ) {
             let mut orders = paid_world();
-            let done = apply_refunds(&mut orders, HashMap::new(), requests.clone(), 9);
+            let one = apply_refunds(&mut orders, HashMap::new(), first.clone(), 9);
+            let two = apply_refunds(&mut orders, taken_after(&one), second.clone(), 10);
+            let written: Vec<&Refund> = one.written.iter().chain(&two.written).collect();
             for seq in 1..=2 {
                 let o = &orders[&id(seq)];
-                let written: i64 = done.written.iter()
+                let total: i64 = written.iter()
                     .filter(|r| r.order_id == id(seq))
                     .map(|r| r.amount.get())
                     .sum();
                 prop_assert!(o.refunded_amount <= o.paid_amount);
-                prop_assert_eq!(o.refunded_amount, written);
-                prop_assert_eq!(o.status == OrderStatus::Refunded, written == AMOUNT);
+                prop_assert_eq!(o.refunded_amount, total);
+                prop_assert_eq!(o.status == OrderStatus::Refunded, total == AMOUNT);
             }
             let mut seen: HashMap<(OrderId, RefundId), &Refund> = HashMap::new();
-            for r in &done.written {
+            for r in &written {
                 prop_assert!(seen.insert((r.order_id, r.refund_id.clone()), r).is_none());
             }
-            for (request, answer) in requests.iter().zip(&done.applied.answers) {
-                if let Ok(a) = answer {
-                    let first = seen[&(request.id, request.refund.refund_id.clone())];
-                    prop_assert_eq!(&a.refund, first);
+            let answers = one.applied.answers.iter().chain(&two.applied.answers);
+            for (request, answer) in first.iter().chain(&second).zip(answers) {
+                match answer {
+                    Ok(a) => {
+                        let stored = seen[&(request.id, request.refund.refund_id.clone())];
+                        prop_assert_eq!(&a.refund, stored);
+                    }
+                    Err(Refusal::Rule(RuleError::RefundIdConflict)) => {
+                        let stored = seen.get(&(request.id, request.refund.refund_id.clone()));
+                        prop_assert!(stored.is_some_and(|s| !request.refund.is_replay_of(s)));
+                    }
+                    Err(_) => {}
                 }
             }
-            prop_assert_eq!(done.applied.events.len(), done.written.len());
+            let created = one.applied.answers.iter().chain(&two.applied.answers)
+                .filter(|a| matches!(a, Ok(r) if r.created))
+                .count();
+            prop_assert_eq!(created, written.len());
+            prop_assert_eq!(one.applied.events.len(), one.written.len());
+            prop_assert_eq!(two.applied.events.len(), two.written.len());
         }
 
         /// Refunds batched answer as refunds one at a time (each later one
