@@ -84,7 +84,7 @@ PY
 # (ROUNDS round trips each, at most 2 s). On a virtual machine whose idle
 # vCPU halts, the second wakes a halted vCPU every time, and the waker pays
 # for it in CPU time; below the peak many of the engine's, MariaDB's and the
-# generator's wake-ups are of that kind (see the README's performance notes).
+# generator's wake-ups are of that kind (see docs/performance.md).
 # Prints wall and waker CPU per round trip.
 wake_latency() {
   python3 - "${1:-3000}" <<'PY'
@@ -150,7 +150,7 @@ settle_mariadb() {
 }
 
 # Durable (innodb_flush_log_at_trx_commit=1), sized for a write benchmark on
-# SSD: 2 GiB redo log, io_capacity 2000 (see the README's performance notes).
+# SSD: 2 GiB redo log, io_capacity 2000 (see docs/performance.md).
 start_mariadb() {
   local mariadbd as_root=()
   mariadbd=$(command -v mariadbd || echo /usr/sbin/mariadbd)

@@ -4,8 +4,8 @@
 //! (choose or parse the unit) -> `actors::unit` (one per trading unit) ->
 //! `storage` (that unit's own database). Pure rules live in `domain`.
 //! Imports run that way only (`tests/architecture.rs` checks it): `domain`
-//! imports none of the others, `config`, `metrics` and `fault` only
-//! `domain`, and `startup` wires everything.
+//! imports none of the others; `config`, `metrics`, `fault` and `telemetry`
+//! only `domain` and each other; and `startup` wires everything.
 
 pub mod actors;
 pub mod api;

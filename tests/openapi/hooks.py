@@ -4,7 +4,7 @@ What JSON Schema cannot say about our API, said here:
 
 * `format: "order-id"`: 28 digits whose last one is a Damm check digit over
   the first 27, with a valid layout version and UTC time (see
-  src/domain/order_id.rs and /work/shared/spec/api.md). A `pattern` cannot
+  src/domain/order_id.rs and the order id layout in the README). A `pattern` cannot
   express the check digit, so the document pairs `pattern: ^[0-9]{28}$` with
   this format and we teach Schemathesis to generate real ids.
 * `format: "order-cursor"`: the `?cursor=` of a user's order list,

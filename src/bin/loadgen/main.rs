@@ -175,7 +175,7 @@ async fn open_loop(shared: Arc<Shared>, rate: f64, in_flight: usize, limits: Lim
         // tokio's timer ticks once a millisecond, so requests leave up to a
         // millisecond late, and that counts as latency (the report says how
         // much). A finer clock cost more CPU in wake-ups than it saved on
-        // two shared cores (README, Performance).
+        // two shared cores (docs/performance.md).
         tokio::time::sleep_until(intended.into()).await;
         if limits.done(&shared) {
             break;
