@@ -128,6 +128,7 @@ pub fn public() -> &'static Value {
         let mut doc = serde_json::to_value(PublicDoc::openapi()).expect("the document serializes");
         shape_parameters(&mut doc);
         shape_bodies(&mut doc);
+        link_created_orders(&mut doc);
         add_shared_replies(&mut doc, true);
         doc
     })
@@ -247,6 +248,37 @@ fn at<'a>(doc: &'a mut Value, pointer: &str) -> &'a mut Value {
         .unwrap_or_else(|| panic!("the generated OpenAPI document has no {pointer}"))
 }
 
+/// Links from a create's reply to what can be done with the order next, so
+/// that a client generator (and the fuzzer's stateful phase) can follow an
+/// order from its create.
+fn link_created_orders(doc: &mut Value) {
+    let by_id = |operation: &str, description: &str| {
+        json!({"operationId": operation, "description": description,
+               "parameters": {"order_id": "$response.body#/order_id"}})
+    };
+    let links = json!({
+        "GetOrder": by_id("get_order", "Read the order."),
+        "PayOrder": by_id("pay_order", "Pay the order."),
+        "CloseOrder": by_id("close_order", "Close the order."),
+        "RefundOrder": by_id("refund_order", "Refund the order once it is paid."),
+        "ListRefunds": by_id("list_refunds", "The order's refunds."),
+        "LookupByMerchant": {
+            "operationId": "lookup_by_merchant",
+            "description": "Find the order by the merchant's own number.",
+            "parameters": {"merchant_id": "$response.body#/merchant_id",
+                           "out_trade_no": "$response.body#/out_trade_no"},
+        },
+        "ListUserOrders": {
+            "operationId": "list_user_orders",
+            "description": "The user's orders.",
+            "parameters": {"user_id": "$response.body#/user_id"},
+        },
+    });
+    for status in ["201", "200"] {
+        at(doc, &format!("/paths/~1v1~1orders/post/responses/{status}"))["links"] = links.clone();
+    }
+}
+
 /// Adds what every reply shares: `Retry-After` on `429` and `503`, and on
 /// the public listener (whose middleware does both) `X-Request-Id` on every
 /// reply and `429 overloaded` on every operation.
@@ -321,6 +353,33 @@ mod tests {
         let public_paths = public()["paths"].as_object().unwrap();
         assert!(public_paths.keys().all(|p| !p.starts_with("/admin")));
         assert!(admin()["paths"].get("/admin/units").is_some());
+    }
+
+    #[test]
+    fn every_link_names_an_operation_and_its_parameters() {
+        let doc = public();
+        let mut operations = std::collections::HashMap::new();
+        for ops in doc["paths"].as_object().unwrap().values() {
+            for op in ops.as_object().unwrap().values() {
+                let params: Vec<&str> = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p["name"].as_str().unwrap())
+                    .collect();
+                operations.insert(op["operationId"].as_str().unwrap(), params);
+            }
+        }
+        let links = doc["paths"]["/v1/orders"]["post"]["responses"]["201"]["links"]
+            .as_object()
+            .unwrap();
+        assert_eq!(links.len(), 7);
+        for (name, link) in links {
+            let params = &operations[link["operationId"].as_str().unwrap()];
+            for p in link["parameters"].as_object().unwrap().keys() {
+                assert!(params.contains(&p.as_str()), "{name}: no parameter {p}");
+            }
+        }
     }
 
     #[test]
