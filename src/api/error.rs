@@ -92,14 +92,6 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         StatusCode::from_u16(self.status_u16()).expect("the table holds valid statuses")
     }
-
-    /// The codes a reply with `status` may carry.
-    pub fn with_status(status: u16) -> impl Iterator<Item = ErrorCode> {
-        Self::ALL
-            .iter()
-            .copied()
-            .filter(move |c| c.status_u16() == status)
-    }
 }
 
 impl Serialize for ErrorCode {

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::routing::Routing;
+use super::routing::{Routing, UnitRoute};
 use crate::actors::health::HealthBoard;
 use crate::config::{Temperature, UnitMode, mask_url};
 use crate::domain::circuit::CircuitState;
@@ -99,25 +99,31 @@ fn by_partition(routing: &Routing) -> BTreeMap<&str, Vec<u16>> {
     map
 }
 
-/// Whether each partition can take creates now.
+/// Whether `u` can take a create now: its operator lets it, and its circuit
+/// is closed or its partition ignores health (panic mode).
+fn taking_creates(u: &UnitRoute, board: &HealthBoard) -> bool {
+    u.takes_creates()
+        && (board.circuit(u.settings.id) == CircuitState::Closed
+            || board.in_panic(&u.settings.partition))
+}
+
+/// Whether each partition can take creates now (read from the table and
+/// the board directly: `/readyz` is polled, and needs no URLs masked).
 pub(super) fn readiness(routing: &Routing, board: &HealthBoard) -> Readiness {
-    let status = snapshot(routing, board);
-    let partitions: Vec<PartitionReadiness> = status
-        .partitions
-        .iter()
-        .map(|p| PartitionReadiness {
-            name: p.name.clone(),
-            units: p.units.len(),
-            taking_creates: status
-                .units
+    let partitions: Vec<PartitionReadiness> = by_partition(routing)
+        .into_iter()
+        .map(|(name, units)| PartitionReadiness {
+            taking_creates: units
                 .iter()
-                .filter(|u| u.partition == p.name && u.takes_creates)
+                .filter(|id| taking_creates(&routing.units[*id], board))
                 .count(),
-            panic: p.panic,
+            units: units.len(),
+            panic: board.in_panic(name),
+            name: name.to_string(),
         })
         .collect();
     Readiness {
-        ready: status.ready,
+        ready: partitions.iter().any(|p| p.taking_creates > 0),
         partitions,
     }
 }
@@ -133,7 +139,6 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
             let circuit = board.circuit(s.id);
             let window = u.recent.window().as_secs_f64().max(1.0);
             let recent = u.recent.count(now);
-            let in_panic = board.in_panic(&s.partition);
             UnitStatus {
                 id: s.id,
                 partition: s.partition.clone(),
@@ -165,7 +170,7 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
                 }),
                 recent_creates: recent,
                 create_rate_per_sec: recent as f64 / window,
-                takes_creates: u.takes_creates() && (circuit == CircuitState::Closed || in_panic),
+                takes_creates: taking_creates(u, board),
                 restarts: h.as_ref().map_or(0, |h| h.restarts.load(Ordering::Relaxed)),
                 key_filter_ready: u.filter.as_ref().map(|f| f.is_ready()),
                 key_filter_keys: u.filter.as_ref().map(|f| f.len()),
