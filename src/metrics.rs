@@ -37,9 +37,8 @@ pub const UNIT_RESTARTS: &str = "orderengine_unit_restarts_total";
 pub const UNIT_PANICS: &str = "orderengine_unit_panics_total";
 pub const SEGMENT_FETCHES: &str = "orderengine_sequence_segment_fetches_total";
 pub const OUTBOX_BACKLOG: &str = "orderengine_outbox_backlog";
-pub const KEY_FILTER_KEYS: &str = "orderengine_unit_key_filter_keys";
-pub const KEY_FILTER_READY: &str = "orderengine_unit_key_filter_ready";
-pub const KEY_LOOKUPS: &str = "orderengine_create_key_lookups_total";
+pub const CREATE_UNCERTAIN: &str = "orderengine_create_uncertain_total";
+pub const KEY_SETTLES: &str = "orderengine_key_settles_total";
 pub const PANIC_MODE: &str = "orderengine_partition_panic_mode";
 pub const PROBER_SUSPECTED: &str = "orderengine_prober_suspected";
 pub const BUILD_INFO: &str = "orderengine_build_info";
@@ -51,7 +50,7 @@ pub const OUTCOMES: [&str; 5] = ["ok", "client_error", "conflict", "unavailable"
 /// `outcome` label values of unit calls.
 pub const UNIT_CALL_OUTCOMES: [&str; 3] = ["ok", "unavailable", "error"];
 /// `reason` label values of order retries (see `CallError::reason`).
-pub const RETRY_REASONS: [&str; 7] = [
+pub const RETRY_REASONS: [&str; 8] = [
     "circuit_open",
     "unavailable",
     "actor_restarted",
@@ -59,9 +58,14 @@ pub const RETRY_REASONS: [&str; 7] = [
     "sequence_reused",
     "error",
     "in_doubt_absent",
+    "blocked",
 ];
 /// `outcome` label values of in-doubt creates.
 pub const IN_DOUBT_OUTCOMES: [&str; 3] = ["found", "absent", "unresolved"];
+/// `reason` label values of creates answered 503 for want of certainty.
+pub const UNCERTAIN_REASONS: [&str; 2] = ["in_doubt", "no_quorum"];
+/// `outcome` label values of settling another create's claim.
+pub const SETTLE_OUTCOMES: [&str; 3] = ["found", "fenced", "unresolved"];
 
 /// Latency buckets (seconds): 0.5 ms to 30 s, densest from 1 to 50 ms, where
 /// a create's p50 and p99 sit under load: `histogram_quantile` interpolates
@@ -210,20 +214,15 @@ fn describe() {
         Unit::Count,
         "Outbox records of the unit not yet published: one per pay, close or refund, one per create batch."
     );
-    describe_gauge!(
-        KEY_FILTER_KEYS,
+    describe_counter!(
+        CREATE_UNCERTAIN,
         Unit::Count,
-        "Idempotency keys in the unit's key filter (loaded at start, then added per create)."
-    );
-    describe_gauge!(
-        KEY_FILTER_READY,
-        Unit::Count,
-        "1 once the unit's existing keys are loaded into its key filter."
+        "Creates answered 503 because the engine could not be sure of the key: its own create in doubt in a unit that cannot answer (in_doubt), or too few of the key's home units answered (no_quorum)."
     );
     describe_counter!(
-        KEY_LOOKUPS,
+        KEY_SETTLES,
         Unit::Count,
-        "Key look-ups of creates in other units, by the unit looked in: asked, or ruled out by its key filter (skipped)."
+        "Another create's claim on a key, found at one of the key's homes and settled in the unit it names: its order found, the unit fenced against it, or no answer (unresolved)."
     );
     describe_gauge!(
         PANIC_MODE,
@@ -255,6 +254,12 @@ fn init_requests() {
     for outcome in IN_DOUBT_OUTCOMES {
         counter!(CREATE_IN_DOUBT, "outcome" => outcome).absolute(0);
     }
+    for reason in UNCERTAIN_REASONS {
+        counter!(CREATE_UNCERTAIN, "reason" => reason).absolute(0);
+    }
+    for outcome in SETTLE_OUTCOMES {
+        counter!(KEY_SETTLES, "outcome" => outcome).absolute(0);
+    }
     counter!(SHED, "reason" => "in_flight").absolute(0);
     gauge!(REQUESTS_IN_FLIGHT).set(0.0);
     gauge!(PROBER_SUSPECTED).set(0.0);
@@ -264,9 +269,6 @@ fn init_requests() {
 /// unit from start-up.
 pub fn init_unit(unit: u16, max_connections: u32) {
     let u = unit.to_string();
-    let lookups = KeyLookupMetrics::for_unit(unit);
-    lookups.asked.absolute(0);
-    lookups.skipped.absolute(0);
     for outcome in UNIT_CALL_OUTCOMES {
         counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => outcome).absolute(0);
     }
@@ -290,8 +292,6 @@ pub fn init_unit(unit: u16, max_connections: u32) {
     gauge!(POOL_WAITING, "unit" => u.clone()).set(0.0);
     counter!(UNIT_RESTARTS, "unit" => u.clone()).absolute(0);
     counter!(UNIT_PANICS, "unit" => u.clone()).absolute(0);
-    gauge!(KEY_FILTER_KEYS, "unit" => u.clone()).set(0.0);
-    gauge!(KEY_FILTER_READY, "unit" => u.clone()).set(0.0);
     gauge!(OUTBOX_BACKLOG, "unit" => u).set(0.0);
 }
 
@@ -320,25 +320,6 @@ impl UnitCallMetrics {
             error: counter!(UNIT_CALLS, "unit" => u.clone(), "outcome" => "error"),
             duration: histogram!(UNIT_CALL_DURATION, "unit" => u.clone()),
             creates: counter!(CREATES, "unit" => u),
-        }
-    }
-}
-
-/// The create path's key look-up counters, registered once.
-#[derive(Clone)]
-pub struct KeyLookupMetrics {
-    pub asked: metrics::Counter,
-    pub skipped: metrics::Counter,
-}
-
-impl KeyLookupMetrics {
-    /// The look-up counters of one unit (the unit asked, or ruled out by its
-    /// key filter).
-    pub fn for_unit(unit: u16) -> Self {
-        let u = unit.to_string();
-        Self {
-            asked: counter!(KEY_LOOKUPS, "unit" => u.clone(), "filter" => "asked"),
-            skipped: counter!(KEY_LOOKUPS, "unit" => u, "filter" => "skipped"),
         }
     }
 }

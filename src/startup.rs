@@ -20,11 +20,11 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::actors::dispatcher::{CloseAll, Dispatcher, UnitRoute};
 use crate::actors::health::{HealthBoard, UnitHealth};
 use crate::actors::supervisor::{Supervisor, Watch};
-use crate::actors::unit::{UnitActor, UnitOptions};
+use crate::actors::unit::{SettleMeta, UnitActor, UnitOptions};
 use crate::api::middleware::{Admission, observe};
 use crate::api::{self, AdminToken, AppState};
 use crate::config::{Settings, UnitSettings};
-use crate::domain::key_filter::KeyFilter;
+use crate::domain::key_homes::KeyRing;
 use crate::storage::{Dialect, OpenError, UnitStore};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,8 @@ pub enum StartError {
     Bind { addr: String, source: io::Error },
     #[error("unit {0}: its arbiter stopped during start-up")]
     ArbiterGone(u16),
+    #[error("the key ring: {0}")]
+    KeyRing(String),
 }
 
 pub struct Application {
@@ -58,8 +60,12 @@ impl Application {
             Ok(routes) => routes,
             Err(e) => return Err(stop_started(&arbiters, None, e)),
         };
+        let ring = match settle_key_ring(&settings, &routes).await {
+            Ok(ring) => ring,
+            Err(e) => return Err(stop_started(&arbiters, None, e)),
+        };
         let supervisor = start_supervisor(&settings, &board, &routes, &mut arbiters);
-        let shard = Dispatcher::new(&settings, routes, board, supervisor);
+        let shard = Dispatcher::new(&settings, routes, ring, board, supervisor);
         // This shard serves status, the admin API and shutdown; every HTTP
         // worker starts its own on its own thread (see the dispatcher's docs).
         let dispatcher = shard.clone().start();
@@ -198,39 +204,73 @@ async fn start_units(
     board: &HealthBoard,
     arbiters: &[Arbiter],
 ) -> Result<Vec<UnitRoute>, StartError> {
-    let filters: Vec<Option<Arc<KeyFilter>>> = settings
-        .units
-        .iter()
-        .map(|_| {
-            settings
-                .dispatcher
-                .key_filter
-                .then(|| Arc::new(KeyFilter::new(settings.dispatcher.key_filter_capacity)))
-        })
-        .collect();
-    let starts = settings
-        .units
-        .iter()
-        .zip(&filters)
-        .enumerate()
-        .map(|(i, (u, filter))| {
-            let arbiter = arbiters[i % arbiters.len()].handle();
-            start_unit(
-                u.clone(),
-                settings,
-                board.unit(u.id),
-                filter.clone(),
-                arbiter,
-            )
-        });
+    let starts = settings.units.iter().enumerate().map(|(i, u)| {
+        let arbiter = arbiters[i % arbiters.len()].handle();
+        start_unit(u.clone(), settings, board.unit(u.id), arbiter)
+    });
     let started = join_all(starts).await;
     let window = Duration::from_secs(settings.dispatcher.recent_window_secs);
     let mut routes = Vec::with_capacity(started.len());
-    for ((addr, unit), filter) in started.into_iter().zip(&settings.units).zip(filters) {
+    for (addr, unit) in started.into_iter().zip(&settings.units) {
         let health = board.unit(unit.id).expect("the board lists every unit");
-        routes.push(UnitRoute::new(unit.clone(), addr?, window, filter, health));
+        routes.push(UnitRoute::new(unit.clone(), addr?, window, health));
     }
     Ok(routes)
+}
+
+/// The key ring every engine process uses: the one the units' databases
+/// hold, or, the first time they meet, every configured unit. It is written
+/// to each unit that lacks it (a unit added later gets the ring as it was,
+/// so no key's homes move). Units that hold different rings stop start-up.
+async fn settle_key_ring(settings: &Settings, routes: &[UnitRoute]) -> Result<KeyRing, StartError> {
+    const NAME: &str = "key_ring";
+    let ask = |proposed: Option<String>| {
+        join_all(routes.iter().map(move |r| {
+            let msg = SettleMeta {
+                name: NAME,
+                proposed: proposed.clone(),
+            };
+            async move {
+                match r.addr.send(msg).await {
+                    Ok(Ok(value)) => Ok(value),
+                    Ok(Err(e)) => Err(format!("unit {}: {e}", r.settings.id)),
+                    Err(e) => Err(format!("unit {}: {e}", r.settings.id)),
+                }
+            }
+        }))
+    };
+    let stored: Vec<Option<String>> = ask(None)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(StartError::KeyRing)?;
+    let mut known: Vec<&String> = stored.iter().flatten().collect();
+    known.sort();
+    known.dedup();
+    let ring = match known.as_slice() {
+        [] => KeyRing::new(settings.units.iter().map(|u| u.id).collect())
+            .ok_or_else(|| StartError::KeyRing("no units".into()))?,
+        [one] => KeyRing::decode(one)
+            .ok_or_else(|| StartError::KeyRing(format!("unreadable ring {one:?}")))?,
+        many => {
+            return Err(StartError::KeyRing(format!(
+                "the units' databases hold different rings: {many:?}"
+            )));
+        }
+    };
+    if stored.iter().any(Option::is_none) {
+        for fixed in ask(Some(ring.encode())).await {
+            let fixed = fixed.map_err(StartError::KeyRing)?;
+            if fixed.as_deref() != Some(ring.encode().as_str()) {
+                return Err(StartError::KeyRing(format!(
+                    "another engine process fixed the ring {fixed:?} while this one fixed {:?}; restart to use it",
+                    ring.encode()
+                )));
+            }
+        }
+    }
+    tracing::info!(ring = %ring.encode(), "key ring");
+    Ok(ring)
 }
 
 /// Starts the supervisor on a thread of its own (it folds in a report per
@@ -370,7 +410,6 @@ async fn start_unit(
     unit: UnitSettings,
     settings: &Settings,
     health: Option<Arc<UnitHealth>>,
-    filter: Option<Arc<KeyFilter>>,
     arbiter: ArbiterHandle,
 ) -> Result<Addr<UnitActor>, StartError> {
     let (tx, rx) = oneshot::channel();
@@ -389,9 +428,7 @@ async fn start_unit(
             &storage,
         )
         .await
-        .map(|store| {
-            actix::Supervisor::start(move |_| UnitActor::new(store, options, health, filter))
-        });
+        .map(|store| actix::Supervisor::start(move |_| UnitActor::new(store, options, health)));
         let _ = tx.send(opened);
     });
     if !spawned {

@@ -313,6 +313,12 @@ pub struct UserOrdersPage {
     /// Pass as `?cursor=` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// Units that could not be read for this page (disabled by the
+    /// operator, or not answering): their orders are missing from it, and
+    /// the cursor does not revisit them. Absent when every unit answered.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
+    pub unavailable_units: Vec<u16>,
 }
 
 #[cfg(test)]

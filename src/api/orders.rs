@@ -326,5 +326,6 @@ pub async fn list_user_orders(
             .map(|o| OrderBody::new(o, None))
             .collect(),
         next_cursor: page.next.as_ref().map(UserCursor::encode),
+        unavailable_units: page.unavailable,
     }))
 }

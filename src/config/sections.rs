@@ -97,16 +97,6 @@ pub struct DispatcherSettings {
     pub unit_mailbox: usize,
     /// Units a create may try (order retry) before `503 no_unit_available`.
     pub max_attempts: u32,
-    /// How long a key whose create had an unknown outcome is remembered, so
-    /// the caller's retry asks that unit first.
-    pub in_doubt_ttl_secs: u64,
-    /// Skip asking a unit for a new order's key when the unit's key filter
-    /// (its keys at start plus every key this process sent it) rules it out.
-    /// Turn it off while a second engine process creates orders in the same
-    /// units (its keys are not in this process's filters).
-    pub key_filter: bool,
-    /// Keys the first part of a unit's key filter holds (it grows by doubling).
-    pub key_filter_capacity: u64,
 }
 
 impl Default for DispatcherSettings {
@@ -116,9 +106,6 @@ impl Default for DispatcherSettings {
             recent_window_secs: 10,
             unit_mailbox: 1_024,
             max_attempts: 3,
-            in_doubt_ttl_secs: 600,
-            key_filter: true,
-            key_filter_capacity: 1 << 20,
         }
     }
 }

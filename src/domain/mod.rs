@@ -1,11 +1,11 @@
 //! Pure domain logic: ids, validated values, the order state machine, the
 //! rules for applying a batch of changes, unit selection, circuit breaking,
-//! key filters and batch sizes. No I/O here, so all of it is unit-tested
+//! idempotency keys' homes and batch sizes. No I/O here, so all of it is unit-tested
 //! beside the code.
 
 pub mod apply;
 pub mod circuit;
-pub mod key_filter;
+pub mod key_homes;
 pub mod order;
 pub mod order_id;
 pub mod reads;

@@ -9,9 +9,11 @@
 //!   may have committed.
 //! - `orders.rs`: creates and reads; `updates.rs`: pays and closes;
 //!   `refunds.rs`: refunds; `outbox.rs` and `events.rs`: change events;
+//!   `claims.rs`: the units' records of idempotency keys;
 //!   `sequence.rs`: the order sequence; `probe.rs`: health probes;
 //!   `sql.rs`: what their statements share.
 
+mod claims;
 mod connect;
 mod error;
 mod events;
@@ -26,6 +28,7 @@ mod sql;
 mod store;
 mod updates;
 
+pub use claims::{Key, KeyClaim, Settled};
 pub use connect::Dialect;
 pub use error::StoreError;
 pub use events::OutboxEvent;

@@ -1,11 +1,10 @@
 //! Orders in one unit's database: creating them (a batch in one
 //! transaction, with one outbox record), and every read: by id, by
-//! idempotency key, a user's page, and the key scan that fills the unit's
-//! key filter.
+//! idempotency key, and a user's page.
 
-use sqlx::{AnyConnection, AssertSqlSafe, Row};
+use sqlx::{AnyConnection, AssertSqlSafe};
 
-use super::connect::Dialect;
+use super::claims::{KeyClaim, write_records};
 use super::error::StoreError;
 use super::outbox;
 use super::sql::{
@@ -13,6 +12,7 @@ use super::sql::{
     sequences,
 };
 use super::store::UnitStore;
+use crate::domain::key_homes::{Attempt, Mark};
 use crate::domain::shapes;
 use crate::domain::values::{MerchantId, OutTradeNo, UserId};
 use crate::domain::{Consistency, Order, OrderId, UserCursor};
@@ -23,23 +23,12 @@ const SELECT_BY_KEY: &str = concat!(
     order_columns!(),
     " FROM orders WHERE merchant_id = ? AND out_trade_no = ?"
 );
-const SELECT_BY_KEY_LOCKING: &str = concat!(
-    "SELECT ",
-    order_columns!(),
-    " FROM orders WHERE merchant_id = ? AND out_trade_no = ? LOCK IN SHARE MODE"
-);
 const SELECT_USER_PAGE: &str = concat!(
     "SELECT ",
     order_columns!(),
     " FROM orders WHERE user_id = ? AND (created_at_ms < ? OR (created_at_ms = ? AND seq < ?)) \
      ORDER BY created_at_ms DESC, seq DESC LIMIT ?"
 );
-// Keyset pages over the unique index (both dialects compare bytewise).
-const SCAN_KEYS_FIRST: &str = "SELECT merchant_id, out_trade_no FROM orders \
-     ORDER BY merchant_id, out_trade_no LIMIT ?";
-const SCAN_KEYS_AFTER: &str = "SELECT merchant_id, out_trade_no FROM orders \
-     WHERE merchant_id > ? OR (merchant_id = ? AND out_trade_no > ?) \
-     ORDER BY merchant_id, out_trade_no LIMIT ?";
 const INSERT_ORDERS_HEAD: &str = concat!("INSERT INTO orders (", order_columns!(), ") VALUES ");
 const ORDER_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
@@ -57,6 +46,9 @@ pub enum InsertOutcome {
     Inserted,
     /// An order with this `(merchant_id, out_trade_no)` already exists in the unit.
     KeyExists(Box<Order>),
+    /// The unit has another record of the key (a fence, or a home's claim
+    /// for another create): no order for it may be written here.
+    Blocked(Mark),
 }
 
 /// One unit's part of a user's order list.
@@ -66,31 +58,59 @@ pub struct Page {
 }
 
 impl UnitStore {
-    /// Inserts a new order and its `created` event in one transaction.
-    pub async fn insert_order(&self, order: &Order) -> Result<InsertOutcome, StoreError> {
-        match self.insert_orders(std::slice::from_ref(order)).await? {
+    /// Inserts a new order, its key's slot for `attempt` and its `created`
+    /// event in one transaction.
+    pub async fn insert_order(
+        &self,
+        order: &Order,
+        attempt: Attempt,
+    ) -> Result<InsertOutcome, StoreError> {
+        match self.insert_orders(&[(order.clone(), attempt)]).await? {
             BatchOutcome::Inserted => Ok(InsertOutcome::Inserted),
-            BatchOutcome::KeyTaken => match self
-                .find_by_key(&order.merchant_id, &order.out_trade_no)
-                .await?
-            {
-                Some(existing) => Ok(InsertOutcome::KeyExists(Box::new(existing))),
-                None => Err(StoreError::SequenceReused {
-                    unit: self.unit,
-                    seq: order.id.sequence(),
-                }),
-            },
+            BatchOutcome::KeyTaken => {
+                let key = (order.merchant_id.clone(), order.out_trade_no.clone());
+                if let Some(existing) = self.find_by_key(&key.0, &key.1).await? {
+                    return Ok(InsertOutcome::KeyExists(Box::new(existing)));
+                }
+                match self.read_mark(&key).await? {
+                    Some(mark) => Ok(InsertOutcome::Blocked(mark)),
+                    None => Err(StoreError::SequenceReused {
+                        unit: self.unit,
+                        seq: order.id.sequence(),
+                    }),
+                }
+            }
         }
     }
 
-    /// Inserts several new orders and their `created` events in one
-    /// transaction (group commit): all of them or none. `KeyTaken` when any
-    /// unique key was already taken; then nothing was written, and the caller
-    /// inserts them one by one to give each its own answer.
-    pub async fn insert_orders(&self, orders: &[Order]) -> Result<BatchOutcome, StoreError> {
+    /// Inserts several new orders, each with its key's slot for its
+    /// attempt, and their `created` events in one transaction (group
+    /// commit): all of them or none. `KeyTaken` when any unique key was
+    /// already taken or a key already has a record here; then nothing was
+    /// written, and the caller inserts them one by one to give each its own
+    /// answer.
+    pub async fn insert_orders(
+        &self,
+        orders: &[(Order, Attempt)],
+    ) -> Result<BatchOutcome, StoreError> {
+        self.insert_batch(orders, &[]).await
+    }
+
+    /// [`Self::insert_orders`], with the records of `claims` (keys this unit
+    /// is a home of) written in the same statement as the orders' slots:
+    /// all of it or none (`KeyTaken` also when a claimed key has a record).
+    pub async fn insert_batch(
+        &self,
+        orders: &[(Order, Attempt)],
+        claims: &[KeyClaim],
+    ) -> Result<BatchOutcome, StoreError> {
         let mut tx = self.begin_write().await?;
         // An error from here on drops `tx`, which rolls the batch back.
-        if !self.bounded(write_created(tx.get(), orders)).await? {
+        let written = self.bounded(async {
+            Ok(write_records(tx.get(), self.unit, orders, claims).await?
+                && write_created(tx.get(), orders).await?)
+        });
+        if !written.await? {
             // The failed statement was undone; the rollback ends the
             // transaction and its locks before the connection is reused.
             self.rollback_write(tx).await;
@@ -139,56 +159,6 @@ impl UnitStore {
         }
         let rows = self.read_all(query).await?;
         rows.iter().map(|r| order_from_row(self.unit, r)).collect()
-    }
-
-    /// A page of the unit's idempotency keys in index order, after `after`
-    /// (for loading the unit's key filter).
-    pub async fn scan_keys(
-        &self,
-        after: Option<&(String, String)>,
-        limit: u32,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let query = match after {
-            None => sqlx::query(SCAN_KEYS_FIRST),
-            Some((merchant, key)) => sqlx::query(SCAN_KEYS_AFTER)
-                .bind(merchant.clone())
-                .bind(merchant.clone())
-                .bind(key.clone()),
-        }
-        .bind(i64::from(limit));
-        let rows = self.read_all(query).await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(|e| StoreError::Internal(format!("unit {}: undecodable key: {e}", self.unit)))
-    }
-
-    /// Like `find_by_key`, but waits for any transaction that holds the key's
-    /// index entry to finish, so an in-flight commit of this key is seen. Used
-    /// to settle a create whose `COMMIT` outcome was unknown.
-    pub async fn find_by_key_settled(
-        &self,
-        merchant_id: &MerchantId,
-        out_trade_no: &OutTradeNo,
-    ) -> Result<Option<Order>, StoreError> {
-        let mut tx = self.begin().await?;
-        let row = self
-            .bounded(async {
-                let sql = match self.dialect {
-                    Dialect::MySql => SELECT_BY_KEY_LOCKING,
-                    // The single write connection already runs after every writer.
-                    Dialect::Sqlite => SELECT_BY_KEY,
-                };
-                sqlx::query(sql)
-                    .bind(merchant_id.as_str())
-                    .bind(out_trade_no.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(StoreError::before_commit)
-            })
-            .await?;
-        drop(tx);
-        row.map(|r| order_from_row(self.unit, &r)).transpose()
     }
 
     /// Reads an order. `NotFound` when the unit has no order with exactly this id.
@@ -281,11 +251,14 @@ impl UnitStore {
 
 /// Inserts new orders and their `created` events, in the caller's transaction.
 /// `false` when a unique key was taken (the caller rolls back).
-async fn write_created(conn: &mut AnyConnection, orders: &[Order]) -> Result<bool, StoreError> {
+async fn write_created(
+    conn: &mut AnyConnection,
+    orders: &[(Order, Attempt)],
+) -> Result<bool, StoreError> {
     for chunk in shapes::split(orders) {
         let sql = multi_row(INSERT_ORDERS_HEAD, ORDER_ROW, chunk.len());
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for order in chunk {
+        for (order, _) in chunk {
             let sections = order.sections.to_json();
             query = query
                 .bind(seq_param(order.id.sequence()))
@@ -310,6 +283,6 @@ async fn write_created(conn: &mut AnyConnection, orders: &[Order]) -> Result<boo
             Err(e) => return Err(StoreError::before_commit(e)),
         }
     }
-    outbox::write_created(conn, orders).await?;
+    outbox::write_created(conn, orders.iter().map(|(o, _)| o)).await?;
     Ok(true)
 }

@@ -90,12 +90,15 @@ fn as_display<S: serde::Serializer>(id: &OrderId, s: S) -> Result<S::Ok, S::Erro
 /// the caller's transaction.
 pub(super) async fn write_created(
     conn: &mut AnyConnection,
-    orders: &[Order],
+    orders: impl ExactSizeIterator<Item = &Order> + Clone,
 ) -> Result<(), StoreError> {
-    let first = orders.first().expect("a batch of at least one order");
+    let first = orders
+        .clone()
+        .next()
+        .expect("a batch of at least one order");
     let mut payload = String::with_capacity(16 + 11 * orders.len());
     payload.push_str("{\"order_seqs\":[");
-    for (i, order) in orders.iter().enumerate() {
+    for (i, order) in orders.enumerate() {
         let sep = if i == 0 { "" } else { "," };
         write!(payload, "{sep}{}", order.id.sequence()).expect("writing to a String");
     }

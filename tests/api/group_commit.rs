@@ -8,12 +8,13 @@ use futures_util::future::join_all;
 use order_engine::actors::unit::{BatchStats, CreateOrder, CreateOutcome, UnitActor, UnitOptions};
 use order_engine::config::{GroupCommitSettings, StorageSettings};
 use order_engine::domain::NewOrder;
+use order_engine::domain::key_homes::Attempt;
 use order_engine::domain::values::{Amount, Currency, MerchantId, OutTradeNo, Sections, UserId};
 use order_engine::storage::UnitStore;
 use reqwest::StatusCode;
 use sqlx::Row;
 
-use crate::helpers::{count_rows, order_body, settings_for, spawn_app_with};
+use crate::helpers::{count_rows, order_body, settings_for, spawn_app_with, with_attempts};
 use crate::mariadb;
 
 fn request(key: &str, amount: i64) -> NewOrder {
@@ -90,7 +91,7 @@ async fn a_batch_waits_for_company_only_when_the_rate_says_it_comes() {
             ..GroupCommitSettings::default()
         },
     };
-    let unit = UnitActor::new(store.clone(), options, None, None).start();
+    let unit = UnitActor::new(store.clone(), options, None).start();
     let create = |key: String| {
         let unit = unit.clone();
         async move {
@@ -98,6 +99,7 @@ async fn a_batch_waits_for_company_only_when_the_rate_says_it_comes() {
             let r = unit
                 .send(CreateOrder {
                     request: request(&key, 10),
+                    attempt: Attempt::random(),
                 })
                 .await
                 .unwrap()
@@ -158,13 +160,14 @@ async fn a_batch_answers_every_caller_as_if_alone() {
             window_us: 2_000,
         },
     };
-    let unit = UnitActor::new(store.clone(), options, None, None).start();
+    let unit = UnitActor::new(store.clone(), options, None).start();
 
     // Orders that exist before the burst.
     for (key, amount) in [("replayed", 10), ("conflicting", 10)] {
         let r = unit
             .send(CreateOrder {
                 request: request(key, amount),
+                attempt: Attempt::random(),
             })
             .await
             .unwrap()
@@ -183,6 +186,7 @@ async fn a_batch_answers_every_caller_as_if_alone() {
     let answers = join_all(burst.iter().map(|(key, amount)| {
         unit.send(CreateOrder {
             request: request(key, *amount),
+            attempt: Attempt::random(),
         })
     }))
     .await;
@@ -308,7 +312,10 @@ async fn a_killed_create_connection_fails_one_batch_cleanly() {
             .collect()
     };
     assert_eq!(
-        store.insert_orders(&batch(1)).await.unwrap(),
+        store
+            .insert_orders(&with_attempts(&batch(1)))
+            .await
+            .unwrap(),
         BatchOutcome::Inserted
     );
     assert_eq!(
@@ -337,7 +344,7 @@ async fn a_killed_create_connection_fails_one_batch_cleanly() {
             .await;
     }
 
-    match store.insert_orders(&batch(10)).await {
+    match store.insert_orders(&with_attempts(&batch(10))).await {
         Err(StoreError::Unavailable(_)) => {}
         other => {
             panic!("a batch on a killed connection: expected a definite failure, got {other:?}")
@@ -349,7 +356,10 @@ async fn a_killed_create_connection_fails_one_batch_cleanly() {
         "the killed connection was kept"
     );
     assert_eq!(
-        store.insert_orders(&batch(20)).await.unwrap(),
+        store
+            .insert_orders(&with_attempts(&batch(20)))
+            .await
+            .unwrap(),
         BatchOutcome::Inserted,
         "the next batch opens a new connection"
     );
@@ -362,7 +372,7 @@ async fn a_killed_create_connection_fails_one_batch_cleanly() {
         .execute(&admin)
         .await
         .unwrap();
-    let failed = store.insert_orders(&batch(30)).await;
+    let failed = store.insert_orders(&with_attempts(&batch(30))).await;
     sqlx::raw_sql(sqlx::AssertSqlSafe(rename("outbox_away", "outbox")))
         .execute(&admin)
         .await
@@ -414,6 +424,7 @@ async fn the_write_lane_is_bounded() {
                 .collect()
         })
         .collect();
+    let batches: Vec<_> = batches.iter().map(|b| with_attempts(b)).collect();
     let outcomes = join_all(batches.iter().map(|b| store.insert_orders(b))).await;
     for o in outcomes {
         assert_eq!(o.unwrap(), BatchOutcome::Inserted);
@@ -445,7 +456,7 @@ async fn reads_are_one_round_trip_on_the_read_lane() {
     let id = OrderId::new(6, now / 1000, 1).unwrap();
     let order = request("read-1", 10).into_order(id, now);
     assert!(matches!(
-        store.insert_order(&order).await.unwrap(),
+        store.insert_order(&order, Attempt::random()).await.unwrap(),
         InsertOutcome::Inserted
     ));
 
@@ -520,12 +531,13 @@ async fn concurrent_gets_pays_and_refunds_share_statements_and_each_gets_its_own
             ..GroupCommitSettings::default()
         },
     };
-    let unit = UnitActor::new(store.clone(), options, None, None).start();
+    let unit = UnitActor::new(store.clone(), options, None).start();
     let mut orders = Vec::new();
     for i in 0..30 {
         match unit
             .send(CreateOrder {
                 request: request(&format!("get-{i}"), 10 + i),
+                attempt: Attempt::random(),
             })
             .await
             .unwrap()
@@ -686,7 +698,7 @@ async fn updates_run_on_the_write_lane_without_begin_or_ping() {
     let id = OrderId::new(8, now / 1000, 1).unwrap();
     let order = request("write-1", 100).into_order(id, now);
     assert_eq!(
-        store.insert_orders(&[order]).await.unwrap(),
+        store.insert_orders(&with_attempts(&[order])).await.unwrap(),
         BatchOutcome::Inserted
     );
 
@@ -811,7 +823,7 @@ async fn a_batch_of_every_size(store: &UnitStore, pass: &str, first_seq: u64) {
             .map(|o| (o.merchant_id.clone(), o.out_trade_no.clone()))
             .collect();
         assert_eq!(
-            store.insert_orders(&orders).await.unwrap(),
+            store.insert_orders(&with_attempts(&orders)).await.unwrap(),
             BatchOutcome::Inserted
         );
         assert_eq!(store.get_many(&ids).await.unwrap().len(), n);

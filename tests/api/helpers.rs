@@ -275,6 +275,24 @@ pub async fn count_rows(db: &AnyPool, table: &'static str) -> i64 {
     sqlx::query(sql).fetch_one(db).await.unwrap().get("n")
 }
 
+/// New orders as a create batch writes them, each with its own attempt.
+pub fn with_attempts(
+    orders: &[order_engine::domain::Order],
+) -> Vec<(
+    order_engine::domain::Order,
+    order_engine::domain::key_homes::Attempt,
+)> {
+    orders
+        .iter()
+        .map(|o| {
+            (
+                o.clone(),
+                order_engine::domain::key_homes::Attempt::random(),
+            )
+        })
+        .collect()
+}
+
 pub fn order_body(merchant: &str, out_trade_no: &str, user: &str, amount: i64) -> Value {
     json!({
         "merchant_id": merchant,

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use futures_util::future::join_all;
 use order_engine::config::StorageSettings;
 use order_engine::domain::apply::{RefundUpdate, Update, UpdateAction};
+use order_engine::domain::key_homes::{Attempt, Mark};
 use order_engine::domain::values::{
     Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
 };
@@ -13,10 +14,10 @@ use order_engine::domain::{
     Consistency, NewOrder, NewRefund, Order, OrderId, OrderStatus, RuleError, UserCursor,
 };
 use order_engine::storage::sequence::SequenceGenerator;
-use order_engine::storage::{BatchOutcome, InsertOutcome, StoreError, UnitStore};
+use order_engine::storage::{BatchOutcome, InsertOutcome, KeyClaim, StoreError, UnitStore};
 use serde_json::json;
 
-use crate::helpers::Backend;
+use crate::helpers::{Backend, with_attempts};
 use crate::mariadb as server;
 
 const UNIT: u16 = 7;
@@ -74,7 +75,7 @@ fn request(out_trade_no: &str, user: &str, amount: i64) -> NewOrder {
 async fn insert(store: &UnitStore, seq: u64, req: NewOrder, now_ms: i64) -> Order {
     let id = OrderId::new(UNIT, now_ms / 1000, seq).unwrap();
     let order = req.into_order(id, now_ms);
-    match store.insert_order(&order).await.unwrap() {
+    match store.insert_order(&order, Attempt::random()).await.unwrap() {
         InsertOutcome::Inserted => order,
         other => panic!("expected an insert, got {other:?}"),
     }
@@ -115,7 +116,7 @@ pub async fn orders_round_trip_and_keys_are_unique(backend: Backend) {
     // The idempotency key is unique in the unit: a second insert returns the first order.
     let again =
         request("o-1", "u-1", 1999).into_order(OrderId::new(UNIT, T0 / 1000, 2).unwrap(), T0);
-    match store.insert_order(&again).await.unwrap() {
+    match store.insert_order(&again, Attempt::random()).await.unwrap() {
         InsertOutcome::KeyExists(existing) => assert_eq!(*existing, order),
         other => panic!("expected KeyExists, got {other:?}"),
     }
@@ -560,7 +561,7 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
         })
         .collect();
     assert_eq!(
-        store.insert_orders(&batch).await.unwrap(),
+        store.insert_orders(&with_attempts(&batch)).await.unwrap(),
         BatchOutcome::Inserted
     );
     assert_eq!(outbox_count(&url).await, 1, "one record for the batch");
@@ -632,39 +633,138 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
     store.close().await;
 }
 
-pub async fn keys_scan_in_pages_and_the_backlog_counts_records(backend: Backend) {
+pub async fn key_records_are_compare_and_set_and_fence_orders(backend: Backend) {
     let (url, _dir) = fresh_url(backend).await;
     let store = open(&url).await;
-    assert_eq!(store.scan_keys(None, 10).await.unwrap(), vec![]);
-    assert_eq!(store.outbox_backlog().await.unwrap(), 0);
-    // Two merchants, keys whose byte order differs from their insert order.
-    let mut expected = Vec::new();
-    for (i, merchant) in ["m-b", "m-a"].iter().enumerate() {
-        for k in 0..12 {
-            let key = format!("k-{}", (k * 7) % 12);
-            let mut req = request(&key, "u-1", 10);
-            req.merchant_id = MerchantId::parse(*merchant).unwrap();
-            insert(&store, (i * 100 + k + 1) as u64, req, T0).await;
-            expected.push((merchant.to_string(), key));
-        }
+    let key = |k: &str| {
+        (
+            MerchantId::parse("m-1").unwrap(),
+            OutTradeNo::parse(k).unwrap(),
+        )
+    };
+    let order_of = |k: &str, seq: u64| {
+        request(k, "u-1", 10).into_order(OrderId::new(UNIT, T0 / 1000, seq).unwrap(), T0)
+    };
+    let (a, b, c) = (Attempt(11), Attempt(22), Attempt(33));
+    let claim = |unit, attempt| Mark::Claim { unit, attempt };
+    // A claim is written where the key has no record, and answers the record.
+    let first = store
+        .claim_keys(vec![
+            KeyClaim {
+                key: key("k-1"),
+                mark: claim(3, a),
+            },
+            KeyClaim {
+                key: key("k-2"),
+                mark: claim(4, a),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        first.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        [claim(3, a), claim(4, a)]
+    );
+    let second = store
+        .claim_keys(vec![KeyClaim {
+            key: key("k-1"),
+            mark: claim(5, b),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        second[0].as_ref().unwrap(),
+        &claim(3, a),
+        "the first claim stands"
+    );
+    // Replacing is a compare-and-set on the record seen.
+    assert!(
+        !store
+            .replace_mark(&key("k-1"), claim(5, b), Some(claim(6, b)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .replace_mark(&key("k-1"), claim(3, a), Some(claim(5, b)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.read_mark(&key("k-1")).await.unwrap(),
+        Some(claim(5, b))
+    );
+    assert_eq!(store.read_mark(&key("k-9")).await.unwrap(), None);
+    // A key whose record here is a home's claim cannot get its order here.
+    match store.insert_order(&order_of("k-1", 1), c).await.unwrap() {
+        InsertOutcome::Blocked(mark) => assert_eq!(mark, claim(5, b)),
+        other => panic!("expected the claim to block the order, got {other:?}"),
     }
-    expected.sort();
-    // Keyset pages of 5: every key once, in (merchant_id, out_trade_no) order.
-    let mut seen = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store.scan_keys(after.as_ref(), 5).await.unwrap();
-        assert!(page.len() <= 5);
-        seen.extend(page.iter().cloned());
-        after = page.last().cloned();
-        if page.len() < 5 {
-            break;
-        }
+    // Settling a key without a record fences it: its order can no longer be
+    // written here, alone or in a batch (which then writes nothing at all).
+    let settled = store.settle_key(&key("k-3")).await.unwrap();
+    assert_eq!((settled.mark, settled.order.is_none()), (Mark::Fence, true));
+    match store.insert_order(&order_of("k-3", 2), c).await.unwrap() {
+        InsertOutcome::Blocked(Mark::Fence) => {}
+        other => panic!("expected the fence to block the order, got {other:?}"),
     }
-    assert_eq!(seen, expected);
-    // Every order, created alone, wrote a record and nothing was published.
-    assert_eq!(store.outbox_backlog().await.unwrap(), 24);
-    assert_eq!(outbox_count(&url).await, 24);
+    let batch = [order_of("k-5", 3), order_of("k-3", 4), order_of("k-6", 5)];
+    assert_eq!(
+        store.insert_orders(&with_attempts(&batch)).await.unwrap(),
+        BatchOutcome::KeyTaken
+    );
+    assert_eq!(
+        store.read_mark(&key("k-5")).await.unwrap(),
+        None,
+        "nothing of the batch"
+    );
+    assert_eq!(
+        store
+            .find_by_key(&key("k-5").0, &key("k-5").1)
+            .await
+            .unwrap(),
+        None
+    );
+    // An order writes its key's slot; settling the key finds both.
+    let order = order_of("k-4", 6);
+    assert!(matches!(
+        store.insert_order(&order, c).await.unwrap(),
+        InsertOutcome::Inserted
+    ));
+    let settled = store.settle_key(&key("k-4")).await.unwrap();
+    assert_eq!(settled.mark, Mark::Slot { attempt: c });
+    assert_eq!(settled.order.map(|o| o.id), Some(order.id));
+    // A fence is replaced like any record (a settled claim's home takes a new claim).
+    assert!(
+        store
+            .replace_mark(&key("k-3"), Mark::Fence, Some(claim(3, a)))
+            .await
+            .unwrap()
+    );
+    // A claim its create gave up is removed, again only as seen.
+    assert!(
+        !store
+            .replace_mark(&key("k-2"), claim(4, b), None)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .replace_mark(&key("k-2"), claim(4, a), None)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.read_mark(&key("k-2")).await.unwrap(), None);
+    // Settings: whoever comes first fixes them.
+    assert_eq!(store.read_meta("key_ring").await.unwrap(), None);
+    assert_eq!(store.settle_meta("key_ring", "1,2").await.unwrap(), "1,2");
+    assert_eq!(store.settle_meta("key_ring", "1,2,3").await.unwrap(), "1,2");
+    assert_eq!(
+        store.read_meta("key_ring").await.unwrap().as_deref(),
+        Some("1,2")
+    );
+    // Only the one order wrote an outbox record.
+    assert_eq!(store.outbox_backlog().await.unwrap(), 1);
     store.close().await;
 }
 
@@ -693,6 +793,6 @@ on_both_backends!(
     refunds_add_up_and_replay,
     user_pages_are_stable,
     sequences_never_repeat,
-    keys_scan_in_pages_and_the_backlog_counts_records,
+    key_records_are_compare_and_set_and_fence_orders,
     a_create_batch_writes_one_record_read_as_an_event_per_order,
 );

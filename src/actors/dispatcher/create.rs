@@ -1,33 +1,37 @@
-//! The create path: idempotency across units, unit choice, and order retry.
+//! The create path: one key, one order, across units and engine processes.
 //!
-//! Retrying a create on another unit mints a new order id, so it is only done
-//! when the failed attempt certainly did not commit ([`CallError::is_definite`]:
-//! circuit open, pool timeout, connection refused, any error before `COMMIT`).
-//! When the outcome is unknown (the connection broke or timed out at
-//! `COMMIT`), the unit that may have committed is asked first, with a read
-//! that waits for in-flight transactions on the key. If it cannot answer, the
-//! caller gets `503` and the key is remembered as in doubt at that unit, so
-//! the caller's retry asks there before creating anywhere.
+//! A create first makes its claim the key's record at a majority of the
+//! key's home units (`keys.rs`), settling any other create's claim it finds
+//! there, and only then writes the order, with the key's slot, in the unit
+//! it chose. Any two creates of a key meet at a home, and a unit that is
+//! down hides no key, so neither a replay through another process nor a
+//! unit outage can make a second order. `docs/idempotency.md` has the
+//! states and the argument.
+//!
+//! Retrying elsewhere keeps the create's identity (its attempt) and moves
+//! its claims, which is safe once the failed unit certainly holds nothing of
+//! it (`CallError::is_definite`, or a fence written by settling it). When
+//! the unit cannot say, the caller gets `503` with `Retry-After`, and its
+//! retry finds the claims and settles them there.
 
 use std::time::Instant;
 
-use actix::Addr;
+use metrics::counter;
 
-use super::calls::{CallError, UnitCalls};
-use super::fanout::find_key;
+use super::calls::UnitCalls;
+use super::keys::{KeyRecords, NotClaimed, claim_for};
 use super::messages::Created;
 use super::routing::{Key, SharedRouting};
 use crate::actors::EngineError;
 use crate::actors::key_lock::KeyLocks;
-use crate::actors::unit::{CreateOrder, CreateOutcome, SettleKey, UnitActor};
-use crate::domain::key_filter::KeyHash;
+use crate::actors::unit::{CreateOrder, CreateOutcome};
+use crate::domain::key_homes::{Attempt, Homes, StableKeyHash};
 use crate::domain::{NewOrder, Order};
 use crate::metrics as m;
-use metrics::counter;
 
 pub(super) struct CreateContext {
     pub routing: SharedRouting,
-    pub locks: KeyLocks<KeyHash>,
+    pub locks: KeyLocks<StableKeyHash>,
     pub calls: UnitCalls,
     pub max_attempts: u32,
 }
@@ -43,65 +47,72 @@ fn answer(request: &NewOrder, existing: Order, replayed: bool) -> Result<Created
     }
 }
 
+/// The homes where our claim stands, and the unit it names.
+struct Claims {
+    homes: Vec<u16>,
+    target: Option<u16>,
+}
+
+/// The engine cannot be sure of the key: `503` with `Retry-After`.
+fn uncertain(reason: &'static str, unit: u16) -> EngineError {
+    counter!(m::CREATE_UNCERTAIN, "reason" => reason).increment(1);
+    EngineError::UnitUnavailable { unit }
+}
+
 impl CreateContext {
     pub async fn create(self, request: NewOrder) -> Result<Created, EngineError> {
-        // The key is hashed once, for its lock and every unit's key filter,
-        // and copied only when a unit must be asked for it (rarely).
-        let hash = KeyHash::of(request.merchant_id.as_str(), request.out_trade_no.as_str());
-        let key = || -> Key { (request.merchant_id.clone(), request.out_trade_no.clone()) };
-        // Concurrent creates of one key in this process run one after another
-        // (two keys with one 128-bit hash would too, harmlessly).
+        let key: Key = (request.merchant_id.clone(), request.out_trade_no.clone());
+        let hash = StableKeyHash::of(key.0.as_str(), key.1.as_str());
+        // Concurrent creates of one key in this process run one after another.
         let _serialized = self.locks.lock(hash).await;
         let deadline = Instant::now() + self.calls.timeout;
-
-        if !self.routing.in_doubt.is_empty()
-            && let Some(existing) = self.settle_remembered(&key()).await?
-        {
-            return answer(&request, existing, true);
-        }
-        // The key may already name an order in any unit (a replay that the
-        // random choice would send elsewhere): ask the others first. The unit
-        // the first attempt goes to is not asked: its unique index answers.
-        let first = self
-            .routing
-            .choose_for_create(&request.merchant_id, &[], &self.calls.board);
-        // Units whose key filter rules the key out are not asked.
-        let targets = self
-            .routing
-            .key_lookup_targets(hash, first.as_ref().map(|f| f.0));
-        if !targets.is_empty()
-            && let Some(existing) = find_key(&self.calls, &targets, &key()).await.found
-        {
-            return answer(&request, existing, true);
-        }
-
-        let mut first = first;
+        let homes = self.routing.ring.homes(hash);
+        let records = KeyRecords {
+            routing: &self.routing,
+            calls: &self.calls,
+            key: &key,
+        };
+        let attempt = Attempt::random();
+        let mut claims = Claims {
+            homes: Vec::new(),
+            target: None,
+        };
         let mut tried = Vec::new();
         while tried.len() < self.max_attempts as usize {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break;
             }
-            let choice = first.take().or_else(|| {
+            let Some((target, addr)) =
                 self.routing
                     .choose_for_create(&request.merchant_id, &tried, &self.calls.board)
-            });
-            let Some((unit, addr)) = choice else {
+            else {
                 break;
             };
-            tried.push(unit);
-            self.routing.note_key(unit, hash);
-            let attempt = CreateOrder {
+            match self
+                .claim(&records, &homes, attempt, target, &mut claims)
+                .await
+            {
+                Ok(()) => {}
+                Err(NotClaimed::Exists(order)) => return answer(&request, *order, true),
+                Err(NotClaimed::Unsure(unit)) => {
+                    self.release(&records, attempt, &claims).await;
+                    return Err(uncertain("no_quorum", unit));
+                }
+            }
+            tried.push(target);
+            let write = CreateOrder {
                 request: request.clone(),
+                attempt,
             };
             let failure = match self
                 .calls
-                .call(unit, &addr, attempt, false, remaining)
+                .call(target, &addr, write, false, remaining)
                 .await
             {
                 Ok(CreateOutcome::Created(order)) => {
-                    tracing::debug!(unit, order_id = %order.id, "order created");
-                    self.calls.count_create(unit);
+                    tracing::debug!(unit = target, order_id = %order.id, "order created");
+                    self.calls.count_create(target);
                     return Ok(Created {
                         order,
                         replayed: false,
@@ -109,67 +120,110 @@ impl CreateContext {
                 }
                 Ok(CreateOutcome::Replayed(order)) => return answer(&request, order, true),
                 Ok(CreateOutcome::KeyConflict) => return Err(EngineError::IdempotencyConflict),
+                Ok(CreateOutcome::Blocked(mark)) => {
+                    // The unit's record of the key is not ours to replace:
+                    // nothing was written; our claims move elsewhere.
+                    tracing::info!(
+                        unit = target,
+                        ?mark,
+                        "create blocked by the unit's record of the key"
+                    );
+                    counter!(m::CREATE_RETRIES, "reason" => "blocked").increment(1);
+                    continue;
+                }
                 Err(e) => e,
             };
             if failure.is_definite() {
-                tracing::warn!(unit, reason = failure.reason(), error = %failure, "create failed before commit; retrying on another unit");
+                tracing::warn!(unit = target, reason = failure.reason(), error = %failure, "create failed before commit; retrying on another unit");
                 counter!(m::CREATE_RETRIES, "reason" => failure.reason()).increment(1);
                 continue;
             }
-            tracing::warn!(unit, reason = failure.reason(), error = %failure, "create outcome unknown; asking the unit");
-            match self.settle(unit, &addr, &key()).await {
+            tracing::warn!(unit = target, reason = failure.reason(), error = %failure, "create outcome unknown; settling it in the unit");
+            match records.settle_own(target).await {
                 Ok(Some(order)) => {
                     counter!(m::CREATE_IN_DOUBT, "outcome" => "found").increment(1);
-                    self.calls.count_create(unit);
+                    self.calls.count_create(target);
                     return answer(&request, order, false);
                 }
                 Ok(None) => {
-                    // It did not commit: safe to go elsewhere.
+                    // Fenced: it never committed there, and now never will.
                     counter!(m::CREATE_IN_DOUBT, "outcome" => "absent").increment(1);
                     counter!(m::CREATE_RETRIES, "reason" => "in_doubt_absent").increment(1);
-                    continue;
                 }
                 Err(_) => {
+                    // It may have committed: our claims keep naming the unit,
+                    // so the caller's retry settles it there first.
                     counter!(m::CREATE_IN_DOUBT, "outcome" => "unresolved").increment(1);
-                    self.routing.in_doubt.remember(key(), unit);
-                    return Err(EngineError::UnitUnavailable { unit });
+                    return Err(uncertain("in_doubt", target));
                 }
             }
         }
+        self.release(&records, attempt, &claims).await;
         Err(EngineError::NoUnitAvailable)
     }
 
-    /// Asks `unit` for the key's order, waiting out in-flight commits.
-    async fn settle(
+    /// Makes our claim for `target` the key's record at enough of its homes
+    /// (moving the claims we hold from the unit we left, then claiming
+    /// more), or says why not. Homes are tried best first; a home that
+    /// cannot answer is passed over, which is safe: any create that wrote an
+    /// order holds a majority, so we would meet it at another home.
+    async fn claim(
         &self,
-        unit: u16,
-        addr: &Addr<UnitActor>,
-        key: &Key,
-    ) -> Result<Option<Order>, CallError> {
-        let msg = SettleKey {
-            merchant_id: key.0.clone(),
-            out_trade_no: key.1.clone(),
-        };
-        self.calls
-            .call(unit, addr, msg, true, self.calls.timeout)
-            .await
+        records: &KeyRecords<'_>,
+        homes: &Homes,
+        attempt: Attempt,
+        target: u16,
+        claims: &mut Claims,
+    ) -> Result<(), NotClaimed> {
+        let ours = claim_for(target, attempt);
+        if let Some(left) = claims.target.replace(target)
+            && left != target
+        {
+            let before = std::mem::take(&mut claims.homes);
+            for home in before {
+                // The new unit's record must make way for the order's slot.
+                let to = (home != target).then_some(ours);
+                if records.move_claim(home, claim_for(left, attempt), to).await && to.is_some() {
+                    claims.homes.push(home);
+                }
+            }
+        }
+        let need = homes.claims_needed(target);
+        let mut unsure = None;
+        for &home in &homes.units {
+            if claims.homes.len() >= need {
+                return Ok(());
+            }
+            if home == target || claims.homes.contains(&home) {
+                continue;
+            }
+            match records.claim_at(home, ours).await {
+                Ok(()) => claims.homes.push(home),
+                Err(NotClaimed::Exists(order)) => return Err(NotClaimed::Exists(order)),
+                Err(NotClaimed::Unsure(unit)) => {
+                    unsure.get_or_insert(unit);
+                }
+            }
+        }
+        if claims.homes.len() >= need {
+            Ok(())
+        } else {
+            Err(NotClaimed::Unsure(unsure.unwrap_or_else(|| homes.units[0])))
+        }
     }
 
-    /// If an earlier create of `key` ended in doubt, settles it first: the
-    /// order it made, or `None` once the unit says it made none.
-    async fn settle_remembered(&self, key: &Key) -> Result<Option<Order>, EngineError> {
-        let Some(unit) = self.routing.in_doubt.unit_of(key) else {
-            return Ok(None);
+    /// Gives up our claims once no unit can hold our order (every unit we
+    /// wrote to failed before commit, or was fenced against us): they are
+    /// removed, as if never written. Best effort: a claim left standing only
+    /// makes the next create of the key settle it in its unit first.
+    async fn release(&self, records: &KeyRecords<'_>, attempt: Attempt, claims: &Claims) {
+        let Some(target) = claims.target else {
+            return;
         };
-        let addr = self.routing.route(unit)?;
-        match self.settle(unit, &addr, key).await {
-            Ok(found) => {
-                tracing::info!(unit, found = found.is_some(), "in-doubt create settled");
-                self.routing.in_doubt.forget(key);
-                Ok(found)
-            }
-            // Still no answer: creating elsewhere could duplicate the order.
-            Err(_) => Err(EngineError::UnitUnavailable { unit }),
+        for &home in &claims.homes {
+            records
+                .move_claim(home, claim_for(target, attempt), None)
+                .await;
         }
     }
 }

@@ -90,6 +90,9 @@ pub struct UserPage {
     pub orders: Vec<Order>,
     /// Where the next page starts; `None` on the last page.
     pub next: Option<UserCursor>,
+    /// Units that could not be read (disabled, or not answering): their
+    /// orders are missing from this page, and the cursor does not revisit them.
+    pub unavailable: Vec<u16>,
 }
 
 /// Whether creates can be taken, per partition (public `/readyz`).

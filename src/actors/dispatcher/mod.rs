@@ -6,8 +6,8 @@
 //! certainly uncommitted (`create.rs`). Every other call parses the unit out
 //! of the id and goes straight there; reads and updates never move to another
 //! unit, and a unit whose circuit is open fails them fast (`calls.rs`).
-//! Look-ups by merchant key and user lists fan out to every unit in parallel
-//! (`fanout.rs`). The routing table is `routing.rs`; what operators and
+//! A look-up by merchant key asks the key's home units (`keys.rs`); user
+//! lists fan out to every unit in parallel (`fanout.rs`). The routing table is `routing.rs`; what operators and
 //! `/readyz` see of it, `status.rs`.
 //!
 //! **Why an actor.** The product brief fixes the shape (HTTP front end ->
@@ -27,6 +27,7 @@
 mod calls;
 mod create;
 mod fanout;
+mod keys;
 mod messages;
 mod routing;
 mod status;
@@ -46,7 +47,8 @@ pub use routing::UnitRoute;
 pub use status::{EngineStatus, PartitionReadiness, PartitionStatus, Readiness, UnitStatus};
 
 use self::create::CreateContext;
-use self::routing::{InDoubt, Routing, SharedRouting};
+use self::keys::KeyRecords;
+use self::routing::{Routing, SharedRouting};
 use super::EngineError;
 use super::health::HealthBoard;
 use super::key_lock::KeyLocks;
@@ -54,7 +56,7 @@ use super::supervisor::Supervisor;
 use super::unit::{self, CloseUnit, UnitActor};
 use crate::config::Settings;
 use crate::domain::apply::{Refunded, Updated};
-use crate::domain::key_filter::KeyHash;
+use crate::domain::key_homes::{KeyRing, StableKeyHash};
 use crate::domain::{Order, OrderId};
 use crate::storage::StoreError;
 
@@ -62,7 +64,7 @@ use crate::storage::StoreError;
 #[derive(Clone)]
 pub struct Dispatcher {
     routing: SharedRouting,
-    key_locks: KeyLocks<KeyHash>,
+    key_locks: KeyLocks<StableKeyHash>,
     calls: UnitCalls,
     max_attempts: u32,
 }
@@ -71,6 +73,7 @@ impl Dispatcher {
     pub fn new(
         settings: &Settings,
         units: Vec<UnitRoute>,
+        ring: KeyRing,
         board: Arc<HealthBoard>,
         supervisor: Addr<Supervisor>,
     ) -> Self {
@@ -81,7 +84,7 @@ impl Dispatcher {
                 partitions: settings.partitions.clone(),
                 default_partition: settings.dispatcher.default_partition.clone(),
                 started: Instant::now(),
-                in_doubt: InDoubt::new(Duration::from_secs(settings.dispatcher.in_doubt_ttl_secs)),
+                ring,
             }),
             key_locks: KeyLocks::default(),
             calls: UnitCalls {
@@ -200,9 +203,17 @@ impl Handler<LookupByKey> for Dispatcher {
     type Result = ResponseFuture<Result<Order, EngineError>>;
 
     fn handle(&mut self, msg: LookupByKey, _ctx: &mut Self::Context) -> Self::Result {
-        let targets = self.routing.lookup_targets();
+        let (routing, calls) = (self.routing.clone(), self.calls.clone());
         let key = (msg.merchant_id, msg.out_trade_no);
-        Box::pin(fanout::lookup(self.calls.clone(), targets, key))
+        Box::pin(async move {
+            let hash = StableKeyHash::of(key.0.as_str(), key.1.as_str());
+            let records = KeyRecords {
+                routing: &routing,
+                calls: &calls,
+                key: &key,
+            };
+            records.lookup(&routing.ring.homes(hash)).await
+        })
     }
 }
 
@@ -210,7 +221,7 @@ impl Handler<ListUserOrders> for Dispatcher {
     type Result = ResponseFuture<Result<UserPage, EngineError>>;
 
     fn handle(&mut self, msg: ListUserOrders, _ctx: &mut Self::Context) -> Self::Result {
-        let targets = self.routing.lookup_targets();
+        let targets = self.routing.all_units();
         let ask = unit::ListUserOrders {
             user_id: msg.user_id,
             after: msg.after,

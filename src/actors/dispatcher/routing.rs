@@ -1,16 +1,14 @@
 //! The routing table as the dispatcher sees it: units and their operator
-//! settings, the merchant -> partition map, recent creates per unit, and keys
-//! whose create had an unknown outcome.
+//! settings, the merchant -> partition map, recent creates per unit, and the
+//! key ring (which units are homes of idempotency keys).
 //!
 //! Every dispatcher shard (one per HTTP worker thread) reads the same table
 //! on every create, so nothing a create does takes a lock on it: the table
 //! is read-only, a unit's recent creates are atomic counters, the random
-//! choice uses the thread's own generator, and the in-doubt keys (rare) sit
-//! behind their own lock, which a create skips while there are none.
+//! choice uses the thread's own generator.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Addr;
@@ -20,10 +18,9 @@ use crate::actors::health::{HealthBoard, UnitHealth};
 use crate::actors::unit::UnitActor;
 use crate::config::{PartitionSettings, Temperature, UnitMode, UnitSettings};
 use crate::domain::circuit::CircuitState;
-use crate::domain::key_filter::{KeyFilter, KeyHash};
+use crate::domain::key_homes::KeyRing;
 use crate::domain::selection::{Candidate, SlidingCount, choose};
 use crate::domain::values::{MerchantId, OutTradeNo};
-use crate::metrics::KeyLookupMetrics;
 
 pub type Key = (MerchantId, OutTradeNo);
 
@@ -35,10 +32,6 @@ pub struct UnitRoute {
     pub settings: UnitSettings,
     pub addr: Addr<UnitActor>,
     pub(super) recent: SlidingCount,
-    /// The keys the unit may hold (`None`: the filter is off; always ask).
-    pub(super) filter: Option<Arc<KeyFilter>>,
-    /// How often creates asked this unit for a key, or skipped it.
-    lookups: KeyLookupMetrics,
     /// The unit's entry on the health board, held here so that choosing a
     /// unit for a create reads its circuit without a look-up in the board's
     /// map (whose shard lock both HTTP workers took, four times per create).
@@ -50,25 +43,14 @@ impl UnitRoute {
         settings: UnitSettings,
         addr: Addr<UnitActor>,
         window: Duration,
-        filter: Option<Arc<KeyFilter>>,
         health: Arc<UnitHealth>,
     ) -> Self {
         Self {
-            lookups: KeyLookupMetrics::for_unit(settings.id),
             settings,
             addr,
             recent: SlidingCount::new(window),
-            filter,
             health,
         }
-    }
-
-    /// Whether the unit may hold `key`: false only when its loaded filter
-    /// rules the key out.
-    fn may_hold(&self, key: KeyHash) -> bool {
-        self.filter
-            .as_ref()
-            .is_none_or(|f| !f.is_ready() || f.may_contain_hash(key))
     }
 
     /// Whether the operator lets this unit take new orders.
@@ -85,67 +67,8 @@ pub(super) struct Routing {
     pub partitions: BTreeMap<String, PartitionSettings>,
     pub default_partition: String,
     pub started: Instant,
-    pub in_doubt: InDoubt,
-}
-
-/// Keys whose create ended with an unknown outcome, each with the unit that
-/// may have committed it, remembered for a while.
-pub(super) struct InDoubt {
-    /// key -> (unit, forget after)
-    keys: Mutex<HashMap<Key, (u16, Instant)>>,
-    /// How many keys `keys` holds, read without its lock.
-    len: AtomicUsize,
-    ttl: Duration,
-}
-
-impl InDoubt {
-    pub fn new(ttl: Duration) -> Self {
-        Self {
-            keys: Mutex::default(),
-            len: AtomicUsize::new(0),
-            ttl,
-        }
-    }
-
-    fn keys(&self) -> MutexGuard<'_, HashMap<Key, (u16, Instant)>> {
-        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub fn remember(&self, key: Key, unit: u16) {
-        let now = Instant::now();
-        let mut keys = self.keys();
-        keys.retain(|_, (_, until)| *until > now);
-        keys.insert(key, (unit, now + self.ttl));
-        self.len.store(keys.len(), Ordering::Release);
-    }
-
-    /// Whether no key is remembered (read without the lock).
-    pub fn is_empty(&self) -> bool {
-        self.len.load(Ordering::Acquire) == 0
-    }
-
-    /// The unit where a create of `key` may have committed, if one is remembered.
-    pub fn unit_of(&self, key: &Key) -> Option<u16> {
-        if self.is_empty() {
-            return None;
-        }
-        let mut keys = self.keys();
-        match keys.get(key) {
-            Some(&(unit, until)) if until > Instant::now() => Some(unit),
-            Some(_) => {
-                keys.remove(key);
-                self.len.store(keys.len(), Ordering::Release);
-                None
-            }
-            None => None,
-        }
-    }
-
-    pub fn forget(&self, key: &Key) {
-        let mut keys = self.keys();
-        keys.remove(key);
-        self.len.store(keys.len(), Ordering::Release);
-    }
+    /// The units that are homes of idempotency keys.
+    pub ring: KeyRing,
 }
 
 impl Routing {
@@ -207,45 +130,15 @@ impl Routing {
         }
     }
 
-    /// Units asked by fan-out look-ups: every unit the operator has not disabled.
-    pub fn lookup_targets(&self) -> Vec<(u16, Addr<UnitActor>)> {
+    /// Every unit, for lists that read them all: `None` for a unit the
+    /// operator disabled (it is not asked, and the list says so).
+    pub fn all_units(&self) -> Vec<(u16, Option<Addr<UnitActor>>)> {
         self.units
             .values()
-            .filter(|u| u.settings.mode != UnitMode::Disabled)
-            .map(|u| (u.settings.id, u.addr.clone()))
-            .collect()
-    }
-
-    /// The units a new order's key must be looked up in before it is created
-    /// in `target`: every other unit not disabled whose key filter does not
-    /// rule the key out. Also returns how many were ruled out.
-    pub fn key_lookup_targets(
-        &self,
-        key: KeyHash,
-        target: Option<u16>,
-    ) -> Vec<(u16, Addr<UnitActor>)> {
-        self.units
-            .values()
-            .filter(|u| u.settings.mode != UnitMode::Disabled && Some(u.settings.id) != target)
-            .filter(|u| {
-                let ask = u.may_hold(key);
-                let counter = if ask {
-                    &u.lookups.asked
-                } else {
-                    &u.lookups.skipped
-                };
-                counter.increment(1);
-                ask
+            .map(|u| {
+                let asked = u.settings.mode != UnitMode::Disabled;
+                (u.settings.id, asked.then(|| u.addr.clone()))
             })
-            .map(|u| (u.settings.id, u.addr.clone()))
             .collect()
-    }
-
-    /// Records that `key` is about to be written in `unit` (before the
-    /// insert, so no later look-up can miss it).
-    pub fn note_key(&self, unit: u16, key: KeyHash) {
-        if let Some(f) = self.units.get(&unit).and_then(|u| u.filter.as_ref()) {
-            f.insert_hash(key);
-        }
     }
 }

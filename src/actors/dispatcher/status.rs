@@ -42,11 +42,9 @@ pub struct UnitStatus {
     /// Whether the unit can take a create right now.
     pub takes_creates: bool,
     pub restarts: u64,
-    /// The unit's existing idempotency keys are loaded into its key filter,
-    /// so creates skip asking it for keys it cannot hold (`null`: filter off).
-    pub key_filter_ready: Option<bool>,
-    /// Keys in the unit's key filter.
-    pub key_filter_keys: Option<u64>,
+    /// Whether the unit is in the key ring: a home of idempotency keys,
+    /// whose records creates of those keys write and read.
+    pub key_home: bool,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -172,8 +170,7 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
                 create_rate_per_sec: recent as f64 / window,
                 takes_creates: taking_creates(u, board),
                 restarts: h.as_ref().map_or(0, |h| h.restarts.load(Ordering::Relaxed)),
-                key_filter_ready: u.filter.as_ref().map(|f| f.is_ready()),
-                key_filter_keys: u.filter.as_ref().map(|f| f.len()),
+                key_home: routing.ring.units().contains(&u.settings.id),
             }
         })
         .collect();

@@ -1,4 +1,4 @@
-//! The unit actor's state, its start (mailbox, key filter, gauges), its
+//! The unit actor's state, its start (mailbox, gauges), its
 //! restart with fresh state, and the one place where work it runs in its own
 //! context is started: [`UnitActor::spawn_contained`], which catches panics.
 
@@ -16,7 +16,6 @@ use super::group_commit::Batcher;
 use crate::actors::health::UnitHealth;
 use crate::config::GroupCommitSettings;
 use crate::domain::apply::{RefundUpdate, Refunded, Update, Updated};
-use crate::domain::key_filter::KeyFilter;
 use crate::domain::values::{MerchantId, OutTradeNo};
 use crate::domain::{Order, OrderId};
 use crate::metrics as m;
@@ -38,8 +37,6 @@ pub struct UnitOptions {
 pub struct UnitActor {
     pub(super) store: UnitStore,
     pub(super) health: Option<Arc<UnitHealth>>,
-    /// The keys this unit may hold; loaded here, read by the dispatcher.
-    pub(super) filter: Option<Arc<KeyFilter>>,
     pub(super) sequence: SequenceGenerator,
     pub(super) options: UnitOptions,
     /// Creates waiting for a batch, and the batches running.
@@ -54,15 +51,9 @@ pub struct UnitActor {
 }
 
 impl UnitActor {
-    pub fn new(
-        store: UnitStore,
-        options: UnitOptions,
-        health: Option<Arc<UnitHealth>>,
-        filter: Option<Arc<KeyFilter>>,
-    ) -> Self {
+    pub fn new(store: UnitStore, options: UnitOptions, health: Option<Arc<UnitHealth>>) -> Self {
         Self {
             health,
-            filter,
             sequence: SequenceGenerator::new(
                 store.clone(),
                 options.sequence_step,
@@ -131,7 +122,7 @@ impl UnitActor {
         ctx.stop();
     }
 
-    /// Publishes the unit's pool and key-filter gauges, and every 15th call
+    /// Publishes the unit's pool gauges, and every 15th call
     /// its outbox backlog (a query).
     fn publish_gauges(&mut self, ctx: &mut Context<Self>, tick: u64) {
         let unit = self.store.unit().to_string();
@@ -141,14 +132,6 @@ impl UnitActor {
         gauge_of("in_use").set(f64::from(stats.open.saturating_sub(stats.idle)));
         gauge!(m::POOL_WAITING, "unit" => unit.clone()).set(stats.waiting as f64);
         gauge!(m::POOL_MAX, "unit" => unit.clone()).set(f64::from(stats.max));
-        if let Some(f) = &self.filter {
-            gauge!(m::KEY_FILTER_KEYS, "unit" => unit.clone()).set(f.len() as f64);
-            gauge!(m::KEY_FILTER_READY, "unit" => unit.clone()).set(if f.is_ready() {
-                1.0
-            } else {
-                0.0
-            });
-        }
         if tick.is_multiple_of(15) {
             let store = self.store.clone();
             let work = async move {
@@ -169,7 +152,6 @@ impl Actor for UnitActor {
         // instead of queueing without limit.
         ctx.set_mailbox_capacity(self.options.mailbox);
         tracing::info!(unit = self.store.unit(), "unit actor started");
-        self.load_keys(ctx, None);
         let mut tick = 0u64;
         ctx.run_interval(Duration::from_secs(1), move |act, ctx| {
             act.publish_gauges(ctx, tick);

@@ -202,7 +202,9 @@ impl UnitActor {
             }
             let batch = self.batcher.take(max_batch);
             self.batcher.in_flight += 1;
-            self.batch_size.record(batch.len() as f64);
+            if !batch.creates.is_empty() {
+                self.batch_size.record(batch.creates.len() as f64);
+            }
             let work = run_batch(self.store.clone(), self.sequence.clone(), batch);
             self.spawn_contained(ctx, work, |ran, act, ctx| {
                 act.batcher.in_flight -= 1;

@@ -21,13 +21,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::call_batch::answer_each;
 use super::messages::CreateOutcome;
+use crate::domain::key_homes::{Attempt, Mark};
 use crate::domain::shapes;
 use crate::domain::{NewOrder, Order, OrderId};
 use crate::storage::sequence::SequenceGenerator;
-use crate::storage::{BatchOutcome, InsertOutcome, StoreError, UnitStore, now_ms};
+use crate::storage::{BatchOutcome, InsertOutcome, KeyClaim, StoreError, UnitStore, now_ms};
 
 pub type Reply = oneshot::Sender<Result<CreateOutcome, StoreError>>;
+pub type ClaimReply = oneshot::Sender<Result<Mark, StoreError>>;
 
 /// How often a unit measures its create rate again.
 const RATE_PERIOD: Duration = Duration::from_millis(10);
@@ -35,7 +38,10 @@ const RATE_PERIOD: Duration = Duration::from_millis(10);
 /// Creates waiting for a batch, and the batches running.
 #[derive(Default)]
 pub struct Batcher {
-    pending: Vec<(NewOrder, Reply)>,
+    pending: Vec<(NewOrder, Attempt, Reply)>,
+    /// Claims of keys this unit is a home of: they ride in the next create
+    /// transaction (its key-record insert), so they cost no commit of their own.
+    claims: Vec<(KeyClaim, ClaimReply)>,
     pub in_flight: usize,
     pub timer_set: bool,
     /// Batches written and orders in them, since start.
@@ -67,9 +73,9 @@ impl ArrivalRate {
 }
 
 impl Batcher {
-    pub fn push(&mut self, request: NewOrder, reply: Reply) {
+    pub fn push(&mut self, request: NewOrder, attempt: Attempt, reply: Reply) {
         self.rate.arrived(Instant::now());
-        self.pending.push((request, reply));
+        self.pending.push((request, attempt, reply));
     }
 
     /// Whether the next batch should wait up to `window` for company: at the
@@ -81,23 +87,40 @@ impl Batcher {
         worth_waiting(self.rate.per_sec, window, self.pending.len(), max_batch)
     }
 
+    pub fn push_claim(&mut self, claim: KeyClaim, reply: ClaimReply) {
+        self.claims.push((claim, reply));
+    }
+
+    /// Creates and claims waiting.
     pub fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.claims.len()
     }
 
     /// Takes the next batch: as many creates as wait, at most `max`, rounded
     /// down to a statement shape (the rest wait for the next batch).
-    pub fn take(&mut self, max: usize) -> Vec<(NewOrder, Reply)> {
-        let n = shapes::at_most(self.pending.len().min(max));
-        self.batches += 1;
-        self.orders += n as u64;
-        self.pending.drain(..n).collect()
+    pub fn take(&mut self, max: usize) -> Batch {
+        let n = match self.pending.len().min(max) {
+            0 => 0,
+            waiting => shapes::at_most(waiting),
+        };
+        let c = self.claims.len().min(max);
+        if n > 0 {
+            self.batches += 1;
+            self.orders += n as u64;
+        }
+        Batch {
+            creates: self.pending.drain(..n).collect(),
+            claims: self.claims.drain(..c).collect(),
+        }
     }
 
     /// Answers every queued create with `error` (the actor is restarting:
     /// none of them reached the database).
     pub fn fail_pending(&mut self, error: StoreError) {
-        for (_, reply) in self.pending.drain(..) {
+        for (_, _, reply) in self.pending.drain(..) {
+            let _ = reply.send(Err(error.clone()));
+        }
+        for (_, reply) in self.claims.drain(..) {
             let _ = reply.send(Err(error.clone()));
         }
     }
@@ -129,17 +152,38 @@ pub struct Broken {
     pub reason: String,
 }
 
+/// One transaction's worth: creates, and claims of keys this unit is a home of.
+pub struct Batch {
+    pub creates: Vec<(NewOrder, Attempt, Reply)>,
+    pub claims: Vec<(KeyClaim, ClaimReply)>,
+}
+
+impl Batch {
+    /// A batch of one create (group commit off).
+    pub fn create(request: NewOrder, attempt: Attempt, reply: Reply) -> Self {
+        Self {
+            creates: vec![(request, attempt, reply)],
+            claims: Vec::new(),
+        }
+    }
+}
+
 /// Writes one batch and answers each of its callers. `Err` when the batch
 /// found the unit's state broken (its callers are answered all the same).
 pub async fn run_batch(
     store: UnitStore,
     sequence: SequenceGenerator,
-    batch: Vec<(NewOrder, Reply)>,
+    batch: Batch,
 ) -> Result<(), Broken> {
+    let Batch {
+        creates: batch,
+        claims,
+    } = batch;
+    let (claims, claim_replies): (Vec<KeyClaim>, Vec<ClaimReply>) = claims.into_iter().unzip();
     let now = now_ms();
     let mut orders = Vec::with_capacity(batch.len());
     let mut waiting = Vec::with_capacity(batch.len());
-    for (request, reply) in batch {
+    for (request, attempt, reply) in batch {
         let id = match sequence.next().await {
             Ok(seq) => OrderId::new(store.unit(), now.div_euclid(1000), seq)
                 .ok_or(StoreError::SequenceExhausted),
@@ -147,7 +191,7 @@ pub async fn run_batch(
         };
         match id {
             Ok(id) => {
-                orders.push(request.into_order(id, now));
+                orders.push((request.into_order(id, now), attempt));
                 waiting.push(reply);
             }
             Err(e) => {
@@ -156,35 +200,44 @@ pub async fn run_batch(
         }
     }
     if orders.is_empty() {
+        answer_each(claim_replies, store.claim_keys(claims).await);
         return Ok(());
     }
-    crate::fault::check_create(orders.iter().map(|o| o.out_trade_no.as_str()));
-    if orders.len() == 1 {
+    crate::fault::check_create(orders.iter().map(|(o, _)| o.out_trade_no.as_str()));
+    if orders.len() == 1 && claims.is_empty() {
         // Alone: the single-order path answers replays and conflicts itself.
-        let order = orders.pop().expect("one order");
+        let (order, attempt) = orders.pop().expect("one order");
         let reply = waiting.pop().expect("one waiter");
-        let answer = insert_one(&store, order).await;
+        let answer = insert_one(&store, order, attempt).await;
         let broken = broken_by(&answer);
         let _ = reply.send(answer);
         return broken.map_or(Ok(()), Err);
     }
     let mut broken = None;
-    match store.insert_orders(&orders).await {
+    match store.insert_batch(&orders, &claims).await {
         Ok(BatchOutcome::Inserted) => {
-            for (order, reply) in orders.into_iter().zip(waiting) {
+            for ((order, _), reply) in orders.into_iter().zip(waiting) {
                 let _ = reply.send(Ok(CreateOutcome::Created(order)));
+            }
+            for (claim, reply) in claims.into_iter().zip(claim_replies) {
+                let _ = reply.send(Ok(claim.mark));
             }
         }
         Ok(BatchOutcome::KeyTaken) => {
-            // Nothing was written: give each order the answer it gets alone.
-            for (order, reply) in orders.into_iter().zip(waiting) {
-                let answer = insert_one(&store, order).await;
+            // Nothing was written: give each claim and order the answer it
+            // gets alone.
+            answer_each(claim_replies, store.claim_keys(claims).await);
+            for ((order, attempt), reply) in orders.into_iter().zip(waiting) {
+                let answer = insert_one(&store, order, attempt).await;
                 broken = broken.or_else(|| broken_by(&answer));
                 let _ = reply.send(answer);
             }
         }
         Err(e) => {
             for reply in waiting {
+                let _ = reply.send(Err(e.clone()));
+            }
+            for reply in claim_replies {
                 let _ = reply.send(Err(e.clone()));
             }
         }
@@ -202,14 +255,20 @@ fn broken_by(answer: &Result<CreateOutcome, StoreError>) -> Option<Broken> {
     }
 }
 
-/// Inserts one order alone: a replay gets its order, a conflict its answer.
-async fn insert_one(store: &UnitStore, order: Order) -> Result<CreateOutcome, StoreError> {
-    Ok(match store.insert_order(&order).await? {
+/// Inserts one order alone: a replay gets its order, a conflict its answer,
+/// and a key this unit must not hold the record that blocks it.
+async fn insert_one(
+    store: &UnitStore,
+    order: Order,
+    attempt: Attempt,
+) -> Result<CreateOutcome, StoreError> {
+    Ok(match store.insert_order(&order, attempt).await? {
         InsertOutcome::Inserted => CreateOutcome::Created(order),
         InsertOutcome::KeyExists(existing) if order.has_the_request_of(&existing) => {
             CreateOutcome::Replayed(*existing)
         }
         InsertOutcome::KeyExists(_) => CreateOutcome::KeyConflict,
+        InsertOutcome::Blocked(mark) => CreateOutcome::Blocked(mark),
     })
 }
 

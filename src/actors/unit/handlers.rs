@@ -7,14 +7,16 @@ use tokio::sync::oneshot;
 
 use super::actor::UnitActor;
 use super::batching::{pick_by_id, pick_by_key, read_keys, read_orders};
-use super::group_commit::run_batch;
+use super::group_commit::{Batch, run_batch};
 use super::messages::{
-    BatchCounts, BatchStats, CloseOrder, CloseUnit, CreateOrder, CreateOutcome, FindByKey,
-    GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe, RefundOrder, SettleKey,
+    BatchCounts, BatchStats, ClaimKey, CloseOrder, CloseUnit, CreateOrder, CreateOutcome,
+    FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe, ReadMark, RefundOrder,
+    ReplaceMark, SettleKey, SettleMeta,
 };
 use crate::domain::apply::{RefundUpdate, Refunded, Update, UpdateAction, Updated};
+use crate::domain::key_homes::Mark;
 use crate::domain::{Consistency, Order, Refund};
-use crate::storage::{Page, StoreError};
+use crate::storage::{KeyClaim, Page, Settled, StoreError};
 
 impl Handler<CreateOrder> for UnitActor {
     type Result = ResponseFuture<Result<CreateOutcome, StoreError>>;
@@ -22,14 +24,14 @@ impl Handler<CreateOrder> for UnitActor {
     fn handle(&mut self, msg: CreateOrder, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         if self.options.group_commit.enabled {
-            self.batcher.push(msg.request, tx);
+            self.batcher.push(msg.request, msg.attempt, tx);
             self.flush(ctx, false);
         } else {
             self.batch_size.record(1.0);
             let work = run_batch(
                 self.store.clone(),
                 self.sequence.clone(),
-                vec![(msg.request, tx)],
+                Batch::create(msg.request, msg.attempt, tx),
             );
             self.spawn_contained(ctx, work, |ran, act, ctx| {
                 if let Err(broken) = ran {
@@ -154,14 +156,60 @@ impl Handler<Probe> for UnitActor {
 }
 
 impl Handler<SettleKey> for UnitActor {
-    type Result = ResponseFuture<Result<Option<Order>, StoreError>>;
+    type Result = ResponseFuture<Result<Settled, StoreError>>;
 
     fn handle(&mut self, msg: SettleKey, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
+        Box::pin(async move { store.settle_key(&msg.key).await })
+    }
+}
+
+impl Handler<ClaimKey> for UnitActor {
+    type Result = ResponseFuture<Result<Mark, StoreError>>;
+
+    fn handle(&mut self, msg: ClaimKey, ctx: &mut Self::Context) -> Self::Result {
+        let claim = KeyClaim {
+            key: msg.key,
+            mark: msg.mark,
+        };
+        let (tx, rx) = oneshot::channel();
+        self.batcher.push_claim(claim, tx);
+        self.flush(ctx, false);
         Box::pin(async move {
-            store
-                .find_by_key_settled(&msg.merchant_id, &msg.out_trade_no)
-                .await
+            rx.await
+                .unwrap_or(Err(StoreError::Restarted { in_doubt: true }))
+        })
+    }
+}
+
+impl Handler<ReplaceMark> for UnitActor {
+    type Result = ResponseFuture<Result<bool, StoreError>>;
+
+    fn handle(&mut self, msg: ReplaceMark, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { store.replace_mark(&msg.key, msg.from, msg.to).await })
+    }
+}
+
+impl Handler<ReadMark> for UnitActor {
+    type Result = ResponseFuture<Result<Option<Mark>, StoreError>>;
+
+    fn handle(&mut self, msg: ReadMark, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move { store.read_mark(&msg.key).await })
+    }
+}
+
+impl Handler<SettleMeta> for UnitActor {
+    type Result = ResponseFuture<Result<Option<String>, StoreError>>;
+
+    fn handle(&mut self, msg: SettleMeta, _ctx: &mut Self::Context) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move {
+            match msg.proposed {
+                Some(proposed) => store.settle_meta(msg.name, &proposed).await.map(Some),
+                None => store.read_meta(msg.name).await,
+            }
         })
     }
 }

@@ -5,9 +5,10 @@
 use actix::Message;
 
 use crate::domain::apply::{Refunded, Updated};
+use crate::domain::key_homes::{Attempt, Mark};
 use crate::domain::values::{Amount, MerchantId, OutTradeNo, PaymentRef, UserId};
 use crate::domain::{Consistency, NewOrder, NewRefund, Order, OrderId, Refund, UserCursor};
-use crate::storage::{Page, StoreError};
+use crate::storage::{Key, Page, Settled, StoreError};
 
 /// What a create did in this unit.
 #[derive(Debug)]
@@ -17,6 +18,9 @@ pub enum CreateOutcome {
     Replayed(Order),
     /// The key is taken by an order created from a different request.
     KeyConflict,
+    /// The unit has another record of the key (a fence, or a home's claim
+    /// for another create): nothing was written.
+    Blocked(Mark),
 }
 
 /// Create a new order in this unit (or recognise a replay of one).
@@ -24,6 +28,8 @@ pub enum CreateOutcome {
 #[rtype(result = "Result<CreateOutcome, StoreError>")]
 pub struct CreateOrder {
     pub request: NewOrder,
+    /// Written with the order as the key's slot in this unit.
+    pub attempt: Attempt,
 }
 
 /// Read one order.
@@ -42,13 +48,49 @@ pub struct FindByKey {
     pub out_trade_no: OutTradeNo,
 }
 
-/// Settles a create whose commit outcome is unknown: finds the key's order,
-/// waiting for any in-flight transaction on it.
+/// Settles the key in this unit: fences it unless the unit has a record of
+/// it (waiting for a transaction writing one), and answers the record, with
+/// the order when the record is a slot. Afterwards no create can write the
+/// key's order here unless the answer says one did.
 #[derive(Message, Clone)]
-#[rtype(result = "Result<Option<Order>, StoreError>")]
+#[rtype(result = "Result<Settled, StoreError>")]
 pub struct SettleKey {
-    pub merchant_id: MerchantId,
-    pub out_trade_no: OutTradeNo,
+    pub key: Key,
+}
+
+/// Writes `mark` as the key's record unless the unit has one; answers the
+/// record the key now has.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<Mark, StoreError>")]
+pub struct ClaimKey {
+    pub key: Key,
+    pub mark: Mark,
+}
+
+/// Replaces the key's record `from` with `to` (`None`: removes it); false
+/// when it is no longer `from`.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<bool, StoreError>")]
+pub struct ReplaceMark {
+    pub key: Key,
+    pub from: Mark,
+    pub to: Option<Mark>,
+}
+
+/// The key's record in this unit, if any.
+#[derive(Message, Clone)]
+#[rtype(result = "Result<Option<Mark>, StoreError>")]
+pub struct ReadMark {
+    pub key: Key,
+}
+
+/// The setting `name` as the unit's database has it, stored as `proposed`
+/// when it has none (`proposed: None` only reads it).
+#[derive(Message, Clone)]
+#[rtype(result = "Result<Option<String>, StoreError>")]
+pub struct SettleMeta {
+    pub name: &'static str,
+    pub proposed: Option<String>,
 }
 
 /// `created -> paid`.

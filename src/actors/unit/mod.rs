@@ -13,19 +13,18 @@
 //! ends alone too: in a `ResponseFuture` it ends that call's task (tokio
 //! catches a panic per task), and in the batches the actor runs in its own
 //! context it is caught and restarts the actor with fresh state
-//! (`actor.rs`, `spawn_contained`). At start the actor loads the unit's
-//! idempotency keys into its key filter (`key_loader.rs`).
+//! (`actor.rs`, `spawn_contained`).
 
 mod actor;
 mod batching;
 mod call_batch;
 mod group_commit;
 mod handlers;
-mod key_loader;
 mod messages;
 
 pub use actor::{UnitActor, UnitOptions};
 pub use messages::{
-    BatchCounts, BatchStats, CloseOrder, CloseUnit, CreateOrder, CreateOutcome, FindByKey,
-    GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe, RefundOrder, SettleKey,
+    BatchCounts, BatchStats, ClaimKey, CloseOrder, CloseUnit, CreateOrder, CreateOutcome,
+    FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe, ReadMark, RefundOrder,
+    ReplaceMark, SettleKey, SettleMeta,
 };

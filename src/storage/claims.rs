@@ -1,0 +1,371 @@
+//! A unit's records of idempotency keys (`key_claims`), and the settings
+//! every engine process must agree on (`engine_meta`). What a record means
+//! is `domain::key_homes::Mark`; the protocol that writes them is the
+//! dispatcher's `create.rs`, argued in `docs/idempotency.md`.
+//!
+//! Every change here is a compare-and-set on the key's one row: a record is
+//! written only where none is ("claim", "fence", and the slot written with
+//! an order in `orders.rs`), and replaced or removed only while it still
+//! holds what the caller saw (only a claim whose create gave it up is
+//! removed; fences and slots stay for good).
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, AssertSqlSafe, Row};
+
+use super::connect::Dialect;
+use super::error::StoreError;
+use super::sql::{multi_row, order_columns, order_from_row, padded};
+use super::store::UnitStore;
+use super::updates::BatchAnswers;
+use crate::domain::Order;
+use crate::domain::key_homes::{Attempt, Mark};
+use crate::domain::shapes;
+use crate::domain::values::{MerchantId, OutTradeNo};
+
+/// An idempotency key: `(merchant_id, out_trade_no)`.
+pub type Key = (MerchantId, OutTradeNo);
+
+const INSERT_HEAD: &str =
+    "INSERT INTO key_claims (merchant_id, out_trade_no, unit, attempt) VALUES ";
+const ROW: &str = "(?, ?, ?, ?)";
+const IF_ABSENT_MYSQL: &str = " ON DUPLICATE KEY UPDATE attempt = attempt";
+const IF_ABSENT_SQLITE: &str = " ON CONFLICT DO NOTHING";
+const SELECT_MARK: &str =
+    "SELECT unit, attempt FROM key_claims WHERE merchant_id = ? AND out_trade_no = ?";
+const REPLACE: &str = "UPDATE key_claims SET unit = ?, attempt = ? \
+     WHERE merchant_id = ? AND out_trade_no = ? AND unit = ? AND attempt = ?";
+const REMOVE: &str = "DELETE FROM key_claims \
+     WHERE merchant_id = ? AND out_trade_no = ? AND unit = ? AND attempt = ?";
+const SELECT_ORDER_BY_KEY: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    " FROM orders WHERE merchant_id = ? AND out_trade_no = ?"
+);
+const META_IF_ABSENT_MYSQL: &str = "INSERT INTO engine_meta (name, value) VALUES (?, ?) \
+     ON DUPLICATE KEY UPDATE value = value";
+const META_IF_ABSENT_SQLITE: &str =
+    "INSERT INTO engine_meta (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING";
+const SELECT_META: &str = "SELECT value FROM engine_meta WHERE name = ?";
+
+/// A record to write for a key where the unit has none.
+#[derive(Debug, Clone)]
+pub struct KeyClaim {
+    pub key: Key,
+    pub mark: Mark,
+}
+
+/// What settling a key in the unit found: its record (a fence when there
+/// was none; now there is one) and, when the record is a slot, the order.
+#[derive(Debug)]
+pub struct Settled {
+    pub mark: Mark,
+    pub order: Option<Order>,
+}
+
+impl UnitStore {
+    /// Writes each claim's record where the unit has none for its key, in
+    /// one transaction, and answers each with the record the key now has
+    /// (the claim itself, or what was there before).
+    pub async fn claim_keys(&self, claims: Vec<KeyClaim>) -> BatchAnswers<Mark> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Fresh keys (nearly always): one plain insert, nothing to read back.
+        let mut tx = self.begin_write().await?;
+        if self
+            .bounded(insert_new(tx.get(), self.unit, &claims))
+            .await?
+        {
+            self.commit_write(tx).await?;
+            return Ok(claims.iter().map(|c| Ok(c.mark)).collect());
+        }
+        self.rollback_write(tx).await;
+        // Some key has a record: write where none is, and read them all.
+        let mut tx = self.begin_write().await?;
+        let marks = self
+            .bounded(async {
+                let conn = tx.get();
+                for chunk in shapes::split(&claims) {
+                    self.insert_if_absent(conn, chunk).await?;
+                }
+                let keys: Vec<&Key> = claims.iter().map(|c| &c.key).collect();
+                self.marks_locked(conn, &keys).await
+            })
+            .await?;
+        self.commit_write(tx).await?;
+        Ok(claims
+            .iter()
+            .map(|c| {
+                marks
+                    .iter()
+                    .find(|(k, _)| k == &c.key)
+                    .map(|(_, m)| *m)
+                    .ok_or_else(|| {
+                        StoreError::Internal(format!(
+                            "unit {}: a claimed key has no record",
+                            self.unit
+                        ))
+                    })
+            })
+            .collect())
+    }
+
+    /// Replaces the key's record `from` with `to` (`None`: removes it);
+    /// false when the record is no longer `from` (someone else changed it
+    /// first).
+    pub async fn replace_mark(
+        &self,
+        key: &Key,
+        from: Mark,
+        to: Option<Mark>,
+    ) -> Result<bool, StoreError> {
+        let (from_unit, from_attempt) = from.to_row(self.unit);
+        let query = match to.map(|to| to.to_row(self.unit)) {
+            Some((to_unit, to_attempt)) => sqlx::query(REPLACE)
+                .bind(i32::from(to_unit))
+                .bind(to_attempt),
+            None => sqlx::query(REMOVE),
+        };
+        let mut tx = self.begin_write().await?;
+        let changed = self
+            .bounded(async {
+                query
+                    .bind(key.0.as_str())
+                    .bind(key.1.as_str())
+                    .bind(i32::from(from_unit))
+                    .bind(from_attempt)
+                    .execute(tx.get())
+                    .await
+                    .map_err(StoreError::before_commit)
+            })
+            .await?
+            .rows_affected();
+        self.commit_write(tx).await?;
+        Ok(changed == 1)
+    }
+
+    /// Settles the key in this unit: fences it unless the unit already has
+    /// a record, waiting for any transaction writing one, and answers the
+    /// record (with the order, when it is a slot). After this, no create can
+    /// write the key's order here unless the answer says it already did.
+    pub async fn settle_key(&self, key: &Key) -> Result<Settled, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let settled = self
+            .bounded(async {
+                let conn = tx.get();
+                let fence = KeyClaim {
+                    key: key.clone(),
+                    mark: Mark::Fence,
+                };
+                self.insert_if_absent(conn, std::slice::from_ref(&fence))
+                    .await?;
+                let mut marks = self.marks_locked(conn, &[key]).await?;
+                let (_, mark) = marks.pop().ok_or_else(|| {
+                    StoreError::Internal(format!("unit {}: a fenced key has no record", self.unit))
+                })?;
+                let order = match mark {
+                    Mark::Slot { .. } => sqlx::query(SELECT_ORDER_BY_KEY)
+                        .bind(key.0.as_str())
+                        .bind(key.1.as_str())
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(StoreError::before_commit)?
+                        .map(|r| order_from_row(self.unit, &r))
+                        .transpose()?,
+                    Mark::Fence | Mark::Claim { .. } => None,
+                };
+                Ok(Settled { mark, order })
+            })
+            .await?;
+        self.commit_write(tx).await?;
+        Ok(settled)
+    }
+
+    /// The key's record in this unit, if any (read from the primary).
+    pub async fn read_mark(&self, key: &Key) -> Result<Option<Mark>, StoreError> {
+        let row = self
+            .bounded(async {
+                let mut conn = self.read_connection().await?;
+                let row = sqlx::query(SELECT_MARK)
+                    .bind(key.0.as_str())
+                    .bind(key.1.as_str())
+                    .fetch_optional(conn.get())
+                    .await;
+                conn.finish(row)
+            })
+            .await?;
+        row.map(|r| self.mark_from_row(&r)).transpose()
+    }
+
+    /// The setting `name`, stored as `proposed` unless the unit has one:
+    /// whoever comes first fixes it, and everyone gets what was fixed.
+    pub async fn settle_meta(&self, name: &str, proposed: &str) -> Result<String, StoreError> {
+        let sql = match self.dialect {
+            Dialect::MySql => META_IF_ABSENT_MYSQL,
+            Dialect::Sqlite => META_IF_ABSENT_SQLITE,
+        };
+        let mut tx = self.begin_write().await?;
+        let value = self
+            .bounded(async {
+                let conn = tx.get();
+                sqlx::query(sql)
+                    .bind(name.to_owned())
+                    .bind(proposed.to_owned())
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(StoreError::before_commit)?;
+                let row = sqlx::query(SELECT_META)
+                    .bind(name.to_owned())
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(StoreError::before_commit)?;
+                row.try_get::<String, _>(0)
+                    .map_err(|e| StoreError::Internal(format!("engine_meta.value: {e}")))
+            })
+            .await?;
+        self.commit_write(tx).await?;
+        Ok(value)
+    }
+
+    /// The setting `name`, if the unit has one.
+    pub async fn read_meta(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let rows = self
+            .read_all(sqlx::query(SELECT_META).bind(name.to_owned()))
+            .await?;
+        rows.first()
+            .map(|r| r.try_get::<String, _>(0))
+            .transpose()
+            .map_err(|e| StoreError::Internal(format!("engine_meta.value: {e}")))
+    }
+
+    /// Inserts the records of `claims` whose keys have none here.
+    async fn insert_if_absent(
+        &self,
+        conn: &mut AnyConnection,
+        claims: &[KeyClaim],
+    ) -> Result<(), StoreError> {
+        let mut sql = multi_row(INSERT_HEAD, ROW, claims.len());
+        sql.push_str(match self.dialect {
+            Dialect::MySql => IF_ABSENT_MYSQL,
+            Dialect::Sqlite => IF_ABSENT_SQLITE,
+        });
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for claim in claims {
+            let (unit, attempt) = claim.mark.to_row(self.unit);
+            query = query
+                .bind(claim.key.0.as_str().to_owned())
+                .bind(claim.key.1.as_str().to_owned())
+                .bind(i32::from(unit))
+                .bind(attempt);
+        }
+        query
+            .execute(conn)
+            .await
+            .map_err(StoreError::before_commit)?;
+        Ok(())
+    }
+
+    /// The records of `keys`, read under lock in the caller's transaction
+    /// (so each is the latest committed, and stays so until it ends).
+    async fn marks_locked(
+        &self,
+        conn: &mut AnyConnection,
+        keys: &[&Key],
+    ) -> Result<Vec<(Key, Mark)>, StoreError> {
+        let mut sql =
+            String::from("SELECT merchant_id, out_trade_no, unit, attempt FROM key_claims WHERE ");
+        for i in 0..shapes::at_least(keys.len()) {
+            sql.push_str(if i == 0 { "" } else { " OR " });
+            sql.push_str("(merchant_id = ? AND out_trade_no = ?)");
+        }
+        if self.dialect == Dialect::MySql {
+            sql.push_str(" FOR UPDATE");
+        }
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for key in padded(keys) {
+            query = query.bind(key.0.as_str()).bind(key.1.as_str());
+        }
+        let rows = query
+            .fetch_all(conn)
+            .await
+            .map_err(StoreError::before_commit)?;
+        rows.iter()
+            .map(|r| {
+                let key = (
+                    MerchantId::parse(r.try_get::<String, _>(0).map_err(undecodable)?)
+                        .map_err(|e| StoreError::Internal(e.0))?,
+                    OutTradeNo::parse(r.try_get::<String, _>(1).map_err(undecodable)?)
+                        .map_err(|e| StoreError::Internal(e.0))?,
+                );
+                Ok((key, self.mark_from_row(r)?))
+            })
+            .collect()
+    }
+
+    fn mark_from_row(&self, row: &AnyRow) -> Result<Mark, StoreError> {
+        let unit: i32 = row.try_get("unit").map_err(undecodable)?;
+        let attempt: i64 = row.try_get("attempt").map_err(undecodable)?;
+        let unit = u16::try_from(unit)
+            .map_err(|_| StoreError::Internal(format!("key_claims.unit {unit} out of range")))?;
+        Ok(Mark::from_row(self.unit, unit, attempt))
+    }
+}
+
+fn undecodable(e: sqlx::Error) -> StoreError {
+    StoreError::Internal(format!("undecodable key record: {e}"))
+}
+
+/// Inserts the claims' records, in the caller's transaction: `false` when
+/// a key already has a record here (the statement was undone).
+async fn insert_new(
+    conn: &mut AnyConnection,
+    unit: u16,
+    claims: &[KeyClaim],
+) -> Result<bool, StoreError> {
+    write_records(conn, unit, &[], claims).await
+}
+
+/// The slot rows of new orders and the records of claims, in the caller's
+/// transaction (before the orders): `false` when a key already has a
+/// record here.
+pub(super) async fn write_records(
+    conn: &mut AnyConnection,
+    unit: u16,
+    orders: &[(Order, Attempt)],
+    claims: &[KeyClaim],
+) -> Result<bool, StoreError> {
+    let rows: Vec<(&MerchantId, &OutTradeNo, u16, i64)> = orders
+        .iter()
+        .map(|(o, attempt)| (&o.merchant_id, &o.out_trade_no, unit, attempt.0))
+        .chain(claims.iter().map(|c| {
+            let (named, attempt) = c.mark.to_row(unit);
+            (&c.key.0, &c.key.1, named, attempt)
+        }))
+        .collect();
+    insert_records(conn, &rows).await
+}
+
+/// One plain multi-row insert per statement shape of `rows`: `false` on a
+/// taken key (that statement was undone).
+async fn insert_records(
+    conn: &mut AnyConnection,
+    rows: &[(&MerchantId, &OutTradeNo, u16, i64)],
+) -> Result<bool, StoreError> {
+    for chunk in shapes::split(rows) {
+        let sql = multi_row(INSERT_HEAD, ROW, chunk.len());
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for &(merchant, out_trade_no, unit, attempt) in chunk {
+            query = query
+                .bind(merchant.as_str().to_owned())
+                .bind(out_trade_no.as_str().to_owned())
+                .bind(i32::from(unit))
+                .bind(attempt);
+        }
+        match query.execute(&mut *conn).await {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => return Ok(false),
+            Err(e) => return Err(StoreError::before_commit(e)),
+        }
+    }
+    Ok(true)
+}
