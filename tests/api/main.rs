@@ -12,4 +12,5 @@ mod mariadb;
 mod openapi_fuzz;
 mod proxy;
 mod retry;
+mod schedule;
 mod storage_suite;
