@@ -5,9 +5,10 @@
 //!
 //! Every change here is a compare-and-set on the key's one row: a record is
 //! written only where none is ("claim", "fence", and the slot written with
-//! an order in `orders.rs`), and replaced or removed only while it still
-//! holds what the caller saw (only a claim whose create gave it up is
-//! removed; fences and slots stay for good).
+//! an order in `orders.rs`), and replaced only while it still holds what the
+//! caller saw. Rows are never deleted: a unit that holds any record of a key
+//! can never take that key's order afterwards (the slot insert would meet
+//! it), which is what settling relies on.
 
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
@@ -34,13 +35,19 @@ const SELECT_MARK: &str =
     "SELECT unit, attempt FROM key_claims WHERE merchant_id = ? AND out_trade_no = ?";
 const REPLACE: &str = "UPDATE key_claims SET unit = ?, attempt = ? \
      WHERE merchant_id = ? AND out_trade_no = ? AND unit = ? AND attempt = ?";
-const REMOVE: &str = "DELETE FROM key_claims \
-     WHERE merchant_id = ? AND out_trade_no = ? AND unit = ? AND attempt = ?";
 const SELECT_ORDER_BY_KEY: &str = concat!(
     "SELECT ",
     order_columns!(),
     " FROM orders WHERE merchant_id = ? AND out_trade_no = ?"
 );
+const FENCE_ATTEMPT_MYSQL: &str = "INSERT INTO key_fences (merchant_id, out_trade_no, attempt) \
+     VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE attempt = attempt";
+const FENCE_ATTEMPT_SQLITE: &str = "INSERT INTO key_fences (merchant_id, out_trade_no, attempt) \
+     VALUES (?, ?, ?) ON CONFLICT DO NOTHING";
+const FENCED_MYSQL: &str = "SELECT attempt FROM key_fences \
+     WHERE merchant_id = ? AND out_trade_no = ? AND attempt = ? FOR UPDATE";
+const FENCED_SQLITE: &str =
+    "SELECT attempt FROM key_fences WHERE merchant_id = ? AND out_trade_no = ? AND attempt = ?";
 const META_IF_ABSENT_MYSQL: &str = "INSERT INTO engine_meta (name, value) VALUES (?, ?) \
      ON DUPLICATE KEY UPDATE value = value";
 const META_IF_ABSENT_SQLITE: &str =
@@ -110,26 +117,17 @@ impl UnitStore {
             .collect())
     }
 
-    /// Replaces the key's record `from` with `to` (`None`: removes it);
-    /// false when the record is no longer `from` (someone else changed it
-    /// first).
-    pub async fn replace_mark(
-        &self,
-        key: &Key,
-        from: Mark,
-        to: Option<Mark>,
-    ) -> Result<bool, StoreError> {
+    /// Replaces the key's record `from` with `to`; false when the record
+    /// is no longer `from` (someone else changed it first).
+    pub async fn replace_mark(&self, key: &Key, from: Mark, to: Mark) -> Result<bool, StoreError> {
         let (from_unit, from_attempt) = from.to_row(self.unit);
-        let query = match to.map(|to| to.to_row(self.unit)) {
-            Some((to_unit, to_attempt)) => sqlx::query(REPLACE)
-                .bind(i32::from(to_unit))
-                .bind(to_attempt),
-            None => sqlx::query(REMOVE),
-        };
+        let (to_unit, to_attempt) = to.to_row(self.unit);
         let mut tx = self.begin_write().await?;
         let changed = self
             .bounded(async {
-                query
+                sqlx::query(REPLACE)
+                    .bind(i32::from(to_unit))
+                    .bind(to_attempt)
                     .bind(key.0.as_str())
                     .bind(key.1.as_str())
                     .bind(i32::from(from_unit))
@@ -144,15 +142,27 @@ impl UnitStore {
         Ok(changed == 1)
     }
 
-    /// Settles the key in this unit: fences it unless the unit already has
-    /// a record, waiting for any transaction writing one, and answers the
-    /// record (with the order, when it is a slot). After this, no create can
-    /// write the key's order here unless the answer says it already did.
-    pub async fn settle_key(&self, key: &Key) -> Result<Settled, StoreError> {
+    /// Settles create attempt `attempt` of the key in this unit: lists it
+    /// as fenced, fences the key unless the unit already has a record
+    /// (waiting for any transaction writing one), and answers the record
+    /// (with the order, when it is a slot). Afterwards `attempt` can never
+    /// write the key's order here, unless the answer says an order is here.
+    pub async fn settle_key(&self, key: &Key, attempt: Attempt) -> Result<Settled, StoreError> {
+        let fence_attempt = match self.dialect {
+            Dialect::MySql => FENCE_ATTEMPT_MYSQL,
+            Dialect::Sqlite => FENCE_ATTEMPT_SQLITE,
+        };
         let mut tx = self.begin_write().await?;
         let settled = self
             .bounded(async {
                 let conn = tx.get();
+                sqlx::query(fence_attempt)
+                    .bind(key.0.as_str())
+                    .bind(key.1.as_str())
+                    .bind(attempt.0)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(StoreError::before_commit)?;
                 let fence = KeyClaim {
                     key: key.clone(),
                     mark: Mark::Fence,
@@ -179,6 +189,53 @@ impl UnitStore {
             .await?;
         self.commit_write(tx).await?;
         Ok(settled)
+    }
+
+    /// In the caller's transaction: makes `attempt`'s slot the key's record
+    /// in place of `seen` (a fence, or `attempt`'s own claim), unless
+    /// `attempt` was settled here. True when it did.
+    pub(super) async fn take_record(
+        &self,
+        conn: &mut AnyConnection,
+        key: &Key,
+        seen: Mark,
+        attempt: Attempt,
+    ) -> Result<bool, StoreError> {
+        let replaceable = match seen {
+            Mark::Fence => true,
+            Mark::Claim { attempt: a, .. } => a == attempt,
+            Mark::Slot { .. } => false,
+        };
+        if !replaceable {
+            return Ok(false);
+        }
+        let fenced = match self.dialect {
+            Dialect::MySql => FENCED_MYSQL,
+            Dialect::Sqlite => FENCED_SQLITE,
+        };
+        let listed = sqlx::query(fenced)
+            .bind(key.0.as_str())
+            .bind(key.1.as_str())
+            .bind(attempt.0)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(StoreError::before_commit)?;
+        if listed.is_some() {
+            return Ok(false);
+        }
+        let (from_unit, from_attempt) = seen.to_row(self.unit);
+        let changed = sqlx::query(REPLACE)
+            .bind(i32::from(self.unit))
+            .bind(attempt.0)
+            .bind(key.0.as_str())
+            .bind(key.1.as_str())
+            .bind(i32::from(from_unit))
+            .bind(from_attempt)
+            .execute(&mut *conn)
+            .await
+            .map_err(StoreError::before_commit)?
+            .rows_affected();
+        Ok(changed == 1)
     }
 
     /// The key's record in this unit, if any (read from the primary).

@@ -4,7 +4,7 @@
 
 use sqlx::{AnyConnection, AssertSqlSafe};
 
-use super::claims::{KeyClaim, write_records};
+use super::claims::{Key, KeyClaim, write_records};
 use super::error::StoreError;
 use super::outbox;
 use super::sql::{
@@ -73,7 +73,7 @@ impl UnitStore {
                     return Ok(InsertOutcome::KeyExists(Box::new(existing)));
                 }
                 match self.read_mark(&key).await? {
-                    Some(mark) => Ok(InsertOutcome::Blocked(mark)),
+                    Some(mark) => self.insert_in_place_of(order, attempt, &key, mark).await,
                     None => Err(StoreError::SequenceReused {
                         unit: self.unit,
                         seq: order.id.sequence(),
@@ -81,6 +81,35 @@ impl UnitStore {
                 }
             }
         }
+    }
+
+    /// Inserts the order with its slot in place of the key's record `seen`
+    /// when that may be replaced (a fence, or the attempt's own claim, and
+    /// the attempt was never settled here); otherwise `Blocked`.
+    async fn insert_in_place_of(
+        &self,
+        order: &Order,
+        attempt: Attempt,
+        key: &Key,
+        seen: Mark,
+    ) -> Result<InsertOutcome, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let orders = [(order.clone(), attempt)];
+        let written = self
+            .bounded(async {
+                Ok(self.take_record(tx.get(), key, seen, attempt).await?
+                    && write_created(tx.get(), &orders).await?)
+            })
+            .await?;
+        if !written {
+            self.rollback_write(tx).await;
+            return Ok(match self.find_by_key(&key.0, &key.1).await? {
+                Some(existing) => InsertOutcome::KeyExists(Box::new(existing)),
+                None => InsertOutcome::Blocked(seen),
+            });
+        }
+        self.commit_write(tx).await?;
+        Ok(InsertOutcome::Inserted)
     }
 
     /// Inserts several new orders, each with its key's slot for its

@@ -680,13 +680,13 @@ pub async fn key_records_are_compare_and_set_and_fence_orders(backend: Backend) 
     // Replacing is a compare-and-set on the record seen.
     assert!(
         !store
-            .replace_mark(&key("k-1"), claim(5, b), Some(claim(6, b)))
+            .replace_mark(&key("k-1"), claim(5, b), claim(6, b))
             .await
             .unwrap()
     );
     assert!(
         store
-            .replace_mark(&key("k-1"), claim(3, a), Some(claim(5, b)))
+            .replace_mark(&key("k-1"), claim(3, a), claim(5, b))
             .await
             .unwrap()
     );
@@ -700,11 +700,13 @@ pub async fn key_records_are_compare_and_set_and_fence_orders(backend: Backend) 
         InsertOutcome::Blocked(mark) => assert_eq!(mark, claim(5, b)),
         other => panic!("expected the claim to block the order, got {other:?}"),
     }
-    // Settling a key without a record fences it: its order can no longer be
-    // written here, alone or in a batch (which then writes nothing at all).
-    let settled = store.settle_key(&key("k-3")).await.unwrap();
+    // Settling attempt d of a key without a record fences the key and
+    // lists d: d's order can no longer be written here, alone or in a batch
+    // (which then writes nothing at all).
+    let d = Attempt(44);
+    let settled = store.settle_key(&key("k-3"), d).await.unwrap();
     assert_eq!((settled.mark, settled.order.is_none()), (Mark::Fence, true));
-    match store.insert_order(&order_of("k-3", 2), c).await.unwrap() {
+    match store.insert_order(&order_of("k-3", 2), d).await.unwrap() {
         InsertOutcome::Blocked(Mark::Fence) => {}
         other => panic!("expected the fence to block the order, got {other:?}"),
     }
@@ -725,36 +727,76 @@ pub async fn key_records_are_compare_and_set_and_fence_orders(backend: Backend) 
             .unwrap(),
         None
     );
+    // Another attempt's order takes the fence's place (alone).
+    let k3 = order_of("k-3", 7);
+    assert!(matches!(
+        store.insert_order(&k3, c).await.unwrap(),
+        InsertOutcome::Inserted
+    ));
+    assert_eq!(
+        store.read_mark(&key("k-3")).await.unwrap(),
+        Some(Mark::Slot { attempt: c })
+    );
     // An order writes its key's slot; settling the key finds both.
     let order = order_of("k-4", 6);
     assert!(matches!(
         store.insert_order(&order, c).await.unwrap(),
         InsertOutcome::Inserted
     ));
-    let settled = store.settle_key(&key("k-4")).await.unwrap();
+    let settled = store.settle_key(&key("k-4"), b).await.unwrap();
     assert_eq!(settled.mark, Mark::Slot { attempt: c });
     assert_eq!(settled.order.map(|o| o.id), Some(order.id));
-    // A fence is replaced like any record (a settled claim's home takes a new claim).
+    // A fence is replaced by a claim (a home taking a new claim); the settled
+    // attempt stays listed: even when the record is a fence again, its
+    // order cannot take its place, while the claim's own attempt's can.
+    store.settle_key(&key("k-7"), d).await.unwrap();
     assert!(
         store
-            .replace_mark(&key("k-3"), Mark::Fence, Some(claim(3, a)))
+            .replace_mark(&key("k-7"), Mark::Fence, claim(3, a))
             .await
             .unwrap()
     );
-    // A claim its create gave up is removed, again only as seen.
+    match store.insert_order(&order_of("k-7", 8), d).await.unwrap() {
+        InsertOutcome::Blocked(mark) => assert_eq!(mark, claim(3, a)),
+        other => panic!("expected a's claim to block d, got {other:?}"),
+    }
+    assert!(
+        store
+            .replace_mark(&key("k-7"), claim(3, a), Mark::Fence)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store.insert_order(&order_of("k-7", 9), d).await.unwrap(),
+        InsertOutcome::Blocked(Mark::Fence)
+    ));
+    assert!(
+        store
+            .replace_mark(&key("k-7"), Mark::Fence, claim(3, a))
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        store.insert_order(&order_of("k-7", 10), a).await.unwrap(),
+        InsertOutcome::Inserted
+    ));
+    // A claim its create gave up becomes a fence, again only as seen.
     assert!(
         !store
-            .replace_mark(&key("k-2"), claim(4, b), None)
+            .replace_mark(&key("k-2"), claim(4, b), Mark::Fence)
             .await
             .unwrap()
     );
     assert!(
         store
-            .replace_mark(&key("k-2"), claim(4, a), None)
+            .replace_mark(&key("k-2"), claim(4, a), Mark::Fence)
             .await
             .unwrap()
     );
-    assert_eq!(store.read_mark(&key("k-2")).await.unwrap(), None);
+    assert_eq!(
+        store.read_mark(&key("k-2")).await.unwrap(),
+        Some(Mark::Fence)
+    );
     // Settings: whoever comes first fixes them.
     assert_eq!(store.read_meta("key_ring").await.unwrap(), None);
     assert_eq!(store.settle_meta("key_ring", "1,2").await.unwrap(), "1,2");
@@ -763,8 +805,8 @@ pub async fn key_records_are_compare_and_set_and_fence_orders(backend: Backend) 
         store.read_meta("key_ring").await.unwrap().as_deref(),
         Some("1,2")
     );
-    // Only the one order wrote an outbox record.
-    assert_eq!(store.outbox_backlog().await.unwrap(), 1);
+    // Only the three orders wrote outbox records.
+    assert_eq!(store.outbox_backlog().await.unwrap(), 3);
     store.close().await;
 }
 

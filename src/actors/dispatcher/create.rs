@@ -25,7 +25,7 @@ use super::routing::{Key, SharedRouting};
 use crate::actors::EngineError;
 use crate::actors::key_lock::KeyLocks;
 use crate::actors::unit::{CreateOrder, CreateOutcome};
-use crate::domain::key_homes::{Attempt, Homes, StableKeyHash};
+use crate::domain::key_homes::{Attempt, Homes, Mark, StableKeyHash};
 use crate::domain::{NewOrder, Order};
 use crate::metrics as m;
 
@@ -139,7 +139,7 @@ impl CreateContext {
                 continue;
             }
             tracing::warn!(unit = target, reason = failure.reason(), error = %failure, "create outcome unknown; settling it in the unit");
-            match records.settle_own(target).await {
+            match records.settle_own(target, attempt).await {
                 Ok(Some(order)) => {
                     counter!(m::CREATE_IN_DOUBT, "outcome" => "found").increment(1);
                     self.calls.count_create(target);
@@ -181,9 +181,13 @@ impl CreateContext {
         {
             let before = std::mem::take(&mut claims.homes);
             for home in before {
-                // The new unit's record must make way for the order's slot.
-                let to = (home != target).then_some(ours);
-                if records.move_claim(home, claim_for(left, attempt), to).await && to.is_some() {
+                // Our claim in the new unit stays: the order's slot takes
+                // its place there (it is our attempt's).
+                if home != target
+                    && records
+                        .move_claim(home, claim_for(left, attempt), ours)
+                        .await
+                {
                     claims.homes.push(home);
                 }
             }
@@ -213,16 +217,17 @@ impl CreateContext {
     }
 
     /// Gives up our claims once no unit can hold our order (every unit we
-    /// wrote to failed before commit, or was fenced against us): they are
-    /// removed, as if never written. Best effort: a claim left standing only
-    /// makes the next create of the key settle it in its unit first.
+    /// wrote to failed before commit, or was fenced against us): each
+    /// becomes a fence, which the next create of the key replaces without
+    /// asking the unit it named (records are never deleted). Best effort: a
+    /// claim left standing only makes that create settle it first.
     async fn release(&self, records: &KeyRecords<'_>, attempt: Attempt, claims: &Claims) {
         let Some(target) = claims.target else {
             return;
         };
         for &home in &claims.homes {
             records
-                .move_claim(home, claim_for(target, attempt), None)
+                .move_claim(home, claim_for(target, attempt), Mark::Fence)
                 .await;
         }
     }

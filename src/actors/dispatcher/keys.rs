@@ -51,12 +51,12 @@ impl KeyRecords<'_> {
                 Mark::Fence => {}
                 // Our own claim for a unit we left (we are dead there).
                 Mark::Claim { attempt, .. } if attempt == mine => {}
-                Mark::Claim { unit, .. } => self.dead_at(unit).await?,
+                Mark::Claim { unit, attempt } => self.dead_at(unit, attempt).await?,
             }
             let replace = ReplaceMark {
                 key: self.key.clone(),
                 from: seen,
-                to: Some(ours),
+                to: ours,
             };
             if self.call(home, replace).await? {
                 return Ok(());
@@ -72,10 +72,9 @@ impl KeyRecords<'_> {
         Err(NotClaimed::Unsure(home))
     }
 
-    /// Moves our claim at `home` from the unit we left to `to` (`None`:
-    /// removes it); false when the record is no longer ours (or the home
-    /// did not answer).
-    pub async fn move_claim(&self, home: u16, from: Mark, to: Option<Mark>) -> bool {
+    /// Replaces our claim at `home` (for the unit we left) with `to`; false
+    /// when the record is no longer ours (or the home did not answer).
+    pub async fn move_claim(&self, home: u16, from: Mark, to: Mark) -> bool {
         let replace = ReplaceMark {
             key: self.key.clone(),
             from,
@@ -87,9 +86,10 @@ impl KeyRecords<'_> {
     /// Settles the key in `unit`, where another create's claim says it may
     /// write the order: `Ok` once that create can no longer write it there
     /// (the unit is fenced, or holds another record), the order when it did.
-    async fn dead_at(&self, unit: u16) -> Result<(), NotClaimed> {
+    async fn dead_at(&self, unit: u16, attempt: Attempt) -> Result<(), NotClaimed> {
         let settle = SettleKey {
             key: self.key.clone(),
+            attempt,
         };
         let settled = match self.call(unit, settle).await {
             Ok(s) => s,
@@ -114,14 +114,13 @@ impl KeyRecords<'_> {
 
     /// The key's order in `unit`, whose record is the order's slot.
     async fn order_in(&self, unit: u16) -> NotClaimed {
-        let settle = SettleKey {
-            key: self.key.clone(),
+        let find = FindByKey {
+            merchant_id: self.key.0.clone(),
+            out_trade_no: self.key.1.clone(),
         };
-        match self.call(unit, settle).await {
-            Ok(settled) => match settled.order {
-                Some(order) => NotClaimed::Exists(Box::new(order)),
-                None => NotClaimed::Unsure(unit),
-            },
+        match self.call(unit, find).await {
+            Ok(Some(order)) => NotClaimed::Exists(Box::new(order)),
+            Ok(None) => NotClaimed::Unsure(unit),
             Err(e) => e,
         }
     }
@@ -129,9 +128,14 @@ impl KeyRecords<'_> {
     /// Settles our own create in `unit` after its outcome was unknown: the
     /// order it wrote (or another create's order for the key there), or
     /// `None` once the unit is fenced against it.
-    pub async fn settle_own(&self, unit: u16) -> Result<Option<Order>, NotClaimed> {
+    pub async fn settle_own(
+        &self,
+        unit: u16,
+        attempt: Attempt,
+    ) -> Result<Option<Order>, NotClaimed> {
         let settle = SettleKey {
             key: self.key.clone(),
+            attempt,
         };
         let settled = self.call(unit, settle).await?;
         match (settled.mark, settled.order) {

@@ -160,7 +160,7 @@ impl Handler<SettleKey> for UnitActor {
 
     fn handle(&mut self, msg: SettleKey, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
-        Box::pin(async move { store.settle_key(&msg.key).await })
+        Box::pin(async move { store.settle_key(&msg.key, msg.attempt).await })
     }
 }
 

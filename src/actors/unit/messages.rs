@@ -56,6 +56,8 @@ pub struct FindByKey {
 #[rtype(result = "Result<Settled, StoreError>")]
 pub struct SettleKey {
     pub key: Key,
+    /// The create attempt being settled (listed as fenced here).
+    pub attempt: Attempt,
 }
 
 /// Writes `mark` as the key's record unless the unit has one; answers the
@@ -67,14 +69,13 @@ pub struct ClaimKey {
     pub mark: Mark,
 }
 
-/// Replaces the key's record `from` with `to` (`None`: removes it); false
-/// when it is no longer `from`.
+/// Replaces the key's record `from` with `to`; false when it is no longer `from`.
 #[derive(Message, Clone)]
 #[rtype(result = "Result<bool, StoreError>")]
 pub struct ReplaceMark {
     pub key: Key,
     pub from: Mark,
-    pub to: Option<Mark>,
+    pub to: Mark,
 }
 
 /// The key's record in this unit, if any.

@@ -22,3 +22,13 @@ CREATE TABLE IF NOT EXISTS engine_meta (
     value VARCHAR(4096) NOT NULL,
     PRIMARY KEY (name)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- Create attempts that may never write a key's order in this unit: settling
+-- an attempt here adds it. An order's slot may take the place of a fence,
+-- or of its own attempt's claim, only if its attempt is not listed here.
+CREATE TABLE IF NOT EXISTS key_fences (
+    merchant_id  VARCHAR(64) NOT NULL,
+    out_trade_no VARCHAR(64) NOT NULL,
+    attempt      BIGINT      NOT NULL,
+    PRIMARY KEY (merchant_id, out_trade_no, attempt)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;

@@ -11,3 +11,10 @@ CREATE TABLE IF NOT EXISTS engine_meta (
     name  TEXT NOT NULL PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS key_fences (
+    merchant_id  TEXT    NOT NULL,
+    out_trade_no TEXT    NOT NULL,
+    attempt      INTEGER NOT NULL,
+    PRIMARY KEY (merchant_id, out_trade_no, attempt)
+) WITHOUT ROWID;
