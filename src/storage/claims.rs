@@ -209,20 +209,11 @@ impl UnitStore {
         if !replaceable {
             return Ok(false);
         }
-        let fenced = match self.dialect {
-            Dialect::MySql => FENCED_MYSQL,
-            Dialect::Sqlite => FENCED_SQLITE,
-        };
-        let listed = sqlx::query(fenced)
-            .bind(key.0.as_str())
-            .bind(key.1.as_str())
-            .bind(attempt.0)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(StoreError::before_commit)?;
-        if listed.is_some() {
-            return Ok(false);
-        }
+        // The record's row is locked first (by the compare-and-set), then
+        // the settled list is read under lock: settling takes the list
+        // first and the record second, so the two meet on row locks at any
+        // isolation level (a deadlock between them fails before COMMIT).
+        // The caller rolls back when this answers false.
         let (from_unit, from_attempt) = seen.to_row(self.unit);
         let changed = sqlx::query(REPLACE)
             .bind(i32::from(self.unit))
@@ -235,7 +226,21 @@ impl UnitStore {
             .await
             .map_err(StoreError::before_commit)?
             .rows_affected();
-        Ok(changed == 1)
+        if changed != 1 {
+            return Ok(false);
+        }
+        let fenced = match self.dialect {
+            Dialect::MySql => FENCED_MYSQL,
+            Dialect::Sqlite => FENCED_SQLITE,
+        };
+        let listed = sqlx::query(fenced)
+            .bind(key.0.as_str())
+            .bind(key.1.as_str())
+            .bind(attempt.0)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(StoreError::before_commit)?;
+        Ok(listed.is_none())
     }
 
     /// The key's record in this unit, if any (read from the primary).

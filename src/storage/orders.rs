@@ -95,18 +95,26 @@ impl UnitStore {
     ) -> Result<InsertOutcome, StoreError> {
         let mut tx = self.begin_write().await?;
         let orders = [(order.clone(), attempt)];
-        let written = self
+        let (taken, written) = self
             .bounded(async {
-                Ok(self.take_record(tx.get(), key, seen, attempt).await?
-                    && write_created(tx.get(), &orders).await?)
+                if !self.take_record(tx.get(), key, seen, attempt).await? {
+                    return Ok((false, false));
+                }
+                Ok((true, write_created(tx.get(), &orders).await?))
             })
             .await?;
         if !written {
             self.rollback_write(tx).await;
-            return Ok(match self.find_by_key(&key.0, &key.1).await? {
-                Some(existing) => InsertOutcome::KeyExists(Box::new(existing)),
-                None => InsertOutcome::Blocked(seen),
-            });
+            return match self.find_by_key(&key.0, &key.1).await? {
+                Some(existing) => Ok(InsertOutcome::KeyExists(Box::new(existing))),
+                None if !taken => Ok(InsertOutcome::Blocked(seen)),
+                // The record was ours to take, and no order has the key:
+                // the order's sequence number is taken.
+                None => Err(StoreError::SequenceReused {
+                    unit: self.unit,
+                    seq: order.id.sequence(),
+                }),
+            };
         }
         self.commit_write(tx).await?;
         Ok(InsertOutcome::Inserted)

@@ -275,7 +275,10 @@ async fn replays_after_a_restart_find_orders_in_every_unit() {
     assert_eq!(records.len(), 250);
     for (key, (slots, claims)) in &records {
         assert_eq!(*slots, 1, "{key}: one slot");
-        assert!((1..=2).contains(claims), "{key}: {claims} claims");
+        // One or two (two when the order's unit is not a home), and a
+        // third only when a claim answered too late and another home was
+        // claimed instead (it stands harmlessly beside them).
+        assert!((1..=3).contains(claims), "{key}: {claims} claims");
     }
     second.shutdown().await;
 }

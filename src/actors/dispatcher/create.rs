@@ -51,6 +51,9 @@ fn answer(request: &NewOrder, existing: Order, replayed: bool) -> Result<Created
 struct Claims {
     homes: Vec<u16>,
     target: Option<u16>,
+    /// Our claim left in a unit we then wrote to (for its slot to take the
+    /// claim's place), with the claim: fenced once we leave that unit.
+    stale: Option<(u16, Mark)>,
 }
 
 /// The engine cannot be sure of the key: `503` with `Retry-After`.
@@ -76,6 +79,7 @@ impl CreateContext {
         let mut claims = Claims {
             homes: Vec::new(),
             target: None,
+            stale: None,
         };
         let mut tried = Vec::new();
         while tried.len() < self.max_attempts as usize {
@@ -179,15 +183,18 @@ impl CreateContext {
         if let Some(left) = claims.target.replace(target)
             && left != target
         {
+            // We are dead in `left`: a claim of ours left there is fenced.
+            if let Some((unit, stale)) = claims.stale.take_if(|(unit, _)| *unit == left) {
+                records.move_claim(unit, stale, Mark::Fence).await;
+            }
             let before = std::mem::take(&mut claims.homes);
             for home in before {
-                // Our claim in the new unit stays: the order's slot takes
-                // its place there (it is our attempt's).
-                if home != target
-                    && records
-                        .move_claim(home, claim_for(left, attempt), ours)
-                        .await
-                {
+                let held = claim_for(left, attempt);
+                if home == target {
+                    // Our claim in the new unit stays: the order's slot
+                    // takes its place there (it is our attempt's).
+                    claims.stale = Some((home, held));
+                } else if records.move_claim(home, held, ours).await {
                     claims.homes.push(home);
                 }
             }
@@ -229,6 +236,9 @@ impl CreateContext {
             records
                 .move_claim(home, claim_for(target, attempt), Mark::Fence)
                 .await;
+        }
+        if let Some((unit, stale)) = claims.stale {
+            records.move_claim(unit, stale, Mark::Fence).await;
         }
     }
 }
