@@ -224,11 +224,11 @@ async fn start_units(
 /// so no key's homes move). Units that hold different rings stop start-up.
 async fn settle_key_ring(settings: &Settings, routes: &[UnitRoute]) -> Result<KeyRing, StartError> {
     const NAME: &str = "key_ring";
-    let ask = |proposed: Option<String>| {
-        join_all(routes.iter().map(move |r| {
+    let read = || {
+        join_all(routes.iter().map(|r| {
             let msg = SettleMeta {
                 name: NAME,
-                proposed: proposed.clone(),
+                proposed: None,
             };
             async move {
                 match r.addr.send(msg).await {
@@ -239,7 +239,7 @@ async fn settle_key_ring(settings: &Settings, routes: &[UnitRoute]) -> Result<Ke
             }
         }))
     };
-    let stored: Vec<Option<String>> = ask(None)
+    let stored: Vec<Option<String>> = read()
         .await
         .into_iter()
         .collect::<Result<_, _>>()
@@ -258,16 +258,52 @@ async fn settle_key_ring(settings: &Settings, routes: &[UnitRoute]) -> Result<Ke
             )));
         }
     };
-    if stored.iter().any(Option::is_none) {
-        for fixed in ask(Some(ring.encode())).await {
-            let fixed = fixed.map_err(StartError::KeyRing)?;
-            if fixed.as_deref() != Some(ring.encode().as_str()) {
+    // Units without it get it one at a time, lowest id first, so that two
+    // processes starting at once on new databases agree: the first unit
+    // keeps whichever proposal came first, and both go on with that.
+    let mut ring = ring;
+    let mut agreed = !known.is_empty();
+    let mut missing: Vec<&UnitRoute> = routes
+        .iter()
+        .zip(&stored)
+        .filter(|(_, s)| s.is_none())
+        .map(|(r, _)| r)
+        .collect();
+    missing.sort_by_key(|r| r.settings.id);
+    for route in missing {
+        let msg = SettleMeta {
+            name: NAME,
+            proposed: Some(ring.encode()),
+        };
+        let fixed = match route.addr.send(msg).await {
+            Ok(Ok(Some(value))) => value,
+            Ok(Ok(None)) => String::new(),
+            Ok(Err(e)) => {
                 return Err(StartError::KeyRing(format!(
-                    "another engine process fixed the ring {fixed:?} while this one fixed {:?}; restart to use it",
-                    ring.encode()
+                    "unit {}: {e}",
+                    route.settings.id
                 )));
             }
+            Err(e) => {
+                return Err(StartError::KeyRing(format!(
+                    "unit {}: {e}",
+                    route.settings.id
+                )));
+            }
+        };
+        if fixed != ring.encode() {
+            match KeyRing::decode(&fixed) {
+                Some(theirs) if !agreed => ring = theirs,
+                _ => {
+                    return Err(StartError::KeyRing(format!(
+                        "unit {} holds the ring {fixed:?}, others {:?}",
+                        route.settings.id,
+                        ring.encode()
+                    )));
+                }
+            }
         }
+        agreed = true;
     }
     tracing::info!(ring = %ring.encode(), "key ring");
     Ok(ring)

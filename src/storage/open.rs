@@ -53,10 +53,12 @@ impl UnitStore {
             .await
             .map_err(|_| connect_err(primary_url, "timed out".into()))?
             .map_err(|e| connect_err(primary_url, e.to_string()))?;
-        if !exists {
-            Any::create_database(&url)
-                .await
-                .map_err(|e| connect_err(primary_url, e.to_string()))?;
+        if !exists && let Err(e) = Any::create_database(&url).await {
+            // Another engine process starting at the same moment may have
+            // created it first; that is no failure.
+            if !Any::database_exists(&url).await.unwrap_or(false) {
+                return Err(connect_err(primary_url, e.to_string()));
+            }
         }
 
         let connect = |url: String, max: u32| async move {
@@ -86,11 +88,21 @@ impl UnitStore {
             Dialect::MySql => &MYSQL_MIGRATIONS,
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
         };
-        migrator.run(&write).await.map_err(|e| OpenError::Migrate {
-            unit,
-            url: mask_url(primary_url),
-            message: e.to_string(),
-        })?;
+        // Two engine processes starting at once on a new database race on
+        // its migrations (the loser hits a duplicate entry); the migrations
+        // are idempotent, so the loser runs them again once the winner is done.
+        let mut tries = 0;
+        while let Err(e) = migrator.run(&write).await {
+            tries += 1;
+            if tries == 5 {
+                return Err(OpenError::Migrate {
+                    unit,
+                    url: mask_url(primary_url),
+                    message: e.to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+        }
         let replica = match replica_url {
             Some(r) => {
                 let url = prepare_url(r, Dialect::of_url(r)).map_err(|m| connect_err(r, m))?;

@@ -594,3 +594,52 @@ async fn a_disabled_unit_is_unavailable_never_absent() {
     assert_eq!(stored, 80, "no replay made a second order");
     second.shutdown().await;
 }
+
+/// Two engine processes starting at once on new databases, with different
+/// unit lists, agree on the key ring (the first unit keeps whichever
+/// proposal came first), and every unit's database holds that ring.
+#[actix_web::test]
+async fn processes_starting_together_agree_on_the_key_ring() {
+    let dir = tempfile::tempdir().unwrap();
+    // Unit ids no other test uses: the metrics registry is process-wide.
+    let units: Vec<_> = unit_urls(Backend::MariaDb, 4, dir.path())
+        .into_iter()
+        .map(|(id, url)| (id + 80, url))
+        .collect();
+    let (a, b) = futures_util::future::join(
+        spawn_app_with(settings_for(&units[..3], ""), tempfile::tempdir().unwrap()),
+        spawn_app_with(settings_for(&units, ""), tempfile::tempdir().unwrap()),
+    )
+    .await;
+    let mut rings = Vec::new();
+    for (u, _) in &units {
+        let row = sqlx::query("SELECT value FROM engine_meta WHERE name = 'key_ring'")
+            .fetch_one(&b.unit_db(*u).await)
+            .await
+            .unwrap();
+        rings.push(row.get::<String, _>("value"));
+    }
+    rings.dedup();
+    assert_eq!(rings.len(), 1, "one ring in every unit: {rings:?}");
+    let homes = |status: serde_json::Value| -> Vec<u64> {
+        status["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["key_home"] == true)
+            .map(|u| u["id"].as_u64().unwrap())
+            .collect()
+    };
+    let ring: Vec<u64> = rings[0].split(',').map(|id| id.parse().unwrap()).collect();
+    // The process with three units lists only those; each is a home.
+    let a_units: Vec<u64> = units[..3].iter().map(|(u, _)| u64::from(*u)).collect();
+    assert_eq!(homes(a.units_status().await), a_units);
+    assert!(a_units.iter().all(|u| ring.contains(u)), "{ring:?}");
+    let of_b: Vec<u64> = homes(b.units_status().await);
+    assert_eq!(
+        of_b, ring,
+        "the process with a fourth unit uses the same ring"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
