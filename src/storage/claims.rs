@@ -80,7 +80,7 @@ impl UnitStore {
         // Fresh keys (nearly always): one plain insert, nothing to read back.
         let mut tx = self.begin_write().await?;
         if self
-            .bounded(insert_new(tx.get(), self.unit, &claims))
+            .bounded(write_records(tx.get(), self.unit, &[], &claims))
             .await?
         {
             self.commit_write(tx).await?;
@@ -306,24 +306,11 @@ impl UnitStore {
         conn: &mut AnyConnection,
         claims: &[KeyClaim],
     ) -> Result<(), StoreError> {
-        let mut sql = multi_row(INSERT_HEAD, ROW, claims.len());
-        sql.push_str(match self.dialect {
+        let if_absent = match self.dialect {
             Dialect::MySql => IF_ABSENT_MYSQL,
             Dialect::Sqlite => IF_ABSENT_SQLITE,
-        });
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for claim in claims {
-            let (unit, attempt) = claim.mark.to_row(self.unit);
-            query = query
-                .bind(claim.key.0.as_str().to_owned())
-                .bind(claim.key.1.as_str().to_owned())
-                .bind(i32::from(unit))
-                .bind(attempt);
-        }
-        query
-            .execute(conn)
-            .await
-            .map_err(StoreError::before_commit)?;
+        };
+        insert_records(conn, &record_rows(self.unit, &[], claims), if_absent).await?;
         Ok(())
     }
 
@@ -377,16 +364,6 @@ fn undecodable(e: sqlx::Error) -> StoreError {
     StoreError::Internal(format!("undecodable key record: {e}"))
 }
 
-/// Inserts the claims' records, in the caller's transaction: `false` when
-/// a key already has a record here (the statement was undone).
-async fn insert_new(
-    conn: &mut AnyConnection,
-    unit: u16,
-    claims: &[KeyClaim],
-) -> Result<bool, StoreError> {
-    write_records(conn, unit, &[], claims).await
-}
-
 /// The slot rows of new orders and the records of claims, in the caller's
 /// transaction (before the orders): `false` when a key already has a
 /// record here.
@@ -396,25 +373,39 @@ pub(super) async fn write_records(
     orders: &[(Order, Attempt)],
     claims: &[KeyClaim],
 ) -> Result<bool, StoreError> {
-    let rows: Vec<(&MerchantId, &OutTradeNo, u16, i64)> = orders
+    insert_records(conn, &record_rows(unit, orders, claims), "").await
+}
+
+/// A record row: key, the unit it names, attempt.
+type RecordRow<'a> = (&'a MerchantId, &'a OutTradeNo, u16, i64);
+
+/// The rows of new orders' slots and of claims, as unit `unit` stores them.
+fn record_rows<'a>(
+    unit: u16,
+    orders: &'a [(Order, Attempt)],
+    claims: &'a [KeyClaim],
+) -> Vec<RecordRow<'a>> {
+    orders
         .iter()
         .map(|(o, attempt)| (&o.merchant_id, &o.out_trade_no, unit, attempt.0))
         .chain(claims.iter().map(|c| {
             let (named, attempt) = c.mark.to_row(unit);
             (&c.key.0, &c.key.1, named, attempt)
         }))
-        .collect();
-    insert_records(conn, &rows).await
+        .collect()
 }
 
-/// One plain multi-row insert per statement shape of `rows`: `false` on a
-/// taken key (that statement was undone).
+/// One multi-row insert per statement shape of `rows`, each followed by
+/// `suffix` (empty, or "only where absent"): `false` on a taken key (that
+/// statement was undone).
 async fn insert_records(
     conn: &mut AnyConnection,
-    rows: &[(&MerchantId, &OutTradeNo, u16, i64)],
+    rows: &[RecordRow<'_>],
+    suffix: &str,
 ) -> Result<bool, StoreError> {
     for chunk in shapes::split(rows) {
-        let sql = multi_row(INSERT_HEAD, ROW, chunk.len());
+        let mut sql = multi_row(INSERT_HEAD, ROW, chunk.len());
+        sql.push_str(suffix);
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for &(merchant, out_trade_no, unit, attempt) in chunk {
             query = query
