@@ -170,6 +170,23 @@ start_mariadb() {
 }
 mariadb() { command mariadb -h127.0.0.1 -P"$DB_PORT" -uroot "$@"; }
 
+# MariaDB's statement and row counters (`db_work`), and `db_work_per BEFORE
+# AFTER N`: how many of each it did per create, to see where its CPU went.
+DB_WORK_VARS="Com_commit Com_insert Com_select Com_update Questions Handler_write Handler_read_key"
+db_work() {
+  local names
+  names=$(printf "'%s'," $DB_WORK_VARS)
+  mariadb -N -e "SHOW GLOBAL STATUS WHERE Variable_name IN (${names%,})" | awk '{printf "%s=%s ", $1, $2}'
+}
+db_work_per() {
+  python3 - "$1" "$2" "$3" <<'PY'
+import sys
+parse = lambda s: dict(kv.split("=") for kv in s.split())
+a, b, n = parse(sys.argv[1]), parse(sys.argv[2]), float(sys.argv[3])
+print(", ".join(f"{k} {(int(b[k]) - int(a[k])) / n:.2f}" for k in sorted(b)))
+PY
+}
+
 # The engine's histogram of successful creates (`le count` per line), and
 # `engine_quantiles BEFORE AFTER`: its p50 / p90 / p99 between two of them,
 # interpolated inside a bucket as Prometheus' `histogram_quantile` does.

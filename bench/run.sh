@@ -70,13 +70,14 @@ PEAK=0
 listen_overflows() { awk '/^TcpExt:/ { if (!n) { split($0, k); n = 1 } else { for (i = 2; i <= NF; i++) if (k[i] == "ListenOverflows") print $i } }' /proc/net/netstat; }
 OVERFLOWS0=$(listen_overflows)
 for c in $CONNS; do
-  e0=$(cpu_secs "$ENGINE_PID"); d0=$(cpu_secs "$DB_PID"); s0=$(cpu_counters)
+  e0=$(cpu_secs "$ENGINE_PID"); d0=$(cpu_secs "$DB_PID"); s0=$(cpu_counters); q0=$(db_work)
   "${LG[@]}" --connections "$c" --duration "${DURATION}s" --warmup 0s --json "$WORK/peak-$c.json" >"$WORK/peak-$c.txt"
-  e1=$(cpu_secs "$ENGINE_PID"); d1=$(cpu_secs "$DB_PID"); s1=$(cpu_counters)
+  e1=$(cpu_secs "$ENGINE_PID"); d1=$(cpu_secs "$DB_PID"); s1=$(cpu_counters); q1=$(db_work)
   read -r tput errs n <<<"$(python3 -c "import json; r=json.load(open('$WORK/peak-$c.json')); print(round(r['throughput_per_sec'], 1), r['errors'], r['ops']['create']['count'])")"
   # Per create, over the whole run: where the CPU went.
   per=$(python3 -c "print(f'engine {($e1-$e0)/$n*1e6:.0f} us, MariaDB {($d1-$d0)/$n*1e6:.0f} us of CPU per create')")
   echo "   closed loop, $c connections: $tput creates/s, $errs errors ($per; $(cpu_report "$s0" "$s1"))"
+  echo "     MariaDB's work per create: $(db_work_per "$q0" "$q1" "$n")"
   PEAK=$(python3 -c "print(max($PEAK, $tput))")
 done
 

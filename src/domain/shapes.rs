@@ -65,6 +65,31 @@ pub fn split<T>(items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
+/// How many of `creates` and `claims` waiting leave in one group-commit
+/// batch: a shape of creates (its orders' statement), and as many claims
+/// as make creates plus claims a shape too (the key records' statement,
+/// one row per order's slot and per claim), so that the batch is one
+/// statement of each. The most rows, and of those the most creates; the
+/// rest wait for the next batch.
+pub fn pair(creates: usize, claims: usize) -> (usize, usize) {
+    let shapes = || (1..=MAX_ROWS).filter(|&n| is_shape(n));
+    let mut best = (
+        0,
+        if claims == 0 {
+            0
+        } else {
+            at_most(claims.min(MAX_ROWS))
+        },
+    );
+    for n in shapes().take_while(|&n| n <= creates) {
+        let c = at_most((n + claims).min(MAX_ROWS)) - n;
+        if (n + c, n) > (best.0 + best.1, best.0) {
+            best = (n, c);
+        }
+    }
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +114,42 @@ mod tests {
             );
             // A shape is never more than 1.5 times the last: little padding.
             assert!(up * 2 <= n * 3 || n == 1, "{n}: padded to {up}");
+        }
+    }
+
+    #[test]
+    fn a_batch_pairs_creates_and_claims_in_shapes() {
+        assert_eq!(pair(0, 0), (0, 0));
+        assert_eq!(pair(5, 0), (4, 0));
+        assert_eq!(pair(0, 5), (0, 4));
+        assert_eq!(pair(16, 8), (16, 8));
+        assert_eq!(pair(16, 5), (16, 0), "no claim fits; creates first");
+        assert_eq!(
+            pair(13, 3),
+            (12, 0),
+            "12 + 3 is no shape, and 6 + 2 is fewer"
+        );
+        assert_eq!(pair(6, 3), (6, 2));
+        for creates in 0..=64 {
+            for claims in 0..=64 {
+                let (n, c) = pair(creates, claims);
+                assert!(n <= creates && c <= claims, "{creates} {claims}");
+                assert!(n == 0 || is_shape(n), "{creates} {claims}: {n}");
+                assert!(n + c == 0 || is_shape(n + c), "{creates} {claims}: {n}+{c}");
+                // Never fewer rows than the creates alone or the claims alone.
+                assert!(
+                    creates == 0 || n >= at_most(creates).min(n + c),
+                    "{creates} {claims}"
+                );
+                assert!(
+                    creates == 0 || n + c >= at_most(creates),
+                    "{creates} {claims}"
+                );
+                assert!(
+                    claims == 0 || n + c >= at_most(claims),
+                    "{creates} {claims}"
+                );
+            }
         }
     }
 

@@ -96,14 +96,11 @@ impl Batcher {
         self.pending.len() + self.claims.len()
     }
 
-    /// Takes the next batch: as many creates as wait, at most `max`, rounded
-    /// down to a statement shape (the rest wait for the next batch).
+    /// Takes the next batch: as many creates and claims as wait, at most
+    /// `max` of each, in statement shapes (`shapes::pair`; the rest wait
+    /// for the next batch).
     pub fn take(&mut self, max: usize) -> Batch {
-        let n = match self.pending.len().min(max) {
-            0 => 0,
-            waiting => shapes::at_most(waiting),
-        };
-        let c = self.claims.len().min(max);
+        let (n, c) = shapes::pair(self.pending.len().min(max), self.claims.len().min(max));
         if n > 0 {
             self.batches += 1;
             self.orders += n as u64;
