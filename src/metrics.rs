@@ -39,9 +39,16 @@ pub const SEGMENT_FETCHES: &str = "orderengine_sequence_segment_fetches_total";
 pub const OUTBOX_BACKLOG: &str = "orderengine_outbox_backlog";
 pub const CREATE_UNCERTAIN: &str = "orderengine_create_uncertain_total";
 pub const KEY_SETTLES: &str = "orderengine_key_settles_total";
+pub const ROUTING_VERSION: &str = "orderengine_routing_table_version";
+pub const ROUTING_CHANGES: &str = "orderengine_routing_table_changes_total";
+pub const UNIT_WEIGHT: &str = "orderengine_unit_weight";
+pub const UNIT_MODE: &str = "orderengine_unit_mode";
 pub const PANIC_MODE: &str = "orderengine_partition_panic_mode";
 pub const PROBER_SUSPECTED: &str = "orderengine_prober_suspected";
 pub const BUILD_INFO: &str = "orderengine_build_info";
+
+/// `outcome` label values of routing table changes.
+pub const CHANGE_OUTCOMES: [&str; 4] = ["applied", "refused", "conflict", "not_saved"];
 
 /// `op` label values.
 pub const OPS: [&str; 7] = ["create", "pay", "close", "refund", "get", "lookup", "list"];
@@ -225,6 +232,26 @@ fn describe() {
         "Another create's claim on a key, found at one of the key's homes and settled in the unit it names: its order found, the unit fenced against it, or no answer (unresolved)."
     );
     describe_gauge!(
+        ROUTING_VERSION,
+        Unit::Count,
+        "The routing table's version in this process (+1 per operator change)."
+    );
+    describe_counter!(
+        ROUTING_CHANGES,
+        Unit::Count,
+        "Operator changes to the routing table through the admin API, by outcome: applied, refused (invalid), conflict (If-Match named an older version), not_saved."
+    );
+    describe_gauge!(
+        UNIT_WEIGHT,
+        Unit::Count,
+        "The unit's weight in the routing table (its share of creates against its partition's other units)."
+    );
+    describe_gauge!(
+        UNIT_MODE,
+        Unit::Count,
+        "1 for the unit's current mode (open, read_only or disabled), 0 for the others."
+    );
+    describe_gauge!(
         PANIC_MODE,
         Unit::Count,
         "1 while the partition ignores health for creates (too few healthy units)."
@@ -259,6 +286,9 @@ fn init_requests() {
     }
     for outcome in SETTLE_OUTCOMES {
         counter!(KEY_SETTLES, "outcome" => outcome).absolute(0);
+    }
+    for outcome in CHANGE_OUTCOMES {
+        counter!(ROUTING_CHANGES, "outcome" => outcome).absolute(0);
     }
     counter!(SHED, "reason" => "in_flight").absolute(0);
     gauge!(REQUESTS_IN_FLIGHT).set(0.0);

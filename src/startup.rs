@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use crate::actors::supervisor::{Supervisor, Watch};
 use crate::actors::unit::{SettleMeta, UnitActor, UnitOptions};
 use crate::api::middleware::{Admission, observe};
 use crate::api::{self, AdminToken, AppState};
-use crate::config::{Settings, UnitSettings};
+use crate::config::{Settings, TableState, UnitSettings};
 use crate::domain::key_homes::KeyRing;
 use crate::storage::{Dialect, OpenError, UnitStore};
 
@@ -37,6 +38,8 @@ pub enum StartError {
     ArbiterGone(u16),
     #[error("the key ring: {0}")]
     KeyRing(String),
+    #[error("the routing state file: {0}")]
+    TableState(String),
 }
 
 pub struct Application {
@@ -51,7 +54,8 @@ pub struct Application {
 impl Application {
     /// Starts everything, in this order; must run inside an actix `System`.
     /// A failure stops whatever had started.
-    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+    pub async fn build(mut settings: Settings) -> Result<Self, StartError> {
+        let version = apply_saved_table(&mut settings)?;
         let listeners = Listeners::bind(&settings)?;
         let metrics = install_metrics(&settings);
         let board = Arc::new(HealthBoard::new(settings.units.iter().map(|u| u.id)));
@@ -65,7 +69,7 @@ impl Application {
             Err(e) => return Err(stop_started(&arbiters, None, e)),
         };
         let supervisor = start_supervisor(&settings, &board, &routes, &mut arbiters);
-        let shard = Dispatcher::new(&settings, routes, ring, board, supervisor);
+        let shard = Dispatcher::new(&settings, routes, ring, version, board, supervisor);
         // This shard serves status, the admin API and shutdown; every HTTP
         // worker starts its own on its own thread (see the dispatcher's docs).
         let dispatcher = shard.clone().start();
@@ -188,6 +192,31 @@ fn install_metrics(settings: &Settings) -> PrometheusHandle {
         }
     });
     metrics
+}
+
+/// Applies the operator's changes kept in `admin.state_file` (if any) to
+/// the config's units; answers the routing table's version (1 without one).
+fn apply_saved_table(settings: &mut Settings) -> Result<u64, StartError> {
+    let Some(path) = settings.admin.state_file.clone() else {
+        return Ok(1);
+    };
+    let Some(state) = TableState::load(Path::new(&path)).map_err(StartError::TableState)? else {
+        return Ok(1);
+    };
+    let unknown = state.apply(&mut settings.units);
+    if !unknown.is_empty() {
+        tracing::warn!(
+            ?unknown,
+            path,
+            "the routing state file names units the config no longer has; ignored"
+        );
+    }
+    tracing::info!(
+        version = state.version,
+        path,
+        "routing table changes restored"
+    );
+    Ok(state.version.max(1))
 }
 
 /// The threads the unit actors share.

@@ -20,6 +20,17 @@ pub enum EngineError {
     NoUnitAvailable,
     #[error("trading unit {unit} is unavailable")]
     UnitUnavailable { unit: u16 },
+    #[error("no unit {unit} in the routing table")]
+    UnitNotFound { unit: u16 },
+    #[error("the routing table is at version {version}, not the one If-Match names")]
+    TableMoved { version: u64 },
+    #[error("{message}")]
+    InvalidChange {
+        field: Option<&'static str>,
+        message: String,
+    },
+    #[error("the change could not be kept (nothing changed): {0}")]
+    TableNotSaved(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

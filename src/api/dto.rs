@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+use crate::config::{MAX_WEIGHT, Temperature, UnitMode, UnitPatch};
 use crate::domain::values::{
     Amount, Currency, Invalid, MerchantId, OutTradeNo, PaymentRef, RefundId, SectionEntries,
     Sections, Text, UserId,
@@ -33,6 +34,43 @@ impl<'de> Deserialize<'de> for WholeNumber {
             serde::de::Error::custom(format!(
                 "invalid value: {n}, expected a whole number of minor units"
             ))
+        })
+    }
+}
+
+/// `PATCH /admin/units/{id}`: the fields named are set, the rest kept
+/// (none: nothing changes). A unit's URLs cannot be changed live yet.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnitPatchRequest {
+    pub mode: Option<UnitMode>,
+    /// A partition the routing table knows (this document lists them).
+    #[schema(example = "standard")]
+    pub partition: Option<String>,
+    pub temperature: Option<Temperature>,
+    /// Share of creates against the partition's other units; 0 takes none.
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_i64, example = 100)]
+    pub weight: Option<WholeNumber>,
+}
+
+impl UnitPatchRequest {
+    pub fn into_patch(self) -> Result<UnitPatch, ApiError> {
+        let weight = self
+            .weight
+            .map(|WholeNumber(w)| {
+                u32::try_from(w)
+                    .ok()
+                    .filter(|w| *w <= MAX_WEIGHT)
+                    .ok_or_else(|| {
+                        ApiError::validation("weight", format!("weight must be 0 to {MAX_WEIGHT}"))
+                    })
+            })
+            .transpose()?;
+        Ok(UnitPatch {
+            mode: self.mode,
+            partition: self.partition,
+            temperature: self.temperature,
+            weight,
         })
     }
 }

@@ -62,11 +62,14 @@ error_codes! {
     MalformedJson = "malformed_json", 400, "the body is not JSON";
     InvalidOrderId = "invalid_order_id", 400,
         "wrong length, non-digits, bad check digit, impossible time";
+    InvalidChange = "invalid_change", 400,
+        "an admin change the routing table cannot take (an unknown partition, a setting not changeable live); `field` names it";
     Unauthorized = "unauthorized", 401,
         "an admin call without the right `Authorization: Bearer <token>`";
     RouteNotFound = "not_found", 404, "no route has this path";
     OrderNotFound = "order_not_found", 404,
         "no such order (including ids of units not in the routing table)";
+    UnitNotFound = "unit_not_found", 404, "an admin call names a unit not in the routing table";
     MethodNotAllowed = "method_not_allowed", 405,
         "the path exists but not with this method (`Allow` lists the methods it has)";
     IdempotencyConflict = "idempotency_conflict", 409,
@@ -76,7 +79,7 @@ error_codes! {
     AmountMismatch = "amount_mismatch", 409, "the payment amount is not the order amount";
     RefundExceedsPaid = "refund_exceeds_paid", 409, "refunds would add up past `paid_amount`";
     VersionMismatch = "version_mismatch", 412,
-        "`If-Match` names a version the order is no longer at";
+        "`If-Match` names a version the order (or, on the admin API, the routing table) is no longer at";
     PayloadTooLarge = "payload_too_large", 413, "body over 64 KiB";
     Overloaded = "overloaded", 429,
         "admission control: more than `server.max_in_flight` requests at once (with `Retry-After`)";
@@ -86,6 +89,8 @@ error_codes! {
         "no unit in the merchant's partition can take a create (with `Retry-After`)";
     UnitUnavailable = "unit_unavailable", 503,
         "the order's unit cannot answer now (with `Retry-After`)";
+    TableNotSaved = "table_not_saved", 503,
+        "an admin change could not be written where the routing table is kept; nothing changed (with `Retry-After`)";
 }
 
 impl ErrorCode {
@@ -211,13 +216,22 @@ impl From<EngineError> for ApiError {
             EngineError::IdempotencyConflict => ErrorCode::IdempotencyConflict,
             EngineError::NoUnitAvailable => ErrorCode::NoUnitAvailable,
             EngineError::UnitUnavailable { .. } => ErrorCode::UnitUnavailable,
+            EngineError::UnitNotFound { .. } => ErrorCode::UnitNotFound,
+            EngineError::TableMoved { .. } => ErrorCode::VersionMismatch,
+            EngineError::InvalidChange { .. } => ErrorCode::InvalidChange,
+            EngineError::TableNotSaved(_) => ErrorCode::TableNotSaved,
             EngineError::Internal(_) => ErrorCode::Internal,
         };
         if code == ErrorCode::Internal {
             tracing::error!(error = %e, "internal error");
         }
+        let field = match &e {
+            EngineError::InvalidChange { field, .. } => field.map(str::to_owned),
+            _ => None,
+        };
         ApiError {
             unit: e.unit(),
+            field,
             ..ApiError::new(code, e.to_string())
         }
     }

@@ -16,19 +16,21 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use super::auth::AdminToken;
+use super::state::AppState;
 
 use super::dto::{
     CloseRequest, CreateOrderRequest, OrderBody, OrderStatusBody, PayRequest, RefundBody,
-    RefundList, RefundRequest, RefundResponse, UserOrdersPage,
+    RefundList, RefundRequest, RefundResponse, UnitPatchRequest, UserOrdersPage,
 };
 use super::error::{ApiError, ErrorCode, ErrorDetail, ErrorResponse, RETRY_AFTER_SECS};
 use super::orders::ConsistencyParam;
 use super::{admin, health, orders};
 use crate::actors::dispatcher::{
-    EngineStatus, PartitionReadiness, PartitionStatus, Readiness, UnitStatus,
+    AdminStatus, EngineStatus, PartitionReadiness, PartitionStatus, Readiness, UnitChanged,
+    UnitStatus,
 };
 use crate::config::{Temperature, UnitMode};
-use crate::domain::order_id::ORDER_ID_LEN;
+use crate::domain::order_id::{MAX_UNIT, ORDER_ID_LEN};
 use crate::domain::values::{IDENTIFIER_PATTERN, MAX_IDENTIFIER_LEN};
 
 #[derive(OpenApi)]
@@ -81,8 +83,10 @@ struct PublicDoc;
         title = "order-engine admin",
         description = "The admin listener. Every call needs `Authorization: Bearer <token>`."
     ),
-    paths(admin::list_units, admin_document),
+    paths(admin::list_units, admin::patch_unit, admin_document),
     components(schemas(
+        UnitPatchRequest,
+        UnitChanged,
         ErrorResponse,
         ErrorDetail,
         ErrorCode,
@@ -116,9 +120,20 @@ pub async fn public_document() -> HttpResponse {
 pub async fn admin_document(
     req: HttpRequest,
     token: web::Data<AdminToken>,
+    state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     token.authorize(&req)?;
-    Ok(HttpResponse::Ok().json(admin()))
+    // A unit may be moved only into a partition the table knows: the
+    // document names them, as the routing table has them now.
+    let status = state.tell(AdminStatus).await?;
+    let mut doc = admin().clone();
+    let mut names: Vec<Value> = status.partitions.iter().map(|p| json!(p.name)).collect();
+    names.push(Value::Null); // absent: the partition stays
+    at(
+        &mut doc,
+        "/components/schemas/UnitPatchRequest/properties/partition",
+    )["enum"] = json!(names);
+    Ok(HttpResponse::Ok().json(doc))
 }
 
 /// The public listener's document.
@@ -142,6 +157,9 @@ pub fn admin() -> &'static Value {
         doc["components"]["securitySchemes"] = json!({
             "bearer": {"type": "http", "scheme": "bearer"}
         });
+        shape_parameters(&mut doc);
+        // No body (or `{}`) changes nothing.
+        at(&mut doc, "/paths/~1admin~1units~1{id}/patch/requestBody")["required"] = json!(false);
         add_shared_replies(&mut doc, false);
         doc
     })
@@ -173,8 +191,13 @@ fn parameter_schema(name: &str) -> Option<(Value, &'static str)> {
         "user_id" => (identifier(), "The user."),
         "If-Match" => (
             json!({"type": "string", "pattern": IF_MATCH_PATTERN}),
-            "The order version the caller saw (its `ETag`): the change is made only if the \
-             order is still at it, else `412 version_mismatch`.",
+            "The version the caller saw (an order's `ETag`; on the admin API, the routing \
+             table's `version`): the change is made only if it is still current, else \
+             `412 version_mismatch`.",
+        ),
+        "id" => (
+            json!({"type": "integer", "minimum": 0, "maximum": MAX_UNIT}),
+            "The unit's id.",
         ),
         "cursor" => (
             json!({"type": "string", "pattern": CURSOR_PATTERN, "format": "order-cursor"}),

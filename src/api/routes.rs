@@ -51,9 +51,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Registers every admin route (the admin listener).
 pub fn configure_admin(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/admin/units", "GET").route(web::get().to(admin::list_units)))
-        .service(resource("/openapi.json", "GET").route(web::get().to(openapi::admin_document)))
-        .default_service(web::to(not_found));
+    cfg.app_data(
+        web::PathConfig::default()
+            .error_handler(|e, _| ApiError::validation("path", e.to_string()).into()),
+    )
+    .service(resource("/admin/units", "GET").route(web::get().to(admin::list_units)))
+    .service(resource("/admin/units/{id}", "PATCH").route(web::patch().to(admin::patch_unit)))
+    .service(resource("/openapi.json", "GET").route(web::get().to(openapi::admin_document)))
+    .default_service(web::to(not_found));
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

@@ -4,6 +4,7 @@
 
 mod env;
 mod sections;
+mod table_state;
 mod units;
 mod urls;
 
@@ -17,6 +18,7 @@ pub use sections::{
     AdminSettings, DispatcherSettings, GroupCommitSettings, LogFormat, LogSettings,
     SequenceSettings, ServerSettings, StorageSettings, SupervisorSettings,
 };
+pub use table_state::{MAX_WEIGHT, TableState, UnitPatch, UnitRouting};
 pub use units::{PartitionSettings, Temperature, UnitMode, UnitSettings};
 pub use urls::{check_db_url, mask_url};
 

@@ -219,6 +219,9 @@ pub struct AdminSettings {
     pub host: String,
     pub port: u16,
     pub token: String,
+    /// Where the operator's changes to the routing table are kept across
+    /// restarts (`TableState`); none: they last until the process stops.
+    pub state_file: Option<String>,
 }
 
 impl Default for AdminSettings {
@@ -227,6 +230,7 @@ impl Default for AdminSettings {
             host: "127.0.0.1".into(),
             port: 9091,
             token: String::new(),
+            state_file: None,
         }
     }
 }
@@ -238,6 +242,7 @@ impl std::fmt::Debug for AdminSettings {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("token", &if self.token.is_empty() { "" } else { "***" })
+            .field("state_file", &self.state_file)
             .finish()
     }
 }

@@ -12,5 +12,6 @@ mod mariadb;
 mod openapi_fuzz;
 mod proxy;
 mod retry;
+mod routing_table;
 mod schedule;
 mod storage_suite;

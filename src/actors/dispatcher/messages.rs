@@ -2,9 +2,12 @@
 //! handler in `api/` sends exactly one of these.
 
 use actix::Message;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::status::{EngineStatus, Readiness};
+use super::status::{EngineStatus, Readiness, UnitStatus};
 use crate::actors::EngineError;
+use crate::config::UnitPatch;
 use crate::domain::apply::{Refunded, Updated};
 use crate::domain::values::{Amount, MerchantId, OutTradeNo, PaymentRef, UserId};
 use crate::domain::{Consistency, NewOrder, NewRefund, Order, OrderId, UserCursor};
@@ -109,3 +112,22 @@ pub struct AdminStatus;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct CloseAll;
+
+/// An operator's change to one unit (admin `PATCH /admin/units/{id}`).
+#[derive(Message)]
+#[rtype(result = "Result<UnitChanged, EngineError>")]
+pub struct PatchUnit {
+    pub unit: u16,
+    pub patch: UnitPatch,
+    /// Apply only if the table is still at this version.
+    pub if_match: Option<u64>,
+    /// Who asked (for the log): the caller's address.
+    pub who: String,
+}
+
+/// The routing table's version after a change, and the changed unit.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UnitChanged {
+    pub version: u64,
+    pub unit: UnitStatus,
+}

@@ -31,6 +31,7 @@ mod keys;
 mod messages;
 mod routing;
 mod status;
+mod table;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,18 +42,19 @@ use futures_util::future::join_all;
 pub use calls::{CallError, UnitCalls};
 pub use messages::{
     AdminStatus, Close, CloseAll, Create, Created, Get, ListRefunds, ListUserOrders, LookupByKey,
-    Pay, Refund, Status, UserPage,
+    PatchUnit, Pay, Refund, Status, UnitChanged, UserPage,
 };
 pub use routing::UnitRoute;
 pub use status::{EngineStatus, PartitionReadiness, PartitionStatus, Readiness, UnitStatus};
 
 use self::create::CreateContext;
 use self::keys::KeyRecords;
-use self::routing::{Routing, SharedRouting};
+use self::routing::Routing;
+use self::table::RoutingTable;
 use super::EngineError;
 use super::health::HealthBoard;
 use super::key_lock::KeyLocks;
-use super::supervisor::Supervisor;
+use super::supervisor::{Supervisor, Watch};
 use super::unit::{self, CloseUnit, UnitActor};
 use crate::config::Settings;
 use crate::domain::apply::{Refunded, Updated};
@@ -63,29 +65,35 @@ use crate::storage::StoreError;
 /// One dispatcher shard; `clone()` makes another shard over the same state.
 #[derive(Clone)]
 pub struct Dispatcher {
-    routing: SharedRouting,
+    table: Arc<RoutingTable>,
     key_locks: KeyLocks<StableKeyHash>,
     calls: UnitCalls,
     max_attempts: u32,
 }
 
 impl Dispatcher {
+    /// The dispatcher over `units` (whose settings already carry the
+    /// operator's saved changes), at routing table version `version`.
     pub fn new(
         settings: &Settings,
         units: Vec<UnitRoute>,
         ring: KeyRing,
+        version: u64,
         board: Arc<HealthBoard>,
         supervisor: Addr<Supervisor>,
     ) -> Self {
+        let routing = Routing {
+            version,
+            units: units.into_iter().map(|u| (u.settings.id, u)).collect(),
+            merchants: settings.merchants.clone(),
+            partitions: settings.partitions.clone(),
+            default_partition: settings.dispatcher.default_partition.clone(),
+            started: Instant::now(),
+            ring,
+        };
+        let state_file = settings.admin.state_file.as_ref().map(Into::into);
         Self {
-            routing: Arc::new(Routing {
-                units: units.into_iter().map(|u| (u.settings.id, u)).collect(),
-                merchants: settings.merchants.clone(),
-                partitions: settings.partitions.clone(),
-                default_partition: settings.dispatcher.default_partition.clone(),
-                started: Instant::now(),
-                ring,
-            }),
+            table: Arc::new(RoutingTable::new(routing, state_file)),
             key_locks: KeyLocks::default(),
             calls: UnitCalls {
                 board,
@@ -111,7 +119,7 @@ impl Dispatcher {
         UnitActor: Handler<M>,
     {
         let unit = id.unit();
-        let addr = self.routing.route(unit);
+        let addr = self.table.load().route(unit);
         let calls = self.calls.clone();
         Box::pin(async move { calls.forward(unit, &addr?, msg).await })
     }
@@ -131,7 +139,7 @@ impl Handler<Create> for Dispatcher {
 
     fn handle(&mut self, msg: Create, _ctx: &mut Self::Context) -> Self::Result {
         let create = CreateContext {
-            routing: self.routing.clone(),
+            routing: self.table.load(),
             locks: self.key_locks.clone(),
             calls: self.calls.clone(),
             max_attempts: self.max_attempts,
@@ -203,7 +211,7 @@ impl Handler<LookupByKey> for Dispatcher {
     type Result = ResponseFuture<Result<Order, EngineError>>;
 
     fn handle(&mut self, msg: LookupByKey, _ctx: &mut Self::Context) -> Self::Result {
-        let (routing, calls) = (self.routing.clone(), self.calls.clone());
+        let (routing, calls) = (self.table.load(), self.calls.clone());
         let key = (msg.merchant_id, msg.out_trade_no);
         Box::pin(async move {
             let hash = StableKeyHash::of(key.0.as_str(), key.1.as_str());
@@ -221,7 +229,7 @@ impl Handler<ListUserOrders> for Dispatcher {
     type Result = ResponseFuture<Result<UserPage, EngineError>>;
 
     fn handle(&mut self, msg: ListUserOrders, _ctx: &mut Self::Context) -> Self::Result {
-        let targets = self.routing.all_units();
+        let targets = self.table.load().all_units();
         let ask = unit::ListUserOrders {
             user_id: msg.user_id,
             after: msg.after,
@@ -235,7 +243,7 @@ impl Handler<Status> for Dispatcher {
     type Result = MessageResult<Status>;
 
     fn handle(&mut self, _msg: Status, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(status::readiness(&self.routing, &self.calls.board))
+        MessageResult(status::readiness(&self.table.load(), &self.calls.board))
     }
 }
 
@@ -243,7 +251,7 @@ impl Handler<AdminStatus> for Dispatcher {
     type Result = MessageResult<AdminStatus>;
 
     fn handle(&mut self, _msg: AdminStatus, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(status::snapshot(&self.routing, &self.calls.board))
+        MessageResult(status::snapshot(&self.table.load(), &self.calls.board))
     }
 }
 
@@ -252,7 +260,8 @@ impl Handler<CloseAll> for Dispatcher {
 
     fn handle(&mut self, _msg: CloseAll, _ctx: &mut Self::Context) -> Self::Result {
         let addrs: Vec<_> = self
-            .routing
+            .table
+            .load()
             .units
             .values()
             .map(|u| u.addr.clone())
@@ -260,5 +269,47 @@ impl Handler<CloseAll> for Dispatcher {
         Box::pin(async move {
             join_all(addrs.iter().map(|a| a.send(CloseUnit))).await;
         })
+    }
+}
+
+impl Handler<PatchUnit> for Dispatcher {
+    type Result = MessageResult<PatchUnit>;
+
+    fn handle(&mut self, msg: PatchUnit, _ctx: &mut Self::Context) -> Self::Result {
+        let applied = match self.table.patch_unit(msg.unit, &msg.patch, msg.if_match) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(who = %msg.who, unit = msg.unit, error = %e, "routing table change refused");
+                return MessageResult(Err(e));
+            }
+        };
+        let table = applied.table;
+        let route = &table.units[&msg.unit];
+        let after = crate::config::UnitRouting::of(&route.settings);
+        tracing::info!(
+            who = %msg.who,
+            unit = msg.unit,
+            version = table.version,
+            before = ?applied.before,
+            after = ?after,
+            "routing table changed"
+        );
+        // The supervisor counts open units per partition for panic mode,
+        // and leaves disabled units unprobed.
+        self.calls.supervisor.do_send(Watch {
+            unit: msg.unit,
+            addr: route.addr.clone(),
+            partition: after.partition.clone(),
+            mode: after.mode,
+        });
+        let unit = status::snapshot(&table, &self.calls.board)
+            .units
+            .into_iter()
+            .find(|u| u.id == msg.unit)
+            .expect("the changed unit is in the table");
+        MessageResult(Ok(UnitChanged {
+            version: table.version,
+            unit,
+        }))
     }
 }

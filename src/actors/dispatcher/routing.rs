@@ -3,9 +3,10 @@
 //! key ring (which units are homes of idempotency keys).
 //!
 //! Every dispatcher shard (one per HTTP worker thread) reads the same table
-//! on every create, so nothing a create does takes a lock on it: the table
-//! is read-only, a unit's recent creates are atomic counters, the random
-//! choice uses the thread's own generator.
+//! on every create, so nothing a create does takes a lock on it: a table is
+//! read-only once built, a change builds the next one and swaps it in whole
+//! (`table.rs`), a unit's recent creates are atomic counters shared by every
+//! version of the table, the random choice uses the thread's own generator.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,10 +29,12 @@ pub type Key = (MerchantId, OutTradeNo);
 pub(super) type SharedRouting = Arc<Routing>;
 
 /// A unit as the dispatcher routes to it.
+#[derive(Clone)]
 pub struct UnitRoute {
     pub settings: UnitSettings,
     pub addr: Addr<UnitActor>,
-    pub(super) recent: SlidingCount,
+    /// Shared by every version of the table, so a change keeps the count.
+    pub(super) recent: Arc<SlidingCount>,
     /// The unit's entry on the health board, held here so that choosing a
     /// unit for a create reads its circuit without a look-up in the board's
     /// map (whose shard lock both HTTP workers took, four times per create).
@@ -48,7 +51,7 @@ impl UnitRoute {
         Self {
             settings,
             addr,
-            recent: SlidingCount::new(window),
+            recent: Arc::new(SlidingCount::new(window)),
             health,
         }
     }
@@ -61,7 +64,10 @@ impl UnitRoute {
     }
 }
 
+#[derive(Clone)]
 pub(super) struct Routing {
+    /// Starts at the version the table was loaded with; +1 per change.
+    pub version: u64,
     pub units: BTreeMap<u16, UnitRoute>,
     pub merchants: BTreeMap<String, String>,
     pub partitions: BTreeMap<String, PartitionSettings>,
@@ -117,6 +123,14 @@ impl Routing {
         let route = self.units.get(&unit)?;
         route.recent.record(self.started.elapsed());
         Some((unit, route.addr.clone()))
+    }
+
+    /// Every partition the table knows: configured ones (with spill rules),
+    /// the default, and those units are in.
+    pub fn knows_partition(&self, name: &str) -> bool {
+        name == self.default_partition
+            || self.partitions.contains_key(name)
+            || self.units.values().any(|u| u.settings.partition == name)
     }
 
     /// The unit that holds an order of unit `unit`.

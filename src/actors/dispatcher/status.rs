@@ -57,6 +57,8 @@ pub struct PartitionStatus {
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EngineStatus {
+    /// The routing table's version (`If-Match` on a change names it).
+    pub version: u64,
     /// At least one unit can take creates.
     pub ready: bool,
     /// Every probe of the last round failed while something else did not:
@@ -174,7 +176,16 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
             }
         })
         .collect();
-    let partitions = by_partition(routing)
+    let mut all = by_partition(routing);
+    // Partitions without units yet are still places a unit may be moved to.
+    for name in routing
+        .partitions
+        .keys()
+        .chain(std::iter::once(&routing.default_partition))
+    {
+        all.entry(name).or_default();
+    }
+    let partitions = all
         .into_iter()
         .map(|(name, units)| PartitionStatus {
             panic: board.in_panic(name),
@@ -183,6 +194,7 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
         })
         .collect();
     EngineStatus {
+        version: routing.version,
         ready: units.iter().any(|u| u.takes_creates),
         prober_suspected: board.prober_suspected(),
         partitions,
