@@ -18,13 +18,13 @@ use tokio::sync::oneshot;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::actors::dispatcher::{CloseAll, Dispatcher, UnitRoute};
+use crate::actors::dispatcher::{CloseAll, Dispatcher, SavedTable, UnitRoute};
 use crate::actors::health::{HealthBoard, UnitHealth};
 use crate::actors::supervisor::{Supervisor, Watch};
 use crate::actors::unit::{SettleMeta, UnitActor, UnitOptions};
 use crate::api::middleware::{Admission, observe};
 use crate::api::{self, AdminToken, AppState};
-use crate::config::{Settings, TableState, UnitSettings};
+use crate::config::{Settings, TableState, UnitRouting, UnitSettings};
 use crate::domain::key_homes::KeyRing;
 use crate::storage::{Dialect, OpenError, UnitStore};
 
@@ -55,7 +55,7 @@ impl Application {
     /// Starts everything, in this order; must run inside an actix `System`.
     /// A failure stops whatever had started.
     pub async fn build(mut settings: Settings) -> Result<Self, StartError> {
-        let version = apply_saved_table(&mut settings)?;
+        let saved = apply_saved_table(&mut settings)?;
         let listeners = Listeners::bind(&settings)?;
         let metrics = install_metrics(&settings);
         let board = Arc::new(HealthBoard::new(settings.units.iter().map(|u| u.id)));
@@ -69,7 +69,7 @@ impl Application {
             Err(e) => return Err(stop_started(&arbiters, None, e)),
         };
         let supervisor = start_supervisor(&settings, &board, &routes, &mut arbiters);
-        let shard = Dispatcher::new(&settings, routes, ring, version, board, supervisor);
+        let shard = Dispatcher::new(&settings, routes, ring, saved, board, supervisor);
         // This shard serves status, the admin API and shutdown; every HTTP
         // worker starts its own on its own thread (see the dispatcher's docs).
         let dispatcher = shard.clone().start();
@@ -194,29 +194,49 @@ fn install_metrics(settings: &Settings) -> PrometheusHandle {
     metrics
 }
 
-/// Applies the operator's changes kept in `admin.state_file` (if any) to
-/// the config's units; answers the routing table's version (1 without one).
-fn apply_saved_table(settings: &mut Settings) -> Result<u64, StartError> {
+/// The routing table as the operator left it: the config's units with the
+/// changes kept in `admin.state_file` applied over them. Answers the table's
+/// version (1 without saved changes) and the config's own settings of each
+/// unit (what a change is kept against).
+fn apply_saved_table(settings: &mut Settings) -> Result<SavedTable, StartError> {
+    let config = settings
+        .units
+        .iter()
+        .map(|u| (u.id, UnitRouting::of(u)))
+        .collect();
     let Some(path) = settings.admin.state_file.clone() else {
-        return Ok(1);
+        if !settings.admin.token.is_empty() {
+            tracing::warn!(
+                "admin.state_file is not set: routing changes made through the admin API last until this process stops"
+            );
+        }
+        return Ok(SavedTable { version: 1, config });
     };
     let Some(state) = TableState::load(Path::new(&path)).map_err(StartError::TableState)? else {
-        return Ok(1);
+        return Ok(SavedTable { version: 1, config });
     };
-    let unknown = state.apply(&mut settings.units);
-    if !unknown.is_empty() {
-        tracing::warn!(
-            ?unknown,
-            path,
-            "the routing state file names units the config no longer has; ignored"
-        );
+    for (id, saved) in &state.units {
+        match settings.units.iter_mut().find(|u| u.id == *id) {
+            Some(u) => {
+                tracing::warn!(unit = id, config = ?UnitRouting::of(u), kept = ?saved, path, "an operator's change overrides the config for this unit");
+                saved.apply_to(u);
+            }
+            None => tracing::warn!(
+                unit = id,
+                path,
+                "the routing state file names a unit the config no longer has; ignored"
+            ),
+        }
     }
     tracing::info!(
         version = state.version,
         path,
         "routing table changes restored"
     );
-    Ok(state.version.max(1))
+    Ok(SavedTable {
+        version: state.version.max(1),
+        config,
+    })
 }
 
 /// The threads the unit actors share.

@@ -5,7 +5,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::auth::AdminToken;
+use super::auth::{AdminToken, Authorized};
 use super::dto::UnitPatchRequest;
 use super::error::{ApiError, ErrorResponse};
 use super::extract::{IfMatch, JsonBody};
@@ -33,9 +33,10 @@ pub async fn list_units(
 }
 
 /// Changes one unit's routing settings: `mode`, `partition`, `temperature`,
-/// `weight`. Every engine process's creates follow it at once; the answer
+/// `weight`. This engine process's next creates follow it; the answer
 /// carries the table's new version (also as `ETag`), and `If-Match` makes
-/// the change conditional on the version the operator saw.
+/// the change conditional on the version the operator saw. No field (or no
+/// body) changes nothing.
 #[utoipa::path(
     patch, path = "/admin/units/{id}", tag = "admin",
     security(("bearer" = [])),
@@ -51,14 +52,13 @@ pub async fn list_units(
     )
 )]
 pub async fn patch_unit(
+    _: Authorized,
     req: HttpRequest,
-    token: web::Data<AdminToken>,
     state: web::Data<AppState>,
     id: web::Path<String>,
     if_match: IfMatch,
     body: JsonBody<UnitPatchRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    token.authorize(&req)?;
     let patch = body.0.into_patch()?;
     let unit = id
         .parse::<u16>()

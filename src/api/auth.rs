@@ -21,6 +21,27 @@ impl std::fmt::Debug for AdminToken {
     }
 }
 
+/// An admin call that carried the token: as a handler's first argument it
+/// is checked before any other (the body is not read for a caller without
+/// the token).
+pub struct Authorized;
+
+impl actix_web::FromRequest for Authorized {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let checked = match req.app_data::<actix_web::web::Data<AdminToken>>() {
+            Some(token) => token.authorize(req).map(|()| Authorized),
+            None => Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                "the admin API is off on this listener",
+            )),
+        };
+        std::future::ready(checked)
+    }
+}
+
 impl AdminToken {
     /// `token` must not be empty (an empty token turns the admin API off).
     pub fn new(token: &str) -> Self {

@@ -31,9 +31,7 @@ impl<'de> Deserialize<'de> for WholeNumber {
             (f.fract() == 0.0 && f.abs() < 9.2e18).then_some(f as i64)
         });
         whole.map(WholeNumber).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "invalid value: {n}, expected a whole number of minor units"
-            ))
+            serde::de::Error::custom(format!("invalid value: {n}, expected a whole number"))
         })
     }
 }

@@ -179,10 +179,7 @@ impl FromRequest for IfMatch {
                 .and_then(parse_if_match)
                 .map(|v| IfMatch(Some(v)))
                 .ok_or_else(|| {
-                    ApiError::validation(
-                        "If-Match",
-                        "If-Match must be an order version (an integer >= 1)",
-                    )
+                    ApiError::validation("If-Match", "If-Match must be a version (an integer >= 1)")
                 }),
         };
         ready(parsed)

@@ -64,7 +64,10 @@ impl UnitPatch {
     }
 }
 
-/// What the state file holds.
+/// What the state file holds: the table's version, and the routing
+/// settings of each unit an operator changed away from the config (a unit
+/// back at its config settings is left out, so later edits of the config
+/// reach it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableState {
@@ -84,35 +87,33 @@ impl TableState {
         }
     }
 
-    /// Writes the state to `path` atomically (temporary file, fsync, rename,
-    /// fsync of the directory).
+    /// Writes the state to `path` atomically: a temporary file of this
+    /// process's own, synced, renamed over `path`. An error means `path` still
+    /// holds the old state. The directory is synced afterwards (so that the
+    /// rename survives a power cut); that failing only warns, since the new
+    /// state is in place already.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
         std::fs::create_dir_all(dir)?;
-        let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::File::create(&tmp)?;
-        let body = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        file.write_all(&body)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    }
-
-    /// Applies the saved settings to the config's units; ids the config no
-    /// longer has are returned (their saved settings are ignored).
-    pub fn apply(&self, units: &mut [UnitSettings]) -> Vec<u16> {
-        let mut unknown = Vec::new();
-        for (id, saved) in &self.units {
-            match units.iter_mut().find(|u| u.id == *id) {
-                Some(u) => saved.apply_to(u),
-                None => unknown.push(*id),
-            }
+        let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+        let written = (|| {
+            let mut file = std::fs::File::create(&tmp)?;
+            let body = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+            file.write_all(&body)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        unknown
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!(path = %path.display(), error = %e, "routing state written, but its directory could not be synced");
+        }
+        Ok(())
     }
 }
 

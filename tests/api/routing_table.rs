@@ -181,11 +181,16 @@ async fn operators_change_units_live_and_a_restart_keeps_it() {
     let r = app
         .client
         .patch(format!("{}/admin/units/2", app.admin))
-        .json(&json!({"mode": "open"}))
+        .header("if-match", "not a version")
+        .json(&json!({"mode": "sleepy"}))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "the token is checked before anything else"
+    );
     // Naming nothing to change changes nothing, the version included.
     let r = patch(&app, "2", &json!({}), Some("4")).await;
     assert_eq!(
@@ -194,16 +199,22 @@ async fn operators_change_units_live_and_a_restart_keeps_it() {
     );
     let status = app.units_status().await;
     assert_eq!(status["version"], 4, "refused changes leave the version");
+    // Counted (the registry is the test process's: other tests add to it).
     let metrics = app.metrics_text().await;
-    assert!(
-        metrics.contains("orderengine_routing_table_version 4"),
-        "{}",
-        metrics
-            .lines()
-            .filter(|l| l.contains("routing"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let applied: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("orderengine_routing_table_changes_total{outcome=\"applied\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("changes are counted");
+    assert!(applied >= 3.0, "{applied}");
+
+    // The state file keeps the units changed away from the config, only.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(root.path().join("routing-state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["version"], 4);
+    let kept: Vec<&String> = state["units"].as_object().unwrap().keys().collect();
+    assert_eq!(kept, ["1", "2"], "{state}");
 
     // A restart keeps every change and the version.
     app.shutdown().await;

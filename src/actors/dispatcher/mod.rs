@@ -51,6 +51,7 @@ use self::create::CreateContext;
 use self::keys::KeyRecords;
 use self::routing::Routing;
 use self::table::RoutingTable;
+pub use self::table::SavedTable;
 use super::EngineError;
 use super::health::HealthBoard;
 use super::key_lock::KeyLocks;
@@ -73,17 +74,17 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// The dispatcher over `units` (whose settings already carry the
-    /// operator's saved changes), at routing table version `version`.
+    /// operator's saved changes, `saved`).
     pub fn new(
         settings: &Settings,
         units: Vec<UnitRoute>,
         ring: KeyRing,
-        version: u64,
+        saved: SavedTable,
         board: Arc<HealthBoard>,
         supervisor: Addr<Supervisor>,
     ) -> Self {
         let routing = Routing {
-            version,
+            version: saved.version,
             units: units.into_iter().map(|u| (u.settings.id, u)).collect(),
             merchants: settings.merchants.clone(),
             partitions: settings.partitions.clone(),
@@ -93,7 +94,7 @@ impl Dispatcher {
         };
         let state_file = settings.admin.state_file.as_ref().map(Into::into);
         Self {
-            table: Arc::new(RoutingTable::new(routing, state_file)),
+            table: Arc::new(RoutingTable::new(routing, saved.config, state_file)),
             key_locks: KeyLocks::default(),
             calls: UnitCalls {
                 board,

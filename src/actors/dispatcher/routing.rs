@@ -125,12 +125,20 @@ impl Routing {
         Some((unit, route.addr.clone()))
     }
 
-    /// Every partition the table knows: configured ones (with spill rules),
-    /// the default, and those units are in.
-    pub fn knows_partition(&self, name: &str) -> bool {
-        name == self.default_partition
-            || self.partitions.contains_key(name)
-            || self.units.values().any(|u| u.settings.partition == name)
+    /// Every partition the table knows: the default, configured ones (with
+    /// spill rules), those merchants are mapped to or creates spill into,
+    /// and those units are in.
+    pub fn known_partitions(&self) -> std::collections::BTreeSet<&str> {
+        std::iter::once(self.default_partition.as_str())
+            .chain(self.partitions.keys().map(String::as_str))
+            .chain(
+                self.partitions
+                    .values()
+                    .flat_map(|p| p.spill_to.iter().map(String::as_str)),
+            )
+            .chain(self.merchants.values().map(String::as_str))
+            .chain(self.units.values().map(|u| u.settings.partition.as_str()))
+            .collect()
     }
 
     /// The unit that holds an order of unit `unit`.

@@ -178,11 +178,7 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
         .collect();
     let mut all = by_partition(routing);
     // Partitions without units yet are still places a unit may be moved to.
-    for name in routing
-        .partitions
-        .keys()
-        .chain(std::iter::once(&routing.default_partition))
-    {
+    for name in routing.known_partitions() {
         all.entry(name).or_default();
     }
     let partitions = all

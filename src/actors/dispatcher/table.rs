@@ -7,6 +7,7 @@
 //! before they take effect: a change the process cannot keep is refused,
 //! so a restart never forgets one that was answered.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -18,8 +19,18 @@ use crate::actors::EngineError;
 use crate::config::{MAX_WEIGHT, TableState, UnitMode, UnitPatch, UnitRouting};
 use crate::metrics as m;
 
+/// The routing table as start-up found it.
+pub struct SavedTable {
+    /// The version the operator's kept changes had reached (1 without any).
+    pub version: u64,
+    /// Each unit's routing settings as the config has them.
+    pub config: BTreeMap<u16, UnitRouting>,
+}
+
 pub(super) struct RoutingTable {
     current: ArcSwap<Routing>,
+    /// The config's settings: the state file keeps only changes from them.
+    config: BTreeMap<u16, UnitRouting>,
     /// Held while a change is built, kept and swapped in.
     changing: Mutex<()>,
     state_file: Option<PathBuf>,
@@ -32,10 +43,15 @@ pub(super) struct Applied {
 }
 
 impl RoutingTable {
-    pub fn new(routing: Routing, state_file: Option<PathBuf>) -> Self {
+    pub fn new(
+        routing: Routing,
+        config: BTreeMap<u16, UnitRouting>,
+        state_file: Option<PathBuf>,
+    ) -> Self {
         publish(&routing);
         Self {
             current: ArcSwap::from_pointee(routing),
+            config,
             changing: Mutex::new(()),
             state_file,
         }
@@ -77,6 +93,20 @@ impl RoutingTable {
         })
     }
 
+    /// What the state file keeps of `table`: its version, and the units
+    /// whose settings differ from the config's.
+    fn state_of(&self, table: &Routing) -> TableState {
+        TableState {
+            version: table.version,
+            units: table
+                .units
+                .iter()
+                .map(|(id, u)| (*id, UnitRouting::of(&u.settings)))
+                .filter(|(id, now)| self.config.get(id) != Some(now))
+                .collect(),
+        }
+    }
+
     /// The next table, kept in the state file; or why not.
     fn build(
         &self,
@@ -108,7 +138,7 @@ impl RoutingTable {
         let entry = next.units.get_mut(&unit).expect("the unit is in the table");
         after.apply_to(&mut entry.settings);
         if let Some(path) = &self.state_file {
-            state_of(&next)
+            self.state_of(&next)
                 .save(path)
                 .map_err(|e| EngineError::TableNotSaved(format!("{}: {e}", path.display())))?;
         }
@@ -128,7 +158,7 @@ fn changed(
     };
     let mut after = before.clone();
     if let Some(p) = &patch.partition {
-        if !table.knows_partition(p) {
+        if !table.known_partitions().contains(p.as_str()) {
             return Err(invalid(
                 "partition",
                 format!("no partition named {p:?} (a unit's, the default, or a configured one)"),
@@ -152,18 +182,6 @@ fn changed(
         after.temperature = t;
     }
     Ok(after)
-}
-
-/// What the state file keeps of a table.
-pub(super) fn state_of(table: &Routing) -> TableState {
-    TableState {
-        version: table.version,
-        units: table
-            .units
-            .iter()
-            .map(|(id, u)| (*id, UnitRouting::of(&u.settings)))
-            .collect(),
-    }
 }
 
 /// The table's version and each unit's weight and mode, as gauges.
