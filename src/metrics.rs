@@ -48,7 +48,7 @@ pub const PROBER_SUSPECTED: &str = "orderengine_prober_suspected";
 pub const BUILD_INFO: &str = "orderengine_build_info";
 
 /// `outcome` label values of routing table changes.
-pub const CHANGE_OUTCOMES: [&str; 4] = ["applied", "refused", "conflict", "not_saved"];
+pub const CHANGE_OUTCOMES: [&str; 5] = ["applied", "unchanged", "refused", "conflict", "not_saved"];
 
 /// `op` label values.
 pub const OPS: [&str; 7] = ["create", "pay", "close", "refund", "get", "lookup", "list"];
@@ -239,7 +239,7 @@ fn describe() {
     describe_counter!(
         ROUTING_CHANGES,
         Unit::Count,
-        "Operator changes to the routing table through the admin API, by outcome: applied, refused (invalid), conflict (If-Match named an older version), not_saved."
+        "Operator changes to the routing table through the admin API, by outcome: applied, unchanged (nothing to change), refused (the table cannot take it), conflict (If-Match named an older version), not_saved."
     );
     describe_gauge!(
         UNIT_WEIGHT,

@@ -199,11 +199,20 @@ fn install_metrics(settings: &Settings) -> PrometheusHandle {
 /// version (1 without saved changes) and the config's own settings of each
 /// unit (what a change is kept against).
 fn apply_saved_table(settings: &mut Settings) -> Result<SavedTable, StartError> {
-    let config = settings
-        .units
-        .iter()
-        .map(|u| (u.id, UnitRouting::of(u)))
-        .collect();
+    let config = TableState {
+        version: 0,
+        units: settings
+            .units
+            .iter()
+            .map(|u| (u.id, UnitRouting::of(u)))
+            .collect(),
+        merchants: settings.merchants.clone(),
+        partitions: settings
+            .partitions
+            .iter()
+            .map(|(n, p)| (n.clone(), p.spill_to.clone()))
+            .collect(),
+    };
     let Some(path) = settings.admin.state_file.clone() else {
         if !settings.admin.token.is_empty() {
             tracing::warn!(
@@ -227,6 +236,30 @@ fn apply_saved_table(settings: &mut Settings) -> Result<SavedTable, StartError> 
                 "the routing state file names a unit the config no longer has; ignored"
             ),
         }
+    }
+    for (merchant, partition) in &state.merchants {
+        tracing::warn!(
+            merchant,
+            partition,
+            path,
+            "an operator's change overrides the config for this merchant"
+        );
+        settings
+            .merchants
+            .insert(merchant.clone(), partition.clone());
+    }
+    for (name, spill_to) in &state.partitions {
+        tracing::warn!(
+            partition = name,
+            ?spill_to,
+            path,
+            "an operator's change overrides the config for this partition"
+        );
+        settings
+            .partitions
+            .entry(name.clone())
+            .or_default()
+            .spill_to = spill_to.clone();
     }
     tracing::info!(
         version = state.version,

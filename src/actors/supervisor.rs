@@ -53,6 +53,13 @@ pub struct Watch {
     pub mode: UnitMode,
 }
 
+/// The partitions' spill rules changed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetSpill {
+    pub partitions: BTreeMap<String, PartitionSettings>,
+}
+
 struct Watched {
     addr: Addr<UnitActor>,
     partition: String,
@@ -318,6 +325,15 @@ impl Handler<Watch> for Supervisor {
         w.addr = msg.addr;
         w.partition = msg.partition;
         w.mode = msg.mode;
+        self.publish();
+    }
+}
+
+impl Handler<SetSpill> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetSpill, _ctx: &mut Self::Context) {
+        self.partitions = msg.partitions;
         self.publish();
     }
 }

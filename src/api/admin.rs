@@ -6,12 +6,16 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::auth::{AdminToken, Authorized};
-use super::dto::UnitPatchRequest;
+use super::dto::{MerchantRequest, PartitionRequest, UnitPatchRequest};
 use super::error::{ApiError, ErrorResponse};
 use super::extract::{IfMatch, JsonBody};
 use super::state::AppState;
-use crate::actors::dispatcher::{AdminStatus, EngineStatus, PatchUnit, UnitChanged};
+use crate::actors::dispatcher::{
+    AdminStatus, EngineStatus, GetMerchant, ListPartitions, MerchantRoute, PartitionTable,
+    PatchUnit, SetMerchant, SetPartition, UnitChanged,
+};
 use crate::domain::order_id::MAX_UNIT;
+use crate::domain::values::MerchantId;
 
 /// The routing table with live state: mode, health, circuit, latency, create rate.
 #[utoipa::path(
@@ -65,18 +69,139 @@ pub async fn patch_unit(
         .ok()
         .filter(|u| *u <= MAX_UNIT && !id.starts_with('+'))
         .ok_or_else(|| ApiError::validation("id", format!("a unit id is 0 to {MAX_UNIT}")))?;
-    let who = req
-        .peer_addr()
-        .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
-    let changed = state
+    let answer = state
         .tell(PatchUnit {
             unit,
             patch,
             if_match: if_match.0.and_then(|v| u64::try_from(v).ok()),
-            who,
+            who: who(&req),
         })
         .await??;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::ETAG, format!("\"{}\"", changed.version)))
-        .json(changed))
+    Ok(changed(answer.version, &answer))
+}
+
+/// The caller, for the change log.
+fn who(req: &HttpRequest) -> String {
+    req.peer_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
+}
+
+/// The answer to a change: `body`, with the table's version as `ETag`.
+fn changed<T: serde::Serialize>(version: u64, body: &T) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::ETAG, format!("\"{version}\"")))
+        .json(body)
+}
+
+fn merchant_id(raw: &str) -> Result<String, ApiError> {
+    MerchantId::parse(raw.to_owned())
+        .map(|m| m.as_str().to_owned())
+        .map_err(|e| ApiError::validation("merchant_id", format!("merchant_id {}", e.0)))
+}
+
+/// The partition a merchant's creates go to.
+#[utoipa::path(
+    get, path = "/admin/merchants/{merchant_id}", tag = "admin",
+    security(("bearer" = [])),
+    params(("merchant_id" = String, Path)),
+    responses(
+        (status = 200, body = MerchantRoute),
+        (status = 400, description = "`validation_failed`", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+    )
+)]
+pub async fn get_merchant(
+    _: Authorized,
+    state: web::Data<AppState>,
+    merchant: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let merchant = merchant_id(&merchant)?;
+    Ok(HttpResponse::Ok().json(state.tell(GetMerchant { merchant }).await?))
+}
+
+/// Maps a merchant's creates to a partition from now on (a key merchant's
+/// own partition, say). Its existing orders stay where they are, reachable
+/// as before.
+#[utoipa::path(
+    put, path = "/admin/merchants/{merchant_id}", tag = "admin",
+    security(("bearer" = [])),
+    params(("merchant_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = MerchantRequest,
+    responses(
+        (status = 200, body = MerchantRoute, headers(("ETag" = String, description = "The routing table's new version, quoted."))),
+        (status = 400, description = "`validation_failed` or `invalid_change` (an unknown partition)", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 412, description = "`version_mismatch`: the table is no longer at the `If-Match` version", body = ErrorResponse),
+        (status = 503, description = "`table_not_saved`: the change could not be kept; nothing changed", body = ErrorResponse),
+    )
+)]
+pub async fn put_merchant(
+    _: Authorized,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    merchant: web::Path<String>,
+    if_match: IfMatch,
+    body: JsonBody<MerchantRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let merchant = merchant_id(&merchant)?;
+    let route = state
+        .tell(SetMerchant {
+            merchant,
+            partition: body.0.partition,
+            if_match: if_match.0.and_then(|v| u64::try_from(v).ok()),
+            who: who(&req),
+        })
+        .await??;
+    Ok(changed(route.version, &route))
+}
+
+/// The partitions the routing table knows, with their spill rules and units.
+#[utoipa::path(
+    get, path = "/admin/partitions", tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = PartitionTable),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+    )
+)]
+pub async fn list_partitions(
+    _: Authorized,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.tell(ListPartitions).await?))
+}
+
+/// Sets the partitions a partition's creates spill into when none of its
+/// own units can take them (a new name makes a new partition, which units
+/// and merchants may then be moved into).
+#[utoipa::path(
+    put, path = "/admin/partitions/{name}", tag = "admin",
+    security(("bearer" = [])),
+    params(("name" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = PartitionRequest,
+    responses(
+        (status = 200, body = PartitionTable, headers(("ETag" = String, description = "The routing table's new version, quoted."))),
+        (status = 400, description = "`validation_failed` or `invalid_change` (`field` names it: an unknown partition, a spill into `canary` or `cold`, a partition named twice)", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 412, description = "`version_mismatch`: the table is no longer at the `If-Match` version", body = ErrorResponse),
+        (status = 503, description = "`table_not_saved`: the change could not be kept; nothing changed", body = ErrorResponse),
+    )
+)]
+pub async fn put_partition(
+    _: Authorized,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    if_match: IfMatch,
+    body: JsonBody<PartitionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let table = state
+        .tell(SetPartition {
+            name: name.into_inner(),
+            spill_to: body.0.spill_to,
+            if_match: if_match.0.and_then(|v| u64::try_from(v).ok()),
+            who: who(&req),
+        })
+        .await??;
+    Ok(changed(table.version, &table))
 }

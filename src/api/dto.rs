@@ -73,6 +73,26 @@ impl UnitPatchRequest {
     }
 }
 
+/// `PUT /admin/merchants/{merchant_id}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MerchantRequest {
+    /// A partition the routing table knows (this document lists them).
+    #[schema(example = "standard")]
+    pub partition: String,
+}
+
+/// `PUT /admin/partitions/{name}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionRequest {
+    /// Partitions to spill creates into, in order, when none of this one's
+    /// units can take them: known partitions, each once, never `canary` or
+    /// `cold`. Empty: never spill.
+    #[schema(example = json!(["standard"]))]
+    pub spill_to: Vec<String>,
+}
+
 fn field<T>(name: &str, r: Result<T, Invalid>) -> Result<T, ApiError> {
     r.map_err(|e| ApiError::validation(name, format!("{name} {}", e.0)))
 }

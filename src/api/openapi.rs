@@ -19,17 +19,18 @@ use super::auth::AdminToken;
 use super::state::AppState;
 
 use super::dto::{
-    CloseRequest, CreateOrderRequest, OrderBody, OrderStatusBody, PayRequest, RefundBody,
-    RefundList, RefundRequest, RefundResponse, UnitPatchRequest, UserOrdersPage,
+    CloseRequest, CreateOrderRequest, MerchantRequest, OrderBody, OrderStatusBody,
+    PartitionRequest, PayRequest, RefundBody, RefundList, RefundRequest, RefundResponse,
+    UnitPatchRequest, UserOrdersPage,
 };
 use super::error::{ApiError, ErrorCode, ErrorDetail, ErrorResponse, RETRY_AFTER_SECS};
 use super::orders::ConsistencyParam;
 use super::{admin, health, orders};
 use crate::actors::dispatcher::{
-    AdminStatus, EngineStatus, PartitionReadiness, PartitionStatus, Readiness, UnitChanged,
-    UnitStatus,
+    AdminStatus, EngineStatus, MerchantRoute, PartitionEntry, PartitionReadiness, PartitionStatus,
+    PartitionTable, Readiness, UnitChanged, UnitStatus,
 };
-use crate::config::{Temperature, UnitMode};
+use crate::config::{NO_SPILL_INTO, Temperature, UnitMode};
 use crate::domain::order_id::{MAX_UNIT, ORDER_ID_LEN};
 use crate::domain::values::{IDENTIFIER_PATTERN, MAX_IDENTIFIER_LEN};
 
@@ -83,9 +84,22 @@ struct PublicDoc;
         title = "order-engine admin",
         description = "The admin listener. Every call needs `Authorization: Bearer <token>`."
     ),
-    paths(admin::list_units, admin::patch_unit, admin_document),
+    paths(
+        admin::list_units,
+        admin::patch_unit,
+        admin::get_merchant,
+        admin::put_merchant,
+        admin::list_partitions,
+        admin::put_partition,
+        admin_document
+    ),
     components(schemas(
         UnitPatchRequest,
+        MerchantRequest,
+        PartitionRequest,
+        MerchantRoute,
+        PartitionTable,
+        PartitionEntry,
         UnitChanged,
         ErrorResponse,
         ErrorDetail,
@@ -127,12 +141,27 @@ pub async fn admin_document(
     // document names them, as the routing table has them now.
     let status = state.tell(AdminStatus).await?;
     let mut doc = admin().clone();
-    let mut names: Vec<Value> = status.partitions.iter().map(|p| json!(p.name)).collect();
-    names.push(Value::Null); // absent: the partition stays
+    let names: Vec<Value> = status.partitions.iter().map(|p| json!(p.name)).collect();
+    let mut or_absent = names.clone();
+    or_absent.push(Value::Null); // absent: the partition stays
     at(
         &mut doc,
         "/components/schemas/UnitPatchRequest/properties/partition",
+    )["enum"] = json!(or_absent);
+    at(
+        &mut doc,
+        "/components/schemas/MerchantRequest/properties/partition",
     )["enum"] = json!(names);
+    let targets: Vec<&Value> = names
+        .iter()
+        .filter(|n| !NO_SPILL_INTO.iter().any(|x| *n == x))
+        .collect();
+    let spill = at(
+        &mut doc,
+        "/components/schemas/PartitionRequest/properties/spill_to",
+    );
+    spill["items"]["enum"] = json!(targets);
+    spill["uniqueItems"] = json!(true);
     Ok(HttpResponse::Ok().json(doc))
 }
 
@@ -199,6 +228,7 @@ fn parameter_schema(name: &str) -> Option<(Value, &'static str)> {
             json!({"type": "integer", "minimum": 0, "maximum": MAX_UNIT}),
             "The unit's id.",
         ),
+        "name" => (identifier(), "The partition."),
         "cursor" => (
             json!({"type": "string", "pattern": CURSOR_PATTERN, "format": "order-cursor"}),
             "`next_cursor` from the previous page (format `order-cursor`); any other value is \

@@ -57,6 +57,13 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/admin/units", "GET").route(web::get().to(admin::list_units)))
     .service(resource("/admin/units/{id}", "PATCH").route(web::patch().to(admin::patch_unit)))
+    .service(
+        resource("/admin/merchants/{merchant_id}", "GET, PUT")
+            .route(web::get().to(admin::get_merchant))
+            .route(web::put().to(admin::put_merchant)),
+    )
+    .service(resource("/admin/partitions", "GET").route(web::get().to(admin::list_partitions)))
+    .service(resource("/admin/partitions/{name}", "PUT").route(web::put().to(admin::put_partition)))
     .service(resource("/openapi.json", "GET").route(web::get().to(openapi::admin_document)))
     .default_service(web::to(not_found));
 }

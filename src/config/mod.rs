@@ -19,11 +19,10 @@ pub use sections::{
     SequenceSettings, ServerSettings, StorageSettings, SupervisorSettings,
 };
 pub use table_state::{MAX_WEIGHT, TableState, UnitPatch, UnitRouting};
-pub use units::{PartitionSettings, Temperature, UnitMode, UnitSettings};
+pub use units::{NO_SPILL_INTO, PartitionSettings, Temperature, UnitMode, UnitSettings};
 pub use urls::{check_db_url, mask_url};
 
 use self::env::apply_override;
-use self::units::NO_SPILL_INTO;
 use crate::domain::order_id::MAX_UNIT;
 use crate::domain::shapes;
 

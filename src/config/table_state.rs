@@ -64,15 +64,20 @@ impl UnitPatch {
     }
 }
 
-/// What the state file holds: the table's version, and the routing
-/// settings of each unit an operator changed away from the config (a unit
-/// back at its config settings is left out, so later edits of the config
-/// reach it).
+/// What the state file holds: the table's version, and what an operator
+/// changed away from the config: each unit's routing settings, merchants'
+/// partitions, partitions' spill rules (anything back at its config value
+/// is left out, so later edits of the config reach it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableState {
     pub version: u64,
     pub units: BTreeMap<u16, UnitRouting>,
+    #[serde(default)]
+    pub merchants: BTreeMap<String, String>,
+    /// Partition -> the partitions it spills into.
+    #[serde(default)]
+    pub partitions: BTreeMap<String, Vec<String>>,
 }
 
 impl TableState {

@@ -89,4 +89,4 @@ pub struct PartitionSettings {
 }
 
 /// Partitions nothing may spill into: canary traffic is opt-in, cold takes no creates.
-pub(super) const NO_SPILL_INTO: [&str; 2] = ["canary", "cold"];
+pub const NO_SPILL_INTO: [&str; 2] = ["canary", "cold"];

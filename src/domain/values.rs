@@ -24,7 +24,7 @@ pub const MAX_TEXT_CHARS: usize = 256;
 #[error("{0}")]
 pub struct Invalid(pub String);
 
-fn is_identifier(s: &str) -> bool {
+pub fn is_identifier(s: &str) -> bool {
     (1..=MAX_IDENTIFIER_LEN).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))

@@ -224,8 +224,13 @@ impl TestApp {
 
     /// `GET /admin/units` with the admin token.
     pub async fn units_status(&self) -> Value {
+        self.admin_get("/admin/units").await
+    }
+
+    /// `GET path` on the admin listener with the admin token: the JSON body.
+    pub async fn admin_get(&self, path: &str) -> Value {
         self.client
-            .get(format!("{}/admin/units", self.admin))
+            .get(format!("{}{path}", self.admin))
             .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
@@ -233,6 +238,26 @@ impl TestApp {
             .json()
             .await
             .unwrap()
+    }
+
+    /// `method path` on the admin listener with the admin token, a JSON body
+    /// and an optional `If-Match`.
+    pub async fn admin_send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+        if_match: Option<&str>,
+    ) -> Reply {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body);
+        if let Some(v) = if_match {
+            req = req.header("if-match", v);
+        }
+        Self::reply(req.send().await.unwrap()).await
     }
 
     /// One unit's entry in `GET /admin/units`.

@@ -3,31 +3,20 @@
 //! versioned and conditional, refuses what it cannot take with a stable
 //! code, and survives a restart through the state file.
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    ADMIN_TOKEN, Backend, Reply, TestApp, settings_for, spawn_app_with, unit_urls,
-};
+use crate::helpers::{Backend, Reply, TestApp, settings_for, spawn_app_with, unit_urls};
 
 /// `PATCH /admin/units/{unit}` with the admin token.
 async fn patch(app: &TestApp, unit: &str, body: &Value, if_match: Option<&str>) -> Reply {
-    let mut req = app
-        .client
-        .patch(format!("{}/admin/units/{unit}", app.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(body);
-    if let Some(v) = if_match {
-        req = req.header("if-match", v);
-    }
-    let res = req.send().await.unwrap();
-    let (status, headers) = (res.status(), res.headers().clone());
-    let text = res.text().await.unwrap();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    }
+    let path = format!("/admin/units/{unit}");
+    app.admin_send(Method::PATCH, &path, body, if_match).await
+}
+
+/// `PUT path` on the admin listener with the admin token.
+async fn put(app: &TestApp, path: &str, body: &Value) -> Reply {
+    app.admin_send(Method::PUT, path, body, None).await
 }
 
 /// Creates `n` orders with keys `prefix-i`; the unit of each.
@@ -61,16 +50,7 @@ async fn operators_change_units_live_and_a_restart_keeps_it() {
     let app = spawn(&root, &units).await;
     assert_eq!(app.units_status().await["version"], 1);
     // The admin document names the partitions a unit may be moved into.
-    let doc: Value = app
-        .client
-        .get(format!("{}/openapi.json", app.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.admin_get("/openapi.json").await;
     assert_eq!(
         doc["components"]["schemas"]["UnitPatchRequest"]["properties"]["partition"]["enum"],
         json!(["standard", null])
@@ -276,5 +256,163 @@ async fn creates_follow_the_weights() {
     // the choice balances recent creates, which only narrows it: six
     // deviations each way cannot flake.
     assert!((32..=128).contains(&in_two), "unit 2 took {in_two} of 400");
+    app.shutdown().await;
+}
+
+/// Creates `n` orders of `merchant`; the unit of each.
+async fn units_of_creates(app: &TestApp, merchant: &str, prefix: &str, n: usize) -> Vec<u64> {
+    let mut units = Vec::new();
+    for i in 0..n {
+        let o = app
+            .create(merchant, &format!("{prefix}-{i}"), "u-1", 100)
+            .await;
+        units.push(o["unit"].as_u64().unwrap());
+    }
+    units
+}
+
+#[actix_web::test]
+async fn a_key_merchant_gets_its_own_partition_live_and_keeps_it_across_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let units = unit_urls(Backend::Sqlite, 3, root.path());
+    let app = spawn(&root, &units).await;
+    let early = app.create("m-key", "early", "u-1", 100).await;
+
+    // A new partition that spills into the standard one, and unit 3 in it.
+    let r = put(
+        &app,
+        "/admin/partitions/vip",
+        &json!({"spill_to": ["standard"]}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["version"], 2);
+    let r = patch(&app, "3", &json!({"partition": "vip"}), Some("2")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        units_of_creates(&app, "m-other", "o", 20)
+            .await
+            .iter()
+            .all(|u| *u != 3),
+        "standard merchants stay off the vip unit"
+    );
+
+    // The key merchant moves there; its earlier order stays reachable.
+    let r = put(&app, "/admin/merchants/m-key", &json!({"partition": "vip"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["partition"], "vip");
+    assert_eq!(r.headers["etag"], "\"4\"");
+    assert!(
+        units_of_creates(&app, "m-key", "k", 10)
+            .await
+            .iter()
+            .all(|u| *u == 3)
+    );
+    let id = early["order_id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&format!("/v1/orders/{id}")).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.admin_get("/admin/merchants/m-other").await,
+        json!({"version": 4, "merchant_id": "m-other", "partition": "standard", "mapped": false})
+    );
+
+    // Its partition's only unit read-only: its creates spill into standard.
+    let r = patch(&app, "3", &json!({"mode": "read_only"}), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        units_of_creates(&app, "m-key", "s", 10)
+            .await
+            .iter()
+            .all(|u| *u != 3)
+    );
+
+    // What the table cannot take.
+    for (path, body, code, field) in [
+        (
+            "/admin/partitions/vip",
+            json!({"spill_to": ["cold"]}),
+            "invalid_change",
+            Some("spill_to"),
+        ),
+        (
+            "/admin/partitions/vip",
+            json!({"spill_to": ["nowhere"]}),
+            "invalid_change",
+            Some("spill_to"),
+        ),
+        (
+            "/admin/partitions/vip",
+            json!({"spill_to": ["standard", "standard"]}),
+            "invalid_change",
+            Some("spill_to"),
+        ),
+        (
+            "/admin/partitions/bad%20name",
+            json!({"spill_to": []}),
+            "invalid_change",
+            Some("name"),
+        ),
+        (
+            "/admin/merchants/m-key",
+            json!({"partition": "nowhere"}),
+            "invalid_change",
+            Some("partition"),
+        ),
+        (
+            "/admin/merchants/bad%20id",
+            json!({"partition": "vip"}),
+            "validation_failed",
+            Some("merchant_id"),
+        ),
+        (
+            "/admin/merchants/m-key",
+            json!({"partition": 7}),
+            "validation_failed",
+            None,
+        ),
+    ] {
+        let r = put(&app, path, &body).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::BAD_REQUEST, code),
+            "{path} {body}: {}",
+            r.body
+        );
+        if let Some(f) = field {
+            assert_eq!(r.body["error"]["field"], f, "{path} {body}");
+        }
+    }
+    let table = app.admin_get("/admin/partitions").await;
+    assert_eq!(table["version"], 5);
+    let vip = table["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "vip")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        vip,
+        json!({"name": "vip", "spill_to": ["standard"], "units": [3]})
+    );
+
+    // A restart keeps the partition, the merchant and the unit's move.
+    app.shutdown().await;
+    let app = spawn(&root, &units).await;
+    assert_eq!(app.admin_get("/admin/partitions").await["version"], 5);
+    assert_eq!(
+        app.admin_get("/admin/merchants/m-key").await["partition"],
+        "vip"
+    );
+    let r = patch(&app, "3", &json!({"mode": "open"}), Some("5")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(
+        units_of_creates(&app, "m-key", "r", 10)
+            .await
+            .iter()
+            .all(|u| *u == 3)
+    );
     app.shutdown().await;
 }

@@ -5,7 +5,7 @@ use actix::Message;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::status::{EngineStatus, Readiness, UnitStatus};
+use super::status::{EngineStatus, MerchantRoute, PartitionTable, Readiness, UnitStatus};
 use crate::actors::EngineError;
 use crate::config::UnitPatch;
 use crate::domain::apply::{Refunded, Updated};
@@ -130,4 +130,37 @@ pub struct PatchUnit {
 pub struct UnitChanged {
     pub version: u64,
     pub unit: UnitStatus,
+}
+
+/// A merchant's partition (admin `GET /admin/merchants/{merchant_id}`).
+#[derive(Message)]
+#[rtype(result = "MerchantRoute")]
+pub struct GetMerchant {
+    pub merchant: String,
+}
+
+/// Maps a merchant's creates to a partition (admin `PUT /admin/merchants/{merchant_id}`).
+#[derive(Message)]
+#[rtype(result = "Result<MerchantRoute, EngineError>")]
+pub struct SetMerchant {
+    pub merchant: String,
+    pub partition: String,
+    pub if_match: Option<u64>,
+    pub who: String,
+}
+
+/// The partitions and their spill rules (admin `GET /admin/partitions`).
+#[derive(Message)]
+#[rtype(result = "PartitionTable")]
+pub struct ListPartitions;
+
+/// Sets a partition's spill rules, creating the partition if new (admin
+/// `PUT /admin/partitions/{name}`).
+#[derive(Message)]
+#[rtype(result = "Result<PartitionTable, EngineError>")]
+pub struct SetPartition {
+    pub name: String,
+    pub spill_to: Vec<String>,
+    pub if_match: Option<u64>,
+    pub who: String,
 }

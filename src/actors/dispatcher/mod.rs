@@ -41,11 +41,15 @@ use futures_util::future::join_all;
 
 pub use calls::{CallError, UnitCalls};
 pub use messages::{
-    AdminStatus, Close, CloseAll, Create, Created, Get, ListRefunds, ListUserOrders, LookupByKey,
-    PatchUnit, Pay, Refund, Status, UnitChanged, UserPage,
+    AdminStatus, Close, CloseAll, Create, Created, Get, GetMerchant, ListPartitions, ListRefunds,
+    ListUserOrders, LookupByKey, PatchUnit, Pay, Refund, SetMerchant, SetPartition, Status,
+    UnitChanged, UserPage,
 };
 pub use routing::UnitRoute;
-pub use status::{EngineStatus, PartitionReadiness, PartitionStatus, Readiness, UnitStatus};
+pub use status::{
+    EngineStatus, MerchantRoute, PartitionEntry, PartitionReadiness, PartitionStatus,
+    PartitionTable, Readiness, UnitStatus,
+};
 
 use self::create::CreateContext;
 use self::keys::KeyRecords;
@@ -55,7 +59,7 @@ pub use self::table::SavedTable;
 use super::EngineError;
 use super::health::HealthBoard;
 use super::key_lock::KeyLocks;
-use super::supervisor::{Supervisor, Watch};
+use super::supervisor::{SetSpill, Supervisor, Watch};
 use super::unit::{self, CloseUnit, UnitActor};
 use crate::config::Settings;
 use crate::domain::apply::{Refunded, Updated};
@@ -312,5 +316,66 @@ impl Handler<PatchUnit> for Dispatcher {
             version: table.version,
             unit,
         }))
+    }
+}
+
+impl Handler<GetMerchant> for Dispatcher {
+    type Result = MessageResult<GetMerchant>;
+
+    fn handle(&mut self, msg: GetMerchant, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(status::merchant(&self.table.load(), &msg.merchant))
+    }
+}
+
+impl Handler<SetMerchant> for Dispatcher {
+    type Result = MessageResult<SetMerchant>;
+
+    fn handle(&mut self, msg: SetMerchant, _ctx: &mut Self::Context) -> Self::Result {
+        let before = self.table.load().partition_of_str(&msg.merchant).to_owned();
+        let answer = self
+            .table
+            .set_merchant(&msg.merchant, &msg.partition, msg.if_match)
+            .map(|table| {
+                tracing::info!(who = %msg.who, merchant = %msg.merchant, version = table.version,
+                    before, after = %msg.partition, "routing table changed: merchant's partition");
+                status::merchant(&table, &msg.merchant)
+            })
+            .inspect_err(|e| {
+                tracing::warn!(who = %msg.who, merchant = %msg.merchant, error = %e, "routing table change refused");
+            });
+        MessageResult(answer)
+    }
+}
+
+impl Handler<ListPartitions> for Dispatcher {
+    type Result = MessageResult<ListPartitions>;
+
+    fn handle(&mut self, _msg: ListPartitions, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(status::partitions(&self.table.load()))
+    }
+}
+
+impl Handler<SetPartition> for Dispatcher {
+    type Result = MessageResult<SetPartition>;
+
+    fn handle(&mut self, msg: SetPartition, _ctx: &mut Self::Context) -> Self::Result {
+        let old = self.table.load();
+        let before = old.partitions.get(&msg.name).map(|p| p.spill_to.clone());
+        let answer = self
+            .table
+            .set_spill(&msg.name, &msg.spill_to, msg.if_match)
+            .map(|table| {
+                tracing::info!(who = %msg.who, partition = %msg.name, version = table.version,
+                    ?before, after = ?msg.spill_to, "routing table changed: partition's spill rules");
+                // Panic mode counts the units a partition's creates can reach.
+                self.calls.supervisor.do_send(SetSpill {
+                    partitions: table.partitions.clone(),
+                });
+                status::partitions(&table)
+            })
+            .inspect_err(|e| {
+                tracing::warn!(who = %msg.who, partition = %msg.name, error = %e, "routing table change refused");
+            });
+        MessageResult(answer)
     }
 }

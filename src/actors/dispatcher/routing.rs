@@ -79,8 +79,13 @@ pub(super) struct Routing {
 
 impl Routing {
     pub fn partition_of(&self, merchant: &MerchantId) -> &str {
+        self.partition_of_str(merchant.as_str())
+    }
+
+    /// The partition of the merchant named `merchant`.
+    pub fn partition_of_str(&self, merchant: &str) -> &str {
         self.merchants
-            .get(merchant.as_str())
+            .get(merchant)
             .unwrap_or(&self.default_partition)
     }
 

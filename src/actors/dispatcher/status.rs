@@ -197,3 +197,70 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
         units,
     }
 }
+
+/// Where a merchant's creates go.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MerchantRoute {
+    /// The routing table's version.
+    pub version: u64,
+    #[schema(example = "m-1")]
+    pub merchant_id: String,
+    #[schema(example = "standard")]
+    pub partition: String,
+    /// False when the merchant is not mapped and takes the default partition.
+    pub mapped: bool,
+}
+
+/// Every partition the routing table knows.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PartitionTable {
+    /// The routing table's version.
+    pub version: u64,
+    pub default_partition: String,
+    pub partitions: Vec<PartitionEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PartitionEntry {
+    #[schema(example = "standard")]
+    pub name: String,
+    /// Partitions this one's creates spill into, in order, when none of its
+    /// own units can take them.
+    pub spill_to: Vec<String>,
+    /// Units in the partition.
+    pub units: Vec<u16>,
+}
+
+/// Where `merchant`'s creates go.
+pub(super) fn merchant(routing: &Routing, merchant: &str) -> MerchantRoute {
+    MerchantRoute {
+        version: routing.version,
+        merchant_id: merchant.to_owned(),
+        partition: routing.partition_of_str(merchant).to_owned(),
+        mapped: routing.merchants.contains_key(merchant),
+    }
+}
+
+/// Every partition the table knows, with its spill rules and units.
+pub(super) fn partitions(routing: &Routing) -> PartitionTable {
+    let mut units = by_partition(routing);
+    for name in routing.known_partitions() {
+        units.entry(name).or_default();
+    }
+    PartitionTable {
+        version: routing.version,
+        default_partition: routing.default_partition.clone(),
+        partitions: units
+            .into_iter()
+            .map(|(name, units)| PartitionEntry {
+                name: name.to_owned(),
+                spill_to: routing
+                    .partitions
+                    .get(name)
+                    .map(|p| p.spill_to.clone())
+                    .unwrap_or_default(),
+                units,
+            })
+            .collect(),
+    }
+}
