@@ -136,6 +136,10 @@ impl Settings {
                 }
             }
         }
+        // A partition exists when [partitions] declares it or a unit is in it.
+        let exists = |p: &str| {
+            self.partitions.contains_key(p) || self.units.iter().any(|u| u.partition == p)
+        };
         for (name, p) in &self.partitions {
             if let Some(bad) = p
                 .spill_to
@@ -144,6 +148,22 @@ impl Settings {
             {
                 return invalid(format!("partition {name} may not spill into {bad}"));
             }
+            if let Some(bad) = p.spill_to.iter().find(|t| !exists(t)) {
+                return invalid(format!(
+                    "partition {name} spills into {bad}, which no unit is in and [partitions] does not declare"
+                ));
+            }
+        }
+        if let Some((merchant, bad)) = self.merchants.iter().find(|(_, p)| !exists(p)) {
+            return invalid(format!(
+                "merchant {merchant} is mapped to partition {bad}, which no unit is in and [partitions] does not declare"
+            ));
+        }
+        if !exists(&self.dispatcher.default_partition) {
+            return invalid(format!(
+                "dispatcher.default_partition {} is a partition no unit is in and [partitions] does not declare",
+                self.dispatcher.default_partition
+            ));
         }
         if self.sequence.step == 0 || self.sequence.prefetch_at_percent > 100 {
             return invalid("sequence.step must be > 0 and prefetch_at_percent <= 100".into());
@@ -221,6 +241,34 @@ mod tests {
         assert_eq!(s.units[0].weight, 100);
         let err = Settings::from_toml(BASE, "t", env(&[("ORDERENGINE__UNITS__9__WEIGHT", "1")]));
         assert!(err.unwrap_err().to_string().contains("no entry with id 9"));
+    }
+
+    #[test]
+    fn rejects_references_to_partitions_that_do_not_exist() {
+        for (extra, says) in [
+            (
+                "[merchants]\n\"m-1\" = \"vip\"\n",
+                "merchant m-1 is mapped to partition vip",
+            ),
+            (
+                "[partitions.standard]\nspill_to = [\"nowhere\"]\n",
+                "partition standard spills into nowhere",
+            ),
+            (
+                "[dispatcher]\ndefault_partition = \"gone\"\n",
+                "default_partition gone",
+            ),
+        ] {
+            let e = Settings::from_toml(&format!("{BASE}\n{extra}"), "t", [])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        // Declared, or a unit in it: both exist.
+        let ok = format!(
+            "{BASE}\n[merchants]\n\"m-1\" = \"vip\"\n[partitions.vip]\nspill_to = [\"standard\"]\n"
+        );
+        Settings::from_toml(&ok, "t", []).unwrap();
     }
 
     #[test]
