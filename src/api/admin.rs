@@ -5,7 +5,7 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use super::auth::{AdminToken, Authorized};
+use super::auth::Authorized;
 use super::dto::{MerchantRequest, PartitionRequest, UnitPatchRequest};
 use super::error::{ApiError, ErrorResponse};
 use super::extract::{IfMatch, JsonBody};
@@ -27,11 +27,9 @@ use crate::domain::values::MerchantId;
     )
 )]
 pub async fn list_units(
-    req: HttpRequest,
-    token: web::Data<AdminToken>,
+    _: Authorized,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    token.authorize(&req)?;
     let status = state.tell(AdminStatus).await?;
     Ok(HttpResponse::Ok().json(status))
 }
@@ -73,7 +71,7 @@ pub async fn patch_unit(
         .tell(PatchUnit {
             unit,
             patch,
-            if_match: if_match.0.and_then(|v| u64::try_from(v).ok()),
+            if_match: if_match.table_version(),
             who: who(&req),
         })
         .await??;
@@ -148,7 +146,7 @@ pub async fn put_merchant(
         .tell(SetMerchant {
             merchant,
             partition: body.0.partition,
-            if_match: if_match.0.and_then(|v| u64::try_from(v).ok()),
+            if_match: if_match.table_version(),
             who: who(&req),
         })
         .await??;
@@ -199,7 +197,7 @@ pub async fn put_partition(
         .tell(SetPartition {
             name: name.into_inner(),
             spill_to: body.0.spill_to,
-            if_match: if_match.0.and_then(|v| u64::try_from(v).ok()),
+            if_match: if_match.table_version(),
             who: who(&req),
         })
         .await??;

@@ -153,6 +153,13 @@ impl FromRequest for OrderIdPath {
 /// `IF_MATCH_PATTERN` says.
 pub struct IfMatch(pub Option<i64>);
 
+impl IfMatch {
+    /// The routing table version it names (admin changes).
+    pub fn table_version(&self) -> Option<u64> {
+        self.0.and_then(|v| u64::try_from(v).ok())
+    }
+}
+
 /// The version an `If-Match` value names.
 fn parse_if_match(value: &str) -> Option<i64> {
     let v = value.trim();

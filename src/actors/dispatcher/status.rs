@@ -99,6 +99,16 @@ fn by_partition(routing: &Routing) -> BTreeMap<&str, Vec<u16>> {
     map
 }
 
+/// Units by partition, for every partition the table knows (those without
+/// units yet are still places a unit or merchant may be moved to).
+fn every_partition(routing: &Routing) -> BTreeMap<&str, Vec<u16>> {
+    let mut all = by_partition(routing);
+    for name in routing.known_partitions() {
+        all.entry(name).or_default();
+    }
+    all
+}
+
 /// Whether `u` can take a create now: its operator lets it, and its circuit
 /// is closed or its partition ignores health (panic mode).
 fn taking_creates(u: &UnitRoute, board: &HealthBoard) -> bool {
@@ -176,12 +186,7 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
             }
         })
         .collect();
-    let mut all = by_partition(routing);
-    // Partitions without units yet are still places a unit may be moved to.
-    for name in routing.known_partitions() {
-        all.entry(name).or_default();
-    }
-    let partitions = all
+    let partitions = every_partition(routing)
         .into_iter()
         .map(|(name, units)| PartitionStatus {
             panic: board.in_panic(name),
@@ -243,14 +248,10 @@ pub(super) fn merchant(routing: &Routing, merchant: &str) -> MerchantRoute {
 
 /// Every partition the table knows, with its spill rules and units.
 pub(super) fn partitions(routing: &Routing) -> PartitionTable {
-    let mut units = by_partition(routing);
-    for name in routing.known_partitions() {
-        units.entry(name).or_default();
-    }
     PartitionTable {
         version: routing.version,
         default_partition: routing.default_partition.clone(),
-        partitions: units
+        partitions: every_partition(routing)
             .into_iter()
             .map(|(name, units)| PartitionEntry {
                 name: name.to_owned(),
