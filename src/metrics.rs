@@ -41,6 +41,7 @@ pub const CREATE_UNCERTAIN: &str = "orderengine_create_uncertain_total";
 pub const KEY_SETTLES: &str = "orderengine_key_settles_total";
 pub const ROUTING_VERSION: &str = "orderengine_routing_table_version";
 pub const ROUTING_CHANGES: &str = "orderengine_routing_table_changes_total";
+pub const ROUTING_STORE_UP: &str = "orderengine_routing_store_up";
 pub const UNIT_WEIGHT: &str = "orderengine_unit_weight";
 pub const UNIT_MODE: &str = "orderengine_unit_mode";
 pub const PANIC_MODE: &str = "orderengine_partition_panic_mode";
@@ -240,6 +241,11 @@ fn describe() {
         ROUTING_CHANGES,
         Unit::Count,
         "Operator changes to the routing table through the admin API, by outcome: applied, unchanged (nothing to change), refused (the table cannot take it), conflict (If-Match named an older version), not_saved."
+    );
+    describe_gauge!(
+        ROUTING_STORE_UP,
+        Unit::Count,
+        "1 while this process reaches the control store the routing table is shared through (always 1 without one); at 0 it routes by its last table and refuses changes."
     );
     describe_gauge!(
         UNIT_WEIGHT,

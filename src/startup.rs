@@ -9,33 +9,32 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr, Arbiter, ArbiterHandle};
+use actix::{Actor, Addr, Arbiter};
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use futures_util::future::join_all;
-use tokio::sync::oneshot;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::actors::dispatcher::{CloseAll, Dispatcher, SavedTable, UnitRoute};
-use crate::actors::health::{HealthBoard, UnitHealth};
+use crate::actors::dispatcher::{
+    CloseAll, Dispatcher, Keeper, LaunchError, SavedTable, UnitLauncher, UnitRoute, shared_table,
+};
+use crate::actors::health::HealthBoard;
 use crate::actors::supervisor::{Supervisor, Watch};
-use crate::actors::unit::{SettleMeta, UnitActor, UnitOptions};
+use crate::actors::unit::SettleMeta;
 use crate::api::middleware::{Admission, observe};
 use crate::api::{self, AdminToken, AppState};
-use crate::config::{Settings, TableState, UnitRouting, UnitSettings};
+use crate::config::{Settings, TableState, mask_url};
 use crate::domain::key_homes::KeyRing;
-use crate::storage::{Dialect, OpenError, UnitStore};
+use crate::storage::{ControlStore, Dialect};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Open(#[from] OpenError),
+    Launch(#[from] LaunchError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: io::Error },
-    #[error("unit {0}: its arbiter stopped during start-up")]
-    ArbiterGone(u16),
     #[error("the key ring: {0}")]
     KeyRing(String),
     #[error("the routing state file: {0}")]
@@ -55,12 +54,14 @@ impl Application {
     /// Starts everything, in this order; must run inside an actix `System`.
     /// A failure stops whatever had started.
     pub async fn build(mut settings: Settings) -> Result<Self, StartError> {
-        let saved = apply_saved_table(&mut settings)?;
         let listeners = Listeners::bind(&settings)?;
         let metrics = install_metrics(&settings);
+        let saved = restore_table(&mut settings).await?;
         let board = Arc::new(HealthBoard::new(settings.units.iter().map(|u| u.id)));
         let mut arbiters = unit_arbiters(&settings);
-        let routes = match start_units(&settings, &board, &arbiters).await {
+        let handles = arbiters.iter().map(Arbiter::handle).collect();
+        let launcher = UnitLauncher::new(&settings, handles, board.clone());
+        let routes = match start_units(&settings, &launcher).await {
             Ok(routes) => routes,
             Err(e) => return Err(stop_started(&arbiters, None, e)),
         };
@@ -69,7 +70,9 @@ impl Application {
             Err(e) => return Err(stop_started(&arbiters, None, e)),
         };
         let supervisor = start_supervisor(&settings, &board, &routes, &mut arbiters);
-        let shard = Dispatcher::new(&settings, routes, ring, saved, board, supervisor);
+        let shard = Dispatcher::new(&settings, routes, ring, saved, launcher, supervisor);
+        let poll = Duration::from_millis(settings.admin.control_poll_ms);
+        actix_web::rt::spawn(shard.poll_table(poll));
         // This shard serves status, the admin API and shutdown; every HTTP
         // worker starts its own on its own thread (see the dispatcher's docs).
         let dispatcher = shard.clone().start();
@@ -194,81 +197,94 @@ fn install_metrics(settings: &Settings) -> PrometheusHandle {
     metrics
 }
 
-/// The routing table as the operator left it: the config's units with the
-/// changes kept in `admin.state_file` applied over them. Answers the table's
-/// version (1 without saved changes) and the config's own settings of each
-/// unit (what a change is kept against).
-fn apply_saved_table(settings: &mut Settings) -> Result<SavedTable, StartError> {
-    let config = TableState {
-        version: 0,
-        units: settings
-            .units
-            .iter()
-            .map(|u| (u.id, UnitRouting::of(u)))
-            .collect(),
-        merchants: settings.merchants.clone(),
-        partitions: settings
-            .partitions
-            .iter()
-            .map(|(n, p)| (n.clone(), p.spill_to.clone()))
-            .collect(),
-    };
-    let Some(path) = settings.admin.state_file.clone() else {
-        if !settings.admin.token.is_empty() {
+/// The routing table as the operator left it. With a control store: the
+/// table it holds (seeded from this config the first time, and given what
+/// this config adds). With a state file: the config with the changes kept
+/// there applied over it. `settings` routes by it from then on.
+async fn restore_table(settings: &mut Settings) -> Result<SavedTable, StartError> {
+    let config = settings.table_state();
+    let admin = settings.admin.clone();
+    if let Some(url) = &admin.control_url {
+        if let Some(path) = &admin.state_file {
+            tracing::info!(
+                path,
+                "admin.state_file is not used: the control store keeps the routing table"
+            );
+        }
+        let who = format!("engine process {} (start-up)", std::process::id());
+        let store = ControlStore::open(url)
+            .await
+            .map_err(|e| StartError::TableState(e.to_string()))?;
+        let table = shared_table(&store, &config, &who)
+            .await
+            .map_err(|e| StartError::TableState(e.to_string()))?;
+        for (id, unit) in &table.units {
+            match config.units.get(id) {
+                Some(own) if own != unit => {
+                    tracing::warn!(unit = id, config = ?own, table = ?unit, "the shared routing table overrides the config for this unit")
+                }
+                None => {
+                    tracing::info!(unit = id, table = ?unit, "a unit of the shared routing table that the config does not name")
+                }
+                Some(_) => {}
+            }
+        }
+        tracing::info!(version = table.version, url = %mask_url(url), "routing table from the control store");
+        settings.route_by(&table);
+        return Ok(SavedTable {
+            version: table.version,
+            keeper: Keeper::Control(store),
+        });
+    }
+    let Some(path) = admin.state_file else {
+        if !admin.token.is_empty() {
             tracing::warn!(
                 "admin.state_file is not set: routing changes made through the admin API last until this process stops"
             );
         }
-        return Ok(SavedTable { version: 1, config });
+        return Ok(SavedTable {
+            version: 1,
+            keeper: Keeper::Memory,
+        });
     };
-    let Some(state) = TableState::load(Path::new(&path)).map_err(StartError::TableState)? else {
-        return Ok(SavedTable { version: 1, config });
-    };
-    for (id, saved) in &state.units {
-        match settings.units.iter_mut().find(|u| u.id == *id) {
-            Some(u) => {
-                tracing::warn!(unit = id, config = ?UnitRouting::of(u), kept = ?saved, path, "an operator's change overrides the config for this unit");
-                saved.apply_to(u);
+    let kept = TableState::load(Path::new(&path)).map_err(StartError::TableState)?;
+    let version = kept.as_ref().map_or(1, |k| k.version.max(1));
+    if let Some(changes) = kept {
+        for (id, unit) in &changes.units {
+            match config.units.get(id) {
+                Some(own) => {
+                    tracing::warn!(unit = id, config = ?own, kept = ?unit, path, "an operator's change overrides the config for this unit")
+                }
+                None => {
+                    tracing::warn!(unit = id, kept = ?unit, path, "a unit an operator added (the config does not name it)")
+                }
             }
-            None => tracing::warn!(
-                unit = id,
-                path,
-                "the routing state file names a unit the config no longer has; ignored"
-            ),
         }
+        for (merchant, partition) in &changes.merchants {
+            tracing::warn!(
+                merchant,
+                partition,
+                path,
+                "an operator's change overrides the config for this merchant"
+            );
+        }
+        for (name, spill_to) in &changes.partitions {
+            tracing::warn!(
+                partition = name,
+                ?spill_to,
+                path,
+                "an operator's change overrides the config for this partition"
+            );
+        }
+        tracing::info!(version, path, "routing table changes restored");
+        settings.route_by(&config.with(&changes));
     }
-    for (merchant, partition) in &state.merchants {
-        tracing::warn!(
-            merchant,
-            partition,
-            path,
-            "an operator's change overrides the config for this merchant"
-        );
-        settings
-            .merchants
-            .insert(merchant.clone(), partition.clone());
-    }
-    for (name, spill_to) in &state.partitions {
-        tracing::warn!(
-            partition = name,
-            ?spill_to,
-            path,
-            "an operator's change overrides the config for this partition"
-        );
-        settings
-            .partitions
-            .entry(name.clone())
-            .or_default()
-            .spill_to = spill_to.clone();
-    }
-    tracing::info!(
-        version = state.version,
-        path,
-        "routing table changes restored"
-    );
     Ok(SavedTable {
-        version: state.version.max(1),
-        config,
+        version,
+        keeper: Keeper::File {
+            path: path.into(),
+            config,
+        },
     })
 }
 
@@ -279,25 +295,17 @@ fn unit_arbiters(settings: &Settings) -> Vec<Arbiter> {
         .collect()
 }
 
-/// Opens every unit's database and starts its actor (spread over
-/// `arbiters` in turn), all at once; the first failure stops start-up.
+/// Opens every unit's database and starts its actor (spread over the unit
+/// threads in turn), all at once; the first failure stops start-up.
 async fn start_units(
     settings: &Settings,
-    board: &HealthBoard,
-    arbiters: &[Arbiter],
+    launcher: &UnitLauncher,
 ) -> Result<Vec<UnitRoute>, StartError> {
-    let starts = settings.units.iter().enumerate().map(|(i, u)| {
-        let arbiter = arbiters[i % arbiters.len()].handle();
-        start_unit(u.clone(), settings, board.unit(u.id), arbiter)
-    });
-    let started = join_all(starts).await;
-    let window = Duration::from_secs(settings.dispatcher.recent_window_secs);
-    let mut routes = Vec::with_capacity(started.len());
-    for (addr, unit) in started.into_iter().zip(&settings.units) {
-        let health = board.unit(unit.id).expect("the board lists every unit");
-        routes.push(UnitRoute::new(unit.clone(), addr?, window, health));
-    }
-    Ok(routes)
+    let started = join_all(settings.units.iter().map(|u| launcher.start(u.clone()))).await;
+    started
+        .into_iter()
+        .map(|r| r.map_err(StartError::from))
+        .collect()
 }
 
 /// The key ring every engine process uses: the one the units' databases
@@ -518,45 +526,6 @@ fn unit_threads(settings: &Settings) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let wanted = settings.server.unit_threads.unwrap_or(cores / 2);
     wanted.clamp(1, settings.units.len().max(1))
-}
-
-/// Opens a unit's database and starts its actor, both on `arbiter`, so the
-/// unit's connections belong to the thread that uses them. The actor runs
-/// under `actix::Supervisor`: when it stops itself on broken state or after a
-/// caught panic, it is restarted with fresh state.
-async fn start_unit(
-    unit: UnitSettings,
-    settings: &Settings,
-    health: Option<Arc<UnitHealth>>,
-    arbiter: ArbiterHandle,
-) -> Result<Addr<UnitActor>, StartError> {
-    let (tx, rx) = oneshot::channel();
-    let storage = settings.storage.clone();
-    let options = UnitOptions {
-        sequence_step: settings.sequence.step,
-        prefetch_at_percent: settings.sequence.prefetch_at_percent,
-        mailbox: settings.dispatcher.unit_mailbox,
-        group_commit: settings.group_commit.clone(),
-    };
-    let spawned = arbiter.spawn(async move {
-        let opened = UnitStore::open(
-            unit.id,
-            &unit.primary_url,
-            unit.replica_url.as_deref(),
-            &storage,
-        )
-        .await
-        .map(|store| actix::Supervisor::start(move |_| UnitActor::new(store, options, health)));
-        let _ = tx.send(opened);
-    });
-    if !spawned {
-        return Err(StartError::ArbiterGone(unit.id));
-    }
-    match rx.await {
-        Ok(Ok(addr)) => Ok(addr),
-        Ok(Err(e)) => Err(e.into()),
-        Err(_) => Err(StartError::ArbiterGone(unit.id)),
-    }
 }
 
 #[cfg(test)]

@@ -29,8 +29,10 @@ pub enum EngineError {
         field: Option<&'static str>,
         message: String,
     },
-    #[error("the change could not be kept (nothing changed): {0}")]
+    #[error("the change could not be kept: {0}")]
     TableNotSaved(String),
+    #[error("the unit could not be started, so it did not join the table: {0}")]
+    UnitNotStarted(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -6,12 +6,12 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::auth::Authorized;
-use super::dto::{MerchantRequest, PartitionRequest, UnitPatchRequest};
+use super::dto::{AddUnitRequest, MerchantRequest, PartitionRequest, UnitPatchRequest};
 use super::error::{ApiError, ErrorResponse};
 use super::extract::{IfMatch, JsonBody};
 use super::state::AppState;
 use crate::actors::dispatcher::{
-    AdminStatus, EngineStatus, GetMerchant, ListPartitions, MerchantRoute, PartitionTable,
+    AddUnit, AdminStatus, EngineStatus, GetMerchant, ListPartitions, MerchantRoute, PartitionTable,
     PatchUnit, SetMerchant, SetPartition, UnitChanged,
 };
 use crate::domain::order_id::MAX_UNIT;
@@ -76,6 +76,48 @@ pub async fn patch_unit(
         })
         .await??;
     Ok(changed(answer.version, &answer))
+}
+
+/// Adds a unit to the routing table: its database is opened (created
+/// when it does not exist yet), migrated and checked to be no other unit's,
+/// its actor started, and only then does it join the table and take
+/// creates by its weight. Its order ids carry its id; its sequence starts
+/// fresh; no existing order moves. It is not a home of idempotency keys
+/// (the key ring is fixed), so it holds the key records only of its own
+/// orders.
+#[utoipa::path(
+    post, path = "/admin/units", tag = "admin",
+    security(("bearer" = [])),
+    params(("If-Match" = Option<String>, Header)),
+    request_body = AddUnitRequest,
+    responses(
+        (status = 201, body = UnitChanged, headers(("ETag" = String, description = "The routing table's new version, quoted."))),
+        (status = 400, description = "`validation_failed` (a malformed body, id or URL) or `invalid_change` (`field` names it: an id in use, an unknown partition, a database another unit or deployment uses)", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 412, description = "`version_mismatch`: the table is no longer at the `If-Match` version", body = ErrorResponse),
+        (status = 503, description = "`unit_not_started` (its database cannot be reached or migrated) or `table_not_saved`; the unit did not join", body = ErrorResponse),
+    )
+)]
+pub async fn add_unit(
+    _: Authorized,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    if_match: IfMatch,
+    body: JsonBody<AddUnitRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, entry) = body.0.into_unit()?;
+    let answer = state
+        .tell(AddUnit {
+            id,
+            entry,
+            if_match: if_match.table_version(),
+            who: who(&req),
+        })
+        .await??;
+    Ok(HttpResponse::Created()
+        .insert_header((header::ETAG, format!("\"{}\"", answer.version)))
+        .insert_header((header::LOCATION, format!("/admin/units/{id}")))
+        .json(answer))
 }
 
 /// The caller, for the change log.

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
-use crate::config::{MAX_WEIGHT, Temperature, UnitMode, UnitPatch};
+use crate::config::{MAX_WEIGHT, Temperature, UnitEntry, UnitMode, UnitPatch, check_db_url};
+use crate::domain::order_id::MAX_UNIT;
 use crate::domain::values::{
     Amount, Currency, Invalid, MerchantId, OutTradeNo, PaymentRef, RefundId, SectionEntries,
     Sections, Text, UserId,
@@ -53,23 +54,70 @@ pub struct UnitPatchRequest {
 
 impl UnitPatchRequest {
     pub fn into_patch(self) -> Result<UnitPatch, ApiError> {
-        let weight = self
-            .weight
-            .map(|WholeNumber(w)| {
-                u32::try_from(w)
-                    .ok()
-                    .filter(|w| *w <= MAX_WEIGHT)
-                    .ok_or_else(|| {
-                        ApiError::validation("weight", format!("weight must be 0 to {MAX_WEIGHT}"))
-                    })
-            })
-            .transpose()?;
+        let weight = self.weight.map(weight).transpose()?;
         Ok(UnitPatch {
             mode: self.mode,
             partition: self.partition,
             temperature: self.temperature,
             weight,
         })
+    }
+}
+
+fn weight(WholeNumber(w): WholeNumber) -> Result<u32, ApiError> {
+    u32::try_from(w)
+        .ok()
+        .filter(|w| *w <= MAX_WEIGHT)
+        .ok_or_else(|| ApiError::validation("weight", format!("weight must be 0 to {MAX_WEIGHT}")))
+}
+
+/// `POST /admin/units`: a unit to add. Its database is created when it does
+/// not exist yet, and migrated.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddUnitRequest {
+    /// A unit id no unit has (it is written into every order id of the unit).
+    #[schema(value_type = i64, minimum = 0, maximum = 9999, example = 5)]
+    pub id: WholeNumber,
+    /// A partition the routing table knows (this document lists them).
+    #[schema(example = "standard")]
+    pub partition: String,
+    /// `open` when absent.
+    pub mode: Option<UnitMode>,
+    /// `hot` when absent.
+    pub temperature: Option<Temperature>,
+    /// 100 when absent.
+    #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_i64, example = 100)]
+    pub weight: Option<WholeNumber>,
+    /// `mysql://user:password@host:port/database` or `sqlite://path`.
+    #[schema(example = "mysql://orders:secret@10.0.0.5:3306/orderengine_unit_5")]
+    pub primary_url: String,
+    pub replica_url: Option<String>,
+}
+
+impl AddUnitRequest {
+    pub fn into_unit(self) -> Result<(u16, UnitEntry), ApiError> {
+        let id = u16::try_from(self.id.0)
+            .ok()
+            .filter(|id| *id <= MAX_UNIT)
+            .ok_or_else(|| ApiError::validation("id", format!("a unit id is 0 to {MAX_UNIT}")))?;
+        for (name, url) in [
+            ("primary_url", Some(&self.primary_url)),
+            ("replica_url", self.replica_url.as_ref()),
+        ] {
+            if let Some(url) = url {
+                check_db_url(url).map_err(|m| ApiError::validation(name, m))?;
+            }
+        }
+        let entry = UnitEntry {
+            partition: self.partition,
+            mode: self.mode.unwrap_or_default(),
+            temperature: self.temperature.unwrap_or_default(),
+            weight: self.weight.map(weight).transpose()?.unwrap_or(100),
+            primary_url: self.primary_url,
+            replica_url: self.replica_url,
+        };
+        Ok((id, entry))
     }
 }
 

@@ -90,7 +90,9 @@ error_codes! {
     UnitUnavailable = "unit_unavailable", 503,
         "the order's unit cannot answer now (with `Retry-After`)";
     TableNotSaved = "table_not_saved", 503,
-        "an admin change could not be written where the routing table is kept; nothing changed (with `Retry-After`)";
+        "an admin change could not be written where the routing table is kept (the state file, or the control store when it is unreachable); nothing changed, unless the message says the store did not confirm it (with `Retry-After`)";
+    UnitNotStarted = "unit_not_started", 503,
+        "`POST /admin/units`: the new unit's database could not be opened, created or migrated; the unit did not join the table (with `Retry-After`)";
 }
 
 impl ErrorCode {
@@ -220,6 +222,7 @@ impl From<EngineError> for ApiError {
             EngineError::TableMoved { .. } => ErrorCode::VersionMismatch,
             EngineError::InvalidChange { .. } => ErrorCode::InvalidChange,
             EngineError::TableNotSaved(_) => ErrorCode::TableNotSaved,
+            EngineError::UnitNotStarted(_) => ErrorCode::UnitNotStarted,
             EngineError::Internal(_) => ErrorCode::Internal,
         };
         if code == ErrorCode::Internal {

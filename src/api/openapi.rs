@@ -19,7 +19,7 @@ use super::auth::Authorized;
 use super::state::AppState;
 
 use super::dto::{
-    CloseRequest, CreateOrderRequest, MerchantRequest, OrderBody, OrderStatusBody,
+    AddUnitRequest, CloseRequest, CreateOrderRequest, MerchantRequest, OrderBody, OrderStatusBody,
     PartitionRequest, PayRequest, RefundBody, RefundList, RefundRequest, RefundResponse,
     UnitPatchRequest, UserOrdersPage,
 };
@@ -28,7 +28,7 @@ use super::orders::ConsistencyParam;
 use super::{admin, health, orders};
 use crate::actors::dispatcher::{
     EngineStatus, ListPartitions, MerchantRoute, PartitionEntry, PartitionReadiness,
-    PartitionStatus, PartitionTable, Readiness, UnitChanged, UnitStatus,
+    PartitionStatus, PartitionTable, Readiness, TableStore, UnitChanged, UnitStatus,
 };
 use crate::config::{NO_SPILL_INTO, Temperature, UnitMode};
 use crate::domain::order_id::{MAX_UNIT, ORDER_ID_LEN};
@@ -86,6 +86,7 @@ struct PublicDoc;
     ),
     paths(
         admin::list_units,
+        admin::add_unit,
         admin::patch_unit,
         admin::get_merchant,
         admin::put_merchant,
@@ -94,6 +95,7 @@ struct PublicDoc;
         admin_document
     ),
     components(schemas(
+        AddUnitRequest,
         UnitPatchRequest,
         MerchantRequest,
         PartitionRequest,
@@ -107,6 +109,7 @@ struct PublicDoc;
         EngineStatus,
         PartitionStatus,
         UnitStatus,
+        TableStore,
         UnitMode,
         Temperature,
     ))
@@ -146,10 +149,18 @@ pub async fn admin_document(
         &mut doc,
         "/components/schemas/UnitPatchRequest/properties/partition",
     )["enum"] = json!(or_absent);
-    at(
-        &mut doc,
-        "/components/schemas/MerchantRequest/properties/partition",
-    )["enum"] = json!(names);
+    // A unit is added under an id no unit has.
+    let ids: Vec<u16> = status
+        .partitions
+        .iter()
+        .flat_map(|p| p.units.clone())
+        .collect();
+    at(&mut doc, "/components/schemas/AddUnitRequest/properties/id")["not"] =
+        json!({ "enum": ids });
+    for schema in ["MerchantRequest", "AddUnitRequest"] {
+        let path = format!("/components/schemas/{schema}/properties/partition");
+        at(&mut doc, &path)["enum"] = json!(names);
+    }
     let targets: Vec<&Value> = names
         .iter()
         .filter(|n| !NO_SPILL_INTO.iter().any(|x| *n == x))

@@ -55,7 +55,11 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
         web::PathConfig::default()
             .error_handler(|e, _| ApiError::validation("path", e.to_string()).into()),
     )
-    .service(resource("/admin/units", "GET").route(web::get().to(admin::list_units)))
+    .service(
+        resource("/admin/units", "GET, POST")
+            .route(web::get().to(admin::list_units))
+            .route(web::post().to(admin::add_unit)),
+    )
     .service(resource("/admin/units/{id}", "PATCH").route(web::patch().to(admin::patch_unit)))
     .service(
         resource("/admin/merchants/{merchant_id}", "GET, PUT")

@@ -18,7 +18,7 @@ pub use sections::{
     AdminSettings, DispatcherSettings, GroupCommitSettings, LogFormat, LogSettings,
     SequenceSettings, ServerSettings, StorageSettings, SupervisorSettings,
 };
-pub use table_state::{MAX_WEIGHT, TableState, UnitPatch, UnitRouting};
+pub use table_state::{MAX_WEIGHT, TableState, UnitEntry, UnitPatch, UnitRouting};
 pub use units::{NO_SPILL_INTO, PartitionSettings, Temperature, UnitMode, UnitSettings};
 pub use urls::{check_db_url, mask_url};
 
@@ -189,7 +189,54 @@ impl Settings {
         if self.admin.token.chars().any(char::is_whitespace) {
             return invalid("admin.token must not contain whitespace".into());
         }
+        if let Some(url) = &self.admin.control_url {
+            if let Err(m) = check_db_url(url) {
+                return invalid(format!("admin.control_url: {m}"));
+            }
+            if url.starts_with("sqlite:") {
+                return invalid(
+                    "admin.control_url: the control store is a MySQL/MariaDB database that every engine process reaches".into(),
+                );
+            }
+        }
+        if !(10..=60_000).contains(&self.admin.control_poll_ms) {
+            return invalid("admin.control_poll_ms must be 10 to 60000".into());
+        }
         Ok(())
+    }
+
+    /// The routing table as this config has it (version 0).
+    pub fn table_state(&self) -> TableState {
+        TableState {
+            version: 0,
+            units: self
+                .units
+                .iter()
+                .map(|u| (u.id, UnitEntry::of(u)))
+                .collect(),
+            merchants: self.merchants.clone(),
+            partitions: self
+                .partitions
+                .iter()
+                .map(|(n, p)| (n.clone(), p.spill_to.clone()))
+                .collect(),
+        }
+    }
+
+    /// Routes by `table` (a whole table) instead of the config's own.
+    pub fn route_by(&mut self, table: &TableState) {
+        self.units = table.units.iter().map(|(id, u)| u.settings(*id)).collect();
+        self.merchants.clone_from(&table.merchants);
+        self.partitions = table
+            .partitions
+            .iter()
+            .map(|(n, s)| {
+                let p = PartitionSettings {
+                    spill_to: s.clone(),
+                };
+                (n.clone(), p)
+            })
+            .collect();
     }
 
     /// The partition a merchant's creates go to.

@@ -1,6 +1,7 @@
 //! The settings sections other than the routing table: server, storage,
 //! sequence, dispatcher, group commit, supervisor, admin and log.
 
+use super::urls::mask_url;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,7 +222,13 @@ pub struct AdminSettings {
     pub token: String,
     /// Where the operator's changes to the routing table are kept across
     /// restarts (`TableState`); none: they last until the process stops.
+    /// Not used when `control_url` is set.
     pub state_file: Option<String>,
+    /// A MySQL/MariaDB database that several engine processes share the
+    /// routing table through (`mysql://user:password@host:port/database`).
+    pub control_url: Option<String>,
+    /// How often a process asks the control database for a newer table.
+    pub control_poll_ms: u64,
 }
 
 impl Default for AdminSettings {
@@ -231,6 +238,8 @@ impl Default for AdminSettings {
             port: 9091,
             token: String::new(),
             state_file: None,
+            control_url: None,
+            control_poll_ms: 250,
         }
     }
 }
@@ -243,6 +252,8 @@ impl std::fmt::Debug for AdminSettings {
             .field("port", &self.port)
             .field("token", &if self.token.is_empty() { "" } else { "***" })
             .field("state_file", &self.state_file)
+            .field("control_url", &self.control_url.as_deref().map(mask_url))
+            .field("control_poll_ms", &self.control_poll_ms)
             .finish()
     }
 }

@@ -1,9 +1,15 @@
-//! The operator's changes to the routing table, kept across restarts
-//! without touching the operator's config file: a small JSON file (the
-//! table's version and each changed unit's routing settings), written whole
-//! to a temporary file, synced and renamed over the old one, so that a crash
-//! leaves either the old state or the new one. Loaded at start-up over the
-//! config's units.
+//! The routing table as it is kept: the table's version, each unit's
+//! settings (routing and database URLs), merchants' partitions and
+//! partitions' spill rules.
+//!
+//! Two keepers hold it. The embedded default keeps only what an operator
+//! changed away from the config, in a small JSON file (written whole to a
+//! temporary file, synced and renamed over the old one, so that a crash
+//! leaves either the old state or the new one) applied over the config at
+//! start-up: the operator's commented config file is never rewritten, and
+//! later config edits still reach what nobody changed. A control database
+//! shared by several engine processes keeps the whole table
+//! (`storage/control.rs`): there the config only seeds it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -12,6 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::units::{Temperature, UnitMode, UnitSettings};
+use super::urls::mask_url;
 
 /// A unit's routing settings as an operator may change them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +48,68 @@ impl UnitRouting {
     }
 }
 
+/// A unit as the table keeps it: its routing settings and where its
+/// database is. The URLs may hold a password: `Debug` masks them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitEntry {
+    pub partition: String,
+    pub mode: UnitMode,
+    pub temperature: Temperature,
+    pub weight: u32,
+    pub primary_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_url: Option<String>,
+}
+
+impl UnitEntry {
+    pub fn of(unit: &UnitSettings) -> Self {
+        Self {
+            partition: unit.partition.clone(),
+            mode: unit.mode,
+            temperature: unit.temperature,
+            weight: unit.weight,
+            primary_url: unit.primary_url.clone(),
+            replica_url: unit.replica_url.clone(),
+        }
+    }
+
+    pub fn routing(&self) -> UnitRouting {
+        UnitRouting {
+            partition: self.partition.clone(),
+            mode: self.mode,
+            temperature: self.temperature,
+            weight: self.weight,
+        }
+    }
+
+    /// Unit `id` with these settings.
+    pub fn settings(&self, id: u16) -> UnitSettings {
+        UnitSettings {
+            id,
+            partition: self.partition.clone(),
+            mode: self.mode,
+            temperature: self.temperature,
+            weight: self.weight,
+            primary_url: self.primary_url.clone(),
+            replica_url: self.replica_url.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for UnitEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnitEntry")
+            .field("partition", &self.partition)
+            .field("mode", &self.mode)
+            .field("temperature", &self.temperature)
+            .field("weight", &self.weight)
+            .field("primary_url", &mask_url(&self.primary_url))
+            .field("replica_url", &self.replica_url.as_deref().map(mask_url))
+            .finish()
+    }
+}
+
 /// Most a unit's weight may be (a share among its partition's units).
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
@@ -64,15 +133,16 @@ impl UnitPatch {
     }
 }
 
-/// What the state file holds: the table's version, and what an operator
-/// changed away from the config: each unit's routing settings, merchants'
-/// partitions, partitions' spill rules (anything back at its config value
+/// The routing table as kept: its version, each unit's settings, merchants'
+/// partitions and partitions' spill rules. The whole table (a control
+/// store, or the config's own, at version 0), or what an operator changed
+/// away from the config (the state file: anything back at its config value
 /// is left out, so later edits of the config reach it).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TableState {
     pub version: u64,
-    pub units: BTreeMap<u16, UnitRouting>,
+    pub units: BTreeMap<u16, UnitEntry>,
     #[serde(default)]
     pub merchants: BTreeMap<String, String>,
     /// Partition -> the partitions it spills into.
@@ -81,6 +151,76 @@ pub struct TableState {
 }
 
 impl TableState {
+    /// What of `self` (a whole table) differs from `base`: each unit,
+    /// merchant and partition whose settings are not `base`'s.
+    pub fn changes_from(&self, base: &TableState) -> TableState {
+        TableState {
+            version: self.version,
+            units: self
+                .units
+                .iter()
+                .filter(|(id, u)| base.units.get(*id) != Some(*u))
+                .map(|(id, u)| (*id, u.clone()))
+                .collect(),
+            merchants: self
+                .merchants
+                .iter()
+                .filter(|(m, p)| base.merchants.get(*m) != Some(*p))
+                .map(|(m, p)| (m.clone(), p.clone()))
+                .collect(),
+            partitions: self
+                .partitions
+                .iter()
+                .filter(|(n, s)| base.partitions.get(*n) != Some(*s))
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect(),
+        }
+    }
+
+    /// `self` with `changes` applied over it (at `changes`' version): the
+    /// units, merchants and partitions `changes` names replace or join
+    /// `self`'s.
+    pub fn with(&self, changes: &TableState) -> TableState {
+        let mut all = self.clone();
+        all.version = changes.version;
+        all.units
+            .extend(changes.units.iter().map(|(id, u)| (*id, u.clone())));
+        all.merchants.extend(changes.merchants.clone());
+        all.partitions.extend(changes.partitions.clone());
+        all
+    }
+
+    /// The units, merchants and partitions `self` has that `other` lacks
+    /// (what a config would seed into a shared table).
+    pub fn missing_from(&self, other: &TableState) -> TableState {
+        TableState {
+            version: other.version,
+            units: self
+                .units
+                .iter()
+                .filter(|(id, _)| !other.units.contains_key(*id))
+                .map(|(id, u)| (*id, u.clone()))
+                .collect(),
+            merchants: self
+                .merchants
+                .iter()
+                .filter(|(m, _)| !other.merchants.contains_key(*m))
+                .map(|(m, p)| (m.clone(), p.clone()))
+                .collect(),
+            partitions: self
+                .partitions
+                .iter()
+                .filter(|(n, _)| !other.partitions.contains_key(*n))
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether `self` names no unit, merchant or partition.
+    pub fn is_empty(&self) -> bool {
+        self.units.is_empty() && self.merchants.is_empty() && self.partitions.is_empty()
+    }
+
     /// The state at `path`; `None` when there is no file yet.
     pub fn load(path: &Path) -> Result<Option<Self>, String> {
         match std::fs::read(path) {
@@ -126,6 +266,46 @@ impl TableState {
 mod tests {
     use super::*;
 
+    fn entry(partition: &str, weight: u32) -> UnitEntry {
+        UnitEntry {
+            partition: partition.into(),
+            mode: UnitMode::ReadOnly,
+            temperature: Temperature::Warm,
+            weight,
+            primary_url: "mysql://u:pw@h:1/db".into(),
+            replica_url: None,
+        }
+    }
+
+    #[test]
+    fn changes_apply_back_over_their_base() {
+        let mut base = TableState::default();
+        base.units.insert(1, entry("standard", 100));
+        base.units.insert(2, entry("standard", 100));
+        base.merchants.insert("m-1".into(), "standard".into());
+        let mut now = base.with(&TableState {
+            version: 4,
+            ..TableState::default()
+        });
+        now.units.get_mut(&2).unwrap().weight = 5;
+        now.units.insert(7, entry("vip", 1));
+        now.partitions.insert("vip".into(), vec!["standard".into()]);
+        let changes = now.changes_from(&base);
+        assert_eq!(changes.units.keys().collect::<Vec<_>>(), [&2, &7]);
+        assert!(changes.merchants.is_empty());
+        assert_eq!(base.with(&changes), now);
+        // What the table lacks of a config: only what it has not got at all.
+        let seed = base.missing_from(&now);
+        assert!(seed.is_empty(), "{seed:?}");
+        let mut config = base.clone();
+        config.units.insert(9, entry("standard", 100));
+        assert_eq!(
+            config.missing_from(&now).units.keys().collect::<Vec<_>>(),
+            [&9]
+        );
+        assert!(!format!("{now:?}").contains("pw@"));
+    }
+
     #[test]
     fn a_saved_state_loads_back_and_a_missing_file_is_none() {
         let dir = std::env::temp_dir().join(format!("oe-state-{}", std::process::id()));
@@ -135,15 +315,7 @@ mod tests {
             version: 7,
             ..TableState::default()
         };
-        state.units.insert(
-            2,
-            UnitRouting {
-                partition: "vip".into(),
-                mode: UnitMode::ReadOnly,
-                temperature: Temperature::Warm,
-                weight: 5,
-            },
-        );
+        state.units.insert(2, entry("vip", 5));
         state.save(&path).unwrap();
         assert_eq!(TableState::load(&path).unwrap(), Some(state));
         std::fs::write(&path, b"{not json").unwrap();

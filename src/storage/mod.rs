@@ -12,9 +12,12 @@
 //!   `claims.rs`: the units' records of idempotency keys;
 //!   `sequence.rs`: the order sequence; `probe.rs`: health probes;
 //!   `sql.rs`: what their statements share.
+//! - `control.rs`: the control database several engine processes share
+//!   the routing table through (not a unit's).
 
 mod claims;
 mod connect;
+mod control;
 mod error;
 mod events;
 mod lane;
@@ -30,6 +33,7 @@ mod updates;
 
 pub use claims::{Key, KeyClaim, Settled};
 pub use connect::Dialect;
+pub use control::{ControlError, ControlStore, Swapped};
 pub use error::StoreError;
 pub use events::OutboxEvent;
 pub use open::OpenError;

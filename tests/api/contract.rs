@@ -325,7 +325,7 @@ async fn a_method_a_path_does_not_serve_is_405_with_allow() {
         .unwrap();
     assert_eq!(
         (r.status(), r.headers()["allow"].to_str().unwrap()),
-        (StatusCode::METHOD_NOT_ALLOWED, "GET")
+        (StatusCode::METHOD_NOT_ALLOWED, "GET, POST")
     );
     let r = app.get("/v2/orders").await;
     assert_eq!((r.status, r.code()), (StatusCode::NOT_FOUND, "not_found"));

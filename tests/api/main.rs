@@ -4,6 +4,7 @@
 mod binary;
 mod concurrency;
 mod contract;
+mod control_store;
 mod faults;
 mod group_commit;
 mod helpers;

@@ -416,3 +416,114 @@ async fn a_key_merchant_gets_its_own_partition_live_and_keeps_it_across_a_restar
     );
     app.shutdown().await;
 }
+
+#[actix_web::test]
+async fn a_unit_added_live_takes_creates_at_once_and_a_restart_keeps_it() {
+    let root = tempfile::tempdir().unwrap();
+    let units = unit_urls(Backend::Sqlite, 2, root.path());
+    let app = spawn(&root, &units).await;
+    let new_url = format!("sqlite://{}/added-3.db", root.path().display());
+    let add = |body: Value| {
+        let app = &app;
+        async move {
+            app.admin_send(Method::POST, "/admin/units", &body, None)
+                .await
+        }
+    };
+
+    // What the table cannot take is refused with a stable code, and nothing changes.
+    for (body, status, code, field) in [
+        (
+            json!({"id": 1, "partition": "standard", "primary_url": new_url}),
+            400,
+            "invalid_change",
+            "id",
+        ),
+        (
+            json!({"id": 3, "partition": "nowhere", "primary_url": new_url}),
+            400,
+            "invalid_change",
+            "partition",
+        ),
+        (
+            json!({"id": 3, "partition": "standard", "primary_url": "mysql:/oops"}),
+            400,
+            "validation_failed",
+            "primary_url",
+        ),
+        (
+            json!({"id": 3, "partition": "standard", "primary_url": units[0].1}),
+            400,
+            "invalid_change",
+            "primary_url",
+        ),
+        (
+            json!({"id": 10000, "partition": "standard", "primary_url": new_url}),
+            400,
+            "validation_failed",
+            "id",
+        ),
+        (
+            json!({"id": 3, "partition": "standard", "primary_url": "mysql://u:pw@127.0.0.1:1/db"}),
+            503,
+            "unit_not_started",
+            "",
+        ),
+    ] {
+        let r = add(body.clone()).await;
+        assert_eq!(r.status.as_u16(), status, "{body}: {}", r.body);
+        assert_eq!(r.code(), code, "{body}: {}", r.body);
+        if !field.is_empty() {
+            assert_eq!(r.body["error"]["field"], field, "{body}: {}", r.body);
+        }
+        assert!(!r.body.to_string().contains("pw@"), "{}", r.body);
+    }
+    assert_eq!(app.units_status().await["version"], 1);
+
+    // Creates flow while the unit joins; it takes creates right after.
+    let stream = async {
+        let mut units_seen = Vec::new();
+        for i in 0..40 {
+            let o = app.create("m-1", &format!("during-{i}"), "u-1", 100).await;
+            units_seen.push(o["unit"].as_u64().unwrap());
+        }
+        units_seen
+    };
+    let joined =
+        add(json!({"id": 3, "partition": "standard", "weight": 100, "primary_url": new_url}));
+    let (_, r) = tokio::join!(stream, joined);
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["version"], 2);
+    assert_eq!(r.body["unit"]["id"], 3);
+    assert_eq!(r.body["unit"]["takes_creates"], true);
+    let after = create_many(&app, "after-add", 40).await;
+    let in_three: Vec<_> = after.iter().filter(|(_, u)| *u == 3).collect();
+    assert!(
+        !in_three.is_empty(),
+        "40 creates never reached the new unit: {after:?}"
+    );
+    // Its orders are paid like any other; its sequence started fresh.
+    let (id, _) = in_three[0];
+    let pay = app
+        .post(
+            &format!("/v1/orders/{id}/pay"),
+            &json!({"payment_ref": "p-3", "amount": 100}),
+        )
+        .await;
+    assert_eq!(pay.status, StatusCode::OK, "{}", pay.body);
+    // The same id again: in use now.
+    let r =
+        add(json!({"id": 3, "partition": "standard", "primary_url": format!("{new_url}x")})).await;
+    assert_eq!(r.code(), "invalid_change", "{}", r.body);
+
+    // A restart keeps the unit (the config does not name it) and its orders.
+    app.shutdown().await;
+    let app = spawn(&root, &units).await;
+    let status = app.units_status().await;
+    assert_eq!(status["version"], 2, "{status}");
+    assert_eq!(app.unit_status(3).await["primary_url"], new_url);
+    let got = app.get(&format!("/v1/orders/{id}")).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    assert_eq!(got.body["status"], "paid");
+    app.shutdown().await;
+}

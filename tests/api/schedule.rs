@@ -31,7 +31,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::helpers::order_body;
-use crate::mariadb::{self, MariaDb, die_with_parent};
+use crate::mariadb::{self, MariaDb, die_with_parent, free_port};
 use crate::proxy::{Mode, Proxy};
 
 const UNITS: u16 = 4;
@@ -184,14 +184,6 @@ fn spawn_engine(config: &Path, log: &Path) -> Child {
         .stderr(log);
     die_with_parent(&mut cmd);
     cmd.spawn().unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One seed's world: databases, proxies, the two engines' ports and configs.

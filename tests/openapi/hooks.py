@@ -10,6 +10,11 @@ What JSON Schema cannot say about our API, said here:
 * `format: "order-cursor"`: the `?cursor=` of a user's order list,
   `<created_at ms in hex>.<order id>` (pattern `^[0-9a-f]{1,15}\.[0-9]{28}$`),
   valid when its order id is.
+* `POST /admin/units` opens the database its body names (creating a SQLite
+  file at any path, connecting to any host): the fuzzer's URLs are replaced
+  by one on a closed loopback port, so that a schema-valid add is answered
+  `503 unit_not_started` and nothing is created or contacted. Malformed URLs
+  (400) and units that do join are tested in tests/api/routing_table.rs.
 * A stricter check than the built-in `unsupported_method` (which lets a 404
   pass on paths with generated parameters): an undeclared method is 405 with
   an exact `Allow` header.
@@ -141,12 +146,20 @@ def _repaired_parameters(case):
 _CONTAINERS = {"path": "path_parameters", "query": "query", "header": "headers"}
 
 
+# Nothing listens on port 1: connecting is refused at once.
+CLOSED_DATABASE = "mysql://fuzz@127.0.0.1:1/fuzz"
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
     for location, name, repair in _repaired_parameters(case):
         container = getattr(case, _CONTAINERS.get(location, ""), None)
         if isinstance(container, dict) and name in container:
             container[name] = repair(container[name])
+    if case.operation.path == "/admin/units" and case.method.upper() == "POST" and isinstance(case.body, dict):
+        for field in ("primary_url", "replica_url"):
+            if isinstance(case.body.get(field), str):
+                case.body[field] = CLOSED_DATABASE
 
 
 # ---------------------------------------------------------------------------

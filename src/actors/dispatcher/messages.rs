@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use super::status::{EngineStatus, MerchantRoute, PartitionTable, Readiness, UnitStatus};
 use crate::actors::EngineError;
-use crate::config::UnitPatch;
+use crate::config::{UnitEntry, UnitPatch};
 use crate::domain::apply::{Refunded, Updated};
 use crate::domain::values::{Amount, MerchantId, OutTradeNo, PaymentRef, UserId};
 use crate::domain::{Consistency, NewOrder, NewRefund, Order, OrderId, UserCursor};
@@ -122,6 +122,16 @@ pub struct PatchUnit {
     /// Apply only if the table is still at this version.
     pub if_match: Option<u64>,
     /// Who asked (for the log): the caller's address.
+    pub who: String,
+}
+
+/// A unit joins the routing table (admin `POST /admin/units`).
+#[derive(Message)]
+#[rtype(result = "Result<UnitChanged, EngineError>")]
+pub struct AddUnit {
+    pub id: u16,
+    pub entry: UnitEntry,
+    pub if_match: Option<u64>,
     pub who: String,
 }
 

@@ -26,8 +26,11 @@
 
 mod calls;
 mod create;
+mod edits;
 mod fanout;
+mod keeper;
 mod keys;
+mod launch;
 mod messages;
 mod routing;
 mod status;
@@ -40,15 +43,17 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 
 pub use calls::{CallError, UnitCalls};
+pub use keeper::{Keeper, shared_table};
+pub use launch::{LaunchError, UnitLauncher};
 pub use messages::{
-    AdminStatus, Close, CloseAll, Create, Created, Get, GetMerchant, ListPartitions, ListRefunds,
-    ListUserOrders, LookupByKey, PatchUnit, Pay, Refund, SetMerchant, SetPartition, Status,
-    UnitChanged, UserPage,
+    AddUnit, AdminStatus, Close, CloseAll, Create, Created, Get, GetMerchant, ListPartitions,
+    ListRefunds, ListUserOrders, LookupByKey, PatchUnit, Pay, Refund, SetMerchant, SetPartition,
+    Status, UnitChanged, UserPage,
 };
 pub use routing::UnitRoute;
 pub use status::{
     EngineStatus, MerchantRoute, PartitionEntry, PartitionReadiness, PartitionStatus,
-    PartitionTable, Readiness, UnitStatus,
+    PartitionTable, Readiness, TableStore, UnitStatus,
 };
 
 use self::create::CreateContext;
@@ -57,14 +62,14 @@ use self::routing::Routing;
 use self::table::RoutingTable;
 pub use self::table::SavedTable;
 use super::EngineError;
-use super::health::HealthBoard;
 use super::key_lock::KeyLocks;
-use super::supervisor::{SetSpill, Supervisor, Watch};
+use super::supervisor::Supervisor;
 use super::unit::{self, CloseUnit, UnitActor};
 use crate::config::Settings;
 use crate::domain::apply::{Refunded, Updated};
 use crate::domain::key_homes::{KeyRing, StableKeyHash};
 use crate::domain::{Order, OrderId};
+use crate::metrics as m;
 use crate::storage::StoreError;
 
 /// One dispatcher shard; `clone()` makes another shard over the same state.
@@ -78,15 +83,17 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// The dispatcher over `units` (whose settings already carry the
-    /// operator's saved changes, `saved`).
+    /// operator's saved changes, `saved`); `launcher` starts units that
+    /// join later.
     pub fn new(
         settings: &Settings,
         units: Vec<UnitRoute>,
         ring: KeyRing,
         saved: SavedTable,
-        board: Arc<HealthBoard>,
+        launcher: UnitLauncher,
         supervisor: Addr<Supervisor>,
     ) -> Self {
+        let board = launcher.board().clone();
         let routing = Routing {
             version: saved.version,
             units: units.into_iter().map(|u| (u.settings.id, u)).collect(),
@@ -96,9 +103,9 @@ impl Dispatcher {
             started: Instant::now(),
             ring,
         };
-        let state_file = settings.admin.state_file.as_ref().map(Into::into);
+        let table = RoutingTable::new(routing, saved.keeper, launcher, supervisor.clone());
         Self {
-            table: Arc::new(RoutingTable::new(routing, saved.config, state_file)),
+            table: Arc::new(table),
             key_locks: KeyLocks::default(),
             calls: UnitCalls {
                 board,
@@ -108,12 +115,18 @@ impl Dispatcher {
                     settings
                         .units
                         .iter()
-                        .map(|u| (u.id, crate::metrics::UnitCallMetrics::new(u.id)))
+                        .map(|u| (u.id, m::UnitCallMetrics::new(u.id)))
                         .collect(),
                 ),
             },
             max_attempts: settings.dispatcher.max_attempts,
         }
+    }
+
+    /// Asks the control store for a newer table every `every`, for as long
+    /// as the process runs (nothing to do without one).
+    pub fn poll_table(&self, every: Duration) -> impl Future<Output = ()> + 'static {
+        self.table.clone().poll(every)
     }
 
     /// Sends `msg` to the unit that holds `id`'s order.
@@ -256,7 +269,7 @@ impl Handler<AdminStatus> for Dispatcher {
     type Result = MessageResult<AdminStatus>;
 
     fn handle(&mut self, _msg: AdminStatus, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(status::snapshot(&self.table.load(), &self.calls.board))
+        MessageResult(self.snapshot(&self.table.load()))
     }
 }
 
@@ -277,45 +290,58 @@ impl Handler<CloseAll> for Dispatcher {
     }
 }
 
-impl Handler<PatchUnit> for Dispatcher {
-    type Result = MessageResult<PatchUnit>;
+impl Dispatcher {
+    /// The table with live health, for operators.
+    fn snapshot(&self, table: &Routing) -> EngineStatus {
+        status::snapshot(table, &self.calls.board, self.table.store())
+    }
 
-    fn handle(&mut self, msg: PatchUnit, _ctx: &mut Self::Context) -> Self::Result {
-        let applied = match self.table.patch_unit(msg.unit, &msg.patch, msg.if_match) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(who = %msg.who, unit = msg.unit, error = %e, "routing table change refused");
-                return MessageResult(Err(e));
-            }
-        };
-        let table = applied.table;
-        let route = &table.units[&msg.unit];
-        let after = crate::config::UnitRouting::of(&route.settings);
-        tracing::info!(
-            who = %msg.who,
-            unit = msg.unit,
-            version = table.version,
-            before = ?applied.before,
-            after = ?after,
-            "routing table changed"
-        );
-        // The supervisor counts open units per partition for panic mode,
-        // and leaves disabled units unprobed.
-        self.calls.supervisor.do_send(Watch {
-            unit: msg.unit,
-            addr: route.addr.clone(),
-            partition: after.partition.clone(),
-            mode: after.mode,
-        });
-        let unit = status::snapshot(&table, &self.calls.board)
+    /// Unit `unit` as operators see it in `table`, with the table's version.
+    fn changed_unit(&self, table: &Routing, unit: u16) -> UnitChanged {
+        let unit = self
+            .snapshot(table)
             .units
             .into_iter()
-            .find(|u| u.id == msg.unit)
+            .find(|u| u.id == unit)
             .expect("the changed unit is in the table");
-        MessageResult(Ok(UnitChanged {
+        UnitChanged {
             version: table.version,
             unit,
-        }))
+        }
+    }
+}
+
+impl Handler<PatchUnit> for Dispatcher {
+    type Result = ResponseFuture<Result<UnitChanged, EngineError>>;
+
+    fn handle(&mut self, msg: PatchUnit, _ctx: &mut Self::Context) -> Self::Result {
+        let this = self.clone();
+        Box::pin(async move {
+            let table = this
+                .table
+                .change(msg.if_match, &msg.who, |t| {
+                    edits::patch_unit(t, msg.unit, &msg.patch)
+                })
+                .await?;
+            Ok(this.changed_unit(&table, msg.unit))
+        })
+    }
+}
+
+impl Handler<AddUnit> for Dispatcher {
+    type Result = ResponseFuture<Result<UnitChanged, EngineError>>;
+
+    fn handle(&mut self, msg: AddUnit, _ctx: &mut Self::Context) -> Self::Result {
+        let this = self.clone();
+        Box::pin(async move {
+            let table = this
+                .table
+                .add_unit(msg.id, &msg.entry, msg.if_match, &msg.who, |t| {
+                    edits::check_new_unit(t, msg.id, &msg.entry)
+                })
+                .await?;
+            Ok(this.changed_unit(&table, msg.id))
+        })
     }
 }
 
@@ -328,22 +354,18 @@ impl Handler<GetMerchant> for Dispatcher {
 }
 
 impl Handler<SetMerchant> for Dispatcher {
-    type Result = MessageResult<SetMerchant>;
+    type Result = ResponseFuture<Result<MerchantRoute, EngineError>>;
 
     fn handle(&mut self, msg: SetMerchant, _ctx: &mut Self::Context) -> Self::Result {
-        let before = self.table.load().partition_of_str(&msg.merchant).to_owned();
-        let answer = self
-            .table
-            .set_merchant(&msg.merchant, &msg.partition, msg.if_match)
-            .map(|table| {
-                tracing::info!(who = %msg.who, merchant = %msg.merchant, version = table.version,
-                    before, after = %msg.partition, "routing table changed: merchant's partition");
-                status::merchant(&table, &msg.merchant)
-            })
-            .inspect_err(|e| {
-                tracing::warn!(who = %msg.who, merchant = %msg.merchant, error = %e, "routing table change refused");
-            });
-        MessageResult(answer)
+        let table = self.table.clone();
+        Box::pin(async move {
+            let now = table
+                .change(msg.if_match, &msg.who, |t| {
+                    edits::set_merchant(t, &msg.merchant, &msg.partition)
+                })
+                .await?;
+            Ok(status::merchant(&now, &msg.merchant))
+        })
     }
 }
 
@@ -356,26 +378,17 @@ impl Handler<ListPartitions> for Dispatcher {
 }
 
 impl Handler<SetPartition> for Dispatcher {
-    type Result = MessageResult<SetPartition>;
+    type Result = ResponseFuture<Result<PartitionTable, EngineError>>;
 
     fn handle(&mut self, msg: SetPartition, _ctx: &mut Self::Context) -> Self::Result {
-        let old = self.table.load();
-        let before = old.partitions.get(&msg.name).map(|p| p.spill_to.clone());
-        let answer = self
-            .table
-            .set_spill(&msg.name, &msg.spill_to, msg.if_match)
-            .map(|table| {
-                tracing::info!(who = %msg.who, partition = %msg.name, version = table.version,
-                    ?before, after = ?msg.spill_to, "routing table changed: partition's spill rules");
-                // Panic mode counts the units a partition's creates can reach.
-                self.calls.supervisor.do_send(SetSpill {
-                    partitions: table.partitions.clone(),
-                });
-                status::partitions(&table)
-            })
-            .inspect_err(|e| {
-                tracing::warn!(who = %msg.who, partition = %msg.name, error = %e, "routing table change refused");
-            });
-        MessageResult(answer)
+        let table = self.table.clone();
+        Box::pin(async move {
+            let now = table
+                .change(msg.if_match, &msg.who, |t| {
+                    edits::set_spill(t, &msg.name, &msg.spill_to)
+                })
+                .await?;
+            Ok(status::partitions(&now))
+        })
     }
 }

@@ -55,10 +55,30 @@ pub struct PartitionStatus {
     pub panic: bool,
 }
 
+/// Where the routing table is kept, and whether this process reaches it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TableStore {
+    /// `memory` (changes last until the process stops), `file`
+    /// (`admin.state_file`) or `control_store` (`admin.control_url`, shared
+    /// by every engine process).
+    #[schema(example = "control_store")]
+    pub kind: &'static str,
+    /// Whether the last exchange with the control store worked (only for a
+    /// control store). While it does not, this process routes by the last
+    /// table it has and refuses changes (`503 table_not_saved`).
+    pub reachable: Option<bool>,
+    /// Since the last exchange with the control store that worked.
+    pub last_contact_ms_ago: Option<u64>,
+    /// What went wrong with the last exchange.
+    pub error: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EngineStatus {
     /// The routing table's version (`If-Match` on a change names it).
     pub version: u64,
+    /// Where the table is kept.
+    pub table_store: TableStore,
     /// At least one unit can take creates.
     pub ready: bool,
     /// Every probe of the last round failed while something else did not:
@@ -138,7 +158,7 @@ pub(super) fn readiness(routing: &Routing, board: &HealthBoard) -> Readiness {
     }
 }
 
-pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
+pub(super) fn snapshot(routing: &Routing, board: &HealthBoard, store: TableStore) -> EngineStatus {
     let now = routing.started.elapsed();
     let units: Vec<UnitStatus> = routing
         .units
@@ -196,6 +216,7 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard) -> EngineStatus {
         .collect();
     EngineStatus {
         version: routing.version,
+        table_store: store,
         ready: units.iter().any(|u| u.takes_creates),
         prober_suspected: board.prober_suspected(),
         partitions,

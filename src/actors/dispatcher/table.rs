@@ -2,62 +2,89 @@
 //! lock, and an operator's change builds the next version and swaps it in
 //! whole, so a create sees one consistent table from start to end.
 //!
-//! Changes apply one at a time, each checked against the table first and
-//! then against the version it was asked against (`If-Match`), and are kept
-//! in the state file (when configured) before they take effect: a change
-//! the process cannot keep is refused, so a restart never forgets one that
-//! was answered.
+//! Changes apply one at a time in a process, each checked against the
+//! table first and then against the version it was asked against
+//! (`If-Match`), and are kept (`keeper.rs`) before they take effect: a
+//! change that cannot be kept is refused, so a restart never forgets one
+//! that was answered. With a control store shared by several processes the
+//! keeping is a compare-and-set on the version: a change built on an older
+//! table than the store's is rebuilt on the store's (or, under `If-Match`,
+//! answered `412`), and every process picks up the store's newer versions
+//! (`poll`).
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use actix::Addr;
 use arc_swap::ArcSwap;
 use metrics::{counter, gauge};
 
-use super::routing::{Routing, SharedRouting};
+use super::keeper::{Keeper, Kept};
+use super::launch::{LaunchError, UnitLauncher};
+use super::routing::{Routing, SharedRouting, UnitRoute};
+use super::status::TableStore;
 use crate::actors::EngineError;
-use crate::config::{
-    MAX_WEIGHT, NO_SPILL_INTO, PartitionSettings, TableState, UnitMode, UnitPatch, UnitRouting,
-};
-use crate::domain::values::is_identifier;
+use crate::actors::supervisor::{SetSpill, Supervisor, Watch};
+use crate::actors::unit::CloseUnit;
+use crate::config::{PartitionSettings, TableState, UnitEntry, UnitMode};
 use crate::metrics as m;
 
-/// The routing table as start-up found it.
+/// How often a change built on an old table is rebuilt on the store's
+/// newer one before it is given up (each rebuild means another process
+/// changed the table in between).
+const REBUILDS: usize = 5;
+
+/// The routing table as start-up found it, and where its changes are kept.
 pub struct SavedTable {
-    /// The version the operator's kept changes had reached (1 without any).
     pub version: u64,
-    /// The routing settings as the config has them (version 0).
-    pub config: TableState,
+    pub keeper: Keeper,
 }
 
 pub(super) struct RoutingTable {
     current: ArcSwap<Routing>,
-    /// The config's settings: the state file keeps only changes from them.
-    config: TableState,
-    /// Held while a change is built, kept and swapped in.
-    changing: Mutex<()>,
-    state_file: Option<PathBuf>,
+    keeper: Keeper,
+    /// Held while a change is built, kept and swapped in (and while a newer
+    /// table from the store is taken in).
+    changing: tokio::sync::Mutex<()>,
+    launcher: UnitLauncher,
+    supervisor: Addr<Supervisor>,
+    /// Units started for a newer table that could not be taken in yet
+    /// (another of its units would not start): used when it is retried.
+    started: Mutex<BTreeMap<u16, UnitRoute>>,
+    /// The last exchange with the control store.
+    contact: Mutex<Contact>,
 }
 
-/// An applied change to a unit: the table it made, and the unit's settings
-/// before.
-pub(super) struct Applied {
-    pub table: SharedRouting,
-    pub before: UnitRouting,
+struct Contact {
+    at: Instant,
+    error: Option<String>,
 }
 
 /// What a change makes of the table: the next table, or `None` when it
 /// changes nothing.
-type Edit = Result<Option<Routing>, EngineError>;
+pub(super) type Edit = Result<Option<Routing>, EngineError>;
 
 impl RoutingTable {
-    pub fn new(routing: Routing, config: TableState, state_file: Option<PathBuf>) -> Self {
+    pub fn new(
+        routing: Routing,
+        keeper: Keeper,
+        launcher: UnitLauncher,
+        supervisor: Addr<Supervisor>,
+    ) -> Self {
         publish(&routing);
+        gauge!(m::ROUTING_STORE_UP).set(1.0);
         Self {
             current: ArcSwap::from_pointee(routing),
-            config,
-            changing: Mutex::new(()),
-            state_file,
+            keeper,
+            changing: tokio::sync::Mutex::new(()),
+            launcher,
+            supervisor,
+            started: Mutex::new(BTreeMap::new()),
+            contact: Mutex::new(Contact {
+                at: Instant::now(),
+                error: None,
+            }),
         }
     }
 
@@ -66,236 +93,339 @@ impl RoutingTable {
         self.current.load_full()
     }
 
-    /// Applies `patch` to unit `unit`, if the table is still at `if_match`
-    /// (when given).
-    pub fn patch_unit(
+    /// Applies `edit` to the current table, if it is still at `if_match`
+    /// (when given): checks the change, keeps it, swaps it in. Answers the
+    /// table as it now is.
+    pub async fn change(
         &self,
-        unit: u16,
-        patch: &UnitPatch,
         if_match: Option<u64>,
-    ) -> Result<Applied, EngineError> {
-        let mut before = None;
-        let table = self.change(if_match, |old| {
-            let route = old
-                .units
-                .get(&unit)
-                .ok_or(EngineError::UnitNotFound { unit })?;
-            let was = UnitRouting::of(&route.settings);
-            let after = changed(old, &was, patch)?;
-            let unchanged = after == was;
-            before = Some(was);
-            if unchanged {
-                return Ok(None);
-            }
-            let mut next = old.clone();
-            let entry = next.units.get_mut(&unit).expect("the unit is in the table");
-            after.apply_to(&mut entry.settings);
-            Ok(Some(next))
-        })?;
-        Ok(Applied {
-            table,
-            before: before.expect("a change that was applied saw the unit"),
-        })
+        who: &str,
+        edit: impl Fn(&Routing) -> Edit,
+    ) -> Result<SharedRouting, EngineError> {
+        let _one_at_a_time = self.changing.lock().await;
+        self.change_held(if_match, who, edit).await
     }
 
-    /// Maps `merchant`'s creates to `partition` from now on.
-    pub fn set_merchant(
+    /// Adds the unit `id` (`entry`) to the table: it is started first (its
+    /// database opened, migrated and checked), and joins only then.
+    pub async fn add_unit(
         &self,
-        merchant: &str,
-        partition: &str,
+        id: u16,
+        entry: &UnitEntry,
         if_match: Option<u64>,
+        who: &str,
+        check: impl Fn(&Routing) -> Result<(), EngineError>,
     ) -> Result<SharedRouting, EngineError> {
-        self.change(if_match, |old| {
-            if !old.known_partitions().contains(partition) {
-                return Err(unknown_partition("partition", partition));
+        let _one_at_a_time = self.changing.lock().await;
+        let old = self.load();
+        if let Err(e) = check(&old).and_then(|()| version_is(&old, if_match)) {
+            counter!(m::ROUTING_CHANGES, "outcome" => refusal(&e)).increment(1);
+            return Err(e);
+        }
+        let route = match self.launcher.join(entry.settings(id), &old.ring).await {
+            Ok(route) => route,
+            Err(e) => {
+                counter!(m::ROUTING_CHANGES, "outcome" => "refused").increment(1);
+                return Err(launch_refused(e));
             }
-            if old.partition_of_str(merchant) == partition {
-                return Ok(None);
-            }
-            let mut next = old.clone();
-            next.merchants
-                .insert(merchant.to_owned(), partition.to_owned());
-            Ok(Some(next))
-        })
+        };
+        let added = self
+            .change_held(if_match, who, |table| {
+                check(table)?;
+                let mut next = table.clone();
+                next.units.insert(id, route.clone());
+                Ok(Some(next))
+            })
+            .await;
+        if added.is_err() {
+            // Not in the table: nothing will call it.
+            let _ = route.addr.send(CloseUnit).await;
+        }
+        added
     }
 
-    /// Sets the partitions `name` spills creates into (creating `name` when
-    /// the table has no such partition yet).
-    pub fn set_spill(
-        &self,
-        name: &str,
-        spill_to: &[String],
-        if_match: Option<u64>,
-    ) -> Result<SharedRouting, EngineError> {
-        self.change(if_match, |old| {
-            check_spill(old, name, spill_to)?;
-            let known = old.known_partitions().contains(name);
-            let current = old.partitions.get(name).map(|p| p.spill_to.as_slice());
-            if known && current.unwrap_or_default() == spill_to {
-                return Ok(None);
-            }
-            let mut next = old.clone();
-            next.partitions.insert(
-                name.to_owned(),
-                PartitionSettings {
-                    spill_to: spill_to.to_vec(),
-                },
-            );
-            Ok(Some(next))
-        })
-    }
-
-    /// Applies `edit` to the current table: it checks the change and builds
-    /// the next table; then the version is checked, the next table is kept
-    /// and swapped in. Answers the table as it now is.
-    fn change(
+    async fn change_held(
         &self,
         if_match: Option<u64>,
-        edit: impl FnOnce(&Routing) -> Edit,
+        who: &str,
+        edit: impl Fn(&Routing) -> Edit,
     ) -> Result<SharedRouting, EngineError> {
-        let _one_at_a_time = self.changing.lock().unwrap_or_else(|e| e.into_inner());
-        let old = self.current.load_full();
-        let outcome = edit(&old).and_then(|next| {
-            // A change the table cannot take is refused whatever the version.
-            if let Some(v) = if_match
-                && v != old.version
-            {
-                return Err(EngineError::TableMoved {
-                    version: old.version,
-                });
-            }
-            let Some(mut next) = next else {
-                return Ok(None);
+        let mut rebuilds = 0;
+        let answer = loop {
+            let old = self.load();
+            let next = match edit(&old).and_then(|next| version_is(&old, if_match).map(|()| next)) {
+                Ok(Some(mut next)) => {
+                    next.version = old.version + 1;
+                    next
+                }
+                Ok(None) => break Ok(None),
+                Err(e) => break Err(e),
             };
-            next.version = old.version + 1;
-            if let Some(path) = &self.state_file {
-                self.state_of(&next)
-                    .save(path)
-                    .map_err(|e| EngineError::TableNotSaved(format!("{}: {e}", path.display())))?;
+            let (before, after) = (state_of(&old), state_of(&next));
+            let what = describe(&before, &after);
+            match self.keeper.keep(&before, &after, who, &what).await {
+                Ok(Kept::Done) => {
+                    self.contacted(None);
+                    tracing::info!(who, version = next.version, change = %what, "routing table changed");
+                    break Ok(Some(self.install(next)));
+                }
+                Ok(Kept::Moved) if rebuilds < REBUILDS => {
+                    // Another process changed the table: take its version
+                    // in and build the change again on it.
+                    rebuilds += 1;
+                    self.contacted(None);
+                    if let Err(e) = self.catch_up_held().await {
+                        break Err(EngineError::TableNotSaved(e));
+                    }
+                }
+                Ok(Kept::Moved) => {
+                    break Err(EngineError::TableNotSaved(
+                        "the table kept changing under this change; try again".into(),
+                    ));
+                }
+                Err(e) => {
+                    self.contacted(Some(e.clone()));
+                    break Err(EngineError::TableNotSaved(e));
+                }
             }
-            Ok(Some(next))
-        });
-        let label = match &outcome {
-            Ok(Some(_)) => "applied",
-            Ok(None) => "unchanged",
-            Err(EngineError::TableMoved { .. }) => "conflict",
-            Err(EngineError::TableNotSaved(_)) => "not_saved",
-            Err(_) => "refused",
         };
-        counter!(m::ROUTING_CHANGES, "outcome" => label).increment(1);
-        let Some(next) = outcome? else {
-            return Ok(old);
+        counter!(m::ROUTING_CHANGES, "outcome" => outcome(&answer)).increment(1);
+        if let Err(e) = &answer {
+            tracing::warn!(who, error = %e, "routing table change refused");
+        }
+        Ok(answer?.unwrap_or_else(|| self.load()))
+    }
+
+    /// Takes in the store's table when it is newer than this process's.
+    pub async fn catch_up(&self) -> Result<(), String> {
+        let _one_at_a_time = self.changing.lock().await;
+        self.catch_up_held().await
+    }
+
+    async fn catch_up_held(&self) -> Result<(), String> {
+        let newer = self.keeper.newer_than(self.load().version).await;
+        self.contacted(newer.as_ref().err().cloned());
+        let Some(state) = newer? else {
+            return Ok(());
         };
-        let next = Arc::new(next);
-        self.current.store(next.clone());
-        publish(&next);
+        let old = self.load();
+        let next = self.routing_for(&old, &state).await?;
+        let what = describe(&state_of(&old), &state);
+        tracing::info!(version = state.version, change = %what, "routing table changed by another process");
+        self.install(next);
+        Ok(())
+    }
+
+    /// Asks the store for a newer table every `every`, for as long as the
+    /// process runs (only a shared store has anything to ask).
+    pub async fn poll(self: Arc<Self>, every: Duration) {
+        if !self.keeper.is_shared() {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.catch_up().await {
+                tracing::warn!(error = %e, "routing table: cannot catch up with the control store; serving with version {}", self.load().version);
+            }
+        }
+    }
+
+    /// `old` made into the whole table `state`: units it lacks are started
+    /// (and refused if one cannot be), the others take their new settings.
+    async fn routing_for(&self, old: &Routing, state: &TableState) -> Result<Routing, String> {
+        let mut next = old.clone();
+        next.version = state.version;
+        next.merchants.clone_from(&state.merchants);
+        next.partitions = state
+            .partitions
+            .iter()
+            .map(|(n, s)| {
+                let settings = PartitionSettings {
+                    spill_to: s.clone(),
+                };
+                (n.clone(), settings)
+            })
+            .collect();
+        for (id, entry) in &state.units {
+            if let Some(route) = next.units.get_mut(id) {
+                let running = &route.settings;
+                if (&running.primary_url, &running.replica_url)
+                    != (&entry.primary_url, &entry.replica_url)
+                {
+                    tracing::warn!(unit = id, table = ?entry, "the table names other database URLs for this unit than it runs on; it keeps its own until the engine restarts");
+                }
+                entry.routing().apply_to(&mut route.settings);
+                continue;
+            }
+            let waiting = self.started.lock().expect("not poisoned").remove(id);
+            let route = match waiting {
+                Some(route) => route,
+                None => self
+                    .launcher
+                    .join(entry.settings(*id), &old.ring)
+                    .await
+                    .map_err(|e| format!("a unit the table gained cannot start: {e}"))?,
+            };
+            self.started
+                .lock()
+                .expect("not poisoned")
+                .insert(*id, route.clone());
+            next.units.insert(*id, route);
+        }
+        self.started.lock().expect("not poisoned").clear();
         Ok(next)
     }
 
-    /// What the state file keeps of `table`: its version, and what differs
-    /// from the config.
-    fn state_of(&self, table: &Routing) -> TableState {
-        let config = &self.config;
-        TableState {
-            version: table.version,
-            units: table
+    /// Swaps `next` in, and tells the supervisor what changed for it.
+    fn install(&self, next: Routing) -> SharedRouting {
+        let old = self.load();
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        publish(&next);
+        for (id, u) in &next.units {
+            let s = &u.settings;
+            let was = old
                 .units
+                .get(id)
+                .map(|o| (&o.settings.partition, o.settings.mode));
+            // It counts open units per partition for panic mode, and
+            // leaves disabled units unprobed.
+            if was != Some((&s.partition, s.mode)) {
+                self.supervisor.do_send(Watch {
+                    unit: *id,
+                    addr: u.addr.clone(),
+                    partition: s.partition.clone(),
+                    mode: s.mode,
+                });
+            }
+        }
+        let spills = |t: &Routing| -> Vec<(String, Vec<String>)> {
+            t.partitions
                 .iter()
-                .map(|(id, u)| (*id, UnitRouting::of(&u.settings)))
-                .filter(|(id, now)| config.units.get(id) != Some(now))
-                .collect(),
-            merchants: table
-                .merchants
-                .iter()
-                .filter(|(m, p)| config.merchants.get(*m) != Some(*p))
-                .map(|(m, p)| (m.clone(), p.clone()))
-                .collect(),
-            partitions: table
-                .partitions
-                .iter()
-                .filter(|(n, p)| config.partitions.get(*n) != Some(&p.spill_to))
                 .map(|(n, p)| (n.clone(), p.spill_to.clone()))
-                .collect(),
+                .collect()
+        };
+        if spills(&old) != spills(&next) {
+            self.supervisor.do_send(SetSpill {
+                partitions: next.partitions.clone(),
+            });
+        }
+        next
+    }
+
+    fn contacted(&self, error: Option<String>) {
+        if !self.keeper.is_shared() {
+            return;
+        }
+        gauge!(m::ROUTING_STORE_UP).set(if error.is_none() { 1.0 } else { 0.0 });
+        let mut contact = self.contact.lock().expect("not poisoned");
+        if error.is_none() {
+            contact.at = Instant::now();
+        }
+        contact.error = error;
+    }
+
+    /// Where the table is kept, and (for a shared store) how the last
+    /// exchange with it went.
+    pub fn store(&self) -> TableStore {
+        let contact = self.contact.lock().expect("not poisoned");
+        let shared = self.keeper.is_shared();
+        TableStore {
+            kind: self.keeper.kind(),
+            reachable: shared.then_some(contact.error.is_none()),
+            last_contact_ms_ago: shared
+                .then(|| u64::try_from(contact.at.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            error: contact.error.clone(),
         }
     }
 }
 
-fn unknown_partition(field: &'static str, name: &str) -> EngineError {
-    EngineError::InvalidChange {
-        field: Some(field),
-        message: format!(
-            "no partition named {name:?} (a unit's, the default, a merchant's, or a configured one)"
-        ),
+/// Refuses the change when the table is not at `if_match` (when given).
+fn version_is(table: &Routing, if_match: Option<u64>) -> Result<(), EngineError> {
+    match if_match {
+        Some(v) if v != table.version => Err(EngineError::TableMoved {
+            version: table.version,
+        }),
+        _ => Ok(()),
     }
 }
 
-/// Whether `name` may spill into `spill_to`: known partitions, each once,
-/// never `canary` or `cold` (naming `name` itself adds nothing: its units
-/// were tried first).
-fn check_spill(table: &Routing, name: &str, spill_to: &[String]) -> Result<(), EngineError> {
-    let invalid = |field: &'static str, message: String| EngineError::InvalidChange {
-        field: Some(field),
-        message,
-    };
-    if !is_identifier(name) {
-        return Err(invalid(
-            "name",
-            "a partition name is 1-64 characters of [A-Za-z0-9_.:-]".into(),
-        ));
+fn outcome(answer: &Result<Option<SharedRouting>, EngineError>) -> &'static str {
+    match answer {
+        Ok(Some(_)) => "applied",
+        Ok(None) => "unchanged",
+        Err(e) => refusal(e),
     }
-    let known = table.known_partitions();
-    for (i, target) in spill_to.iter().enumerate() {
-        if NO_SPILL_INTO.contains(&target.as_str()) {
-            return Err(invalid(
-                "spill_to",
-                format!(
-                    "nothing may spill into {target} (canary traffic is opt-in; cold takes no creates)"
-                ),
+}
+
+fn refusal(e: &EngineError) -> &'static str {
+    match e {
+        EngineError::TableMoved { .. } => "conflict",
+        EngineError::TableNotSaved(_) => "not_saved",
+        _ => "refused",
+    }
+}
+
+/// A unit that could not be started, as an answer to the operator.
+fn launch_refused(e: LaunchError) -> EngineError {
+    match e {
+        LaunchError::Refused { message, .. } => EngineError::InvalidChange {
+            field: Some("primary_url"),
+            message,
+        },
+        e => EngineError::UnitNotStarted(e.to_string()),
+    }
+}
+
+/// The whole table as kept.
+pub(super) fn state_of(table: &Routing) -> TableState {
+    TableState {
+        version: table.version,
+        units: table
+            .units
+            .iter()
+            .map(|(id, u)| (*id, UnitEntry::of(&u.settings)))
+            .collect(),
+        merchants: table.merchants.clone(),
+        partitions: table
+            .partitions
+            .iter()
+            .map(|(n, p)| (n.clone(), p.spill_to.clone()))
+            .collect(),
+    }
+}
+
+/// What changed from `before` to `after`, for the logs (URLs masked).
+fn describe(before: &TableState, after: &TableState) -> String {
+    let mut said = Vec::new();
+    for (id, u) in &after.units {
+        match before.units.get(id) {
+            None => said.push(format!("unit {id} added: {u:?}")),
+            Some(was) if was != u => said.push(format!("unit {id}: {was:?} -> {u:?}")),
+            Some(_) => {}
+        }
+    }
+    for (m, p) in &after.merchants {
+        if before.merchants.get(m) != Some(p) {
+            let was = before.merchants.get(m).map_or("(default)", String::as_str);
+            said.push(format!("merchant {m}: {was} -> {p}"));
+        }
+    }
+    for (n, s) in &after.partitions {
+        if before.partitions.get(n) != Some(s) {
+            said.push(format!(
+                "partition {n}: spill_to {:?} -> {s:?}",
+                before.partitions.get(n)
             ));
         }
-        if spill_to[..i].contains(target) {
-            return Err(invalid("spill_to", format!("{target} is named twice")));
-        }
-        if !known.contains(target.as_str()) {
-            return Err(unknown_partition("spill_to", target));
-        }
     }
-    Ok(())
-}
-
-/// The unit's settings after `patch`, if the table can take them.
-fn changed(
-    table: &Routing,
-    before: &UnitRouting,
-    patch: &UnitPatch,
-) -> Result<UnitRouting, EngineError> {
-    let invalid = |field: &'static str, message: String| EngineError::InvalidChange {
-        field: Some(field),
-        message,
-    };
-    let mut after = before.clone();
-    if let Some(p) = &patch.partition {
-        if !table.known_partitions().contains(p.as_str()) {
-            return Err(unknown_partition("partition", p));
-        }
-        after.partition.clone_from(p);
+    if said.is_empty() {
+        "nothing".into()
+    } else {
+        said.join("; ")
     }
-    if let Some(w) = patch.weight {
-        if w > MAX_WEIGHT {
-            return Err(invalid(
-                "weight",
-                format!("weight must be 0 to {MAX_WEIGHT}"),
-            ));
-        }
-        after.weight = w;
-    }
-    if let Some(mode) = patch.mode {
-        after.mode = mode;
-    }
-    if let Some(t) = patch.temperature {
-        after.temperature = t;
-    }
-    Ok(after)
 }
 
 /// The table's version and each unit's weight and mode, as gauges.
