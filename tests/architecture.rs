@@ -332,7 +332,7 @@ fn rank(module: &[String]) -> Option<u8> {
         "storage" => 2,
         "actors" => 3,
         "api" => 4,
-        "startup" => 5,
+        "startup" | "cli" => 5,
         other => panic!("src/{other}: add the new top-level module to `rank`"),
     })
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use crate::helpers::order_body;
+use crate::mariadb::free_port;
 
 fn engine() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_order-engine"));
@@ -120,4 +121,134 @@ async fn serves_the_default_layout_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}");
+}
+
+/// `order-engine <command> ...` as an operator runs it beside a running
+/// engine (same directory, config and environment): its exit status,
+/// stdout and stderr.
+fn cli(dir: &std::path::Path, env: &[(&str, String)], args: &[&str]) -> (bool, String, String) {
+    let mut cmd = engine();
+    cmd.current_dir(dir)
+        .arg("--config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[actix_web::test]
+async fn operators_change_the_routing_table_with_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = [
+        ("ORDERENGINE__SERVER__PORT", port.to_string()),
+        ("ORDERENGINE__ADMIN__PORT", free_port().to_string()),
+        ("ORDERENGINE__ADMIN__TOKEN", "cli-t0ken".to_string()),
+    ];
+    let mut cmd = engine();
+    cmd.current_dir(dir.path())
+        .arg("--config")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/readyz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "engine did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = |args: &[&str]| cli(dir.path(), &env, args);
+
+    let (ok, out, err) = run(&["units", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("routing table version 1 (kept: file)"),
+        "{out}"
+    );
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" open ")).count(),
+        4,
+        "{out}"
+    );
+
+    let (ok, out, err) = run(&[
+        "units",
+        "set",
+        "2",
+        "--mode",
+        "read_only",
+        "--if-match",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (answer["version"].as_u64(), answer["unit"]["mode"].as_str()),
+        (Some(2), Some("read_only"))
+    );
+    // An operator working from an old version is told, and nothing changes.
+    let (ok, _, err) = run(&["units", "set", "3", "--weight", "5", "--if-match", "1"]);
+    assert!(!ok);
+    assert!(err.contains("412 version_mismatch"), "{err}");
+    let (ok, _, err) = run(&["units", "set", "9", "--mode", "open"]);
+    assert!(!ok && err.contains("404 unit_not_found"), "{err}");
+
+    // A key merchant's own partition, with a unit added for it.
+    let (ok, _, err) = run(&["partitions", "set", "vip", "--spill-to", "standard"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&[
+        "units",
+        "add",
+        "5",
+        "--partition",
+        "vip",
+        "--weight",
+        "10",
+        "--primary-url",
+        "sqlite://data/unit-0005.db",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"takes_creates\": true"), "{out}");
+    let (ok, out, err) = run(&["merchants", "set", "m-9", "vip"]);
+    assert!(ok, "{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["partition"], "vip", "{out}");
+    let (ok, out, _) = run(&["units", "list"]);
+    assert!(ok);
+    let head = format!("routing table version {}", answer["version"]);
+    assert!(out.starts_with(&head), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("5 ") && l.contains("vip")),
+        "{out}"
+    );
+    for i in 0..5 {
+        let r = client
+            .post(format!("{base}/v1/orders"))
+            .json(&order_body("m-9", &format!("vip-{i}"), "u-1", 10))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["unit"], 5, "{body}");
+    }
+
+    // Without a token the CLI says what is missing.
+    let (ok, _, err) = cli(dir.path(), &env[..2], &["units", "list"]);
+    assert!(!ok && err.contains("no admin token"), "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
