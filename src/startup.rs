@@ -22,7 +22,7 @@ use crate::actors::dispatcher::{
 };
 use crate::actors::health::HealthBoard;
 use crate::actors::supervisor::{Supervisor, Watch};
-use crate::actors::unit::SettleMeta;
+use crate::actors::unit::{SettleMeta, UnitActor};
 use crate::api::middleware::{Admission, observe};
 use crate::api::{self, AdminToken, AppState};
 use crate::config::{Settings, TableState, mask_url};
@@ -72,7 +72,7 @@ impl Application {
         let supervisor = start_supervisor(&settings, &board, &routes, &mut arbiters);
         let shard = Dispatcher::new(&settings, routes, ring, saved, launcher, supervisor);
         let poll = Duration::from_millis(settings.admin.control_poll_ms);
-        actix_web::rt::spawn(shard.poll_table(poll));
+        actix_web::rt::spawn(shard.keep_table(poll));
         // This shard serves status, the admin API and shutdown; every HTTP
         // worker starts its own on its own thread (see the dispatcher's docs).
         let dispatcher = shard.clone().start();
@@ -231,6 +231,9 @@ async fn restore_table(settings: &mut Settings) -> Result<SavedTable, StartError
         }
         tracing::info!(version = table.version, url = %mask_url(url), "routing table from the control store");
         settings.route_by(&table);
+        settings
+            .validate()
+            .map_err(|e| StartError::TableState(format!("the control store's table: {e}")))?;
         return Ok(SavedTable {
             version: table.version,
             keeper: Keeper::Control(store),
@@ -250,14 +253,23 @@ async fn restore_table(settings: &mut Settings) -> Result<SavedTable, StartError
     let kept = TableState::load(Path::new(&path)).map_err(StartError::TableState)?;
     let version = kept.as_ref().map_or(1, |k| k.version.max(1));
     if let Some(changes) = kept {
+        let (table, dropped) = config.with_file_changes(changes.clone());
+        for id in dropped {
+            tracing::warn!(
+                unit = id,
+                path,
+                "the routing state file names a unit the config no longer has; ignored"
+            );
+        }
         for (id, unit) in &changes.units {
             match config.units.get(id) {
                 Some(own) => {
                     tracing::warn!(unit = id, config = ?own, kept = ?unit, path, "an operator's change overrides the config for this unit")
                 }
-                None => {
+                None if !unit.primary_url.is_empty() => {
                     tracing::warn!(unit = id, kept = ?unit, path, "a unit an operator added (the config does not name it)")
                 }
+                None => {}
             }
         }
         for (merchant, partition) in &changes.merchants {
@@ -277,7 +289,10 @@ async fn restore_table(settings: &mut Settings) -> Result<SavedTable, StartError
             );
         }
         tracing::info!(version, path, "routing table changes restored");
-        settings.route_by(&config.with(&changes));
+        settings.route_by(&table);
+        settings
+            .validate()
+            .map_err(|e| StartError::TableState(e.to_string()))?;
     }
     Ok(SavedTable {
         version,
@@ -296,32 +311,48 @@ fn unit_arbiters(settings: &Settings) -> Vec<Arbiter> {
 }
 
 /// Opens every unit's database and starts its actor (spread over the unit
-/// threads in turn), all at once; the first failure stops start-up.
+/// threads in turn), all at once. A unit whose database cannot be opened
+/// starts down (its calls answer `503`; starting it is retried); one whose
+/// database belongs to another unit or deployment stops start-up.
 async fn start_units(
     settings: &Settings,
     launcher: &UnitLauncher,
 ) -> Result<Vec<UnitRoute>, StartError> {
     let started = join_all(settings.units.iter().map(|u| launcher.start(u.clone()))).await;
-    started
-        .into_iter()
-        .map(|r| r.map_err(StartError::from))
-        .collect()
+    let mut routes = Vec::with_capacity(started.len());
+    for (unit, started) in settings.units.iter().zip(started) {
+        match started {
+            Ok(route) => routes.push(route),
+            Err(e @ LaunchError::Refused { .. }) => return Err(e.into()),
+            Err(e) => {
+                tracing::error!(unit = unit.id, error = %e, "unit starts down: its calls answer 503 until its database answers");
+                routes.push(launcher.unstarted(unit.clone(), &e));
+            }
+        }
+    }
+    Ok(routes)
 }
 
 /// The key ring every engine process uses: the one the units' databases
 /// hold, or, the first time they meet, every configured unit. It is written
 /// to each unit that lacks it (a unit added later gets the ring as it was,
 /// so no key's homes move). Units that hold different rings stop start-up.
-async fn settle_key_ring(settings: &Settings, routes: &[UnitRoute]) -> Result<KeyRing, StartError> {
+async fn settle_key_ring(settings: &Settings, all: &[UnitRoute]) -> Result<KeyRing, StartError> {
     const NAME: &str = "key_ring";
+    // Units that start down are given the ring when they start (and are
+    // refused if they hold another).
+    let routes: Vec<(&UnitRoute, &Addr<UnitActor>)> = all
+        .iter()
+        .filter_map(|r| Some((r, r.addr.as_ref()?)))
+        .collect();
     let read = || {
-        join_all(routes.iter().map(|r| {
+        join_all(routes.iter().map(|(r, addr)| {
             let msg = SettleMeta {
                 name: NAME,
                 proposed: None,
             };
             async move {
-                match r.addr.send(msg).await {
+                match addr.send(msg).await {
                     Ok(Ok(value)) => Ok(value),
                     Ok(Err(e)) => Err(format!("unit {}: {e}", r.settings.id)),
                     Err(e) => Err(format!("unit {}: {e}", r.settings.id)),
@@ -353,19 +384,19 @@ async fn settle_key_ring(settings: &Settings, routes: &[UnitRoute]) -> Result<Ke
     // keeps whichever proposal came first, and both go on with that.
     let mut ring = ring;
     let mut agreed = !known.is_empty();
-    let mut missing: Vec<&UnitRoute> = routes
+    let mut missing: Vec<(&UnitRoute, &Addr<UnitActor>)> = routes
         .iter()
         .zip(&stored)
         .filter(|(_, s)| s.is_none())
-        .map(|(r, _)| r)
+        .map(|(r, _)| *r)
         .collect();
-    missing.sort_by_key(|r| r.settings.id);
-    for route in missing {
+    missing.sort_by_key(|(r, _)| r.settings.id);
+    for (route, addr) in missing {
         let msg = SettleMeta {
             name: NAME,
             proposed: Some(ring.encode()),
         };
-        let fixed = match route.addr.send(msg).await {
+        let fixed = match addr.send(msg).await {
             Ok(Ok(Some(value))) => value,
             Ok(Ok(None)) => String::new(),
             Ok(Err(e)) => {
@@ -420,12 +451,13 @@ fn start_supervisor(
         })
     };
     arbiters.push(arbiter);
-    for r in routes {
+    for (r, addr) in routes.iter().filter_map(|r| Some((r, r.addr.clone()?))) {
         supervisor.do_send(Watch {
             unit: r.settings.id,
-            addr: r.addr.clone(),
+            addr,
             partition: r.settings.partition.clone(),
             mode: r.settings.mode,
+            takes_creates: r.takes_creates(),
         });
     }
     supervisor

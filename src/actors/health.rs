@@ -30,6 +30,8 @@ pub struct UnitHealth {
     /// circuit are counted here instead of sent one message each.
     live_ok: AtomicU64,
     live_latency_us: AtomicU64,
+    /// Why the unit does not run, while it does not (passwords masked).
+    pub start_error: std::sync::Mutex<Option<String>>,
 }
 
 impl UnitHealth {

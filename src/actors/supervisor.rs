@@ -51,6 +51,9 @@ pub struct Watch {
     pub addr: Addr<UnitActor>,
     pub partition: String,
     pub mode: UnitMode,
+    /// Whether the table lets it take creates (open, not cold, weight > 0):
+    /// panic mode counts only those.
+    pub takes_creates: bool,
 }
 
 /// The partitions' spill rules changed.
@@ -64,6 +67,7 @@ struct Watched {
     addr: Addr<UnitActor>,
     partition: String,
     mode: UnitMode,
+    takes_creates: bool,
     breaker: CircuitBreaker,
 }
 
@@ -222,7 +226,7 @@ impl Supervisor {
             let retry_in = w.breaker.retry_in(now).as_millis() as u64;
             self.board.set_circuit(*id, state, permits, retry_in);
             let entry = own.entry(w.partition.clone()).or_default();
-            if w.mode == UnitMode::Open {
+            if w.takes_creates {
                 entry.0 += 1;
                 entry.1 += usize::from(state == CircuitState::Closed);
             }
@@ -238,8 +242,19 @@ impl Supervisor {
                 .filter_map(|q| own.get(q))
                 .fold((0, 0), |acc, (t, h)| (acc.0 + t, acc.1 + h))
         };
-        let partitions: Vec<(String, (usize, usize))> =
-            own.keys().map(|p| (p.clone(), reach(p))).collect();
+        // Partitions no unit is in any more leave panic mode too.
+        let emptied: Vec<String> = self
+            .board
+            .panic_partitions()
+            .into_iter()
+            .filter(|(p, _)| !own.contains_key(p))
+            .map(|(p, _)| p)
+            .collect();
+        let partitions: Vec<(String, (usize, usize))> = own
+            .keys()
+            .chain(&emptied)
+            .map(|p| (p.clone(), reach(p)))
+            .collect();
         let threshold = usize::from(self.settings.panic_threshold_percent);
         for (partition, (total, healthy)) in partitions {
             let partition = partition.as_str();
@@ -320,11 +335,13 @@ impl Handler<Watch> for Supervisor {
             addr: msg.addr.clone(),
             partition: msg.partition.clone(),
             mode: msg.mode,
+            takes_creates: msg.takes_creates,
             breaker: CircuitBreaker::new(circuit),
         });
         w.addr = msg.addr;
         w.partition = msg.partition;
         w.mode = msg.mode;
+        w.takes_creates = msg.takes_creates;
         self.publish();
     }
 }

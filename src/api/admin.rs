@@ -35,7 +35,10 @@ pub async fn list_units(
 }
 
 /// Changes one unit's routing settings: `mode`, `partition`, `temperature`,
-/// `weight`. This engine process's next creates follow it; the answer
+/// `weight`, or moves it to another database server (`primary_url`,
+/// `replica_url`: a copy of its database, checked to hold this unit's
+/// orders; the unit's next calls go there, calls in flight finish on the old
+/// server, and its sequence continues past every order the new one holds). This engine process's next creates follow it; the answer
 /// carries the table's new version (also as `ETag`), and `If-Match` makes
 /// the change conditional on the version the operator saw. No field (or no
 /// body) changes nothing.
@@ -46,11 +49,11 @@ pub async fn list_units(
     request_body = UnitPatchRequest,
     responses(
         (status = 200, body = UnitChanged, headers(("ETag" = String, description = "The routing table's new version, quoted."))),
-        (status = 400, description = "`validation_failed` (a malformed body or header) or `invalid_change` (`field` names the setting)", body = ErrorResponse),
+        (status = 400, description = "`validation_failed` (a malformed body, header or URL) or `invalid_change` (`field` names the setting; `primary_url`: a database another unit uses, or one that is not a copy of this unit's)", body = ErrorResponse),
         (status = 401, description = "`unauthorized`", body = ErrorResponse),
         (status = 404, description = "`unit_not_found`", body = ErrorResponse),
         (status = 412, description = "`version_mismatch`: the table is no longer at the `If-Match` version", body = ErrorResponse),
-        (status = 503, description = "`table_not_saved`: the change could not be kept; nothing changed", body = ErrorResponse),
+        (status = 503, description = "`table_not_saved` (the change could not be kept) or `unit_not_started` (the new database cannot be reached or migrated); nothing changed", body = ErrorResponse),
     )
 )]
 pub async fn patch_unit(
@@ -116,7 +119,6 @@ pub async fn add_unit(
         .await??;
     Ok(HttpResponse::Created()
         .insert_header((header::ETAG, format!("\"{}\"", answer.version)))
-        .insert_header((header::LOCATION, format!("/admin/units/{id}")))
         .json(answer))
 }
 

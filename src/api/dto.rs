@@ -38,8 +38,8 @@ impl<'de> Deserialize<'de> for WholeNumber {
 }
 
 /// `PATCH /admin/units/{id}`: the fields named are set, the rest kept
-/// (none: nothing changes). A unit's URLs cannot be changed live yet.
-#[derive(Debug, Deserialize, ToSchema)]
+/// (none: nothing changes).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UnitPatchRequest {
     pub mode: Option<UnitMode>,
@@ -50,16 +50,42 @@ pub struct UnitPatchRequest {
     /// Share of creates against the partition's other units; 0 takes none.
     #[schema(value_type = Option<i64>, minimum = 0, maximum = 1_000_000_i64, example = 100)]
     pub weight: Option<WholeNumber>,
+    /// Repoint the unit to another server holding its database (a copy or
+    /// a promoted replica: it must hold this unit's orders): the unit's
+    /// next calls go there, calls in flight finish on the old one.
+    #[schema(example = "mysql://orders:secret@10.0.0.6:3306/orderengine_unit_2")]
+    pub primary_url: Option<String>,
+    /// The unit's replica; `null` removes it (absent: it stays).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub replica_url: Option<Option<String>>,
+}
+
+/// A field that is present, `null` or not: absent stays `None`.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 impl UnitPatchRequest {
     pub fn into_patch(self) -> Result<UnitPatch, ApiError> {
         let weight = self.weight.map(weight).transpose()?;
+        if let Some(url) = &self.primary_url {
+            check_db_url(url).map_err(|m| ApiError::validation("primary_url", m))?;
+        }
+        if let Some(Some(url)) = &self.replica_url {
+            check_db_url(url).map_err(|m| ApiError::validation("replica_url", m))?;
+        }
         Ok(UnitPatch {
             mode: self.mode,
             partition: self.partition,
             temperature: self.temperature,
             weight,
+            primary_url: self.primary_url,
+            replica_url: self.replica_url,
         })
     }
 }
@@ -72,8 +98,8 @@ fn weight(WholeNumber(w): WholeNumber) -> Result<u32, ApiError> {
 }
 
 /// `POST /admin/units`: a unit to add. Its database is created when it does
-/// not exist yet, and migrated.
-#[derive(Debug, Deserialize, ToSchema)]
+/// not exist yet, and migrated. (No `Debug`: the URLs may hold passwords.)
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddUnitRequest {
     /// A unit id no unit has (it is written into every order id of the unit).

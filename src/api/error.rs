@@ -92,7 +92,7 @@ error_codes! {
     TableNotSaved = "table_not_saved", 503,
         "an admin change could not be written where the routing table is kept (the state file, or the control store when it is unreachable); nothing changed, unless the message says the store did not confirm it (with `Retry-After`)";
     UnitNotStarted = "unit_not_started", 503,
-        "`POST /admin/units`: the new unit's database could not be opened, created or migrated; the unit did not join the table (with `Retry-After`)";
+        "`POST /admin/units`, or a `PATCH` moving a unit: the unit's (new) database could not be opened, created or migrated in time; nothing changed (with `Retry-After`)";
 }
 
 impl ErrorCode {

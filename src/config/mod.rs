@@ -198,6 +198,18 @@ impl Settings {
                     "admin.control_url: the control store is a MySQL/MariaDB database that every engine process reaches".into(),
                 );
             }
+            // Every process sharing the table must reach the same database
+            // for a unit; each would open its own SQLite file.
+            if let Some(u) = self
+                .units
+                .iter()
+                .find(|u| u.primary_url.starts_with("sqlite:"))
+            {
+                return invalid(format!(
+                    "unit {}: with admin.control_url every unit is a MySQL/MariaDB database (each engine process would open its own SQLite file)",
+                    u.id
+                ));
+            }
         }
         if !(10..=60_000).contains(&self.admin.control_poll_ms) {
             return invalid("admin.control_poll_ms must be 10 to 60000".into());

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -57,6 +58,9 @@ pub struct UnitEntry {
     pub mode: UnitMode,
     pub temperature: Temperature,
     pub weight: u32,
+    /// Empty in the state file for a unit at the config's URLs (so that the
+    /// config's URLs, passwords included, stay the config's to change).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub primary_url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica_url: Option<String>,
@@ -115,12 +119,16 @@ pub const MAX_WEIGHT: u32 = 1_000_000;
 
 /// An operator's change to one unit (`PATCH /admin/units/{id}`): the
 /// fields named are set, the rest kept (none: nothing changes).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct UnitPatch {
     pub mode: Option<UnitMode>,
     pub partition: Option<String>,
     pub temperature: Option<Temperature>,
     pub weight: Option<u32>,
+    /// Another database server for the unit (a copy of its database).
+    pub primary_url: Option<String>,
+    /// `Some(None)`: no replica any more.
+    pub replica_url: Option<Option<String>>,
 }
 
 impl UnitPatch {
@@ -130,6 +138,31 @@ impl UnitPatch {
             && self.partition.is_none()
             && self.temperature.is_none()
             && self.weight.is_none()
+            && !self.moves_database()
+    }
+
+    /// Whether the patch names database URLs.
+    pub fn moves_database(&self) -> bool {
+        self.primary_url.is_some() || self.replica_url.is_some()
+    }
+}
+
+impl std::fmt::Debug for UnitPatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnitPatch")
+            .field("mode", &self.mode)
+            .field("partition", &self.partition)
+            .field("temperature", &self.temperature)
+            .field("weight", &self.weight)
+            .field("primary_url", &self.primary_url.as_deref().map(mask_url))
+            .field(
+                "replica_url",
+                &self
+                    .replica_url
+                    .as_ref()
+                    .map(|r| r.as_deref().map(mask_url)),
+            )
+            .finish()
     }
 }
 
@@ -175,6 +208,42 @@ impl TableState {
                 .map(|(n, s)| (n.clone(), s.clone()))
                 .collect(),
         }
+    }
+
+    /// What the state file keeps of `self` (a whole table) against the
+    /// config's table: [`Self::changes_from`], without the URLs of units
+    /// still at the config's URLs.
+    pub fn file_changes(&self, config: &TableState) -> TableState {
+        let mut changes = self.changes_from(config);
+        for (id, unit) in &mut changes.units {
+            if let Some(own) = config.units.get(id)
+                && (&own.primary_url, &own.replica_url) == (&unit.primary_url, &unit.replica_url)
+            {
+                unit.primary_url.clear();
+                unit.replica_url = None;
+            }
+        }
+        changes
+    }
+
+    /// The state file's `changes` made whole again against the config's
+    /// table: a unit kept without URLs takes the config's. Units kept
+    /// without URLs that the config no longer has are left out, and named.
+    pub fn with_file_changes(&self, mut changes: TableState) -> (TableState, Vec<u16>) {
+        let mut dropped = Vec::new();
+        changes.units.retain(|id, unit| {
+            if !unit.primary_url.is_empty() {
+                return true;
+            }
+            let Some(own) = self.units.get(id) else {
+                dropped.push(*id);
+                return false;
+            };
+            unit.primary_url.clone_from(&own.primary_url);
+            unit.replica_url.clone_from(&own.replica_url);
+            true
+        });
+        (self.with(&changes), dropped)
     }
 
     /// `self` with `changes` applied over it (at `changes`' version): the
@@ -245,7 +314,14 @@ impl TableState {
         std::fs::create_dir_all(dir)?;
         let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
         let written = (|| {
-            let mut file = std::fs::File::create(&tmp)?;
+            // Only the engine's user may read it: it may hold database
+            // passwords (of units added or moved through the admin API).
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             let body = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
             file.write_all(&body)?;
             file.sync_all()?;
@@ -304,6 +380,41 @@ mod tests {
             [&9]
         );
         assert!(!format!("{now:?}").contains("pw@"));
+    }
+
+    #[test]
+    fn the_state_file_keeps_urls_only_where_they_are_not_the_configs() {
+        let mut config = TableState::default();
+        config.units.insert(1, entry("standard", 100));
+        config.units.insert(2, entry("standard", 100));
+        let mut now = config.clone();
+        now.units.get_mut(&1).unwrap().weight = 5;
+        now.units.get_mut(&2).unwrap().primary_url = "mysql://u:pw@other:1/db".into();
+        now.units.insert(3, entry("vip", 1));
+        let kept = now.file_changes(&config);
+        assert_eq!(kept.units[&1].primary_url, "");
+        assert_eq!(kept.units[&2].primary_url, "mysql://u:pw@other:1/db");
+        assert_eq!(kept.units[&3].primary_url, "mysql://u:pw@h:1/db");
+        // The config's URL for unit 1 changes: the kept weight stays, the new URL is taken.
+        config.units.get_mut(&1).unwrap().primary_url = "mysql://u:new@h:1/db".into();
+        let (back, dropped) = config.with_file_changes(kept.clone());
+        assert!(dropped.is_empty());
+        assert_eq!(back.units[&1].weight, 5);
+        assert_eq!(back.units[&1].primary_url, "mysql://u:new@h:1/db");
+        assert_eq!(back.units[&2], now.units[&2]);
+        // A file written before URLs were kept (none for a unit) still loads.
+        let old: TableState = serde_json::from_str(
+            r#"{"version":3,"units":{"1":{"partition":"standard","mode":"read_only","temperature":"hot","weight":7}}}"#,
+        )
+        .unwrap();
+        let (back, _) = config.with_file_changes(old);
+        assert_eq!(
+            (back.units[&1].weight, back.units[&1].primary_url.as_str()),
+            (7, "mysql://u:new@h:1/db")
+        );
+        config.units.remove(&1);
+        let (_, dropped) = config.with_file_changes(kept);
+        assert_eq!(dropped, [1]);
     }
 
     #[test]

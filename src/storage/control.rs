@@ -24,6 +24,7 @@ const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS routing_changes (\
      changed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), \
      who VARCHAR(255) NOT NULL, \
      what TEXT NOT NULL) ENGINE=InnoDB";
+const SCHEMA_EXISTS: &str = "SELECT 1 FROM information_schema.schemata WHERE schema_name = ?";
 const SELECT_VERSION: &str = "SELECT version FROM routing_table WHERE name = ?";
 const SELECT_TABLE: &str = "SELECT version, body FROM routing_table WHERE name = ?";
 const SEED: &str = "INSERT IGNORE INTO routing_table (name, version, body) VALUES (?, ?, ?)";
@@ -73,14 +74,21 @@ impl ControlStore {
             .ok_or_else(|| unreachable(&"the URL names no database"))?;
         let created = bounded(async {
             let mut conn = options.clone().database("").connect().await?;
-            // The name was checked by the config (no quote can be in it).
-            let create = format!(
-                "CREATE DATABASE IF NOT EXISTS `{}`",
-                database.replace('`', "")
-            );
-            sqlx::query(sqlx::AssertSqlSafe(create))
-                .execute(&mut conn)
-                .await?;
+            let exists = sqlx::query(SCHEMA_EXISTS)
+                .bind(&database)
+                .fetch_optional(&mut conn)
+                .await?
+                .is_some();
+            if !exists {
+                // Backquotes cannot be escaped in a name: they are dropped.
+                let create = format!(
+                    "CREATE DATABASE IF NOT EXISTS `{}`",
+                    database.replace('`', "")
+                );
+                sqlx::query(sqlx::AssertSqlSafe(create))
+                    .execute(&mut conn)
+                    .await?;
+            }
             Ok(())
         })
         .await;

@@ -1,165 +1,19 @@
 //! Two real engine processes sharing the routing table through a control
 //! store on its own MariaDB server: a change through one governs creates
 //! through the other within a second, concurrent conditional changes never
-//! both win, a unit added through one takes creates through the other, and
+//! both win, a unit added (or moved to another database) through one takes
+//! creates through the other, and
 //! with the store's server killed both keep serving (and say so) until it
 //! is back.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::order_body;
-use crate::mariadb::{MariaDb, die_with_parent, free_port, shared, unique_db};
-
-const TOKEN: &str = "control-t0ken";
-
-/// One engine process: its public and admin ports, config and log.
-struct Engine {
-    port: u16,
-    admin: u16,
-    config: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Engine {
-    fn new(dir: &Path, name: &str, control_url: &str, units: &str) -> Self {
-        let (port, admin) = (free_port(), free_port());
-        let config = dir.join(format!("{name}.toml"));
-        let toml = format!(
-            "[server]\nhost = \"127.0.0.1\"\nport = {port}\n\
-             [storage]\nmax_connections = 4\n\
-             [admin]\nport = {admin}\ntoken = \"{TOKEN}\"\ncontrol_url = \"{control_url}\"\n\
-             [log]\nlevel = \"info,sqlx=warn\"\n{units}"
-        );
-        std::fs::write(&config, toml).unwrap();
-        let mut engine = Self {
-            port,
-            admin,
-            config,
-            log: dir.join(format!("{name}.log")),
-            child: None,
-        };
-        engine.start();
-        engine
-    }
-
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_order-engine"));
-        cmd.arg("--config")
-            .arg(&self.config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        die_with_parent(&mut cmd);
-        self.child = Some(cmd.spawn().unwrap());
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn ready(&mut self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let up = client
-                .get(format!("http://127.0.0.1:{}/readyz", self.port))
-                .send()
-                .await;
-            if up.is_ok_and(|r| r.status().is_success()) {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("engine exited ({status}):\n{}", self.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "engine not ready:\n{}",
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn admin(
-        &self,
-        client: &reqwest::Client,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
-        if_match: Option<u64>,
-    ) -> (StatusCode, Value) {
-        let mut req = client
-            .request(method, format!("http://127.0.0.1:{}{path}", self.admin))
-            .bearer_auth(TOKEN)
-            .timeout(Duration::from_secs(10));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        if let Some(v) = if_match {
-            req = req.header("if-match", format!("\"{v}\""));
-        }
-        let r = req.send().await.unwrap();
-        (r.status(), r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn units(&self, client: &reqwest::Client) -> Value {
-        self.admin(client, Method::GET, "/admin/units", None, None)
-            .await
-            .1
-    }
-
-    /// Creates an order with key `key`: its unit.
-    async fn create(&self, client: &reqwest::Client, key: &str) -> u64 {
-        let r = client
-            .post(format!("http://127.0.0.1:{}/v1/orders", self.port))
-            .json(&order_body("m-1", key, "u-1", 100))
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED, "create {key}");
-        let body: Value = r.json().await.unwrap();
-        body["unit"].as_u64().unwrap()
-    }
-
-    async fn metric(&self, client: &reqwest::Client, name: &str) -> f64 {
-        let text = client
-            .get(format!("http://127.0.0.1:{}/metrics", self.port))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /metrics"))
-    }
-}
-
-impl Drop for Engine {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use crate::mariadb::{MariaDb, copy_database, shared, unique_db};
+use crate::process::Engine;
+use crate::repoint::orders_at;
 
 /// Waits (at most `within`) until `engine`'s table is at `version`; how
 /// long that took.
@@ -197,7 +51,7 @@ fn unit_of(units: &Value, id: u64) -> &Value {
 async fn two_processes_share_the_routing_table_through_the_control_store() {
     let dir = tempfile::tempdir().unwrap();
     let mut control = MariaDb::start(); // durable: SIGKILL loses nothing committed
-    let control_url = control.url(&unique_db("control"));
+    let shared_table = format!("control_url = \"{}\"", control.url(&unique_db("control")));
     let units_server = shared();
     let dbs: Vec<String> = (1..=4).map(|u| unique_db(&format!("cs_unit{u}"))).collect();
     let url = |u: usize| units_server.url(&dbs[u - 1]);
@@ -205,9 +59,9 @@ async fn two_processes_share_the_routing_table_through_the_control_store() {
         .map(|u| format!("[[units]]\nid = {u}\nprimary_url = \"{}\"\n", url(u)))
         .collect();
     let client = reqwest::Client::new();
-    let mut a = Engine::new(dir.path(), "a", &control_url, &units);
+    let mut a = Engine::new(dir.path(), "a", &shared_table, &units);
     a.ready(&client).await;
-    let mut b = Engine::new(dir.path(), "b", &control_url, &units);
+    let mut b = Engine::new(dir.path(), "b", &shared_table, &units);
     b.ready(&client).await;
     // Seeded once from the config, then shared.
     assert_eq!(a.units(&client).await["version"], 1);
@@ -329,6 +183,43 @@ async fn two_processes_share_the_routing_table_through_the_control_store() {
         !unit_of(&a.units(&client).await, 4)["key_home"]
             .as_bool()
             .unwrap()
+    );
+
+    // Unit 4 moved to a copy of its database through B: A follows within a
+    // second, and its creates for unit 4 land in the copy.
+    let (status, body) = b
+        .admin(
+            &client,
+            Method::PATCH,
+            "/admin/units/4",
+            Some(json!({"mode": "disabled"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::sleep(Duration::from_millis(1_500)).await; // in flight: done
+    let copy = unique_db("cs_unit4_copy");
+    copy_database(units_server, &dbs[3], units_server, &copy);
+    let before = orders_at(&units_server.url(&copy)).await.len();
+    let moved = json!({"mode": "open", "primary_url": units_server.url(&copy)});
+    let (status, body) = b
+        .admin(&client, Method::PATCH, "/admin/units/4", Some(moved), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let version = body["version"].as_u64().unwrap();
+    until_version(&a, &client, version, Duration::from_secs(1)).await;
+    let shown = unit_of(&a.units(&client).await, 4)["primary_url"].clone();
+    assert!(shown.as_str().unwrap().ends_with(&copy), "{shown}");
+    let mut in_four = 0;
+    for i in 0..60 {
+        if a.create(&client, &format!("after-move-{i}")).await == 4 {
+            in_four += 1;
+        }
+    }
+    assert!(in_four > 0, "60 creates through A never reached unit 4");
+    assert_eq!(
+        orders_at(&units_server.url(&copy)).await.len(),
+        before + in_four
     );
 
     // The control store's server dies: both keep serving with their table,

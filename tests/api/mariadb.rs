@@ -5,6 +5,7 @@
 //! If MariaDB is not installed the tests fail (they never skip) with a message
 //! saying how to install it.
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -266,4 +267,40 @@ pub fn unique_db(tag: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Copies database `from_db` of `from` to `to_db` of `to` with mariadb-dump
+/// and the mariadb client (as an operator would; a promoted replica does
+/// the same job).
+pub fn copy_database(from: &MariaDb, from_db: &str, to: &MariaDb, to_db: &str) {
+    let dump = Command::new("mariadb-dump")
+        .args([
+            "--no-defaults",
+            "-h127.0.0.1",
+            "-uroot",
+            "--single-transaction",
+        ])
+        .arg(format!("-P{}", from.port()))
+        .arg(from_db)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run mariadb-dump: {e}. {INSTALL_HINT}"));
+    assert!(dump.status.success(), "mariadb-dump failed");
+    let client = |sql: Option<&str>| {
+        let mut cmd = Command::new("mariadb");
+        cmd.args(["--no-defaults", "-h127.0.0.1", "-uroot"])
+            .arg(format!("-P{}", to.port()));
+        match sql {
+            Some(sql) => cmd.args(["-e", sql]),
+            None => cmd.arg(to_db).stdin(Stdio::piped()),
+        };
+        cmd
+    };
+    let created = client(Some(&format!("CREATE DATABASE `{to_db}`")))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run mariadb: {e}. {INSTALL_HINT}"));
+    assert!(created.success(), "CREATE DATABASE {to_db} failed");
+    let mut load = client(None).spawn().unwrap();
+    load.stdin.take().unwrap().write_all(&dump.stdout).unwrap();
+    assert!(load.wait().unwrap().success(), "loading the copy failed");
 }

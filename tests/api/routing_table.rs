@@ -123,10 +123,18 @@ async fn operators_change_units_live_and_a_restart_keeps_it() {
         ),
         (
             "2",
-            json!({"primary_url": "mysql://x@127.0.0.1/y"}),
+            json!({"primary_url": "mysql:/no-host"}),
             400,
             "validation_failed",
             Some("primary_url"),
+        ),
+        (
+            // Nothing listens on port 1: the unit stays where it is.
+            "2",
+            json!({"primary_url": "mysql://x@127.0.0.1:1/y"}),
+            503,
+            "unit_not_started",
+            None,
         ),
         (
             "2",
@@ -525,5 +533,81 @@ async fn a_unit_added_live_takes_creates_at_once_and_a_restart_keeps_it() {
     let got = app.get(&format!("/v1/orders/{id}")).await;
     assert_eq!(got.status, StatusCode::OK, "{}", got.body);
     assert_eq!(got.body["status"], "paid");
+    app.shutdown().await;
+}
+
+#[actix_web::test]
+async fn a_unit_moved_to_a_copy_of_its_database_keeps_it_across_a_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let units = unit_urls(Backend::Sqlite, 2, root.path());
+    let app = spawn(&root, &units).await;
+    let made = create_many(&app, "before-move", 20).await;
+    let (in_two, _) = made
+        .iter()
+        .find(|(_, u)| *u == 2)
+        .expect("20 creates reach unit 2")
+        .clone();
+
+    let r = patch(&app, "2", &json!({"mode": "disabled"}), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let copy = root.path().join("unit-2-copy.db");
+    let db = app.unit_db(2).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "VACUUM INTO '{}'",
+        copy.display()
+    )))
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    let copy_url = format!("sqlite://{}", copy.display());
+
+    // An empty database is no copy of the unit's: refused, nothing changes.
+    let empty = format!("sqlite://{}/empty.db", root.path().display());
+    let r = patch(&app, "2", &json!({"primary_url": empty}), None).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "invalid_change"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a copy"),
+        "{}",
+        r.body
+    );
+
+    let r = patch(
+        &app,
+        "2",
+        &json!({"primary_url": copy_url, "mode": "open"}),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["unit"]["primary_url"], copy_url);
+    let got = app.get(&format!("/v1/orders/{in_two}")).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    // New orders of unit 2 land in the copy.
+    let after = create_many(&app, "after-move", 20).await;
+    let new_in_two = after.iter().filter(|(_, u)| *u == 2).count();
+    assert!(new_in_two > 0);
+
+    app.shutdown().await;
+    let app = spawn(&root, &units).await;
+    assert_eq!(app.unit_status(2).await["primary_url"], copy_url);
+    let got = app.get(&format!("/v1/orders/{in_two}")).await;
+    assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    let original = sqlx::AnyPool::connect(&units[1].1).await.unwrap();
+    let copied = sqlx::AnyPool::connect(&copy_url).await.unwrap();
+    let count = |db| async move { crate::helpers::count_rows(db, "orders").await };
+    assert_eq!(
+        count(&copied).await,
+        count(&original).await + new_in_two as i64,
+        "unit 2's new orders are in the copy only"
+    );
     app.shutdown().await;
 }

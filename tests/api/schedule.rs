@@ -8,7 +8,10 @@
 //! seed decides the schedule: unit servers SIGKILLed and restarted,
 //! connections black-holed, refused, or cut right after a create's
 //! `COMMIT`; engine processes SIGKILLed and restarted, restarted with a unit
-//! disabled, or with a fifth unit added. At the end, with every fault
+//! disabled, or with a fifth unit added; and live routing table changes
+//! through one process's admin API (the other keeps its old table, as
+//! processes do until a change reaches them): a unit disabled, at weight 0
+//! or 5, or a fifth unit added. At the end, with every fault
 //! healed: no key has two orders in all databases together, every
 //! acknowledged key has its acknowledged order (replayed through both
 //! processes), and at least 99.9% of fresh keys were created.
@@ -27,7 +30,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
+use reqwest::Method;
+use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use crate::helpers::order_body;
@@ -67,7 +71,25 @@ enum Fault {
         engine: usize,
         variant: Variant,
     },
+    /// Through one engine's admin API (the other keeps its own table, as
+    /// two processes do while a change reaches them): a unit disabled, or
+    /// at another weight, and back after `secs`; or unit 5 added.
+    Live {
+        engine: usize,
+        change: LiveChange,
+        secs: u64,
+    },
 }
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum LiveChange {
+    Disable(u16),
+    /// 0 takes no creates; 5 is a canary's share.
+    Weight(u16, u32),
+    AddUnit5,
+}
+
+const ADMIN_TOKEN: &str = "sched-t0ken";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Variant {
@@ -86,7 +108,7 @@ fn schedule(seed: u64, seconds: u64) -> Vec<(Duration, Fault)> {
         let unit = rng.random_range(1..=UNITS);
         let engine = rng.random_range(0..2);
         let secs = rng.random_range(2..=6);
-        let fault = match rng.random_range(0..10) {
+        let fault = match rng.random_range(0..12) {
             0 | 1 => Fault::KillServer { unit, secs },
             2 => Fault::BlackHole { unit, secs },
             3 => Fault::Refuse { unit, secs },
@@ -94,6 +116,16 @@ fn schedule(seed: u64, seconds: u64) -> Vec<(Duration, Fault)> {
             6 | 7 => Fault::KillEngine {
                 engine,
                 secs: secs / 2,
+            },
+            8 | 9 => Fault::Live {
+                engine,
+                secs,
+                change: match rng.random_range(0..4) {
+                    0 => LiveChange::Disable(unit),
+                    1 => LiveChange::Weight(unit, 0),
+                    2 => LiveChange::Weight(unit, 5),
+                    _ => LiveChange::AddUnit5,
+                },
             },
             _ => Fault::Reconfigure {
                 engine,
@@ -109,7 +141,8 @@ fn schedule(seed: u64, seconds: u64) -> Vec<(Duration, Fault)> {
             | Fault::BlackHole { secs, .. }
             | Fault::Refuse { secs, .. }
             | Fault::CutAfterCommit { secs, .. }
-            | Fault::KillEngine { secs, .. } => *secs,
+            | Fault::KillEngine { secs, .. }
+            | Fault::Live { secs, .. } => *secs,
             Fault::Reconfigure { .. } => 1,
         };
         faults.push((Duration::from_secs(at), fault));
@@ -192,6 +225,7 @@ struct World {
     server_ports: Vec<u16>,
     proxies: Vec<Proxy>,
     ports: [u16; 2],
+    admin_ports: [u16; 2],
     dir: tempfile::TempDir,
 }
 
@@ -220,10 +254,10 @@ impl World {
             "[server]\nhost = \"127.0.0.1\"\nport = {port}\nrequest_timeout_ms = 3000\n\
              [storage]\nmax_connections = 8\nacquire_timeout_ms = 1000\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 1000\n\
              [supervisor]\nprobe_interval_ms = 200\nprobe_timeout_ms = 500\nopen_secs = 1\nmax_open_secs = 4\n\
-             [admin]\nport = {admin}\n\
+             [admin]\nport = {admin}\ntoken = \"{ADMIN_TOKEN}\"\n\
              [log]\nlevel = \"warn\"\n{units}",
             port = self.ports[engine],
-            admin = free_port(),
+            admin = self.admin_ports[engine],
         );
         let path = self
             .dir
@@ -408,6 +442,29 @@ async fn apply(
                 .await;
             until_ready(ctl, world, engine, &configs[engine]).await;
         }
+        Fault::Live {
+            engine,
+            change,
+            secs,
+        } => {
+            let (unit, on, off) = match change {
+                LiveChange::Disable(u) => (u, json!({"mode": "disabled"}), json!({"mode": "open"})),
+                LiveChange::Weight(u, w) => (u, json!({ "weight": w }), json!({"weight": 100})),
+                LiveChange::AddUnit5 => {
+                    *ever5 = true;
+                    let (port, db) = (world.server_ports[0], &world.dbs[UNITS as usize]);
+                    let unit5 = json!({"id": 5, "partition": "standard",
+                        "primary_url": format!("mysql://root@127.0.0.1:{port}/{db}")});
+                    // A server down or an engine restarting: it stays out.
+                    admin(world, engine, Method::POST, "/admin/units", &unit5).await;
+                    return;
+                }
+            };
+            let path = format!("/admin/units/{unit}");
+            admin(world, engine, Method::PATCH, &path, &on).await;
+            wait(secs).await;
+            admin(world, engine, Method::PATCH, &path, &off).await;
+        }
         Fault::Reconfigure { engine, variant } => {
             *ever5 |= variant == Variant::WithUnit5;
             configs[engine] = world.config(engine, variant);
@@ -415,6 +472,26 @@ async fn apply(
                 .await;
             until_ready(ctl, world, engine, &configs[engine]).await;
         }
+    }
+}
+
+/// An admin call to engine `engine`; an engine that is down or restarting
+/// misses it (as an operator's call would).
+async fn admin(world: &World, engine: usize, method: Method, path: &str, body: &Value) {
+    let url = format!("http://127.0.0.1:{}{path}", world.admin_ports[engine]);
+    let sent = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(body)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    match sent {
+        Ok(r) => println!(
+            "live change {path} {body} on engine {engine}: {}",
+            r.status()
+        ),
+        Err(e) => println!("live change {path} {body} on engine {engine}: not sent ({e})"),
     }
 }
 
@@ -430,6 +507,7 @@ async fn run_seed(ctl: &Controller, server_ports: &[u16], seed: u64, seconds: u6
         server_ports: server_ports.to_vec(),
         proxies,
         ports: [free_port(), free_port()],
+        admin_ports: [free_port(), free_port()],
         dir: tempfile::tempdir().unwrap(),
     };
     let mut configs = [

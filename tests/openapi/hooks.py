@@ -10,11 +10,13 @@ What JSON Schema cannot say about our API, said here:
 * `format: "order-cursor"`: the `?cursor=` of a user's order list,
   `<created_at ms in hex>.<order id>` (pattern `^[0-9a-f]{1,15}\.[0-9]{28}$`),
   valid when its order id is.
-* `POST /admin/units` opens the database its body names (creating a SQLite
-  file at any path, connecting to any host): the fuzzer's URLs are replaced
-  by one on a closed loopback port, so that a schema-valid add is answered
-  `503 unit_not_started` and nothing is created or contacted. Malformed URLs
-  (400) and units that do join are tested in tests/api/routing_table.rs.
+* `POST /admin/units` and `PATCH /admin/units/{id}` open the database their
+  body names (creating a SQLite file at any path, connecting to any host):
+  the fuzzer's URLs are replaced by one on a closed loopback port, so that
+  a schema-valid add or repoint is answered `503 unit_not_started` and
+  nothing is created or contacted. Malformed URLs (400), units that join
+  and units that move are tested in tests/api/routing_table.rs and
+  tests/api/repoint.rs.
 * A stricter check than the built-in `unsupported_method` (which lets a 404
   pass on paths with generated parameters): an undeclared method is 405 with
   an exact `Allow` header.
@@ -156,7 +158,11 @@ def before_call(context, case, kwargs):
         container = getattr(case, _CONTAINERS.get(location, ""), None)
         if isinstance(container, dict) and name in container:
             container[name] = repair(container[name])
-    if case.operation.path == "/admin/units" and case.method.upper() == "POST" and isinstance(case.body, dict):
+    moves_database = (case.operation.path, case.method.upper()) in {
+        ("/admin/units", "POST"),
+        ("/admin/units/{id}", "PATCH"),
+    }
+    if moves_database and isinstance(case.body, dict):
         for field in ("primary_url", "replica_url"):
             if isinstance(case.body.get(field), str):
                 case.body[field] = CLOSED_DATABASE

@@ -2,11 +2,12 @@
 //! the table can take it (`400 invalid_change` naming the field when not)
 //! and builds the next table, or `None` when it changes nothing.
 
-use super::routing::Routing;
+use super::routing::{Routing, UnitRoute};
 use super::table::Edit;
 use crate::actors::EngineError;
 use crate::config::{
-    MAX_WEIGHT, NO_SPILL_INTO, PartitionSettings, UnitEntry, UnitPatch, UnitRouting, check_db_url,
+    MAX_WEIGHT, NO_SPILL_INTO, PartitionSettings, UnitEntry, UnitPatch, UnitRouting, UnitSettings,
+    check_db_url,
 };
 use crate::domain::order_id::MAX_UNIT;
 use crate::domain::values::is_identifier;
@@ -27,20 +28,58 @@ fn unknown_partition(field: &'static str, name: &str) -> EngineError {
     )
 }
 
-/// Applies `patch` to unit `unit`.
-pub(super) fn patch_unit(table: &Routing, unit: u16, patch: &UnitPatch) -> Edit {
+/// Applies `patch` to unit `unit`; `moved` is the unit's actor on the
+/// database the patch moves it to (started by [`repoint`]'s answer).
+pub(super) fn patch_unit(
+    table: &Routing,
+    unit: u16,
+    patch: &UnitPatch,
+    moved: Option<&UnitRoute>,
+) -> Edit {
     let route = table
         .units
         .get(&unit)
         .ok_or(EngineError::UnitNotFound { unit })?;
     let was = UnitRouting::of(&route.settings);
     let after = changed(table, &was, patch)?;
-    if after == was {
+    if after == was && moved.is_none() {
         return Ok(None);
     }
     let mut next = table.clone();
     let entry = next.units.get_mut(&unit).expect("the unit is in the table");
+    if let Some(moved) = moved {
+        *entry = moved.clone();
+    }
     after.apply_to(&mut entry.settings);
+    Ok(Some(next))
+}
+
+/// The settings unit `unit` moves to, when `patch` names database URLs it
+/// does not have (`None` when nothing moves).
+pub(super) fn repoint(
+    table: &Routing,
+    unit: u16,
+    patch: &UnitPatch,
+) -> Result<Option<UnitSettings>, EngineError> {
+    if !patch.moves_database() {
+        return Ok(None);
+    }
+    let route = table
+        .units
+        .get(&unit)
+        .ok_or(EngineError::UnitNotFound { unit })?;
+    let mut next = route.settings.clone();
+    if let Some(url) = &patch.primary_url {
+        next.primary_url.clone_from(url);
+    }
+    if let Some(url) = &patch.replica_url {
+        next.replica_url.clone_from(url);
+    }
+    let now = &route.settings;
+    if (&next.primary_url, &next.replica_url) == (&now.primary_url, &now.replica_url) {
+        return Ok(None);
+    }
+    check_database(table, unit, &next.primary_url, next.replica_url.as_deref())?;
     Ok(Some(next))
 }
 
@@ -91,6 +130,17 @@ pub(super) fn check_new_unit(
     if table.units.contains_key(&id) {
         return Err(invalid("id", format!("unit {id} is in the table already")));
     }
+    if table.ring.units().contains(&id) {
+        // A home of keys whose database is gone from the table: a new
+        // database under its id would be an empty home, and would hand out
+        // its old order ids again.
+        return Err(invalid(
+            "id",
+            format!(
+                "unit {id} is a home of idempotency keys (in the key ring): its id cannot be reused"
+            ),
+        ));
+    }
     if !table.known_partitions().contains(entry.partition.as_str()) {
         return Err(unknown_partition("partition", &entry.partition));
     }
@@ -100,21 +150,29 @@ pub(super) fn check_new_unit(
             format!("weight must be 0 to {MAX_WEIGHT}"),
         ));
     }
-    for (field, url) in [
-        ("primary_url", Some(&entry.primary_url)),
-        ("replica_url", entry.replica_url.as_ref()),
-    ] {
+    check_database(table, id, &entry.primary_url, entry.replica_url.as_deref())
+}
+
+/// Whether unit `unit` may use these database URLs: ones this engine can
+/// use, and a primary no other unit uses.
+fn check_database(
+    table: &Routing,
+    unit: u16,
+    primary: &str,
+    replica: Option<&str>,
+) -> Result<(), EngineError> {
+    for (field, url) in [("primary_url", Some(primary)), ("replica_url", replica)] {
         let Some(url) = url else { continue };
         check_db_url(url).map_err(|m| invalid(field, m))?;
     }
     if let Some(other) = table
         .units
         .values()
-        .find(|u| u.settings.primary_url == entry.primary_url)
+        .find(|u| u.settings.id != unit && u.settings.primary_url == primary)
     {
         return Err(invalid(
             "primary_url",
-            format!("unit {} uses this database already", other.settings.id),
+            format!("unit {} uses this database", other.settings.id),
         ));
     }
     Ok(())

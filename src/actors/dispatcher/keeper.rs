@@ -37,7 +37,7 @@ impl Keeper {
         match self {
             Self::Memory => Ok(Kept::Done),
             Self::File { path, config } => after
-                .changes_from(config)
+                .file_changes(config)
                 .save(path)
                 .map(|()| Kept::Done)
                 .map_err(|e| format!("{}: {e}", path.display())),

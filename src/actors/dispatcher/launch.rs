@@ -16,6 +16,7 @@ use super::routing::UnitRoute;
 use crate::actors::health::HealthBoard;
 use crate::actors::unit::{CloseUnit, SettleMeta, UnitActor, UnitOptions};
 use crate::config::{Settings, StorageSettings, UnitSettings};
+use crate::domain::circuit::CircuitState;
 use crate::domain::key_homes::KeyRing;
 use crate::storage::{Dialect, OpenError, UnitStore};
 
@@ -30,7 +31,16 @@ pub enum LaunchError {
     /// deployment's.
     #[error("unit {unit}: {message}")]
     Refused { unit: u16, message: String },
+    /// Opening or checking the database failed or took too long; it may
+    /// work later.
+    #[error("unit {unit}: {message}")]
+    Unavailable { unit: u16, message: String },
 }
+
+/// Longest a unit may take to open (connect, create, migrate) and be
+/// checked before the change that wanted it gives up: a database that
+/// hangs must not hold the routing table's changes.
+const LAUNCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Starts units on the unit threads, in turn.
 #[derive(Clone)]
@@ -60,6 +70,32 @@ impl UnitLauncher {
         }
     }
 
+    /// `unit` as a unit that does not run yet (its database could not be
+    /// opened, `why`): its circuit shows open until it starts.
+    pub fn unstarted(&self, unit: UnitSettings, why: &LaunchError) -> UnitRoute {
+        let id = unit.id;
+        self.board.add_unit(id);
+        self.board.set_circuit(id, CircuitState::Open, 0, 0);
+        let health = self.board.unit(id).expect("added above");
+        *health.start_error.lock().expect("not poisoned") = Some(why.to_string());
+        UnitRoute::unstarted(unit, self.window, health)
+    }
+
+    /// Marks unit `id` as running again (its circuit closed, no error).
+    pub fn started(&self, id: u16) {
+        self.board.set_circuit(id, CircuitState::Closed, 0, 0);
+        if let Some(h) = self.board.unit(id) {
+            *h.start_error.lock().expect("not poisoned") = None;
+        }
+    }
+
+    /// Notes why unit `id` still does not run.
+    pub fn still_down(&self, id: u16, why: &LaunchError) {
+        if let Some(h) = self.board.unit(id) {
+            *h.start_error.lock().expect("not poisoned") = Some(why.to_string());
+        }
+    }
+
     /// The health board each started unit gets an entry on.
     pub fn board(&self) -> &Arc<HealthBoard> {
         &self.board
@@ -69,6 +105,63 @@ impl UnitLauncher {
     /// database is this unit's (a database records the unit it belongs to
     /// the first time it is used, so that two units never share one).
     pub async fn start(&self, unit: UnitSettings) -> Result<UnitRoute, LaunchError> {
+        let id = unit.id;
+        let addr = self.open(&unit).await?;
+        check(&addr, id, "unit_id", &id.to_string(), Settle::IfAbsent).await?;
+        let health = self.board.unit(id).expect("added when opened");
+        Ok(UnitRoute::new(unit, addr, self.window, health))
+    }
+
+    /// Starts `unit` for a table that already runs on `ring`: the unit is
+    /// given the ring (it is not one of its units, so no key's homes move),
+    /// and refused if its database holds another.
+    pub async fn join(&self, unit: UnitSettings, ring: &KeyRing) -> Result<UnitRoute, LaunchError> {
+        let route = self.start(unit).await?;
+        let (id, addr) = (route.settings.id, route.addr.as_ref().expect("started"));
+        check(addr, id, "key_ring", &ring.encode(), Settle::IfAbsent).await?;
+        Ok(route)
+    }
+
+    /// Starts a unit another engine process added (the shared table gained
+    /// it): its database must record this unit and `ring` already (that
+    /// process started it first), so that a URL that reaches another
+    /// server from here is refused instead of becoming a second database
+    /// of the unit.
+    pub async fn pick_up(
+        &self,
+        unit: UnitSettings,
+        ring: &KeyRing,
+    ) -> Result<UnitRoute, LaunchError> {
+        let id = unit.id;
+        let addr = self.open(&unit).await?;
+        check(&addr, id, "unit_id", &id.to_string(), Settle::Never).await?;
+        check(&addr, id, "key_ring", &ring.encode(), Settle::Never).await?;
+        let health = self.board.unit(id).expect("added when opened");
+        Ok(UnitRoute::new(unit, addr, self.window, health))
+    }
+
+    /// Starts `route`'s unit anew on the database `settings` names (another
+    /// server holding a copy of its database): refused unless that database
+    /// already records this unit and `ring`, so that a unit is never
+    /// repointed to an empty database or to another unit's. The new actor's
+    /// sequence starts past every order the database holds.
+    pub async fn repoint(
+        &self,
+        route: &UnitRoute,
+        settings: UnitSettings,
+        ring: &KeyRing,
+    ) -> Result<UnitRoute, LaunchError> {
+        let id = settings.id;
+        let addr = self.open(&settings).await?;
+        check(&addr, id, "unit_id", &id.to_string(), Settle::Never).await?;
+        check(&addr, id, "key_ring", &ring.encode(), Settle::Never).await?;
+        Ok(route.repointed(settings, Some(addr)))
+    }
+
+    /// Opens `unit`'s database (creating and migrating it when needed) and
+    /// starts its actor, both on one of the unit threads, so that the
+    /// unit's connections belong to the thread that uses them.
+    async fn open(&self, unit: &UnitSettings) -> Result<Addr<UnitActor>, LaunchError> {
         let id = unit.id;
         let most =
             Dialect::of_url(&unit.primary_url).most_connections(self.storage.max_connections);
@@ -86,52 +179,65 @@ impl UnitLauncher {
                 .map(|store| {
                     actix::Supervisor::start(move |_| UnitActor::new(store, options, health))
                 });
-            let _ = tx.send(opened);
+            if let Err(Ok(late)) = tx.send(opened) {
+                // Nobody waits for it any more (it took too long).
+                late.do_send(CloseUnit);
+            }
         });
         if !spawned {
             return Err(LaunchError::ArbiterGone(id));
         }
-        let addr = rx.await.map_err(|_| LaunchError::ArbiterGone(id))??;
-        if let Err(e) = settle(&addr, id, "unit_id", &id.to_string()).await {
-            let _ = addr.send(CloseUnit).await;
-            return Err(e);
+        match tokio::time::timeout(LAUNCH_TIMEOUT, rx).await {
+            Ok(opened) => Ok(opened.map_err(|_| LaunchError::ArbiterGone(id))??),
+            Err(_) => Err(LaunchError::Unavailable {
+                unit: id,
+                message: format!("its database did not open within {LAUNCH_TIMEOUT:?}"),
+            }),
         }
-        let health = self.board.unit(id).expect("added above");
-        Ok(UnitRoute::new(unit, addr, self.window, health))
-    }
-
-    /// Starts `unit` for a table that already runs on `ring`: the unit is
-    /// given the ring (it is not one of its units, so no key's homes move),
-    /// and refused if its database holds another.
-    pub async fn join(&self, unit: UnitSettings, ring: &KeyRing) -> Result<UnitRoute, LaunchError> {
-        let route = self.start(unit).await?;
-        if let Err(e) = settle(&route.addr, route.settings.id, "key_ring", &ring.encode()).await {
-            let _ = route.addr.send(CloseUnit).await;
-            return Err(e);
-        }
-        Ok(route)
     }
 }
 
-/// Records `value` as the unit's `name` unless it holds one already, and
-/// checks that what it holds is `value`.
-async fn settle(
+/// Whether a check may record the value in a database that has none.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    IfAbsent,
+    Never,
+}
+
+/// Checks that the unit's database holds `value` as its `name` (recording
+/// it first when absent and `settle` allows); a unit that fails the check
+/// is closed.
+async fn check(
     addr: &Addr<UnitActor>,
     unit: u16,
     name: &'static str,
     value: &str,
+    settle: Settle,
 ) -> Result<(), LaunchError> {
     let msg = SettleMeta {
         name,
-        proposed: Some(value.to_owned()),
+        proposed: (settle == Settle::IfAbsent).then(|| value.to_owned()),
     };
     let refused = |message: String| LaunchError::Refused { unit, message };
-    match addr.send(msg).await {
+    let checked = match addr.send(msg).await {
         Ok(Ok(Some(held))) if held == value => Ok(()),
-        Ok(Ok(held)) => Err(refused(format!(
+        Ok(Ok(Some(held))) => Err(refused(format!(
             "its database holds {name} {held:?}, not {value:?}: it belongs to another unit or deployment"
         ))),
-        Ok(Err(e)) => Err(refused(format!("cannot read its {name}: {e}"))),
-        Err(e) => Err(refused(format!("cannot read its {name}: {e}"))),
+        Ok(Ok(None)) => Err(refused(format!(
+            "its database holds no {name}: it is not a copy of this unit's database"
+        ))),
+        Ok(Err(e)) => Err(LaunchError::Unavailable {
+            unit,
+            message: format!("cannot read its {name}: {e}"),
+        }),
+        Err(e) => Err(LaunchError::Unavailable {
+            unit,
+            message: format!("cannot read its {name}: {e}"),
+        }),
+    };
+    if checked.is_err() {
+        let _ = addr.send(CloseUnit).await;
     }
+    checked
 }

@@ -59,8 +59,8 @@ pub use status::{
 use self::create::CreateContext;
 use self::keys::KeyRecords;
 use self::routing::Routing;
-use self::table::RoutingTable;
 pub use self::table::SavedTable;
+use self::table::{RoutingTable, Start};
 use super::EngineError;
 use super::key_lock::KeyLocks;
 use super::supervisor::Supervisor;
@@ -103,14 +103,15 @@ impl Dispatcher {
             started: Instant::now(),
             ring,
         };
-        let table = RoutingTable::new(routing, saved.keeper, launcher, supervisor.clone());
+        let timeout = Duration::from_millis(settings.server.request_timeout_ms);
+        let table = RoutingTable::new(routing, saved.keeper, launcher, supervisor.clone(), timeout);
         Self {
             table: Arc::new(table),
             key_locks: KeyLocks::default(),
             calls: UnitCalls {
                 board,
                 supervisor,
-                timeout: Duration::from_millis(settings.server.request_timeout_ms),
+                timeout,
                 metrics: Arc::new(
                     settings
                         .units
@@ -123,10 +124,14 @@ impl Dispatcher {
         }
     }
 
-    /// Asks the control store for a newer table every `every`, for as long
-    /// as the process runs (nothing to do without one).
-    pub fn poll_table(&self, every: Duration) -> impl Future<Output = ()> + 'static {
-        self.table.clone().poll(every)
+    /// Keeps the table up to date for as long as the process runs: asks
+    /// the control store (if any) for a newer table every `poll`, and
+    /// starts units of the table that do not run yet.
+    pub fn keep_table(&self, poll: Duration) -> impl Future<Output = ()> + 'static {
+        let table = self.table.clone();
+        async move {
+            futures_util::future::join(table.clone().poll(poll), table.start_pending()).await;
+        }
     }
 
     /// Sends `msg` to the unit that holds `id`'s order.
@@ -282,7 +287,7 @@ impl Handler<CloseAll> for Dispatcher {
             .load()
             .units
             .values()
-            .map(|u| u.addr.clone())
+            .filter_map(|u| u.addr.clone())
             .collect();
         Box::pin(async move {
             join_all(addrs.iter().map(|a| a.send(CloseUnit))).await;
@@ -317,13 +322,22 @@ impl Handler<PatchUnit> for Dispatcher {
     fn handle(&mut self, msg: PatchUnit, _ctx: &mut Self::Context) -> Self::Result {
         let this = self.clone();
         Box::pin(async move {
+            let (unit, patch) = (msg.unit, &msg.patch);
             let table = this
                 .table
-                .change(msg.if_match, &msg.who, |t| {
-                    edits::patch_unit(t, msg.unit, &msg.patch)
-                })
+                .change_starting(
+                    msg.if_match,
+                    &msg.who,
+                    |t| {
+                        // What the table cannot take is refused first,
+                        // whatever the version.
+                        edits::patch_unit(t, unit, patch, None)?;
+                        Ok(edits::repoint(t, unit, patch)?.map(Start::Repoint))
+                    },
+                    |t, moved| edits::patch_unit(t, unit, patch, moved),
+                )
                 .await?;
-            Ok(this.changed_unit(&table, msg.unit))
+            Ok(this.changed_unit(&table, unit))
         })
     }
 }
@@ -334,13 +348,26 @@ impl Handler<AddUnit> for Dispatcher {
     fn handle(&mut self, msg: AddUnit, _ctx: &mut Self::Context) -> Self::Result {
         let this = self.clone();
         Box::pin(async move {
+            let (id, entry) = (msg.id, &msg.entry);
             let table = this
                 .table
-                .add_unit(msg.id, &msg.entry, msg.if_match, &msg.who, |t| {
-                    edits::check_new_unit(t, msg.id, &msg.entry)
-                })
+                .change_starting(
+                    msg.if_match,
+                    &msg.who,
+                    |t| {
+                        edits::check_new_unit(t, id, entry)?;
+                        Ok(Some(Start::Join(entry.settings(id))))
+                    },
+                    |t, started| {
+                        edits::check_new_unit(t, id, entry)?;
+                        let mut next = t.clone();
+                        next.units
+                            .insert(id, started.expect("a unit was started").clone());
+                        Ok(Some(next))
+                    },
+                )
                 .await?;
-            Ok(this.changed_unit(&table, msg.id))
+            Ok(this.changed_unit(&table, id))
         })
     }
 }

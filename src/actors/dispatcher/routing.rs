@@ -32,7 +32,10 @@ pub(super) type SharedRouting = Arc<Routing>;
 #[derive(Clone)]
 pub struct UnitRoute {
     pub settings: UnitSettings,
-    pub addr: Addr<UnitActor>,
+    /// The unit's actor; `None` while its database could not be opened
+    /// (at start-up, or when the table gained or moved it): its calls then
+    /// answer `503` and starting it is retried.
+    pub addr: Option<Addr<UnitActor>>,
     /// Shared by every version of the table, so a change keeps the count.
     pub(super) recent: Arc<SlidingCount>,
     /// The unit's entry on the health board, held here so that choosing a
@@ -50,15 +53,36 @@ impl UnitRoute {
     ) -> Self {
         Self {
             settings,
-            addr,
+            addr: Some(addr),
             recent: Arc::new(SlidingCount::new(window)),
             health,
         }
     }
 
-    /// Whether the operator lets this unit take new orders.
+    /// A unit whose database could not be opened yet.
+    pub fn unstarted(settings: UnitSettings, window: Duration, health: Arc<UnitHealth>) -> Self {
+        Self {
+            settings,
+            addr: None,
+            recent: Arc::new(SlidingCount::new(window)),
+            health,
+        }
+    }
+
+    /// The same unit on another database (its actor `addr`): its create
+    /// count and health carry over.
+    pub fn repointed(&self, settings: UnitSettings, addr: Option<Addr<UnitActor>>) -> Self {
+        Self {
+            settings,
+            addr,
+            ..self.clone()
+        }
+    }
+
+    /// Whether the operator lets this unit take new orders (and it runs).
     pub fn takes_creates(&self) -> bool {
-        self.settings.mode == UnitMode::Open
+        self.addr.is_some()
+            && self.settings.mode == UnitMode::Open
             && self.settings.temperature != Temperature::Cold
             && self.settings.weight > 0
     }
@@ -127,7 +151,7 @@ impl Routing {
             .find_map(|p| choose(&self.candidates(p, tried, trust_health), &mut rng))?;
         let route = self.units.get(&unit)?;
         route.recent.record(self.started.elapsed());
-        Some((unit, route.addr.clone()))
+        Some((unit, route.addr.clone()?))
     }
 
     /// Every partition the table knows: the default, configured ones (with
@@ -153,18 +177,19 @@ impl Routing {
             Some(u) if u.settings.mode == UnitMode::Disabled => {
                 Err(EngineError::UnitUnavailable { unit })
             }
-            Some(u) => Ok(u.addr.clone()),
+            Some(u) => u.addr.clone().ok_or(EngineError::UnitUnavailable { unit }),
         }
     }
 
     /// Every unit, for lists that read them all: `None` for a unit the
-    /// operator disabled (it is not asked, and the list says so).
+    /// operator disabled or that does not run (it is not asked, and the
+    /// list says so).
     pub fn all_units(&self) -> Vec<(u16, Option<Addr<UnitActor>>)> {
         self.units
             .values()
             .map(|u| {
                 let asked = u.settings.mode != UnitMode::Disabled;
-                (u.settings.id, asked.then(|| u.addr.clone()))
+                (u.settings.id, u.addr.clone().filter(|_| asked))
             })
             .collect()
     }

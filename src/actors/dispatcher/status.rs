@@ -41,6 +41,12 @@ pub struct UnitStatus {
     pub create_rate_per_sec: f64,
     /// Whether the unit can take a create right now.
     pub takes_creates: bool,
+    /// Whether the unit runs: `false` while its database could not be
+    /// opened (at start-up, or since the table gained or moved it); its
+    /// calls answer `503` and starting it is retried.
+    pub running: bool,
+    /// Why it does not run (the last try), while it does not.
+    pub start_error: Option<String>,
     pub restarts: u64,
     /// Whether the unit is in the key ring: a home of idempotency keys,
     /// whose records creates of those keys write and read.
@@ -201,6 +207,10 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard, store: TableStore
                 recent_creates: recent,
                 create_rate_per_sec: recent as f64 / window,
                 takes_creates: taking_creates(u, board),
+                running: u.addr.is_some(),
+                start_error: h
+                    .as_ref()
+                    .and_then(|h| h.start_error.lock().expect("not poisoned").clone()),
                 restarts: h.as_ref().map_or(0, |h| h.restarts.load(Ordering::Relaxed)),
                 key_home: routing.ring.units().contains(&u.settings.id),
             }

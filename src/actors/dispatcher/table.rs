@@ -27,7 +27,7 @@ use super::status::TableStore;
 use crate::actors::EngineError;
 use crate::actors::supervisor::{SetSpill, Supervisor, Watch};
 use crate::actors::unit::CloseUnit;
-use crate::config::{PartitionSettings, TableState, UnitEntry, UnitMode};
+use crate::config::{PartitionSettings, TableState, UnitEntry, UnitMode, UnitSettings};
 use crate::metrics as m;
 
 /// How often a change built on an old table is rebuilt on the store's
@@ -49,9 +49,11 @@ pub(super) struct RoutingTable {
     changing: tokio::sync::Mutex<()>,
     launcher: UnitLauncher,
     supervisor: Addr<Supervisor>,
-    /// Units started for a newer table that could not be taken in yet
-    /// (another of its units would not start): used when it is retried.
-    started: Mutex<BTreeMap<u16, UnitRoute>>,
+    /// How long a repointed unit's old actor is kept for calls in flight.
+    grace: Duration,
+    /// Units in the table that do not run yet (their database could not
+    /// be opened): started again and again until they do.
+    pending: Mutex<BTreeMap<u16, Pending>>,
     /// The last exchange with the control store.
     contact: Mutex<Contact>,
 }
@@ -65,22 +67,69 @@ struct Contact {
 /// changes nothing.
 pub(super) type Edit = Result<Option<Routing>, EngineError>;
 
+/// A unit that does not run yet, and when to try again.
+struct Pending {
+    how: How,
+    tries: u32,
+    next_try: Instant,
+}
+
+/// How a unit that does not run yet is started.
+#[derive(Clone, Copy)]
+enum How {
+    /// As at start-up: its database may be new (its id and the ring are
+    /// recorded in it if absent).
+    Join,
+    /// A unit the shared table gained or moved: its database must record
+    /// it already.
+    PickUp,
+}
+
+impl Pending {
+    fn new(how: How) -> Self {
+        Self {
+            how,
+            tries: 0,
+            next_try: Instant::now(),
+        }
+    }
+}
+
+/// The longest wait between two tries to start a unit that does not run.
+const MOST_BETWEEN_TRIES: Duration = Duration::from_secs(30);
+
+/// What a change needs started before it can apply.
+pub(super) enum Start {
+    /// A unit joining the table.
+    Join(UnitSettings),
+    /// A unit moving to the database these settings name.
+    Repoint(UnitSettings),
+}
+
 impl RoutingTable {
     pub fn new(
         routing: Routing,
         keeper: Keeper,
         launcher: UnitLauncher,
         supervisor: Addr<Supervisor>,
+        grace: Duration,
     ) -> Self {
         publish(&routing);
         gauge!(m::ROUTING_STORE_UP).set(1.0);
+        let pending = routing
+            .units
+            .iter()
+            .filter(|(_, u)| u.addr.is_none())
+            .map(|(id, _)| (*id, Pending::new(How::Join)))
+            .collect();
         Self {
             current: ArcSwap::from_pointee(routing),
             keeper,
             changing: tokio::sync::Mutex::new(()),
             launcher,
             supervisor,
-            started: Mutex::new(BTreeMap::new()),
+            grace,
+            pending: Mutex::new(pending),
             contact: Mutex::new(Contact {
                 at: Instant::now(),
                 error: None,
@@ -106,42 +155,74 @@ impl RoutingTable {
         self.change_held(if_match, who, edit).await
     }
 
-    /// Adds the unit `id` (`entry`) to the table: it is started first (its
-    /// database opened, migrated and checked), and joins only then.
-    pub async fn add_unit(
+    /// Applies `edit` as [`Self::change`] does, after starting what
+    /// `start` asks for (checked against the current table): a unit that
+    /// joins, or a unit's actor on the database it moves to. `edit` gets
+    /// the started unit, and the table it builds includes it only then. A
+    /// unit started for a change that is not applied is closed.
+    pub async fn change_starting(
         &self,
-        id: u16,
-        entry: &UnitEntry,
         if_match: Option<u64>,
         who: &str,
-        check: impl Fn(&Routing) -> Result<(), EngineError>,
+        start: impl Fn(&Routing) -> Result<Option<Start>, EngineError>,
+        edit: impl Fn(&Routing, Option<&UnitRoute>) -> Edit,
     ) -> Result<SharedRouting, EngineError> {
         let _one_at_a_time = self.changing.lock().await;
-        let old = self.load();
-        if let Err(e) = check(&old).and_then(|()| version_is(&old, if_match)) {
-            counter!(m::ROUTING_CHANGES, "outcome" => refusal(&e)).increment(1);
-            return Err(e);
+        if self.keeper.is_shared()
+            && let Err(e) = self.catch_up_held().await
+        {
+            counter!(m::ROUTING_CHANGES, "outcome" => "not_saved").increment(1);
+            return Err(EngineError::TableNotSaved(e));
         }
-        let route = match self.launcher.join(entry.settings(id), &old.ring).await {
-            Ok(route) => route,
+        let old = self.load();
+        let wanted = match start(&old).and_then(|s| version_is(&old, if_match).map(|()| s)) {
+            Ok(wanted) => wanted,
+            Err(e) => {
+                counter!(m::ROUTING_CHANGES, "outcome" => refusal(&e)).increment(1);
+                return Err(e);
+            }
+        };
+        if let Some(Start::Join(unit) | Start::Repoint(unit)) = &wanted
+            && self.keeper.is_shared()
+            && unit.primary_url.starts_with("sqlite:")
+        {
+            counter!(m::ROUTING_CHANGES, "outcome" => "refused").increment(1);
+            return Err(EngineError::InvalidChange {
+                field: Some("primary_url"),
+                message: "with a control store every unit is a MySQL/MariaDB database (each engine process would open its own SQLite file)".into(),
+            });
+        }
+        let started = match wanted {
+            None => None,
+            Some(Start::Join(unit)) => Some(self.launcher.join(unit, &old.ring).await),
+            Some(Start::Repoint(unit)) => {
+                let route = &old.units[&unit.id];
+                Some(self.launcher.repoint(route, unit, &old.ring).await)
+            }
+        };
+        let started = match started.transpose() {
+            Ok(started) => started,
             Err(e) => {
                 counter!(m::ROUTING_CHANGES, "outcome" => "refused").increment(1);
+                tracing::warn!(who, error = %e, "routing table change refused");
                 return Err(launch_refused(e));
             }
         };
-        let added = self
-            .change_held(if_match, who, |table| {
-                check(table)?;
-                let mut next = table.clone();
-                next.units.insert(id, route.clone());
-                Ok(Some(next))
-            })
+        let answer = self
+            .change_held(if_match, who, |t| edit(t, started.as_ref()))
             .await;
-        if added.is_err() {
-            // Not in the table: nothing will call it.
-            let _ = route.addr.send(CloseUnit).await;
+        if let Some(route) = &started {
+            let joined = answer.as_ref().is_ok_and(|t| {
+                t.units
+                    .get(&route.settings.id)
+                    .is_some_and(|u| u.addr == route.addr)
+            });
+            if !joined && let Some(addr) = &route.addr {
+                // Not in the table: nothing will call it.
+                let _ = addr.send(CloseUnit).await;
+            }
         }
-        added
+        answer
     }
 
     async fn change_held(
@@ -151,7 +232,18 @@ impl RoutingTable {
         edit: impl Fn(&Routing) -> Edit,
     ) -> Result<SharedRouting, EngineError> {
         let mut rebuilds = 0;
+        // Built on the shared table as it is now, not as the last poll saw
+        // it: a change "to" what another process just changed away from is
+        // a change, and If-Match names the shared version.
+        let caught_up = if self.keeper.is_shared() {
+            self.catch_up_held().await
+        } else {
+            Ok(())
+        };
         let answer = loop {
+            if let Err(e) = &caught_up {
+                break Err(EngineError::TableNotSaved(e.clone()));
+            }
             let old = self.load();
             let next = match edit(&old).and_then(|next| version_is(&old, if_match).map(|()| next)) {
                 Ok(Some(mut next)) => {
@@ -209,7 +301,7 @@ impl RoutingTable {
             return Ok(());
         };
         let old = self.load();
-        let next = self.routing_for(&old, &state).await?;
+        let next = self.routing_for(&old, &state).await;
         let what = describe(&state_of(&old), &state);
         tracing::info!(version = state.version, change = %what, "routing table changed by another process");
         self.install(next);
@@ -232,9 +324,12 @@ impl RoutingTable {
         }
     }
 
-    /// `old` made into the whole table `state`: units it lacks are started
-    /// (and refused if one cannot be), the others take their new settings.
-    async fn routing_for(&self, old: &Routing, state: &TableState) -> Result<Routing, String> {
+    /// `old` made into the whole table `state`: units it gained are
+    /// started, and units whose database moved are started on the new one;
+    /// one that cannot start here yet joins as not running (its calls
+    /// answer `503`) and is retried, so that one bad unit never keeps a
+    /// process on an old table.
+    async fn routing_for(&self, old: &Routing, state: &TableState) -> Routing {
         let mut next = old.clone();
         next.version = state.version;
         next.merchants.clone_from(&state.merchants);
@@ -249,33 +344,103 @@ impl RoutingTable {
             })
             .collect();
         for (id, entry) in &state.units {
+            let settings = entry.settings(*id);
             if let Some(route) = next.units.get_mut(id) {
-                let running = &route.settings;
-                if (&running.primary_url, &running.replica_url)
-                    != (&entry.primary_url, &entry.replica_url)
+                let now = &route.settings;
+                if (&now.primary_url, &now.replica_url) == (&entry.primary_url, &entry.replica_url)
                 {
-                    tracing::warn!(unit = id, table = ?entry, "the table names other database URLs for this unit than it runs on; it keeps its own until the engine restarts");
+                    entry.routing().apply_to(&mut route.settings);
+                    continue;
                 }
-                entry.routing().apply_to(&mut route.settings);
-                continue;
             }
-            let waiting = self.started.lock().expect("not poisoned").remove(id);
-            let route = match waiting {
-                Some(route) => route,
-                None => self
-                    .launcher
-                    .join(entry.settings(*id), &old.ring)
-                    .await
-                    .map_err(|e| format!("a unit the table gained cannot start: {e}"))?,
+            let started = match old.units.get(id) {
+                Some(route) => {
+                    self.launcher
+                        .repoint(route, settings.clone(), &old.ring)
+                        .await
+                }
+                None => self.launcher.pick_up(settings.clone(), &old.ring).await,
             };
-            self.started
-                .lock()
-                .expect("not poisoned")
-                .insert(*id, route.clone());
+            let route = started.unwrap_or_else(|e| {
+                tracing::warn!(unit = id, error = %e, "a unit of the routing table cannot start here yet: its calls answer 503 until it does");
+                self.pending
+                    .lock()
+                    .expect("not poisoned")
+                    .insert(*id, Pending::new(How::PickUp));
+                self.launcher.unstarted(settings, &e)
+            });
             next.units.insert(*id, route);
         }
-        self.started.lock().expect("not poisoned").clear();
-        Ok(next)
+        next
+    }
+
+    /// Tries to start the units of the table that do not run (at most every
+    /// 30 s each), for as long as the process runs.
+    pub async fn start_pending(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let due: Vec<(u16, How)> = self
+                .pending
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .filter(|(_, p)| p.next_try <= Instant::now())
+                .map(|(id, p)| (*id, p.how))
+                .collect();
+            for (id, how) in due {
+                self.start_one(id, how).await;
+            }
+        }
+    }
+
+    async fn start_one(&self, id: u16, how: How) {
+        let table = self.load();
+        let Some(route) = table.units.get(&id).filter(|r| r.addr.is_none()) else {
+            self.pending.lock().expect("not poisoned").remove(&id);
+            return;
+        };
+        let settings = route.settings.clone();
+        let started = match how {
+            How::Join => self.launcher.join(settings, &table.ring).await,
+            How::PickUp => self.launcher.pick_up(settings, &table.ring).await,
+        };
+        let started = match started {
+            Ok(started) => started,
+            Err(e) => {
+                let mut pending = self.pending.lock().expect("not poisoned");
+                if let Some(p) = pending.get_mut(&id) {
+                    p.tries += 1;
+                    let wait = Duration::from_secs(1 << p.tries.min(5)).min(MOST_BETWEEN_TRIES);
+                    p.next_try = Instant::now() + wait;
+                    tracing::warn!(unit = id, error = %e, retry_in = ?wait, "unit still cannot start");
+                }
+                self.launcher.still_down(id, &e);
+                return;
+            }
+        };
+        let _one_at_a_time = self.changing.lock().await;
+        let now = self.load();
+        let fits = now.units.get(&id).filter(|r| {
+            r.addr.is_none()
+                && (&r.settings.primary_url, &r.settings.replica_url)
+                    == (&started.settings.primary_url, &started.settings.replica_url)
+        });
+        let Some(current) = fits else {
+            // The table moved it meanwhile: the next try follows it.
+            if let Some(addr) = &started.addr {
+                let _ = addr.send(CloseUnit).await;
+            }
+            return;
+        };
+        let mut next = (*now).clone();
+        let route = current.repointed(current.settings.clone(), started.addr.clone());
+        next.units.insert(id, route);
+        self.launcher.started(id);
+        self.pending.lock().expect("not poisoned").remove(&id);
+        tracing::info!(unit = id, "unit started: it takes calls");
+        self.install(next);
     }
 
     /// Swaps `next` in, and tells the supervisor what changed for it.
@@ -286,18 +451,39 @@ impl RoutingTable {
         publish(&next);
         for (id, u) in &next.units {
             let s = &u.settings;
-            let was = old
-                .units
-                .get(id)
-                .map(|o| (&o.settings.partition, o.settings.mode));
-            // It counts open units per partition for panic mode, and
-            // leaves disabled units unprobed.
-            if was != Some((&s.partition, s.mode)) {
+            let was = old.units.get(id);
+            if let Some(old_addr) = was
+                .filter(|w| w.addr != u.addr)
+                .and_then(|w| w.addr.clone())
+            {
+                // Moved: calls in flight finish on the old database.
+                let grace = self.grace;
+                actix::spawn(async move {
+                    tokio::time::sleep(grace).await;
+                    let _ = old_addr.send(CloseUnit).await;
+                });
+            }
+            let seen = |r: &UnitRoute| {
+                let s = &r.settings;
+                (
+                    s.partition.clone(),
+                    s.mode,
+                    r.takes_creates(),
+                    r.addr.clone(),
+                )
+            };
+            // It probes each unit's actor, counts the units that take
+            // creates per partition for panic mode, and leaves disabled
+            // units unprobed.
+            if was.map(seen) != Some(seen(u))
+                && let Some(addr) = &u.addr
+            {
                 self.supervisor.do_send(Watch {
                     unit: *id,
-                    addr: u.addr.clone(),
+                    addr: addr.clone(),
                     partition: s.partition.clone(),
                     mode: s.mode,
+                    takes_creates: u.takes_creates(),
                 });
             }
         }

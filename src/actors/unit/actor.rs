@@ -48,6 +48,11 @@ pub struct UnitActor {
     /// Pays and closes.
     pub(super) updates: CallBatcher<Update, Updated>,
     pub(super) refunds: CallBatcher<RefundUpdate, Refunded>,
+    /// The gauges' timer, cancelled when the unit is closed: an actor with
+    /// a timer never stops, and a closed one (a unit moved to another
+    /// database, or refused) must not publish over its successor.
+    pub(super) gauges: Option<SpawnHandle>,
+    pub(super) closed: bool,
 }
 
 impl UnitActor {
@@ -70,6 +75,8 @@ impl UnitActor {
             gets: CallBatcher::default(),
             updates: CallBatcher::default(),
             refunds: CallBatcher::default(),
+            gauges: None,
+            closed: false,
         }
     }
 
@@ -151,12 +158,15 @@ impl Actor for UnitActor {
         // Bounded on purpose: when a unit is slow, callers wait here (backpressure)
         // instead of queueing without limit.
         ctx.set_mailbox_capacity(self.options.mailbox);
+        if self.closed {
+            return;
+        }
         tracing::info!(unit = self.store.unit(), "unit actor started");
         let mut tick = 0u64;
-        ctx.run_interval(Duration::from_secs(1), move |act, ctx| {
+        self.gauges = Some(ctx.run_interval(Duration::from_secs(1), move |act, ctx| {
             act.publish_gauges(ctx, tick);
             tick += 1;
-        });
+        }));
     }
 }
 

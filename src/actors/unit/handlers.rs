@@ -217,9 +217,13 @@ impl Handler<SettleMeta> for UnitActor {
 impl Handler<CloseUnit> for UnitActor {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _msg: CloseUnit, _ctx: &mut Self::Context) -> Self::Result {
-        // The actor itself stops with its arbiter: a supervised actor that stopped
-        // here would only be restarted.
+    fn handle(&mut self, _msg: CloseUnit, ctx: &mut Self::Context) -> Self::Result {
+        // A supervised actor that stopped here would only be restarted: it
+        // stops once nothing holds its address and nothing runs in it.
+        self.closed = true;
+        if let Some(timer) = self.gauges.take() {
+            ctx.cancel_future(timer);
+        }
         let store = self.store.clone();
         Box::pin(async move {
             store.close().await;
