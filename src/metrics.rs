@@ -44,6 +44,8 @@ pub const ROUTING_CHANGES: &str = "orderengine_routing_table_changes_total";
 pub const ROUTING_STORE_UP: &str = "orderengine_routing_store_up";
 pub const UNIT_WEIGHT: &str = "orderengine_unit_weight";
 pub const UNIT_MODE: &str = "orderengine_unit_mode";
+pub const UNIT_PARTITION: &str = "orderengine_unit_partition";
+pub const UNIT_RUNNING: &str = "orderengine_unit_running";
 pub const PANIC_MODE: &str = "orderengine_partition_panic_mode";
 pub const PROBER_SUSPECTED: &str = "orderengine_prober_suspected";
 pub const BUILD_INFO: &str = "orderengine_build_info";
@@ -256,6 +258,16 @@ fn describe() {
         UNIT_MODE,
         Unit::Count,
         "1 for the unit's current mode (open, read_only or disabled), 0 for the others."
+    );
+    describe_gauge!(
+        UNIT_PARTITION,
+        Unit::Count,
+        "1 for the unit's current partition, 0 for the partitions it was in before."
+    );
+    describe_gauge!(
+        UNIT_RUNNING,
+        Unit::Count,
+        "1 while the unit's actor runs; 0 while its database could not be opened (its calls answer 503; starting it is retried)."
     );
     describe_gauge!(
         PANIC_MODE,

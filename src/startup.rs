@@ -3,6 +3,7 @@
 //! supervisor and the dispatcher, and binds the HTTP listeners (port 0 picks a
 //! free port). `Addr`s are handed over explicitly: no global registry.
 
+use std::collections::BTreeSet;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::Path;
@@ -56,12 +57,23 @@ impl Application {
     pub async fn build(mut settings: Settings) -> Result<Self, StartError> {
         let listeners = Listeners::bind(&settings)?;
         let metrics = install_metrics(&settings);
-        let saved = restore_table(&mut settings).await?;
+        let own_urls: Vec<(u16, String)> = settings
+            .units
+            .iter()
+            .map(|u| (u.id, u.primary_url.clone()))
+            .collect();
+        let mut saved = restore_table(&mut settings).await?;
+        saved.own = settings
+            .units
+            .iter()
+            .filter(|u| own_urls.contains(&(u.id, u.primary_url.clone())))
+            .map(|u| u.id)
+            .collect();
         let board = Arc::new(HealthBoard::new(settings.units.iter().map(|u| u.id)));
         let mut arbiters = unit_arbiters(&settings);
         let handles = arbiters.iter().map(Arbiter::handle).collect();
         let launcher = UnitLauncher::new(&settings, handles, board.clone());
-        let routes = match start_units(&settings, &launcher).await {
+        let routes = match start_units(&settings, &launcher, &saved.own).await {
             Ok(routes) => routes,
             Err(e) => return Err(stop_started(&arbiters, None, e)),
         };
@@ -235,6 +247,7 @@ async fn restore_table(settings: &mut Settings) -> Result<SavedTable, StartError
             .validate()
             .map_err(|e| StartError::TableState(format!("the control store's table: {e}")))?;
         return Ok(SavedTable {
+            own: BTreeSet::new(),
             version: table.version,
             keeper: Keeper::Control(store),
         });
@@ -246,6 +259,7 @@ async fn restore_table(settings: &mut Settings) -> Result<SavedTable, StartError
             );
         }
         return Ok(SavedTable {
+            own: BTreeSet::new(),
             version: 1,
             keeper: Keeper::Memory,
         });
@@ -295,6 +309,7 @@ async fn restore_table(settings: &mut Settings) -> Result<SavedTable, StartError
             .map_err(|e| StartError::TableState(e.to_string()))?;
     }
     Ok(SavedTable {
+        own: BTreeSet::new(),
         version,
         keeper: Keeper::File {
             path: path.into(),
@@ -317,8 +332,18 @@ fn unit_arbiters(settings: &Settings) -> Vec<Arbiter> {
 async fn start_units(
     settings: &Settings,
     launcher: &UnitLauncher,
+    own: &BTreeSet<u16>,
 ) -> Result<Vec<UnitRoute>, StartError> {
-    let started = join_all(settings.units.iter().map(|u| launcher.start(u.clone()))).await;
+    let started = join_all(settings.units.iter().map(|u| async {
+        // A unit not at its config's database (added or moved through the
+        // admin API) must find its database set up already.
+        if own.contains(&u.id) {
+            launcher.start(u.clone()).await
+        } else {
+            launcher.start_existing(u.clone()).await
+        }
+    }))
+    .await;
     let mut routes = Vec::with_capacity(started.len());
     for (unit, started) in settings.units.iter().zip(started) {
         match started {
@@ -368,7 +393,19 @@ async fn settle_key_ring(settings: &Settings, all: &[UnitRoute]) -> Result<KeyRi
     let mut known: Vec<&String> = stored.iter().flatten().collect();
     known.sort();
     known.dedup();
+    let down: Vec<u16> = all
+        .iter()
+        .filter(|r| r.addr.is_none())
+        .map(|r| r.settings.id)
+        .collect();
     let ring = match known.as_slice() {
+        // The first start: the ring is every configured unit. Made up while
+        // a unit is down, it could differ from the one that unit holds.
+        [] if !down.is_empty() => {
+            return Err(StartError::KeyRing(format!(
+                "no unit that answers holds the key ring yet, and units {down:?} do not answer: the first start needs every unit's database"
+            )));
+        }
         [] => KeyRing::new(settings.units.iter().map(|u| u.id).collect())
             .ok_or_else(|| StartError::KeyRing("no units".into()))?,
         [one] => KeyRing::decode(one)

@@ -22,6 +22,10 @@ pub enum EngineError {
     UnitUnavailable { unit: u16 },
     #[error("no unit {unit} in the routing table")]
     UnitNotFound { unit: u16 },
+    #[error(
+        "unit {unit} moves to another database only while it is disabled (disable it, let calls in flight finish, copy its database, then move it)"
+    )]
+    UnitNotDisabled { unit: u16 },
     #[error("the routing table is at version {version}, not the one If-Match names")]
     TableMoved { version: u64 },
     #[error("{message}")]

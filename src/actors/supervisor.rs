@@ -338,10 +338,32 @@ impl Handler<Watch> for Supervisor {
             takes_creates: msg.takes_creates,
             breaker: CircuitBreaker::new(circuit),
         });
+        if w.addr != msg.addr {
+            // Another actor (the unit moved to another database, or started
+            // after it could not): the old one's failures say nothing of it.
+            w.breaker = CircuitBreaker::new(self.settings.circuit());
+        }
         w.addr = msg.addr;
         w.partition = msg.partition;
         w.mode = msg.mode;
         w.takes_creates = msg.takes_creates;
+        self.publish();
+    }
+}
+
+/// A unit that no longer runs (its database could not be opened after it
+/// moved): no more probes, and it no longer counts for panic mode.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unwatch {
+    pub unit: u16,
+}
+
+impl Handler<Unwatch> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unwatch, _ctx: &mut Self::Context) {
+        self.units.remove(&msg.unit);
         self.publish();
     }
 }

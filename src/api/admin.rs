@@ -37,8 +37,9 @@ pub async fn list_units(
 /// Changes one unit's routing settings: `mode`, `partition`, `temperature`,
 /// `weight`, or moves it to another database server (`primary_url`,
 /// `replica_url`: a copy of its database, checked to hold this unit's
-/// orders; the unit's next calls go there, calls in flight finish on the old
-/// server, and its sequence continues past every order the new one holds). This engine process's next creates follow it; the answer
+/// orders, while the unit is `disabled`; the unit's next calls go there,
+/// calls in flight finish on the old server, and its sequence continues
+/// past every order the new one holds). This engine process's next creates follow it; the answer
 /// carries the table's new version (also as `ETag`), and `If-Match` makes
 /// the change conditional on the version the operator saw. No field (or no
 /// body) changes nothing.
@@ -52,6 +53,7 @@ pub async fn list_units(
         (status = 400, description = "`validation_failed` (a malformed body, header or URL) or `invalid_change` (`field` names the setting; `primary_url`: a database another unit uses, or one that is not a copy of this unit's)", body = ErrorResponse),
         (status = 401, description = "`unauthorized`", body = ErrorResponse),
         (status = 404, description = "`unit_not_found`", body = ErrorResponse),
+        (status = 409, description = "`unit_not_disabled`: another database for a unit that is not `disabled`", body = ErrorResponse),
         (status = 412, description = "`version_mismatch`: the table is no longer at the `If-Match` version", body = ErrorResponse),
         (status = 503, description = "`table_not_saved` (the change could not be kept) or `unit_not_started` (the new database cannot be reached or migrated); nothing changed", body = ErrorResponse),
     )

@@ -74,6 +74,8 @@ error_codes! {
         "the path exists but not with this method (`Allow` lists the methods it has)";
     IdempotencyConflict = "idempotency_conflict", 409,
         "same `(merchant_id, out_trade_no)` or `refund_id` with a different body";
+    UnitNotDisabled = "unit_not_disabled", 409,
+        "`PATCH /admin/units/{id}` names another database for a unit that is not `disabled` (disable it first)";
     InvalidTransition = "invalid_transition", 409,
         "e.g. pay a closed order, close a paid one, pay again with another ref";
     AmountMismatch = "amount_mismatch", 409, "the payment amount is not the order amount";
@@ -219,6 +221,7 @@ impl From<EngineError> for ApiError {
             EngineError::NoUnitAvailable => ErrorCode::NoUnitAvailable,
             EngineError::UnitUnavailable { .. } => ErrorCode::UnitUnavailable,
             EngineError::UnitNotFound { .. } => ErrorCode::UnitNotFound,
+            EngineError::UnitNotDisabled { .. } => ErrorCode::UnitNotDisabled,
             EngineError::TableMoved { .. } => ErrorCode::VersionMismatch,
             EngineError::InvalidChange { .. } => ErrorCode::InvalidChange,
             EngineError::TableNotSaved(_) => ErrorCode::TableNotSaved,

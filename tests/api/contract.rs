@@ -334,22 +334,36 @@ async fn a_method_a_path_does_not_serve_is_405_with_allow() {
 
 #[actix_web::test]
 async fn start_up_with_an_unreachable_database_names_it_and_serves_the_rest() {
-    // A port nothing listens on.
-    let port = crate::mariadb::free_port();
+    use crate::proxy::{Mode, Proxy};
+    // Unit 2's server behind a proxy of the test's own (any password works:
+    // the test servers skip grants).
+    let proxy = Proxy::start(crate::mariadb::shared().port()).await;
+    let db = crate::mariadb::unique_db("down_at_start");
     let dir = tempfile::tempdir().unwrap();
     let units = [
         (1, format!("sqlite://{}/u1.db", dir.path().display())),
-        (2, format!("mysql://root:hunter2@127.0.0.1:{port}/unit_2")),
+        (
+            2,
+            format!("mysql://root:hunter2@127.0.0.1:{}/{db}", proxy.port),
+        ),
         (3, format!("sqlite://{}/u3.db", dir.path().display())),
     ];
-    let mut settings = settings_for(&units, "");
-    settings.storage.connect_timeout_ms = 2_000;
-    let app = crate::helpers::spawn_app_with(settings, dir).await;
+    let settings = || {
+        let mut s = settings_for(&units, "");
+        s.storage.connect_timeout_ms = 2_000;
+        s
+    };
+    // The first start needs every unit (the key ring is made then).
+    let first = crate::helpers::spawn_app_with(settings(), tempfile::tempdir().unwrap()).await;
+    first.shutdown().await;
+
+    proxy.set(Mode::Refuse);
+    let app = crate::helpers::spawn_app_with(settings(), tempfile::tempdir().unwrap()).await;
     let two = app.unit_status(2).await;
     assert_eq!(two["running"], false, "{two}");
     let why = two["start_error"].as_str().unwrap_or_default();
     assert!(
-        why.contains("unit 2") && why.contains(&format!("127.0.0.1:{port}")),
+        why.contains("unit 2") && why.contains(&format!("127.0.0.1:{}", proxy.port)),
         "{two}"
     );
     assert!(
@@ -360,6 +374,29 @@ async fn start_up_with_an_unreachable_database_names_it_and_serves_the_rest() {
     let o = app.create("m-1", "with-2-down", "u-1", 10).await;
     assert_ne!(o["unit"], 2);
     app.shutdown().await;
+}
+
+#[actix_web::test]
+async fn the_first_start_needs_every_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let units = [
+        (1, format!("sqlite://{}/u1.db", dir.path().display())),
+        (
+            2,
+            format!(
+                "mysql://root@127.0.0.1:{}/unit_2",
+                crate::mariadb::free_port()
+            ),
+        ),
+    ];
+    let mut settings = settings_for(&units, "");
+    settings.storage.connect_timeout_ms = 2_000;
+    let err = match order_engine::startup::Application::build(settings).await {
+        Ok(_) => panic!("start-up must fail: no key ring yet, and unit 2 is down"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("first start needs every unit"), "{err}");
+    assert!(err.contains("[2]"), "{err}");
 }
 
 /// A create that is inside the engine when shutdown begins is finished and

@@ -109,7 +109,10 @@ async fn a_unit_moves_to_a_copy_of_its_database_under_load() {
     ];
     let mut settings = settings_for(&units, "");
     settings.server.request_timeout_ms = 2_000;
-    let app = Arc::new(spawn_app_with(settings, tempfile::tempdir().unwrap()).await);
+    let dir = tempfile::tempdir().unwrap();
+    // A move is kept, or a restart would go back to the old database.
+    settings.admin.state_file = Some(dir.path().join("routing.json").display().to_string());
+    let app = Arc::new(spawn_app_with(settings, dir).await);
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let until = Instant::now() + Duration::from_secs(8);
     let callers: Vec<_> = (0..CALLERS)
@@ -141,6 +144,8 @@ async fn a_unit_moves_to_a_copy_of_its_database_under_load() {
         r.body
     );
     assert_eq!(r.body["error"]["field"], "primary_url");
+    let said = r.body["error"]["message"].as_str().unwrap();
+    assert!(said.contains("not a copy"), "{said}");
     let r = send(json!({"primary_url": units[0].1})).await;
     assert_eq!(
         r.code(),

@@ -580,6 +580,10 @@ async fn a_unit_moved_to_a_copy_of_its_database_keeps_it_across_a_restart() {
         r.body
     );
 
+    // Nothing listens on port 1: the unit stays where it is.
+    let closed = json!({"primary_url": "mysql://x@127.0.0.1:1/y"});
+    let r = patch(&app, "2", &closed, None).await;
+    assert_eq!(r.code(), "unit_not_started", "{}", r.body);
     let r = patch(
         &app,
         "2",

@@ -6,8 +6,8 @@ use super::routing::{Routing, UnitRoute};
 use super::table::Edit;
 use crate::actors::EngineError;
 use crate::config::{
-    MAX_WEIGHT, NO_SPILL_INTO, PartitionSettings, UnitEntry, UnitPatch, UnitRouting, UnitSettings,
-    check_db_url,
+    MAX_WEIGHT, NO_SPILL_INTO, PartitionSettings, UnitEntry, UnitMode, UnitPatch, UnitRouting,
+    UnitSettings, check_db_url,
 };
 use crate::domain::order_id::MAX_UNIT;
 use crate::domain::values::is_identifier;
@@ -48,6 +48,11 @@ pub(super) fn patch_unit(
     let mut next = table.clone();
     let entry = next.units.get_mut(&unit).expect("the unit is in the table");
     if let Some(moved) = moved {
+        // Built on a table another process changed meanwhile: it must not
+        // have moved the unit elsewhere, or disabled it no more.
+        if entry.settings.mode != UnitMode::Disabled {
+            return Err(EngineError::UnitNotDisabled { unit });
+        }
         *entry = moved.clone();
     }
     after.apply_to(&mut entry.settings);
@@ -78,6 +83,12 @@ pub(super) fn repoint(
     let now = &route.settings;
     if (&next.primary_url, &next.replica_url) == (&now.primary_url, &now.replica_url) {
         return Ok(None);
+    }
+    if now.mode != UnitMode::Disabled {
+        // Calls routed by the table as it was may still write to the old
+        // database; disabled first, they stop (after the request timeout)
+        // before the copy is taken.
+        return Err(EngineError::UnitNotDisabled { unit });
     }
     check_database(table, unit, &next.primary_url, next.replica_url.as_deref())?;
     Ok(Some(next))

@@ -18,6 +18,7 @@ use crate::actors::unit::{CloseUnit, SettleMeta, UnitActor, UnitOptions};
 use crate::config::{Settings, StorageSettings, UnitSettings};
 use crate::domain::circuit::CircuitState;
 use crate::domain::key_homes::KeyRing;
+use crate::metrics as m;
 use crate::storage::{Dialect, OpenError, UnitStore};
 
 /// Why a unit could not be started.
@@ -78,6 +79,12 @@ impl UnitLauncher {
         self.board.set_circuit(id, CircuitState::Open, 0, 0);
         let health = self.board.unit(id).expect("added above");
         *health.start_error.lock().expect("not poisoned") = Some(why.to_string());
+        // What the supervisor publishes for a unit it watches (it does not
+        // watch one that does not run): down, circuit open.
+        let label = id.to_string();
+        metrics::gauge!(m::UNIT_UP, "unit" => label.clone()).set(0.0);
+        metrics::gauge!(m::CIRCUIT_STATE, "unit" => label)
+            .set(f64::from(CircuitState::Open.as_level()));
         UnitRoute::unstarted(unit, self.window, health)
     }
 
@@ -108,6 +115,16 @@ impl UnitLauncher {
         let id = unit.id;
         let addr = self.open(&unit).await?;
         check(&addr, id, "unit_id", &id.to_string(), Settle::IfAbsent).await?;
+        let health = self.board.unit(id).expect("added when opened");
+        Ok(UnitRoute::new(unit, addr, self.window, health))
+    }
+
+    /// Starts `unit` on a database that must record it already (a unit
+    /// not at its config's database: added or moved through the admin API).
+    pub async fn start_existing(&self, unit: UnitSettings) -> Result<UnitRoute, LaunchError> {
+        let id = unit.id;
+        let addr = self.open(&unit).await?;
+        check(&addr, id, "unit_id", &id.to_string(), Settle::Never).await?;
         let health = self.board.unit(id).expect("added when opened");
         Ok(UnitRoute::new(unit, addr, self.window, health))
     }

@@ -104,7 +104,7 @@ impl Dispatcher {
             ring,
         };
         let timeout = Duration::from_millis(settings.server.request_timeout_ms);
-        let table = RoutingTable::new(routing, saved.keeper, launcher, supervisor.clone(), timeout);
+        let table = RoutingTable::new(routing, saved, launcher, supervisor.clone(), timeout);
         Self {
             table: Arc::new(table),
             key_locks: KeyLocks::default(),

@@ -12,7 +12,7 @@
 //! answered `412`), and every process picks up the store's newer versions
 //! (`poll`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use super::launch::{LaunchError, UnitLauncher};
 use super::routing::{Routing, SharedRouting, UnitRoute};
 use super::status::TableStore;
 use crate::actors::EngineError;
-use crate::actors::supervisor::{SetSpill, Supervisor, Watch};
+use crate::actors::supervisor::{SetSpill, Supervisor, Unwatch, Watch};
 use crate::actors::unit::CloseUnit;
 use crate::config::{PartitionSettings, TableState, UnitEntry, UnitMode, UnitSettings};
 use crate::metrics as m;
@@ -39,6 +39,9 @@ const REBUILDS: usize = 5;
 pub struct SavedTable {
     pub version: u64,
     pub keeper: Keeper,
+    /// Units at the database this process's own config names for them: the
+    /// only ones whose database may be set up as theirs when found empty.
+    pub own: BTreeSet<u16>,
 }
 
 pub(super) struct RoutingTable {
@@ -54,6 +57,8 @@ pub(super) struct RoutingTable {
     /// Units in the table that do not run yet (their database could not
     /// be opened): started again and again until they do.
     pending: Mutex<BTreeMap<u16, Pending>>,
+    /// Wakes `start_pending` when a unit is added to `pending`.
+    wake: tokio::sync::Notify,
     /// The last exchange with the control store.
     contact: Mutex<Contact>,
 }
@@ -109,19 +114,28 @@ pub(super) enum Start {
 impl RoutingTable {
     pub fn new(
         routing: Routing,
-        keeper: Keeper,
+        saved: SavedTable,
         launcher: UnitLauncher,
         supervisor: Addr<Supervisor>,
         grace: Duration,
     ) -> Self {
         publish(&routing);
         gauge!(m::ROUTING_STORE_UP).set(1.0);
+        // A unit down at start-up that is a home of keys, or not at its
+        // config's database, must find its records where it comes back.
         let pending = routing
             .units
             .iter()
             .filter(|(_, u)| u.addr.is_none())
-            .map(|(id, _)| (*id, Pending::new(How::Join)))
+            .map(|(id, _)| {
+                let fresh = saved.own.contains(id) && !routing.ring.units().contains(id);
+                (
+                    *id,
+                    Pending::new(if fresh { How::Join } else { How::PickUp }),
+                )
+            })
             .collect();
+        let keeper = saved.keeper;
         Self {
             current: ArcSwap::from_pointee(routing),
             keeper,
@@ -130,6 +144,7 @@ impl RoutingTable {
             supervisor,
             grace,
             pending: Mutex::new(pending),
+            wake: tokio::sync::Notify::new(),
             contact: Mutex::new(Contact {
                 at: Instant::now(),
                 error: None,
@@ -182,6 +197,15 @@ impl RoutingTable {
                 return Err(e);
             }
         };
+        if let Some(Start::Repoint(_)) = &wanted
+            && matches!(self.keeper, Keeper::Memory)
+        {
+            counter!(m::ROUTING_CHANGES, "outcome" => "refused").increment(1);
+            return Err(EngineError::InvalidChange {
+                field: Some("primary_url"),
+                message: "a unit moves to another database only where the table is kept (admin.state_file or admin.control_url): after a restart it would go back to the old one".into(),
+            });
+        }
         if let Some(Start::Join(unit) | Start::Repoint(unit)) = &wanted
             && self.keeper.is_shared()
             && unit.primary_url.starts_with("sqlite:")
@@ -353,22 +377,25 @@ impl RoutingTable {
                     continue;
                 }
             }
-            let started = match old.units.get(id) {
-                Some(route) => {
-                    self.launcher
-                        .repoint(route, settings.clone(), &old.ring)
-                        .await
-                }
-                None => self.launcher.pick_up(settings.clone(), &old.ring).await,
+            // Started outside the table's lock (`start_pending`, woken
+            // now): until then its calls answer 503, and a moved unit's old
+            // actor is no longer used (the others moved away from it).
+            self.pending
+                .lock()
+                .expect("not poisoned")
+                .insert(*id, Pending::new(How::PickUp));
+            self.wake.notify_one();
+            let why = LaunchError::Unavailable {
+                unit: *id,
+                message: "starting on its database from the shared table".into(),
             };
-            let route = started.unwrap_or_else(|e| {
-                tracing::warn!(unit = id, error = %e, "a unit of the routing table cannot start here yet: its calls answer 503 until it does");
-                self.pending
-                    .lock()
-                    .expect("not poisoned")
-                    .insert(*id, Pending::new(How::PickUp));
-                self.launcher.unstarted(settings, &e)
-            });
+            let route = match old.units.get(id) {
+                Some(was) => {
+                    self.launcher.unstarted(settings.clone(), &why);
+                    was.repointed(settings, None)
+                }
+                None => self.launcher.unstarted(settings, &why),
+            };
             next.units.insert(*id, route);
         }
         next
@@ -380,7 +407,10 @@ impl RoutingTable {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.wake.notified() => {}
+            }
             let due: Vec<(u16, How)> = self
                 .pending
                 .lock()
@@ -412,7 +442,8 @@ impl RoutingTable {
                 let mut pending = self.pending.lock().expect("not poisoned");
                 if let Some(p) = pending.get_mut(&id) {
                     p.tries += 1;
-                    let wait = Duration::from_secs(1 << p.tries.min(5)).min(MOST_BETWEEN_TRIES);
+                    let wait =
+                        Duration::from_secs(1 << (p.tries - 1).min(5)).min(MOST_BETWEEN_TRIES);
                     p.next_try = Instant::now() + wait;
                     tracing::warn!(unit = id, error = %e, retry_in = ?wait, "unit still cannot start");
                 }
@@ -437,7 +468,6 @@ impl RoutingTable {
         let mut next = (*now).clone();
         let route = current.repointed(current.settings.clone(), started.addr.clone());
         next.units.insert(id, route);
-        self.launcher.started(id);
         self.pending.lock().expect("not poisoned").remove(&id);
         tracing::info!(unit = id, "unit started: it takes calls");
         self.install(next);
@@ -475,16 +505,21 @@ impl RoutingTable {
             // It probes each unit's actor, counts the units that take
             // creates per partition for panic mode, and leaves disabled
             // units unprobed.
-            if was.map(seen) != Some(seen(u))
-                && let Some(addr) = &u.addr
-            {
-                self.supervisor.do_send(Watch {
-                    unit: *id,
-                    addr: addr.clone(),
-                    partition: s.partition.clone(),
-                    mode: s.mode,
-                    takes_creates: u.takes_creates(),
-                });
+            if was.map(seen) != Some(seen(u)) {
+                match &u.addr {
+                    Some(addr) => self.supervisor.do_send(Watch {
+                        unit: *id,
+                        addr: addr.clone(),
+                        partition: s.partition.clone(),
+                        mode: s.mode,
+                        takes_creates: u.takes_creates(),
+                    }),
+                    None => self.supervisor.do_send(Unwatch { unit: *id }),
+                }
+            }
+            if u.addr.is_some() && was.is_some_and(|w| w.addr != u.addr) {
+                // A new actor: its circuit starts closed, no start error.
+                self.launcher.started(*id);
             }
         }
         let spills = |t: &Routing| -> Vec<(String, Vec<String>)> {
@@ -614,12 +649,21 @@ fn describe(before: &TableState, after: &TableState) -> String {
     }
 }
 
-/// The table's version and each unit's weight and mode, as gauges.
+/// The table's version and each unit's weight, mode and partition, as
+/// gauges.
 fn publish(table: &Routing) {
     gauge!(m::ROUTING_VERSION).set(table.version as f64);
+    let partitions = table.known_partitions();
     for (id, u) in &table.units {
         let label = id.to_string();
         gauge!(m::UNIT_WEIGHT, "unit" => label.clone()).set(f64::from(u.settings.weight));
+        for p in &partitions {
+            let on = if u.settings.partition == *p { 1.0 } else { 0.0 };
+            gauge!(m::UNIT_PARTITION, "unit" => label.clone(), "partition" => p.to_string())
+                .set(on);
+        }
+        let running = if u.addr.is_some() { 1.0 } else { 0.0 };
+        gauge!(m::UNIT_RUNNING, "unit" => label.clone()).set(running);
         for mode in [UnitMode::Open, UnitMode::ReadOnly, UnitMode::Disabled] {
             let on = if u.settings.mode == mode { 1.0 } else { 0.0 };
             gauge!(m::UNIT_MODE, "unit" => label.clone(), "mode" => mode.as_str()).set(on);
