@@ -133,6 +133,7 @@ impl UnitStore {
             statement_timeout: Duration::from_millis(settings.statement_timeout_ms),
             waiting: Arc::default(),
             max_connections: dialect.most_connections(settings.max_connections),
+            fenced: Arc::default(),
         })
     }
 }

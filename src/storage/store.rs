@@ -3,7 +3,7 @@
 //! before `COMMIT` (a definite failure) and at it (in doubt).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::AnyRow;
@@ -85,6 +85,9 @@ pub struct UnitStore {
     /// Calls waiting for a connection (writes: including the BEGIN round trip).
     pub(super) waiting: Arc<AtomicI64>,
     pub(super) max_connections: u32,
+    /// No transaction that changes orders or key records may start: the
+    /// unit is disabled (and may be being copied to another server).
+    pub(super) fenced: Arc<AtomicBool>,
 }
 
 /// A unit's connections to its primary at one moment: its pools and, on
@@ -100,6 +103,12 @@ pub struct PoolStats {
 impl UnitStore {
     pub fn unit(&self) -> u16 {
         self.unit
+    }
+
+    /// Stops (or allows again) every transaction that changes orders or
+    /// key records; one that started before goes on to its end.
+    pub fn fence_writes(&self, on: bool) {
+        self.fenced.store(on, Ordering::Release);
     }
 
     /// Whether eventual reads have a replica to go to.
@@ -229,6 +238,12 @@ impl UnitStore {
     /// it, which rolls it back (a lane connection is closed); an answer that
     /// leaves the connection sound ends it with [`Self::rollback_write`].
     pub(super) async fn begin_write(&self) -> Result<WriteTx<'_>, StoreError> {
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(format!(
+                "unit {} is disabled: its database takes no writes",
+                self.unit
+            )));
+        }
         let Some(lane) = &self.write_lane else {
             return self.begin().await.map(WriteTx::Pool);
         };

@@ -199,7 +199,7 @@ async fn two_processes_share_the_routing_table_through_the_control_store() {
     assert_eq!(status, StatusCode::OK, "{body}");
     tokio::time::sleep(Duration::from_millis(1_500)).await; // in flight: done
     let copy = unique_db("cs_unit4_copy");
-    copy_database(units_server, &dbs[3], units_server, &copy);
+    copy_database(units_server.port(), &dbs[3], units_server.port(), &copy);
     let before = orders_at(&units_server.url(&copy)).await.len();
     let moved = json!({"mode": "open", "primary_url": units_server.url(&copy)});
     let (status, body) = b

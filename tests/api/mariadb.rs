@@ -269,10 +269,11 @@ pub fn unique_db(tag: &str) -> String {
     )
 }
 
-/// Copies database `from_db` of `from` to `to_db` of `to` with mariadb-dump
+/// Copies database `from_db` of the server on port `from` to `to_db` of the
+/// one on port `to` with mariadb-dump
 /// and the mariadb client (as an operator would; a promoted replica does
 /// the same job).
-pub fn copy_database(from: &MariaDb, from_db: &str, to: &MariaDb, to_db: &str) {
+pub fn copy_database(from: u16, from_db: &str, to: u16, to_db: &str) {
     let dump = Command::new("mariadb-dump")
         .args([
             "--no-defaults",
@@ -280,7 +281,7 @@ pub fn copy_database(from: &MariaDb, from_db: &str, to: &MariaDb, to_db: &str) {
             "-uroot",
             "--single-transaction",
         ])
-        .arg(format!("-P{}", from.port()))
+        .arg(format!("-P{from}"))
         .arg(from_db)
         .stderr(Stdio::inherit())
         .output()
@@ -289,7 +290,7 @@ pub fn copy_database(from: &MariaDb, from_db: &str, to: &MariaDb, to_db: &str) {
     let client = |sql: Option<&str>| {
         let mut cmd = Command::new("mariadb");
         cmd.args(["--no-defaults", "-h127.0.0.1", "-uroot"])
-            .arg(format!("-P{}", to.port()));
+            .arg(format!("-P{to}"));
         match sql {
             Some(sql) => cmd.args(["-e", sql]),
             None => cmd.arg(to_db).stdin(Stdio::piped()),

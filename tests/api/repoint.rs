@@ -132,7 +132,7 @@ async fn a_unit_moves_to_a_copy_of_its_database_under_load() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     // Calls in flight finish (at most the request timeout); then the copy.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    copy_database(&old_server, &db, &new_server, &db);
+    copy_database(old_server.port(), &db, new_server.port(), &db);
     let copied = orders_at(&new_url).await;
     let max_copied = copied.iter().map(|o| o.1).max().expect("unit 2 had orders");
     // A database that is not a copy of the unit's is refused.
@@ -165,6 +165,9 @@ async fn a_unit_moves_to_a_copy_of_its_database_under_load() {
     for c in callers {
         c.await.unwrap();
     }
+    // The old database took no write once the disabled unit's calls in
+    // flight had their time: the copy holds everything.
+    assert_eq!(orders_at(&old_url).await.len(), copied.len());
 
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     println!(

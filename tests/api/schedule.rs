@@ -11,7 +11,9 @@
 //! disabled, or with a fifth unit added; and live routing table changes
 //! through one process's admin API (the other keeps its old table, as
 //! processes do until a change reaches them): a unit disabled, at weight 0
-//! or 5, or a fifth unit added. At the end, with every fault
+//! or 5, or a fifth unit added; and a unit moved to a copy of its database
+//! through both (disabled, copied once their writes are fenced, moved and
+//! opened). At the end, with every fault
 //! healed: no key has two orders in all databases together, every
 //! acknowledged key has its acknowledged order (replayed through both
 //! processes), and at least 99.9% of fresh keys were created.
@@ -30,7 +32,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use reqwest::Method;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
@@ -87,9 +89,16 @@ enum LiveChange {
     /// 0 takes no creates; 5 is a canary's share.
     Weight(u16, u32),
     AddUnit5,
+    /// Disabled through both processes, copied to a new database once
+    /// their writes are fenced, then moved there and opened (the operator's
+    /// procedure in docs/routing.md).
+    Move(u16),
 }
 
 const ADMIN_TOKEN: &str = "sched-t0ken";
+/// The engines' `server.request_timeout_ms` (a disabled unit's writes are
+/// fenced that long after the change).
+const REQUEST_TIMEOUT_MS: u64 = 3_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Variant {
@@ -120,10 +129,11 @@ fn schedule(seed: u64, seconds: u64) -> Vec<(Duration, Fault)> {
             8 | 9 => Fault::Live {
                 engine,
                 secs,
-                change: match rng.random_range(0..4) {
+                change: match rng.random_range(0..5) {
                     0 => LiveChange::Disable(unit),
                     1 => LiveChange::Weight(unit, 0),
                     2 => LiveChange::Weight(unit, 5),
+                    3 => LiveChange::Move(unit),
                     _ => LiveChange::AddUnit5,
                 },
             },
@@ -221,7 +231,8 @@ fn spawn_engine(config: &Path, log: &Path) -> Child {
 
 /// One seed's world: databases, proxies, the two engines' ports and configs.
 struct World {
-    dbs: Vec<String>,
+    /// Each unit's database (a unit moved mid-run: its copy's).
+    dbs: Mutex<Vec<String>>,
     server_ports: Vec<u16>,
     proxies: Vec<Proxy>,
     ports: [u16; 2],
@@ -230,6 +241,11 @@ struct World {
 }
 
 impl World {
+    /// Unit `u`'s database now.
+    fn db(&self, u: u16) -> String {
+        self.dbs.lock().unwrap()[usize::from(u) - 1].clone()
+    }
+
     fn config(&self, engine: usize, variant: Variant) -> PathBuf {
         let mut units = String::new();
         for u in 1..=UNITS {
@@ -239,25 +255,32 @@ impl World {
                 "open"
             };
             let proxy = self.proxies[usize::from(u) - 1].port;
-            let db = &self.dbs[usize::from(u) - 1];
+            let db = &self.db(u);
             units += &format!(
                 "[[units]]\nid = {u}\nmode = \"{mode}\"\nprimary_url = \"mysql://root@127.0.0.1:{proxy}/{db}\"\n"
             );
         }
         if variant == Variant::WithUnit5 {
-            let (port, db) = (self.server_ports[0], &self.dbs[UNITS as usize]);
+            let (port, db) = (self.server_ports[0], &self.db(UNITS + 1));
             units += &format!(
                 "[[units]]\nid = 5\nprimary_url = \"mysql://root@127.0.0.1:{port}/{db}\"\n"
             );
         }
         let toml = format!(
-            "[server]\nhost = \"127.0.0.1\"\nport = {port}\nrequest_timeout_ms = 3000\n\
+            "[server]\nhost = \"127.0.0.1\"\nport = {port}\nrequest_timeout_ms = {REQUEST_TIMEOUT_MS}\n\
              [storage]\nmax_connections = 8\nacquire_timeout_ms = 1000\nconnect_timeout_ms = 1000\nstatement_timeout_ms = 1000\n\
              [supervisor]\nprobe_interval_ms = 200\nprobe_timeout_ms = 500\nopen_secs = 1\nmax_open_secs = 4\n\
-             [admin]\nport = {admin}\ntoken = \"{ADMIN_TOKEN}\"\n\
+             [admin]\nport = {admin}\ntoken = \"{ADMIN_TOKEN}\"\nstate_file = \"{state}\"\n\
              [log]\nlevel = \"warn\"\n{units}",
             port = self.ports[engine],
             admin = self.admin_ports[engine],
+            // Each engine keeps its live changes across its restarts (a
+            // moved unit must stay moved).
+            state = self
+                .dir
+                .path()
+                .join(format!("engine{engine}-state.json"))
+                .display(),
         );
         let path = self
             .dir
@@ -273,13 +296,15 @@ impl World {
             .map(|i| {
                 format!(
                     "mysql://root@127.0.0.1:{}/{}",
-                    self.server_ports[i], self.dbs[i]
+                    self.server_ports[i],
+                    self.db(i as u16 + 1)
                 )
             })
             .collect();
         urls.push(format!(
             "mysql://root@127.0.0.1:{}/{}",
-            self.server_ports[0], self.dbs[UNITS as usize]
+            self.server_ports[0],
+            self.db(UNITS + 1)
         ));
         urls
     }
@@ -450,9 +475,13 @@ async fn apply(
             let (unit, on, off) = match change {
                 LiveChange::Disable(u) => (u, json!({"mode": "disabled"}), json!({"mode": "open"})),
                 LiveChange::Weight(u, w) => (u, json!({ "weight": w }), json!({"weight": 100})),
+                LiveChange::Move(u) => {
+                    move_unit(world, u).await;
+                    return;
+                }
                 LiveChange::AddUnit5 => {
                     *ever5 = true;
-                    let (port, db) = (world.server_ports[0], &world.dbs[UNITS as usize]);
+                    let (port, db) = (world.server_ports[0], world.db(UNITS + 1));
                     let unit5 = json!({"id": 5, "partition": "standard",
                         "primary_url": format!("mysql://root@127.0.0.1:{port}/{db}")});
                     // A server down or an engine restarting: it stays out.
@@ -477,7 +506,56 @@ async fn apply(
 
 /// An admin call to engine `engine`; an engine that is down or restarting
 /// misses it (as an operator's call would).
-async fn admin(world: &World, engine: usize, method: Method, path: &str, body: &Value) {
+/// Moves unit `u` to a copy of its database on the same server, as an
+/// operator does: disabled through both processes, the copy taken once
+/// their writes to it are fenced (the request timeout after the change),
+/// then moved and opened through both.
+async fn move_unit(world: &World, u: u16) {
+    let path = format!("/admin/units/{u}");
+    let mut disabled = true;
+    for k in 0..2 {
+        let r = admin(world, k, Method::PATCH, &path, &json!({"mode": "disabled"})).await;
+        disabled &= r == Some(StatusCode::OK);
+    }
+    if !disabled {
+        // An engine missed it: it would keep writing to the old database.
+        for k in 0..2 {
+            admin(world, k, Method::PATCH, &path, &json!({"mode": "open"})).await;
+        }
+        return;
+    }
+    tokio::time::sleep(Duration::from_millis(REQUEST_TIMEOUT_MS + 500)).await;
+    let (old, new) = (world.db(u), mariadb::unique_db(&format!("sched{u}moved")));
+    let port = world.server_ports[usize::from(u) - 1];
+    let copy = (old, new.clone());
+    tokio::task::spawn_blocking(move || mariadb::copy_database(port, &copy.0, port, &copy.1))
+        .await
+        .unwrap();
+    world.dbs.lock().unwrap()[usize::from(u) - 1] = new.clone();
+    let proxy = world.proxies[usize::from(u) - 1].port;
+    let moved =
+        json!({"mode": "open", "primary_url": format!("mysql://root@127.0.0.1:{proxy}/{new}")});
+    for k in 0..2 {
+        // Both engines must move (no fault runs meanwhile): one left on the
+        // old database would read orders the other no longer writes there.
+        let mut tries = 0;
+        while admin(world, k, Method::PATCH, &path, &moved).await != Some(StatusCode::OK) {
+            tries += 1;
+            assert!(tries < 10, "engine {k} would not move unit {u}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// An admin call to engine `engine`; an engine that is down or restarting
+/// misses it (as an operator's call would). Its status, when answered.
+async fn admin(
+    world: &World,
+    engine: usize,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> Option<StatusCode> {
     let url = format!("http://127.0.0.1:{}{path}", world.admin_ports[engine]);
     let sent = reqwest::Client::new()
         .request(method, url)
@@ -487,11 +565,21 @@ async fn admin(world: &World, engine: usize, method: Method, path: &str, body: &
         .send()
         .await;
     match sent {
-        Ok(r) => println!(
-            "live change {path} {body} on engine {engine}: {}",
-            r.status()
-        ),
-        Err(e) => println!("live change {path} {body} on engine {engine}: not sent ({e})"),
+        Ok(r) => {
+            let status = r.status();
+            let said = r.text().await.unwrap_or_default();
+            let said = if status.is_success() {
+                ""
+            } else {
+                said.as_str()
+            };
+            println!("live change {path} {body} on engine {engine}: {status} {said}");
+            Some(status)
+        }
+        Err(e) => {
+            println!("live change {path} {body} on engine {engine}: not sent ({e})");
+            None
+        }
     }
 }
 
@@ -501,9 +589,11 @@ async fn run_seed(ctl: &Controller, server_ports: &[u16], seed: u64, seconds: u6
         proxies.push(Proxy::start(port).await);
     }
     let world = World {
-        dbs: (1..=UNITS + 1)
-            .map(|u| mariadb::unique_db(&format!("sched{u}")))
-            .collect(),
+        dbs: Mutex::new(
+            (1..=UNITS + 1)
+                .map(|u| mariadb::unique_db(&format!("sched{u}")))
+                .collect(),
+        ),
         server_ports: server_ports.to_vec(),
         proxies,
         ports: [free_port(), free_port()],

@@ -26,7 +26,7 @@ use super::routing::{Routing, SharedRouting, UnitRoute};
 use super::status::TableStore;
 use crate::actors::EngineError;
 use crate::actors::supervisor::{SetSpill, Supervisor, Unwatch, Watch};
-use crate::actors::unit::CloseUnit;
+use crate::actors::unit::{CloseUnit, FenceWrites};
 use crate::config::{PartitionSettings, TableState, UnitEntry, UnitMode, UnitSettings};
 use crate::metrics as m;
 
@@ -136,6 +136,16 @@ impl RoutingTable {
             })
             .collect();
         let keeper = saved.keeper;
+        for u in routing.units.values() {
+            if let Some(addr) = &u.addr
+                && u.settings.mode == UnitMode::Disabled
+            {
+                addr.do_send(FenceWrites {
+                    on: true,
+                    after: Duration::ZERO,
+                });
+            }
+        }
         Self {
             current: ArcSwap::from_pointee(routing),
             keeper,
@@ -517,9 +527,28 @@ impl RoutingTable {
                     None => self.supervisor.do_send(Unwatch { unit: *id }),
                 }
             }
-            if u.addr.is_some() && was.is_some_and(|w| w.addr != u.addr) {
+            let new_actor = was.is_none_or(|w| w.addr != u.addr);
+            if u.addr.is_some() && new_actor {
                 // A new actor: its circuit starts closed, no start error.
                 self.launcher.started(*id);
+            }
+            let was_disabled = was.is_some_and(|w| w.settings.mode == UnitMode::Disabled);
+            let disabled = s.mode == UnitMode::Disabled;
+            if let Some(addr) = &u.addr
+                && (new_actor || was_disabled != disabled)
+            {
+                // A disabled unit's database takes no writes once calls in
+                // flight had their time (an actor that just started has
+                // none), so that it can be copied elsewhere.
+                let after = if new_actor {
+                    Duration::ZERO
+                } else {
+                    self.grace
+                };
+                addr.do_send(FenceWrites {
+                    on: disabled,
+                    after,
+                });
             }
         }
         let spills = |t: &Routing| -> Vec<(String, Vec<String>)> {

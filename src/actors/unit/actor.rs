@@ -53,6 +53,8 @@ pub struct UnitActor {
     /// database, or refused) must not publish over its successor.
     pub(super) gauges: Option<SpawnHandle>,
     pub(super) closed: bool,
+    /// A write fence waiting for calls in flight (cancelled by the next).
+    pub(super) fence: Option<SpawnHandle>,
 }
 
 impl UnitActor {
@@ -77,6 +79,7 @@ impl UnitActor {
             refunds: CallBatcher::default(),
             gauges: None,
             closed: false,
+            fence: None,
         }
     }
 
@@ -175,6 +178,10 @@ impl Supervised for UnitActor {
     /// segment (the old one's remainder is skipped, never reused).
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         tracing::warn!(unit = self.store.unit(), "unit actor restarting");
+        if self.fence.take().is_some() {
+            // A restart drops the waiting fence: put it up now instead.
+            self.store.fence_writes(true);
+        }
         if let Some(h) = &self.health {
             h.restarts.fetch_add(1, Ordering::Relaxed);
         }

@@ -10,8 +10,8 @@ use super::batching::{pick_by_id, pick_by_key, read_keys, read_orders};
 use super::group_commit::{Batch, run_batch};
 use super::messages::{
     BatchCounts, BatchStats, ClaimKey, CloseOrder, CloseUnit, CreateOrder, CreateOutcome,
-    FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe, ReadMark, RefundOrder,
-    ReplaceMark, SettleKey, SettleMeta,
+    FenceWrites, FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe, ReadMark,
+    RefundOrder, ReplaceMark, SettleKey, SettleMeta,
 };
 use crate::domain::apply::{RefundUpdate, Refunded, Update, UpdateAction, Updated};
 use crate::domain::key_homes::Mark;
@@ -211,6 +211,29 @@ impl Handler<SettleMeta> for UnitActor {
                 None => store.read_meta(msg.name).await,
             }
         })
+    }
+}
+
+impl Handler<FenceWrites> for UnitActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FenceWrites, ctx: &mut Self::Context) {
+        if let Some(waiting) = self.fence.take() {
+            ctx.cancel_future(waiting);
+        }
+        let unit = self.store.unit();
+        if !msg.on {
+            self.store.fence_writes(false);
+            return;
+        }
+        self.fence = Some(ctx.run_later(msg.after, move |act, _| {
+            act.fence = None;
+            act.store.fence_writes(true);
+            tracing::info!(
+                unit,
+                "unit disabled: its database takes no more writes from this process"
+            );
+        }));
     }
 }
 

@@ -144,6 +144,16 @@ pub struct Probe {
     pub token: i64,
 }
 
+/// The unit is disabled (`on`): after `after` (calls in flight finish),
+/// its database takes no more writes from this actor; re-opened (`!on`):
+/// at once. A later message cancels an earlier one still waiting.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FenceWrites {
+    pub on: bool,
+    pub after: std::time::Duration,
+}
+
 /// Close the unit's pools (shutdown).
 #[derive(Message)]
 #[rtype(result = "()")]

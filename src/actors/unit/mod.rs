@@ -25,6 +25,6 @@ mod messages;
 pub use actor::{UnitActor, UnitOptions};
 pub use messages::{
     BatchCounts, BatchStats, ClaimKey, CloseOrder, CloseUnit, CreateOrder, CreateOutcome,
-    FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe, ReadMark, RefundOrder,
-    ReplaceMark, SettleKey, SettleMeta,
+    FenceWrites, FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe, ReadMark,
+    RefundOrder, ReplaceMark, SettleKey, SettleMeta,
 };
