@@ -306,7 +306,7 @@ fn units_table(status: &Value) -> String {
         status["version"],
         status["table_store"]["kind"].as_str().unwrap_or("?")
     );
-    let rows: Vec<[String; 8]> = status["units"]
+    let rows: Vec<[String; 9]> = status["units"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
@@ -325,6 +325,7 @@ fn units_table(status: &Value) -> String {
                 text("weight"),
                 text("health"),
                 text("takes_creates"),
+                text("writes_fenced"),
                 text("primary_url"),
             ]
         })
@@ -337,6 +338,7 @@ fn units_table(status: &Value) -> String {
         "WEIGHT",
         "HEALTH",
         "CREATES",
+        "FENCED",
         "PRIMARY",
     ]
     .map(str::to_owned);

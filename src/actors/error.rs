@@ -26,6 +26,10 @@ pub enum EngineError {
         "unit {unit} moves to another database only while it is disabled (disable it, let calls in flight finish, copy its database, then move it)"
     )]
     UnitNotDisabled { unit: u16 },
+    #[error(
+        "a unit moves to another database only where the routing table is kept (admin.state_file or admin.control_url): after a restart it would go back to the old one"
+    )]
+    TableNotKept,
     #[error("the routing table is at version {version}, not the one If-Match names")]
     TableMoved { version: u64 },
     #[error("{message}")]

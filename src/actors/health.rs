@@ -32,6 +32,9 @@ pub struct UnitHealth {
     live_latency_us: AtomicU64,
     /// Why the unit does not run, while it does not (passwords masked).
     pub start_error: std::sync::Mutex<Option<String>>,
+    /// The unit is disabled, and no transaction of this process can change
+    /// its database any more (it may be copied).
+    pub writes_fenced: AtomicBool,
 }
 
 impl UnitHealth {

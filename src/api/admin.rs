@@ -53,7 +53,7 @@ pub async fn list_units(
         (status = 400, description = "`validation_failed` (a malformed body, header or URL) or `invalid_change` (`field` names the setting; `primary_url`: a database another unit uses, or one that is not a copy of this unit's)", body = ErrorResponse),
         (status = 401, description = "`unauthorized`", body = ErrorResponse),
         (status = 404, description = "`unit_not_found`", body = ErrorResponse),
-        (status = 409, description = "`unit_not_disabled`: another database for a unit that is not `disabled`", body = ErrorResponse),
+        (status = 409, description = "`unit_not_disabled` (another database for a unit that is not `disabled`) or `table_not_kept` (another database, and no state file or control store keeps the table)", body = ErrorResponse),
         (status = 412, description = "`version_mismatch`: the table is no longer at the `If-Match` version", body = ErrorResponse),
         (status = 503, description = "`table_not_saved` (the change could not be kept) or `unit_not_started` (the new database cannot be reached or migrated); nothing changed", body = ErrorResponse),
     )

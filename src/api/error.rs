@@ -76,6 +76,8 @@ error_codes! {
         "same `(merchant_id, out_trade_no)` or `refund_id` with a different body";
     UnitNotDisabled = "unit_not_disabled", 409,
         "`PATCH /admin/units/{id}` names another database for a unit that is not `disabled` (disable it first)";
+    TableNotKept = "table_not_kept", 409,
+        "`PATCH /admin/units/{id}` names another database, but this engine keeps no routing table (no `admin.state_file` or `admin.control_url`): a restart would go back to the old one";
     InvalidTransition = "invalid_transition", 409,
         "e.g. pay a closed order, close a paid one, pay again with another ref";
     AmountMismatch = "amount_mismatch", 409, "the payment amount is not the order amount";
@@ -222,6 +224,7 @@ impl From<EngineError> for ApiError {
             EngineError::UnitUnavailable { .. } => ErrorCode::UnitUnavailable,
             EngineError::UnitNotFound { .. } => ErrorCode::UnitNotFound,
             EngineError::UnitNotDisabled { .. } => ErrorCode::UnitNotDisabled,
+            EngineError::TableNotKept => ErrorCode::TableNotKept,
             EngineError::TableMoved { .. } => ErrorCode::VersionMismatch,
             EngineError::InvalidChange { .. } => ErrorCode::InvalidChange,
             EngineError::TableNotSaved(_) => ErrorCode::TableNotSaved,

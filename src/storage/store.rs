@@ -105,6 +105,12 @@ impl UnitStore {
         self.unit
     }
 
+    /// Longest a call's statements, and then its `COMMIT`, may take: a
+    /// transaction that began is over at most twice this later.
+    pub fn statement_timeout(&self) -> Duration {
+        self.statement_timeout
+    }
+
     /// Stops (or allows again) every transaction that changes orders or
     /// key records; one that started before goes on to its end.
     pub fn fence_writes(&self, on: bool) {

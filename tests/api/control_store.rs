@@ -197,7 +197,14 @@ async fn two_processes_share_the_routing_table_through_the_control_store() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    tokio::time::sleep(Duration::from_millis(1_500)).await; // in flight: done
+    // Both processes took the disable in, and their writes to it are over.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for e in [&a, &b] {
+        while unit_of(&e.units(&client).await, 4)["writes_fenced"] != true {
+            assert!(Instant::now() < deadline, "unit 4 never fenced");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let copy = unique_db("cs_unit4_copy");
     copy_database(units_server.port(), &dbs[3], units_server.port(), &copy);
     let before = orders_at(&units_server.url(&copy)).await.len();

@@ -33,7 +33,8 @@ impl Engine {
         let config = dir.join(format!("{name}.toml"));
         let toml = format!(
             "[server]\nhost = \"127.0.0.1\"\nport = {port}\n\
-             [storage]\nmax_connections = 4\n\
+             request_timeout_ms = 2000\n\
+             [storage]\nmax_connections = 4\nstatement_timeout_ms = 1000\n\
              [admin]\nport = {admin}\ntoken = \"{TOKEN}\"\n{extra}\n\
              [log]\nlevel = \"info,sqlx=warn\"\n{rest}"
         );

@@ -109,6 +109,7 @@ async fn a_unit_moves_to_a_copy_of_its_database_under_load() {
     ];
     let mut settings = settings_for(&units, "");
     settings.server.request_timeout_ms = 2_000;
+    settings.storage.statement_timeout_ms = 1_000;
     let dir = tempfile::tempdir().unwrap();
     // A move is kept, or a restart would go back to the old database.
     settings.admin.state_file = Some(dir.path().join("routing.json").display().to_string());
@@ -130,8 +131,12 @@ async fn a_unit_moves_to_a_copy_of_its_database_under_load() {
     };
     let r = send(json!({"mode": "disabled"})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    // Calls in flight finish (at most the request timeout); then the copy.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Once the unit's database takes no more writes, the copy.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app.unit_status(UNIT).await["writes_fenced"] != true {
+        assert!(Instant::now() < deadline, "unit {UNIT} never fenced");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     copy_database(old_server.port(), &db, new_server.port(), &db);
     let copied = orders_at(&new_url).await;
     let max_copied = copied.iter().map(|o| o.1).max().expect("unit 2 had orders");

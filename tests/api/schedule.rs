@@ -96,8 +96,7 @@ enum LiveChange {
 }
 
 const ADMIN_TOKEN: &str = "sched-t0ken";
-/// The engines' `server.request_timeout_ms` (a disabled unit's writes are
-/// fenced that long after the change).
+/// The engines' `server.request_timeout_ms`.
 const REQUEST_TIMEOUT_MS: u64 = 3_000;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -504,12 +503,29 @@ async fn apply(
     }
 }
 
-/// An admin call to engine `engine`; an engine that is down or restarting
-/// misses it (as an operator's call would).
+/// Whether engine `engine` says unit `u`'s database takes no more writes.
+async fn writes_fenced(world: &World, engine: usize, u: u16) -> bool {
+    let url = format!("http://127.0.0.1:{}/admin/units", world.admin_ports[engine]);
+    let Ok(r) = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(ADMIN_TOKEN)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    else {
+        return false;
+    };
+    let status: Value = r.json().await.unwrap_or(Value::Null);
+    status["units"].as_array().is_some_and(|us| {
+        us.iter()
+            .any(|x| x["id"] == u && x["writes_fenced"] == true)
+    })
+}
+
 /// Moves unit `u` to a copy of its database on the same server, as an
 /// operator does: disabled through both processes, the copy taken once
-/// their writes to it are fenced (the request timeout after the change),
-/// then moved and opened through both.
+/// both say its database takes no more writes, then moved and opened
+/// through both.
 async fn move_unit(world: &World, u: u16) {
     let path = format!("/admin/units/{u}");
     let mut disabled = true;
@@ -524,7 +540,20 @@ async fn move_unit(world: &World, u: u16) {
         }
         return;
     }
-    tokio::time::sleep(Duration::from_millis(REQUEST_TIMEOUT_MS + 500)).await;
+    // Once both processes say the unit's database takes no more writes.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for k in 0..2 {
+        while !writes_fenced(world, k, u).await {
+            if Instant::now() > deadline {
+                // Not fenced in time (an engine restarted meanwhile): no move.
+                for k in 0..2 {
+                    admin(world, k, Method::PATCH, &path, &json!({"mode": "open"})).await;
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let (old, new) = (world.db(u), mariadb::unique_db(&format!("sched{u}moved")));
     let port = world.server_ports[usize::from(u) - 1];
     let copy = (old, new.clone());

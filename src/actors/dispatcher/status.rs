@@ -47,6 +47,11 @@ pub struct UnitStatus {
     pub running: bool,
     /// Why it does not run (the last try), while it does not.
     pub start_error: Option<String>,
+    /// The unit is disabled and this process can no longer change its
+    /// database (`server.request_timeout_ms` after the change, plus two
+    /// statement timeouts for transactions that had begun): once every
+    /// process says so, the database may be copied to move the unit.
+    pub writes_fenced: bool,
     pub restarts: u64,
     /// Whether the unit is in the key ring: a home of idempotency keys,
     /// whose records creates of those keys write and read.
@@ -211,6 +216,9 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard, store: TableStore
                 start_error: h
                     .as_ref()
                     .and_then(|h| h.start_error.lock().expect("not poisoned").clone()),
+                writes_fenced: h
+                    .as_ref()
+                    .is_some_and(|h| h.writes_fenced.load(Ordering::Acquire)),
                 restarts: h.as_ref().map_or(0, |h| h.restarts.load(Ordering::Relaxed)),
                 key_home: routing.ring.units().contains(&u.settings.id),
             }

@@ -211,10 +211,7 @@ impl RoutingTable {
             && matches!(self.keeper, Keeper::Memory)
         {
             counter!(m::ROUTING_CHANGES, "outcome" => "refused").increment(1);
-            return Err(EngineError::InvalidChange {
-                field: Some("primary_url"),
-                message: "a unit moves to another database only where the table is kept (admin.state_file or admin.control_url): after a restart it would go back to the old one".into(),
-            });
+            return Err(EngineError::TableNotKept);
         }
         if let Some(Start::Join(unit) | Start::Repoint(unit)) = &wanted
             && self.keeper.is_shared()

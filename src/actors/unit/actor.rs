@@ -179,8 +179,12 @@ impl Supervised for UnitActor {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         tracing::warn!(unit = self.store.unit(), "unit actor restarting");
         if self.fence.take().is_some() {
-            // A restart drops the waiting fence: put it up now instead.
+            // A restart drops the waiting fence: put it up now instead (the
+            // restart ended every transaction this actor had begun).
             self.store.fence_writes(true);
+            if let Some(h) = &self.health {
+                h.writes_fenced.store(true, Ordering::Release);
+            }
         }
         if let Some(h) = &self.health {
             h.restarts.fetch_add(1, Ordering::Relaxed);

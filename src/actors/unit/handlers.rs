@@ -2,6 +2,8 @@
 //! refunds queue for a batch (`batching.rs`); the rest run alone, as
 //! `ResponseFuture`s that clone the store in.
 
+use std::sync::atomic::Ordering;
+
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
@@ -222,17 +224,30 @@ impl Handler<FenceWrites> for UnitActor {
             ctx.cancel_future(waiting);
         }
         let unit = self.store.unit();
+        let fenced = |act: &Self, on: bool| {
+            if let Some(h) = &act.health {
+                h.writes_fenced.store(on, Ordering::Release);
+            }
+        };
         if !msg.on {
             self.store.fence_writes(false);
+            fenced(self, false);
             return;
         }
-        self.fence = Some(ctx.run_later(msg.after, move |act, _| {
-            act.fence = None;
+        // No new write transaction after `after`; the ones that began
+        // before are over (committed, failed or timed out) two statement
+        // timeouts later, and only then is the database said to be fenced.
+        let drained = self.store.statement_timeout() * 2;
+        self.fence = Some(ctx.run_later(msg.after, move |act, ctx| {
             act.store.fence_writes(true);
-            tracing::info!(
-                unit,
-                "unit disabled: its database takes no more writes from this process"
-            );
+            act.fence = Some(ctx.run_later(drained, move |act, _| {
+                act.fence = None;
+                fenced(act, true);
+                tracing::info!(
+                    unit,
+                    "unit disabled: its database takes no more writes from this process"
+                );
+            }));
         }));
     }
 }
