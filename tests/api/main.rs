@@ -14,6 +14,7 @@ mod openapi_fuzz;
 mod panic_mode;
 mod process;
 mod proxy;
+mod replication;
 mod repoint;
 mod retry;
 mod routing_table;

@@ -49,6 +49,8 @@ pub struct MariaDb {
     port: u16,
     child: Option<Child>,
     durable: bool,
+    /// Server options after the harness's own (a later one wins).
+    extra: Vec<String>,
 }
 
 impl MariaDb {
@@ -64,7 +66,17 @@ impl MariaDb {
         Self::start_in("orderengine-mariadb-", durable)
     }
 
+    /// A durable server started with `extra` options as well (replication:
+    /// `--log-bin`, `--server-id`, semi-sync ...).
+    pub fn start_with_options(extra: &[&str]) -> Self {
+        Self::start_in_with("orderengine-mariadb-", true, extra)
+    }
+
     fn start_in(prefix: &str, durable: bool) -> Self {
+        Self::start_in_with(prefix, durable, &[])
+    }
+
+    fn start_in_with(prefix: &str, durable: bool, extra: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir()
@@ -97,6 +109,7 @@ impl MariaDb {
             port: free_port(),
             child: None,
             durable,
+            extra: extra.iter().map(|o| (*o).to_owned()).collect(),
         };
         server.launch();
         server
@@ -129,6 +142,7 @@ impl MariaDb {
                 if self.durable { 1 } else { 0 }
             ))
             .args(run_as_root_args())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log handle")))
             .stderr(Stdio::from(log));
