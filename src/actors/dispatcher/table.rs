@@ -177,7 +177,25 @@ impl RoutingTable {
         edit: impl Fn(&Routing) -> Edit,
     ) -> Result<SharedRouting, EngineError> {
         let _one_at_a_time = self.changing.lock().await;
+        // Built on the shared table as it is now, not as the last poll saw
+        // it: a change "to" what another process just changed away from is
+        // a change, and If-Match names the shared version.
+        if let Err(e) = self.caught_up().await {
+            counter!(m::ROUTING_CHANGES, "outcome" => "not_saved").increment(1);
+            return Err(e);
+        }
         self.change_held(if_match, who, edit).await
+    }
+
+    /// With a shared store: the store's current table taken in (the caller
+    /// holds the change lock).
+    async fn caught_up(&self) -> Result<(), EngineError> {
+        if !self.keeper.is_shared() {
+            return Ok(());
+        }
+        self.catch_up_held()
+            .await
+            .map_err(EngineError::TableNotSaved)
     }
 
     /// Applies `edit` as [`Self::change`] does, after starting what
@@ -193,11 +211,9 @@ impl RoutingTable {
         edit: impl Fn(&Routing, Option<&UnitRoute>) -> Edit,
     ) -> Result<SharedRouting, EngineError> {
         let _one_at_a_time = self.changing.lock().await;
-        if self.keeper.is_shared()
-            && let Err(e) = self.catch_up_held().await
-        {
+        if let Err(e) = self.caught_up().await {
             counter!(m::ROUTING_CHANGES, "outcome" => "not_saved").increment(1);
-            return Err(EngineError::TableNotSaved(e));
+            return Err(e);
         }
         let old = self.load();
         let wanted = match start(&old).and_then(|s| version_is(&old, if_match).map(|()| s)) {
@@ -263,18 +279,7 @@ impl RoutingTable {
         edit: impl Fn(&Routing) -> Edit,
     ) -> Result<SharedRouting, EngineError> {
         let mut rebuilds = 0;
-        // Built on the shared table as it is now, not as the last poll saw
-        // it: a change "to" what another process just changed away from is
-        // a change, and If-Match names the shared version.
-        let caught_up = if self.keeper.is_shared() {
-            self.catch_up_held().await
-        } else {
-            Ok(())
-        };
         let answer = loop {
-            if let Err(e) = &caught_up {
-                break Err(EngineError::TableNotSaved(e.clone()));
-            }
             let old = self.load();
             let next = match edit(&old).and_then(|next| version_is(&old, if_match).map(|()| next)) {
                 Ok(Some(mut next)) => {
