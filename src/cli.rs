@@ -1,5 +1,5 @@
 //! The operator CLI over the admin API, so that nobody hand-writes JSON for
-//! curl: `order-engine units list|add|set`, `order-engine merchants
+//! curl: `order-engine units list|add|set|failover`, `order-engine merchants
 //! get|set`, `order-engine partitions list|set`. It finds the admin
 //! listener and token in the same config (and `ORDERENGINE__*` overrides)
 //! the engine runs with, or in `--admin-url` and `ORDERENGINE__ADMIN__TOKEN`.
@@ -47,15 +47,33 @@ pub enum Units {
         #[command(flatten)]
         condition: Condition,
     },
-    /// Changes a unit's mode, partition, temperature or weight.
+    /// Changes a unit's mode, partition, temperature or weight, or the
+    /// databases it is on (a new primary only while it is disabled).
     Set {
         id: u16,
         #[arg(long)]
         partition: Option<String>,
+        #[arg(long)]
+        primary_url: Option<String>,
+        #[arg(long, conflicts_with = "no_replica")]
+        replica_url: Option<String>,
+        /// The unit has no replica any more.
+        #[arg(long)]
+        no_replica: bool,
         #[command(flatten)]
         settings: UnitSettingsArgs,
         #[command(flatten)]
         condition: Condition,
+    },
+    /// Promotes the unit's replica (or `--to`) to its primary.
+    Failover {
+        id: u16,
+        /// `planned` (the primary answers) or `emergency` (it is dead).
+        #[arg(long, value_parser = ["planned", "emergency"])]
+        mode: String,
+        /// The replica to promote (default: the unit's replica_url).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -229,6 +247,9 @@ fn command_parts(command: &Command) -> Parts {
         Command::Units(Units::Set {
             id,
             partition,
+            primary_url,
+            replica_url,
+            no_replica,
             settings,
             condition,
         }) => {
@@ -236,11 +257,33 @@ fn command_parts(command: &Command) -> Parts {
             if let Some(p) = partition {
                 body.insert("partition".into(), json!(p));
             }
+            if let Some(p) = primary_url {
+                body.insert("primary_url".into(), json!(p));
+            }
+            if let Some(r) = replica_url {
+                body.insert("replica_url".into(), json!(r));
+            }
+            if *no_replica {
+                body.insert("replica_url".into(), Value::Null);
+            }
             Parts {
                 method: "PATCH",
                 path: format!("/admin/units/{id}"),
                 body: Some(Value::Object(body)),
                 if_match: condition.if_match,
+            }
+        }
+        Command::Units(Units::Failover { id, mode, to }) => {
+            let mut body = Map::new();
+            body.insert("mode".into(), json!(mode));
+            if let Some(t) = to {
+                body.insert("to".into(), json!(t));
+            }
+            Parts {
+                method: "POST",
+                path: format!("/admin/units/{id}/failover"),
+                body: Some(Value::Object(body)),
+                if_match: None,
             }
         }
         Command::Merchants(Merchants::Get { merchant_id }) => {

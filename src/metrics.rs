@@ -49,6 +49,21 @@ pub const UNIT_RUNNING: &str = "orderengine_unit_running";
 pub const PANIC_MODE: &str = "orderengine_partition_panic_mode";
 pub const PROBER_SUSPECTED: &str = "orderengine_prober_suspected";
 pub const BUILD_INFO: &str = "orderengine_build_info";
+pub const REPLICAS: &str = "orderengine_unit_replicas";
+pub const REPLICA_UP: &str = "orderengine_unit_replica_up";
+pub const REPLICA_LAG: &str = "orderengine_unit_replica_lag_seconds";
+pub const EVENTUAL_READS: &str = "orderengine_eventual_reads_total";
+pub const FAILOVERS: &str = "orderengine_unit_failovers_total";
+pub const FAILOVER_STEPS: &str = "orderengine_unit_failover_steps_total";
+
+/// `step` label values of failovers, in the order they run.
+pub const FAILOVER_STEP_NAMES: [&str; 5] = [
+    "fence_writes",
+    "fence_old_primary",
+    "catch_up",
+    "promote",
+    "repoint",
+];
 
 /// `outcome` label values of routing table changes.
 pub const CHANGE_OUTCOMES: [&str; 5] = ["applied", "unchanged", "refused", "conflict", "not_saved"];
@@ -114,6 +129,35 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
+    describe_gauge!(
+        REPLICAS,
+        Unit::Count,
+        "Replicas the unit's table entry names (0 or 1)."
+    );
+    describe_gauge!(
+        REPLICA_UP,
+        "1 while the unit's replica answers and holds this unit's database, by unit (units with a replica)."
+    );
+    describe_gauge!(
+        REPLICA_LAG,
+        Unit::Seconds,
+        "How far the unit's replica is behind its primary, from the probes' heartbeats (units with a replica)."
+    );
+    describe_counter!(
+        EVENTUAL_READS,
+        Unit::Count,
+        "Eventual reads of units with a replica, by unit and the copy that served them (replica, primary)."
+    );
+    describe_counter!(
+        FAILOVERS,
+        Unit::Count,
+        "Failovers of a unit's primary to its replica, by unit, mode (planned, emergency) and outcome."
+    );
+    describe_counter!(
+        FAILOVER_STEPS,
+        Unit::Count,
+        "Failover steps completed, by unit and step."
+    );
     describe_histogram!(
         CREATE_BATCH_SIZE,
         Unit::Count,
@@ -340,7 +384,39 @@ pub fn init_unit(unit: u16, max_connections: u32) {
     gauge!(POOL_WAITING, "unit" => u.clone()).set(0.0);
     counter!(UNIT_RESTARTS, "unit" => u.clone()).absolute(0);
     counter!(UNIT_PANICS, "unit" => u.clone()).absolute(0);
-    gauge!(OUTBOX_BACKLOG, "unit" => u).set(0.0);
+    gauge!(OUTBOX_BACKLOG, "unit" => u.clone()).set(0.0);
+    for served_by in ["replica", "primary"] {
+        counter!(EVENTUAL_READS, "unit" => u.clone(), "served_by" => served_by).absolute(0);
+    }
+    for mode in ["planned", "emergency"] {
+        for outcome in ["ok", "failed"] {
+            counter!(FAILOVERS, "unit" => u.clone(), "mode" => mode, "outcome" => outcome)
+                .absolute(0);
+        }
+    }
+    for step in FAILOVER_STEP_NAMES {
+        counter!(FAILOVER_STEPS, "unit" => u.clone(), "step" => step).absolute(0);
+    }
+}
+
+/// How many replicas the unit has now (0 or 1); a unit with none exports
+/// no replica lag.
+pub fn set_replicas(unit: u16, replicas: usize) {
+    gauge!(REPLICAS, "unit" => unit.to_string()).set(replicas as f64);
+}
+
+/// Publishes a replica check: reachable (and its lag) or not.
+pub fn record_replica(unit: u16, health: &crate::storage::ReplicaHealth) {
+    use crate::storage::ReplicaHealth;
+    let u = unit.to_string();
+    match health {
+        ReplicaHealth::Unknown => {}
+        ReplicaHealth::Reachable { lag_ms } => {
+            gauge!(REPLICA_UP, "unit" => u.clone()).set(1.0);
+            gauge!(REPLICA_LAG, "unit" => u).set(*lag_ms as f64 / 1000.0);
+        }
+        ReplicaHealth::Unreachable { .. } => gauge!(REPLICA_UP, "unit" => u).set(0.0),
+    }
 }
 
 pub fn init_partition(partition: &str) {

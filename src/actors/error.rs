@@ -41,6 +41,14 @@ pub enum EngineError {
     TableNotSaved(String),
     #[error("the unit could not be started, so it did not join the table: {0}")]
     UnitNotStarted(String),
+    #[error("unit {unit} cannot fail over: {message}")]
+    NoReplica { unit: u16, message: String },
+    #[error("unit {unit}: failover step {step} failed: {message}")]
+    FailoverFailed {
+        unit: u16,
+        step: &'static str,
+        message: String,
+    },
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -35,9 +35,41 @@ pub struct UnitHealth {
     /// The unit is disabled, and no transaction of this process can change
     /// its database any more (it may be copied).
     pub writes_fenced: AtomicBool,
+    /// The running store's replica measurement and commit position (set by
+    /// the unit actor; replaced when the unit moves to another database).
+    pub replication: arc_swap::ArcSwapOption<crate::storage::Replication>,
+    /// The unit's last failover in this process.
+    failover: std::sync::Mutex<Option<FailoverRecord>>,
+}
+
+/// A failover this process ran, as `GET /admin/units` shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct FailoverRecord {
+    /// `planned` or `emergency`.
+    pub mode: &'static str,
+    pub at_ms: i64,
+    /// Password masked.
+    pub old_primary_url: String,
+    /// `false` while a dead old primary waits to be fenced when it answers.
+    pub old_primary_fenced: bool,
 }
 
 impl UnitHealth {
+    pub fn set_failover(&self, record: FailoverRecord) {
+        *self.failover.lock().expect("failover lock") = Some(record);
+    }
+
+    /// The old primary of the last failover is fenced now.
+    pub fn old_primary_fenced(&self) {
+        if let Some(r) = self.failover.lock().expect("failover lock").as_mut() {
+            r.old_primary_fenced = true;
+        }
+    }
+
+    pub fn last_failover(&self) -> Option<FailoverRecord> {
+        self.failover.lock().expect("failover lock").clone()
+    }
+
     /// Counts a successful live call (folded in by the supervisor).
     pub fn count_success(&self, latency_us: u64) {
         self.live_ok.fetch_add(1, Ordering::Relaxed);

@@ -25,7 +25,7 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 
 use super::health::{HealthBoard, UnitHealth};
-use super::unit::{Probe, UnitActor};
+use super::unit::{CheckReplica, Probe, UnitActor};
 use crate::config::{PartitionSettings, SupervisorSettings, UnitMode};
 use crate::domain::circuit::{CircuitBreaker, CircuitState};
 use crate::metrics as m;
@@ -122,6 +122,12 @@ impl Supervisor {
 
     fn probe_round(&mut self, ctx: &mut Context<Self>) {
         self.publish();
+        // Replicas are measured whatever the primary's state (with the
+        // primary down, eventual reads rely on them); a unit runs one check
+        // at a time, and none of it holds up the probes.
+        for w in self.units.values() {
+            w.addr.do_send(CheckReplica);
+        }
         if self.round_in_flight {
             return; // the last round has not finished: never pile probes up
         }

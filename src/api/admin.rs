@@ -6,13 +6,15 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::auth::Authorized;
-use super::dto::{AddUnitRequest, MerchantRequest, PartitionRequest, UnitPatchRequest};
+use super::dto::{
+    AddUnitRequest, FailoverRequest, MerchantRequest, PartitionRequest, UnitPatchRequest,
+};
 use super::error::{ApiError, ErrorResponse};
 use super::extract::{IfMatch, JsonBody};
 use super::state::AppState;
 use crate::actors::dispatcher::{
-    AddUnit, AdminStatus, EngineStatus, GetMerchant, ListPartitions, MerchantRoute, PartitionTable,
-    PatchUnit, SetMerchant, SetPartition, UnitChanged,
+    AddUnit, AdminStatus, EngineStatus, Failover, FailoverReport, GetMerchant, ListPartitions,
+    MerchantRoute, PartitionTable, PatchUnit, SetMerchant, SetPartition, UnitChanged,
 };
 use crate::domain::order_id::MAX_UNIT;
 use crate::domain::values::MerchantId;
@@ -67,11 +69,7 @@ pub async fn patch_unit(
     body: JsonBody<UnitPatchRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let patch = body.0.into_patch()?;
-    let unit = id
-        .parse::<u16>()
-        .ok()
-        .filter(|u| *u <= MAX_UNIT && !id.starts_with('+'))
-        .ok_or_else(|| ApiError::validation("id", format!("a unit id is 0 to {MAX_UNIT}")))?;
+    let unit = unit_id(&id)?;
     let answer = state
         .tell(PatchUnit {
             unit,
@@ -122,6 +120,57 @@ pub async fn add_unit(
     Ok(HttpResponse::Created()
         .insert_header((header::ETAG, format!("\"{}\"", answer.version)))
         .json(answer))
+}
+
+fn unit_id(id: &str) -> Result<u16, ApiError> {
+    id.parse::<u16>()
+        .ok()
+        .filter(|u| *u <= MAX_UNIT && !id.starts_with('+'))
+        .ok_or_else(|| ApiError::validation("id", format!("a unit id is 0 to {MAX_UNIT}")))
+}
+
+/// Promotes the unit's replica to its primary. `planned` (the primary
+/// answers): the primary is fenced (no write from any engine process can
+/// commit there any more), the replica applies everything it committed,
+/// is promoted, and the unit is repointed at it. `emergency` (the primary
+/// is dead): the replica applies what it received (with semi-synchronous
+/// replication, every acknowledged commit), is promoted and the unit
+/// repointed; the old primary is fenced as soon as it answers. The unit's
+/// calls answer `503` with `Retry-After` while it switches; other units are
+/// not touched. The unit then runs without a replica until one is set with
+/// `PATCH`. Every step is logged and counted; the answer lists them.
+#[utoipa::path(
+    post, path = "/admin/units/{id}/failover", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = u16, Path)),
+    request_body = FailoverRequest,
+    responses(
+        (status = 200, body = FailoverReport),
+        (status = 400, description = "`validation_failed` (a malformed body, id or URL) or `invalid_change` (`to` names the primary itself, or a server that does not hold this unit's database)", body = ErrorResponse),
+        (status = 401, description = "`unauthorized`", body = ErrorResponse),
+        (status = 404, description = "`unit_not_found`", body = ErrorResponse),
+        (status = 409, description = "`no_replica` (nothing to promote) or `table_not_kept` (no state file or control store would keep the new primary)", body = ErrorResponse),
+        (status = 503, description = "`failover_failed`: a step failed (the message names it)", body = ErrorResponse),
+    )
+)]
+pub async fn failover_unit(
+    _: Authorized,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: JsonBody<FailoverRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let (mode, to) = body.0.into_parts()?;
+    let unit = unit_id(&id)?;
+    let report = state
+        .tell(Failover {
+            unit,
+            mode,
+            to,
+            who: who(&req),
+        })
+        .await??;
+    Ok(changed(report.version, &report))
 }
 
 /// The caller, for the change log.

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+use crate::actors::dispatcher::FailoverMode;
 use crate::config::{MAX_WEIGHT, Temperature, UnitEntry, UnitMode, UnitPatch, check_db_url};
 use crate::domain::order_id::MAX_UNIT;
 use crate::domain::values::{
@@ -87,6 +88,28 @@ impl UnitPatchRequest {
             primary_url: self.primary_url,
             replica_url: self.replica_url,
         })
+    }
+}
+
+/// `POST /admin/units/{id}/failover`.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRequest {
+    /// `planned`: the primary answers (it is fenced, the replica catches
+    /// up with it exactly); `emergency`: the primary is dead (the replica
+    /// applies what it received; the old primary is fenced once it answers).
+    pub mode: FailoverMode,
+    /// The replica to promote; default: the unit's `replica_url`.
+    #[schema(example = "mysql://orders:secret@10.0.0.7:3306/orderengine_unit_2")]
+    pub to: Option<String>,
+}
+
+impl FailoverRequest {
+    pub fn into_parts(self) -> Result<(FailoverMode, Option<String>), ApiError> {
+        if let Some(url) = &self.to {
+            check_db_url(url).map_err(|m| ApiError::validation("to", m))?;
+        }
+        Ok((self.mode, self.to))
     }
 }
 

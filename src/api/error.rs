@@ -78,6 +78,8 @@ error_codes! {
         "`PATCH /admin/units/{id}` names another database for a unit that is not `disabled` (disable it first)";
     TableNotKept = "table_not_kept", 409,
         "`PATCH /admin/units/{id}` names another database, but this engine keeps no routing table (no `admin.state_file` or `admin.control_url`): a restart would go back to the old one";
+    NoReplica = "no_replica", 409,
+        "`POST /admin/units/{id}/failover` for a unit with no replica to promote (no `replica_url` and no `to`, or an embedded SQLite unit)";
     InvalidTransition = "invalid_transition", 409,
         "e.g. pay a closed order, close a paid one, pay again with another ref";
     AmountMismatch = "amount_mismatch", 409, "the payment amount is not the order amount";
@@ -97,6 +99,8 @@ error_codes! {
         "an admin change could not be written where the routing table is kept (the state file, or the control store when it is unreachable); nothing changed, unless the message says the store did not confirm it (with `Retry-After`)";
     UnitNotStarted = "unit_not_started", 503,
         "`POST /admin/units`, or a `PATCH` moving a unit: the unit's (new) database could not be opened, created or migrated in time; nothing changed (with `Retry-After`)";
+    FailoverFailed = "failover_failed", 503,
+        "a failover step failed (the message names it). Before the promotion the unit goes on on its old primary; after it, the unit stays unavailable until the call is repeated (with `Retry-After`)";
 }
 
 impl ErrorCode {
@@ -229,6 +233,8 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidChange { .. } => ErrorCode::InvalidChange,
             EngineError::TableNotSaved(_) => ErrorCode::TableNotSaved,
             EngineError::UnitNotStarted(_) => ErrorCode::UnitNotStarted,
+            EngineError::NoReplica { .. } => ErrorCode::NoReplica,
+            EngineError::FailoverFailed { .. } => ErrorCode::FailoverFailed,
             EngineError::Internal(_) => ErrorCode::Internal,
         };
         if code == ErrorCode::Internal {

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ErrorCode};
 use crate::domain::OrderId;
+use crate::domain::replication::ConsistencyToken;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -145,6 +146,39 @@ impl FromRequest for OrderIdPath {
         ready(OrderId::parse(raw).map(OrderIdPath).map_err(|e| {
             ApiError::new(ErrorCode::InvalidOrderId, format!("invalid order id: {e}"))
         }))
+    }
+}
+
+/// The header a write's consistency token travels in, both ways.
+pub static CONSISTENCY_TOKEN: header::HeaderName =
+    header::HeaderName::from_static("x-consistency-token");
+
+/// The optional `X-Consistency-Token` of a read (read-your-writes): a token
+/// a write answered (empty: none). Anything else is `400 validation_failed`.
+pub struct TokenHeader(pub Option<ConsistencyToken>);
+
+impl FromRequest for TokenHeader {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let parsed = match req.headers().get(&CONSISTENCY_TOKEN) {
+            // An empty header is no token (as a proxy may leave it).
+            None => Ok(TokenHeader(None)),
+            Some(v) if v.as_bytes().trim_ascii().is_empty() => Ok(TokenHeader(None)),
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(ConsistencyToken::decode)
+                .map(|t| TokenHeader(Some(t)))
+                .ok_or_else(|| {
+                    ApiError::validation(
+                        "X-Consistency-Token",
+                        "X-Consistency-Token must be a token a write answered",
+                    )
+                }),
+        };
+        ready(parsed)
     }
 }
 
@@ -291,5 +325,29 @@ mod tests {
             parse_json::<CloseRequest>(br#"{"x":1}"#).unwrap_err().code,
             ErrorCode::ValidationFailed
         );
+    }
+
+    #[test]
+    fn a_consistency_token_is_one_a_write_answered_or_none() {
+        let token = |v: Option<&str>| {
+            let mut req = actix_web::test::TestRequest::get();
+            if let Some(v) = v {
+                req = req.insert_header(("x-consistency-token", v));
+            }
+            let req = req.to_http_request();
+            TokenHeader::from_request(&req, &mut Payload::None)
+                .into_inner()
+                .map(|t| t.0)
+        };
+        assert_eq!(token(None).unwrap(), None);
+        assert_eq!(token(Some("")).unwrap(), None, "empty: no token");
+        let t = token(Some("3:0-1-42")).unwrap().unwrap();
+        assert_eq!(t.encode(), "3:0-1-42");
+        for bad in ["3", "x:0-1-1", "3:0-1"] {
+            let e = token(Some(bad)).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("X-Consistency-Token"), "{bad}");
+        }
+        // The longest numbers the OpenAPI pattern admits are read.
+        assert!(token(Some("9999:999999999-999999999-999999999999999999,1-2-3")).is_ok());
     }
 }

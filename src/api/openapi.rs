@@ -19,17 +19,19 @@ use super::auth::Authorized;
 use super::state::AppState;
 
 use super::dto::{
-    AddUnitRequest, CloseRequest, CreateOrderRequest, MerchantRequest, OrderBody, OrderStatusBody,
-    PartitionRequest, PayRequest, RefundBody, RefundList, RefundRequest, RefundResponse,
-    UnitPatchRequest, UserOrdersPage,
+    AddUnitRequest, CloseRequest, CreateOrderRequest, FailoverRequest, MerchantRequest, OrderBody,
+    OrderStatusBody, PartitionRequest, PayRequest, RefundBody, RefundList, RefundRequest,
+    RefundResponse, UnitPatchRequest, UserOrdersPage,
 };
 use super::error::{ApiError, ErrorCode, ErrorDetail, ErrorResponse, RETRY_AFTER_SECS};
 use super::orders::ConsistencyParam;
 use super::{admin, health, orders};
 use crate::actors::dispatcher::{
-    EngineStatus, ListPartitions, MerchantRoute, PartitionEntry, PartitionReadiness,
-    PartitionStatus, PartitionTable, Readiness, TableStore, UnitChanged, UnitStatus,
+    EngineStatus, FailoverMode, FailoverReport, ListPartitions, MerchantRoute, PartitionEntry,
+    PartitionReadiness, PartitionStatus, PartitionTable, Readiness, ReplicaStatus, StepTook,
+    TableStore, UnitChanged, UnitStatus,
 };
+use crate::actors::health::FailoverRecord;
 use crate::config::{NO_SPILL_INTO, Temperature, UnitMode};
 use crate::domain::order_id::{MAX_UNIT, ORDER_ID_LEN};
 use crate::domain::values::{IDENTIFIER_PATTERN, MAX_IDENTIFIER_LEN};
@@ -88,6 +90,7 @@ struct PublicDoc;
         admin::list_units,
         admin::add_unit,
         admin::patch_unit,
+        admin::failover_unit,
         admin::get_merchant,
         admin::put_merchant,
         admin::list_partitions,
@@ -112,6 +115,12 @@ struct PublicDoc;
         TableStore,
         UnitMode,
         Temperature,
+        FailoverRequest,
+        FailoverReport,
+        FailoverMode,
+        StepTook,
+        ReplicaStatus,
+        FailoverRecord,
     ))
 )]
 struct AdminDoc;
@@ -207,6 +216,11 @@ pub fn admin() -> &'static Value {
 /// leading zero), bare or quoted, optionally weak (`W/`).
 pub const IF_MATCH_PATTERN: &str = r#"^(W/)?("[1-9][0-9]{0,17}"|[1-9][0-9]{0,17})$"#;
 /// A user-list cursor: what `next_cursor` holds (opaque to callers).
+/// A consistency token (`domain::replication::ConsistencyToken`): a unit,
+/// then a MariaDB position (GTIDs `domain-server-seq`), possibly empty.
+/// Empty is no token.
+pub const TOKEN_PATTERN: &str =
+    r"^([0-9]{1,4}:([0-9]{1,9}-[0-9]{1,9}-[0-9]{1,18}(,[0-9]{1,9}-[0-9]{1,9}-[0-9]{1,18})*)?)?$";
 pub const CURSOR_PATTERN: &str = r"^[0-9a-f]{1,15}\.[0-9]{28}$";
 
 /// The schema of a parameter, by name: every route that has one shares it.
@@ -232,6 +246,13 @@ fn parameter_schema(name: &str) -> Option<(Value, &'static str)> {
             "The version the caller saw (an order's `ETag`; on the admin API, the routing \
              table's `version`): the change is made only if it is still current, else \
              `412 version_mismatch`.",
+        ),
+        "X-Consistency-Token" => (
+            json!({"type": "string", "pattern": TOKEN_PATTERN}),
+            "A consistency token a write answered (opaque). With `consistency=eventual` the \
+             read is served by a replica only once it has applied that write, otherwise by \
+             the primary; a token of another unit, or an empty value, asks nothing of this \
+             read. Any other value is `400 validation_failed`.",
         ),
         "id" => (
             json!({"type": "integer", "minimum": 0, "maximum": MAX_UNIT}),

@@ -13,11 +13,12 @@ use super::dto::{
     RefundResponse, UserOrdersPage,
 };
 use super::error::{ApiError, ErrorResponse, UnitTag};
-use super::extract::{IfMatch, JsonBody, OrderIdPath};
+use super::extract::{CONSISTENCY_TOKEN, IfMatch, JsonBody, OrderIdPath, TokenHeader};
 use super::state::AppState;
 use crate::actors::dispatcher::{
-    Close, Create, Get, ListRefunds, ListUserOrders, LookupByKey, Pay, Refund,
+    Close, Create, Get, ListRefunds, ListUserOrders, LookupByKey, Pay, Refund, Written,
 };
+use crate::domain::replication::ConsistencyToken;
 use crate::domain::values::{MerchantId, OutTradeNo, UserId};
 use crate::domain::{Consistency, Order, UserCursor};
 
@@ -29,6 +30,14 @@ fn order_response(status: StatusCode, order: Order, sections: Option<&[String]>)
         .json(OrderBody::new(order, sections))
 }
 
+/// Adds a write's consistency token to its reply.
+fn with_token(mut res: HttpResponse, token: &ConsistencyToken) -> HttpResponse {
+    let value = header::HeaderValue::from_str(&token.encode())
+        .expect("a token is digits, ':', '-' and ','");
+    res.headers_mut().insert(CONSISTENCY_TOKEN.clone(), value);
+    res
+}
+
 /// Create an order in a trading unit chosen for it.
 #[utoipa::path(
     post, path = "/v1/orders", tag = "orders",
@@ -37,9 +46,10 @@ fn order_response(status: StatusCode, order: Order, sections: Option<&[String]>)
         (status = 201, description = "Created", body = OrderBody, headers(
             ("Location" = String, description = "`/v1/orders/{order_id}`"),
             ("ETag" = String, description = "The order's version, quoted"),
+            ("X-Consistency-Token" = String, description = "The write's consistency token: present it on an eventual read to see this write"),
         )),
         (status = 200, description = "An identical request created this order before", body = OrderBody,
-            headers(("ETag" = String, description = "The order's version, quoted"))),
+            headers(("ETag" = String, description = "The order's version, quoted"), ("X-Consistency-Token" = String, description = "The write's consistency token: present it on an eventual read to see this write"))),
         (status = 400, description = "`validation_failed` or `malformed_json`", body = ErrorResponse),
         (status = 409, description = "`idempotency_conflict`: same key, different body", body = ErrorResponse),
         (status = 413, description = "`payload_too_large`", body = ErrorResponse),
@@ -51,13 +61,20 @@ pub async fn create_order(
     body: JsonBody<CreateOrderRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.0.into_domain()?;
-    let created = state.ask(Create { request }).await?;
+    let Written {
+        value: created,
+        token,
+    } = state.ask(Create { request }).await?;
     if created.replayed {
-        return Ok(order_response(StatusCode::OK, created.order, None));
+        let res = order_response(StatusCode::OK, created.order, None);
+        return Ok(with_token(res, &token));
     }
     let location = ["/v1/orders/", &created.order.id.text()].concat();
     let unit = created.order.id.unit();
-    let mut res = order_response(StatusCode::CREATED, created.order, None);
+    let mut res = with_token(
+        order_response(StatusCode::CREATED, created.order, None),
+        &token,
+    );
     res.extensions_mut().insert(UnitTag(unit));
     res.headers_mut().insert(
         header::LOCATION,
@@ -68,8 +85,11 @@ pub async fn create_order(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct GetOrderQuery {
-    /// `strong` (default) reads the primary; `eventual` may read a replica.
+    /// `strong` (default) reads the primary; `eventual` may read a replica
+    /// (one at most `storage.replica_max_lag_ms` behind, or, with
+    /// `X-Consistency-Token`, one that has applied that write).
     pub consistency: Option<ConsistencyParam>,
     /// Comma-separated section names; empty leaves `sections` out.
     pub sections: Option<String>,
@@ -85,7 +105,7 @@ pub enum ConsistencyParam {
 /// Read an order.
 #[utoipa::path(
     get, path = "/v1/orders/{order_id}", tag = "orders",
-    params(("order_id" = String, Path), GetOrderQuery),
+    params(("order_id" = String, Path), GetOrderQuery, ("X-Consistency-Token" = Option<String>, Header)),
     responses(
         (status = 200, body = OrderBody, headers(("ETag" = String, description = "The order's version, quoted"))),
         (status = 400, description = "`invalid_order_id` or `validation_failed`", body = ErrorResponse),
@@ -97,6 +117,7 @@ pub async fn get_order(
     state: web::Data<AppState>,
     id: OrderIdPath,
     query: web::Query<GetOrderQuery>,
+    token: TokenHeader,
 ) -> Result<HttpResponse, ApiError> {
     let consistency = match query.consistency {
         Some(ConsistencyParam::Eventual) => Consistency::Eventual,
@@ -106,6 +127,7 @@ pub async fn get_order(
         .ask(Get {
             id: id.0,
             consistency,
+            token: token.0,
         })
         .await?;
     let names: Option<Vec<String>> = query.sections.as_ref().map(|s| {
@@ -124,7 +146,7 @@ pub async fn get_order(
     params(("order_id" = String, Path), ("If-Match" = Option<String>, Header)),
     request_body = PayRequest,
     responses(
-        (status = 200, body = OrderBody, headers(("ETag" = String, description = "The order's version, quoted"))),
+        (status = 200, body = OrderBody, headers(("ETag" = String, description = "The order's version, quoted"), ("X-Consistency-Token" = String, description = "The write's consistency token: present it on an eventual read to see this write"))),
         (status = 400, description = "`invalid_order_id`, `validation_failed` or `malformed_json`", body = ErrorResponse),
         (status = 404, description = "`order_not_found`", body = ErrorResponse),
         (status = 409, description = "`invalid_transition` or `amount_mismatch`", body = ErrorResponse),
@@ -148,7 +170,10 @@ pub async fn pay_order(
             expected_version: if_match.0,
         })
         .await?;
-    Ok(order_response(StatusCode::OK, paid.order, None))
+    Ok(with_token(
+        order_response(StatusCode::OK, paid.value.order, None),
+        &paid.token,
+    ))
 }
 
 /// Close an unpaid order (`created -> closed`). Closing a closed order is a no-op.
@@ -157,7 +182,7 @@ pub async fn pay_order(
     params(("order_id" = String, Path), ("If-Match" = Option<String>, Header)),
     request_body = CloseRequest,
     responses(
-        (status = 200, body = OrderBody, headers(("ETag" = String, description = "The order's version, quoted"))),
+        (status = 200, body = OrderBody, headers(("ETag" = String, description = "The order's version, quoted"), ("X-Consistency-Token" = String, description = "The write's consistency token: present it on an eventual read to see this write"))),
         (status = 400, description = "`invalid_order_id`, `validation_failed` or `malformed_json`", body = ErrorResponse),
         (status = 404, description = "`order_not_found`", body = ErrorResponse),
         (status = 409, description = "`invalid_transition`", body = ErrorResponse),
@@ -178,7 +203,10 @@ pub async fn close_order(
             expected_version: if_match.0,
         })
         .await?;
-    Ok(order_response(StatusCode::OK, closed.order, None))
+    Ok(with_token(
+        order_response(StatusCode::OK, closed.value.order, None),
+        &closed.token,
+    ))
 }
 
 /// Refund part or all of a paid order. Idempotent by `refund_id`.
@@ -187,8 +215,8 @@ pub async fn close_order(
     params(("order_id" = String, Path), ("If-Match" = Option<String>, Header)),
     request_body = RefundRequest,
     responses(
-        (status = 201, description = "Refunded", body = RefundResponse),
-        (status = 200, description = "This refund_id and body were refunded before", body = RefundResponse),
+        (status = 201, description = "Refunded", body = RefundResponse, headers(("X-Consistency-Token" = String, description = "The write's consistency token: present it on an eventual read to see this write"))),
+        (status = 200, description = "This refund_id and body were refunded before", body = RefundResponse, headers(("X-Consistency-Token" = String, description = "The write's consistency token: present it on an eventual read to see this write"))),
         (status = 400, description = "`invalid_order_id`, `validation_failed` or `malformed_json`", body = ErrorResponse),
         (status = 404, description = "`order_not_found`", body = ErrorResponse),
         (status = 409, description = "`invalid_transition`, `refund_exceeds_paid` or `idempotency_conflict`", body = ErrorResponse),
@@ -210,15 +238,20 @@ pub async fn refund_order(
             expected_version: if_match.0,
         })
         .await?;
+    let Written {
+        value: refunded,
+        token,
+    } = refunded;
     let status = if refunded.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(HttpResponse::build(status).json(RefundResponse {
+    let res = HttpResponse::build(status).json(RefundResponse {
         refund: refunded.refund.into(),
         order: OrderBody::new(refunded.order, None),
-    }))
+    });
+    Ok(with_token(res, &token))
 }
 
 /// The order's refunds, oldest first.
@@ -274,6 +307,7 @@ pub const MAX_PAGE: u32 = 100;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct UserOrdersQuery {
     /// 1-100, default 20.
     #[param(minimum = 1, maximum = 100)]

@@ -62,6 +62,9 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/admin/units/{id}", "PATCH").route(web::patch().to(admin::patch_unit)))
     .service(
+        resource("/admin/units/{id}/failover", "POST").route(web::post().to(admin::failover_unit)),
+    )
+    .service(
         resource("/admin/merchants/{merchant_id}", "GET, PUT")
             .route(web::get().to(admin::get_merchant))
             .route(web::put().to(admin::put_merchant)),

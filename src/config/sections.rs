@@ -56,6 +56,17 @@ pub struct StorageSettings {
     /// `COMMIT` is a definite failure (rolled back); at `COMMIT`, an unknown outcome.
     /// Also how long shutdown waits for a unit's busy connections.
     pub statement_timeout_ms: u64,
+    /// Eventual reads skip a replica measured further behind than this.
+    pub replica_max_lag_ms: u64,
+    /// Budget of an eventual read's replica attempt (and of each replica
+    /// check); the primary, when the read falls back to it, has its own.
+    pub replica_read_timeout_ms: u64,
+    /// How long a read with a consistency token waits for the replica to
+    /// apply the write before going to the primary.
+    pub replica_wait_ms: u64,
+    /// How long a failover waits for the chosen replica to apply what it
+    /// has (emergency) or to catch up with the old primary (planned).
+    pub failover_catch_up_ms: u64,
 }
 
 impl Default for StorageSettings {
@@ -65,6 +76,10 @@ impl Default for StorageSettings {
             acquire_timeout_ms: 2_000,
             connect_timeout_ms: 5_000,
             statement_timeout_ms: 2_000,
+            replica_max_lag_ms: 1_000,
+            replica_read_timeout_ms: 250,
+            replica_wait_ms: 100,
+            failover_catch_up_ms: 30_000,
         }
     }
 }

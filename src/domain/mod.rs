@@ -9,6 +9,7 @@ pub mod key_homes;
 pub mod order;
 pub mod order_id;
 pub mod reads;
+pub mod replication;
 pub mod selection;
 pub mod shapes;
 pub mod values;

@@ -71,11 +71,12 @@ fn is_transient(e: &sqlx::Error) -> bool {
         sqlx::Error::Database(d) => {
             if let Some(my) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
                 // Shutdown in progress, too many connections, lock wait timeout,
-                // deadlock, read-only server, query interrupted, server gone,
+                // deadlock, read-only server, query interrupted, a database
+                // fenced by a failover (a trigger's SIGNAL), server gone,
                 // lost connection, killed connection.
                 matches!(
                     my.number(),
-                    1040 | 1053 | 1205 | 1213 | 1290 | 1317 | 1792 | 1927 | 2006 | 2013
+                    1040 | 1053 | 1205 | 1213 | 1290 | 1317 | 1644 | 1792 | 1927 | 2006 | 2013
                 )
             } else if let Some(lite) = d.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
                 // Primary result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN.

@@ -11,8 +11,10 @@
 //!   `refunds.rs`: refunds; `outbox.rs` and `events.rs`: change events;
 //!   `claims.rs`: the units' records of idempotency keys;
 //!   `sequence.rs`: the order sequence; `probe.rs`: health probes;
+//!   `replica.rs`: replica lag, eventual and read-your-writes reads;
 //!   `sql.rs`: what their statements share.
-//! - `control.rs`: the control database several engine processes share
+//! - `failover.rs`: fencing, catching up and promoting a unit's servers;
+//!   `control.rs`: the control database several engine processes share
 //!   the routing table through (not a unit's).
 
 mod claims;
@@ -20,12 +22,14 @@ mod connect;
 mod control;
 mod error;
 mod events;
+pub mod failover;
 mod lane;
 mod open;
 mod orders;
 mod outbox;
 mod probe;
 mod refunds;
+mod replica;
 pub mod sequence;
 mod sql;
 mod store;
@@ -38,5 +42,6 @@ pub use error::StoreError;
 pub use events::OutboxEvent;
 pub use open::OpenError;
 pub use orders::{BatchOutcome, InsertOutcome, Page};
+pub use replica::{ReplicaHealth, Replication, ServedBy};
 pub use store::{PoolStats, UnitStore, now_ms};
 pub use updates::BatchAnswers;

@@ -10,6 +10,7 @@ use sqlx::migrate::MigrateDatabase;
 
 use super::connect::{Dialect, pool_options, prepare_url};
 use super::lane::Lane;
+use super::replica::ReplicaPolicy;
 use super::store::UnitStore;
 use crate::config::{StorageSettings, mask_url};
 
@@ -103,13 +104,16 @@ impl UnitStore {
             }
             tokio::time::sleep(Duration::from_millis(200 * tries)).await;
         }
+        // Lazily: a replica that cannot be reached never stops the unit
+        // from starting; eventual reads skip it until it answers.
         let replica = match replica_url {
             Some(r) => {
                 let url = prepare_url(r, Dialect::of_url(r)).map_err(|m| connect_err(r, m))?;
+                let opts = pool_options(dialect, settings, settings.max_connections)
+                    .acquire_timeout(Duration::from_millis(settings.replica_read_timeout_ms));
                 Some(
-                    connect(url, settings.max_connections)
-                        .await
-                        .map_err(|m| connect_err(r, m))?,
+                    opts.connect_lazy(&url)
+                        .map_err(|e| connect_err(r, e.to_string()))?,
                 )
             }
             None => None,
@@ -128,6 +132,12 @@ impl UnitStore {
             write,
             read,
             replica,
+            replica_policy: ReplicaPolicy {
+                max_lag: Duration::from_millis(settings.replica_max_lag_ms),
+                read_timeout: Duration::from_millis(settings.replica_read_timeout_ms),
+                wait: Duration::from_millis(settings.replica_wait_ms),
+            },
+            replication: Arc::default(),
             write_lane,
             read_lane,
             statement_timeout: Duration::from_millis(settings.statement_timeout_ms),

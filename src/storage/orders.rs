@@ -17,7 +17,8 @@ use crate::domain::shapes;
 use crate::domain::values::{MerchantId, OutTradeNo, UserId};
 use crate::domain::{Consistency, Order, OrderId, UserCursor};
 
-const SELECT_BY_SEQ: &str = concat!("SELECT ", order_columns!(), " FROM orders WHERE seq = ?");
+pub(super) const SELECT_BY_SEQ: &str =
+    concat!("SELECT ", order_columns!(), " FROM orders WHERE seq = ?");
 const SELECT_BY_KEY: &str = concat!(
     "SELECT ",
     order_columns!(),
@@ -198,19 +199,25 @@ impl UnitStore {
         rows.iter().map(|r| order_from_row(self.unit, r)).collect()
     }
 
-    /// Reads an order. `NotFound` when the unit has no order with exactly this id.
+    /// Reads an order: from the primary (`Strong`), or as
+    /// [`Self::get_eventual`]. `NotFound` when the unit has no order with
+    /// exactly this id.
     pub async fn get(&self, id: OrderId, consistency: Consistency) -> Result<Order, StoreError> {
-        let query = || sqlx::query(SELECT_BY_SEQ).bind(seq_param(id.sequence()));
+        match consistency {
+            Consistency::Strong => self.get_primary(id).await,
+            Consistency::Eventual => self.get_eventual(id, None).await.map(|(order, _)| order),
+        }
+    }
+
+    /// Reads an order from the primary.
+    pub async fn get_primary(&self, id: OrderId) -> Result<Order, StoreError> {
         let row = self
             .bounded(async {
-                if let (Consistency::Eventual, Some(replica)) = (consistency, &self.replica) {
-                    // When the replica cannot answer, the primary can.
-                    if let Ok(row) = query().fetch_optional(replica).await {
-                        return Ok(row);
-                    }
-                }
                 let mut conn = self.read_connection().await?;
-                let row = query().fetch_optional(conn.get()).await;
+                let row = sqlx::query(SELECT_BY_SEQ)
+                    .bind(seq_param(id.sequence()))
+                    .fetch_optional(conn.get())
+                    .await;
                 conn.finish(row)
             })
             .await?;

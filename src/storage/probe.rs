@@ -25,11 +25,12 @@ impl UnitStore {
     /// commits, through the same pool and lock path as a create.
     pub async fn probe(&self, token: i64) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
+        let beat = now_ms();
         let read: i64 = self
             .bounded(async {
                 sqlx::query(PROBE_WRITE)
                     .bind(token)
-                    .bind(now_ms())
+                    .bind(beat)
                     .execute(&mut *tx)
                     .await
                     .map_err(StoreError::before_commit)?;
@@ -42,6 +43,8 @@ impl UnitStore {
             })
             .await?;
         self.commit(tx).await?;
+        // The write is also the replica's heartbeat (see `replica.rs`).
+        self.replication.heartbeat_written(beat);
         if read == token {
             Ok(())
         } else {

@@ -7,11 +7,16 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyConnection, AnyPool};
+use sqlx::{Any, AnyConnection, AnyPool, Row};
 
 use super::connect::Dialect;
 use super::error::StoreError;
 use super::lane::{Lane, LaneConnection};
+use super::replica::{ReplicaPolicy, Replication};
+use crate::domain::replication::Position;
+
+/// `COMMIT`, and the GTID it was given, in one round trip (MariaDB).
+const COMMIT_WITH_GTID: &str = "COMMIT; SELECT @@last_gtid";
 
 /// A connection for one strong read (see [`UnitStore::read_connection`]).
 pub(super) enum ReadConnection<'a> {
@@ -73,8 +78,11 @@ pub struct UnitStore {
     pub(super) write: AnyPool,
     /// Strong reads: the primary.
     pub(super) read: AnyPool,
-    /// Eventual reads: a replica when configured.
+    /// Eventual reads: a replica when configured (connected lazily).
     pub(super) replica: Option<AnyPool>,
+    pub(super) replica_policy: ReplicaPolicy,
+    /// The replica's measurement and the newest commit position.
+    pub(super) replication: Arc<Replication>,
     /// MySQL: the connections create batches, pays, closes and refunds run
     /// on (see `lane.rs`).
     pub(super) write_lane: Option<Arc<Lane>>,
@@ -260,10 +268,23 @@ impl UnitStore {
     }
 
     /// Sends `COMMIT` (an error or a timeout leaves the outcome unknown). A
-    /// lane connection goes back only after an answered `COMMIT`.
+    /// lane connection goes back only after an answered `COMMIT`. With a
+    /// replica, the commit's GTID comes back in the same round trip and
+    /// advances the store's position (what consistency tokens carry).
     pub(super) async fn commit_write(&self, tx: WriteTx<'_>) -> Result<(), StoreError> {
         match tx {
             WriteTx::Pool(tx) => self.commit(tx).await,
+            WriteTx::Lane(mut conn) if self.replica.is_some() => {
+                let rows = self
+                    .at_commit(sqlx::raw_sql(COMMIT_WITH_GTID).fetch_all(conn.get()))
+                    .await?;
+                conn.release();
+                let gtid = rows.first().and_then(|r| r.try_get::<String, _>(0).ok());
+                if let Some(p) = gtid.as_deref().and_then(Position::parse) {
+                    self.replication.advance(&p);
+                }
+                Ok(())
+            }
             WriteTx::Lane(mut conn) => {
                 self.at_commit(sqlx::raw_sql("COMMIT").execute(conn.get()))
                     .await?;

@@ -561,6 +561,7 @@ async fn concurrent_gets_pays_and_refunds_share_statements_and_each_gets_its_own
         unit.send(GetOrder {
             id: *id,
             consistency: Consistency::Strong,
+            wait_for: None,
         })
     }))
     .await;

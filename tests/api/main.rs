@@ -5,6 +5,7 @@ mod binary;
 mod concurrency;
 mod contract;
 mod control_store;
+mod failover;
 mod faults;
 mod group_commit;
 mod helpers;

@@ -319,3 +319,62 @@ pub fn copy_database(from: u16, from_db: &str, to: u16, to_db: &str) {
     load.stdin.take().unwrap().write_all(&dump.stdout).unwrap();
     assert!(load.wait().unwrap().success(), "loading the copy failed");
 }
+
+/// A primary (server id 1) and a replica (server id 2) for MariaDB GTID
+/// replication, semi-synchronous with the fallback to asynchronous pushed
+/// out of reach (as Vitess runs it), so that a commit the primary
+/// acknowledged is on the replica. Not replicating yet: see [`replicate`].
+pub fn primary_and_replica() -> (MariaDb, MariaDb) {
+    let primary = MariaDb::start_with_options(&[
+        "--log-bin=mysql-bin",
+        "--server-id=1",
+        "--binlog-format=ROW",
+        "--gtid-strict-mode=1",
+        "--log-slave-updates",
+        "--rpl-semi-sync-master-enabled=1",
+        // Never fall back to asynchronous: a commit waits for the replica.
+        "--rpl-semi-sync-master-timeout=3600000",
+        "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+    ]);
+    let replica = MariaDb::start_with_options(&[
+        "--log-bin=mysql-bin",
+        "--server-id=2",
+        "--binlog-format=ROW",
+        "--gtid-strict-mode=1",
+        "--log-slave-updates",
+        "--rpl-semi-sync-slave-enabled=1",
+    ]);
+    (primary, replica)
+}
+
+/// Makes `replica` replicate `primary` (GTID, from the start) and waits
+/// until the primary counts it as its semi-synchronous client.
+pub async fn replicate(primary: &MariaDb, replica: &MariaDb) {
+    use sqlx::Row;
+    let connect = |s: &MariaDb| sqlx::MySqlPool::connect_lazy(&s.url("mysql")).unwrap();
+    let (p, r) = (connect(primary), connect(replica));
+    let change = format!(
+        "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', \
+         MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos",
+        primary.port()
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(change))
+        .execute(&r)
+        .await
+        .unwrap();
+    sqlx::raw_sql("START SLAVE").execute(&r).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = sqlx::query("SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'")
+            .fetch_one(&p)
+            .await
+            .unwrap();
+        if row.get::<String, _>(1) == "1" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.close().await;
+    r.close().await;
+}

@@ -233,6 +233,8 @@ async fn drive(app: &TestApp, worker: usize, until: Instant) {
         }
         let id = r.body["order_id"].as_str().unwrap().to_string();
         app.get(&format!("/v1/orders/{id}")).await;
+        app.get(&format!("/v1/orders/{id}?consistency=eventual"))
+            .await;
         if i % 4 == 0 {
             app.post(&format!("/v1/orders/{id}/close"), &json!({}))
                 .await;
@@ -266,11 +268,13 @@ async fn drive(app: &TestApp, worker: usize, until: Instant) {
 #[actix_web::test]
 async fn every_panel_and_alert_works_against_a_real_prometheus() {
     let mut servers = servers_per_unit(4);
-    let app = spawn_app_with(
-        settings_for(&units_on(&servers), ""),
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
+    // Unit 1 on a primary with a semi-synchronous replica (the replica panels).
+    let (primary, replica) = mariadb::primary_and_replica();
+    mariadb::replicate(&primary, &replica).await;
+    servers[0] = primary;
+    let mut settings = settings_for(&units_on(&servers), "");
+    settings.units[0].replica_url = Some(replica.url("orders"));
+    let app = spawn_app_with(settings, tempfile::tempdir().unwrap()).await;
     let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
     let prom = Prometheus::start(port);
     let client = reqwest::Client::new();

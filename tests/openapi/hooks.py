@@ -10,8 +10,8 @@ What JSON Schema cannot say about our API, said here:
 * `format: "order-cursor"`: the `?cursor=` of a user's order list,
   `<created_at ms in hex>.<order id>` (pattern `^[0-9a-f]{1,15}\.[0-9]{28}$`),
   valid when its order id is.
-* `POST /admin/units` and `PATCH /admin/units/{id}` open the database their
-  body names (creating a SQLite file at any path, connecting to any host):
+* `POST /admin/units`, `PATCH /admin/units/{id}` and
+  `POST /admin/units/{id}/failover` open the database their body names (creating a SQLite file at any path, connecting to any host):
   the fuzzer's URLs are replaced by one on a closed loopback port, so that
   a schema-valid add or repoint is answered `503 unit_not_started` and
   nothing is created or contacted. Malformed URLs (400), units that join
@@ -161,9 +161,10 @@ def before_call(context, case, kwargs):
     moves_database = (case.operation.path, case.method.upper()) in {
         ("/admin/units", "POST"),
         ("/admin/units/{id}", "PATCH"),
+        ("/admin/units/{id}/failover", "POST"),
     }
     if moves_database and isinstance(case.body, dict):
-        for field in ("primary_url", "replica_url"):
+        for field in ("primary_url", "replica_url", "to"):
             if isinstance(case.body.get(field), str):
                 case.body[field] = CLOSED_DATABASE
 

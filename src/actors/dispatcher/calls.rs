@@ -154,6 +154,29 @@ impl UnitCalls {
         }
     }
 
+    /// An eventual read of a unit with a replica, which may answer while
+    /// the primary's circuit is open: not admitted by that circuit, and
+    /// its outcome says nothing of the primary (not reported to it).
+    pub async fn read_beside_circuit<M, R>(
+        &self,
+        unit: u16,
+        addr: &Addr<UnitActor>,
+        msg: M,
+    ) -> Result<R, EngineError>
+    where
+        M: Message<Result = Result<R, StoreError>> + Send + 'static,
+        R: Send + 'static,
+        UnitActor: Handler<M>,
+    {
+        let answer = match addr.send(msg).timeout(self.timeout).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => CallError::Store(e),
+            Err(MailboxError::Timeout) => CallError::Timeout,
+            Err(MailboxError::Closed) => CallError::Gone,
+        };
+        Err(answer.into_engine(unit))
+    }
+
     /// `call` with admission and the default timeout, mapped to engine errors.
     pub async fn forward<M, R>(
         &self,

@@ -19,6 +19,7 @@ use crate::config::{Settings, StorageSettings, UnitSettings};
 use crate::domain::circuit::CircuitState;
 use crate::domain::key_homes::KeyRing;
 use crate::metrics as m;
+use crate::storage::failover::FENCE_MARK;
 use crate::storage::{Dialect, OpenError, UnitStore};
 
 /// Why a unit could not be started.
@@ -183,6 +184,7 @@ impl UnitLauncher {
         let most =
             Dialect::of_url(&unit.primary_url).most_connections(self.storage.max_connections);
         crate::metrics::init_unit(id, most);
+        crate::metrics::set_replicas(id, usize::from(unit.replica_url.is_some()));
         crate::metrics::init_partition(&unit.partition);
         self.board.add_unit(id);
         let health = self.board.unit(id);
@@ -204,14 +206,44 @@ impl UnitLauncher {
         if !spawned {
             return Err(LaunchError::ArbiterGone(id));
         }
-        match tokio::time::timeout(LAUNCH_TIMEOUT, rx).await {
-            Ok(opened) => Ok(opened.map_err(|_| LaunchError::ArbiterGone(id))??),
-            Err(_) => Err(LaunchError::Unavailable {
-                unit: id,
-                message: format!("its database did not open within {LAUNCH_TIMEOUT:?}"),
-            }),
-        }
+        let addr = match tokio::time::timeout(LAUNCH_TIMEOUT, rx).await {
+            Ok(opened) => opened.map_err(|_| LaunchError::ArbiterGone(id))??,
+            Err(_) => {
+                return Err(LaunchError::Unavailable {
+                    unit: id,
+                    message: format!("its database did not open within {LAUNCH_TIMEOUT:?}"),
+                });
+            }
+        };
+        refuse_fenced(&addr, id).await?;
+        Ok(addr)
     }
+}
+
+/// Refuses a database a failover replaced (`storage::failover`): it takes
+/// no writes, and what it holds may be older than the unit's data.
+async fn refuse_fenced(addr: &Addr<UnitActor>, unit: u16) -> Result<(), LaunchError> {
+    let msg = SettleMeta {
+        name: FENCE_MARK,
+        proposed: None,
+    };
+    let refused = match addr.send(msg).await {
+        Ok(Ok(None)) => return Ok(()),
+        Ok(Ok(Some(why))) => LaunchError::Refused {
+            unit,
+            message: format!("its database was replaced by a failover ({why}); it takes no writes"),
+        },
+        Ok(Err(e)) => LaunchError::Unavailable {
+            unit,
+            message: format!("cannot read its {FENCE_MARK}: {e}"),
+        },
+        Err(e) => LaunchError::Unavailable {
+            unit,
+            message: format!("cannot read its {FENCE_MARK}: {e}"),
+        },
+    };
+    let _ = addr.send(CloseUnit).await;
+    Err(refused)
 }
 
 /// Whether a check may record the value in a database that has none.

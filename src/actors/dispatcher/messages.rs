@@ -5,16 +5,18 @@ use actix::Message;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::failover::{FailoverMode, FailoverReport};
 use super::status::{EngineStatus, MerchantRoute, PartitionTable, Readiness, UnitStatus};
 use crate::actors::EngineError;
 use crate::config::{UnitEntry, UnitPatch};
 use crate::domain::apply::{Refunded, Updated};
+use crate::domain::replication::ConsistencyToken;
 use crate::domain::values::{Amount, MerchantId, OutTradeNo, PaymentRef, UserId};
 use crate::domain::{Consistency, NewOrder, NewRefund, Order, OrderId, UserCursor};
 
 /// Create an order (idempotent on `(merchant_id, out_trade_no)`).
 #[derive(Message)]
-#[rtype(result = "Result<Created, EngineError>")]
+#[rtype(result = "Result<Written<Created>, EngineError>")]
 pub struct Create {
     pub request: NewOrder,
 }
@@ -27,17 +29,28 @@ pub struct Created {
     pub replayed: bool,
 }
 
+/// A write's answer, with the consistency token a read-your-writes read
+/// presents (see `domain::replication`).
+#[derive(Debug)]
+pub struct Written<T> {
+    pub value: T,
+    pub token: ConsistencyToken,
+}
+
 /// Read an order from its unit.
 #[derive(Message)]
 #[rtype(result = "Result<Order, EngineError>")]
 pub struct Get {
     pub id: OrderId,
     pub consistency: Consistency,
+    /// A write's token: an eventual read then sees that write (a token
+    /// of another unit asks nothing of this read).
+    pub token: Option<ConsistencyToken>,
 }
 
 /// Pay an order (`created -> paid`).
 #[derive(Message)]
-#[rtype(result = "Result<Updated, EngineError>")]
+#[rtype(result = "Result<Written<Updated>, EngineError>")]
 pub struct Pay {
     pub id: OrderId,
     pub payment_ref: PaymentRef,
@@ -48,7 +61,7 @@ pub struct Pay {
 
 /// Close an unpaid order (`created -> closed`).
 #[derive(Message)]
-#[rtype(result = "Result<Updated, EngineError>")]
+#[rtype(result = "Result<Written<Updated>, EngineError>")]
 pub struct Close {
     pub id: OrderId,
     pub expected_version: Option<i64>,
@@ -56,7 +69,7 @@ pub struct Close {
 
 /// Refund part or all of a paid order.
 #[derive(Message)]
-#[rtype(result = "Result<Refunded, EngineError>")]
+#[rtype(result = "Result<Written<Refunded>, EngineError>")]
 pub struct Refund {
     pub id: OrderId,
     pub refund: NewRefund,
@@ -132,6 +145,18 @@ pub struct AddUnit {
     pub id: u16,
     pub entry: UnitEntry,
     pub if_match: Option<u64>,
+    pub who: String,
+}
+
+/// Promote the unit's replica to its primary (admin
+/// `POST /admin/units/{id}/failover`).
+#[derive(Message)]
+#[rtype(result = "Result<FailoverReport, EngineError>")]
+pub struct Failover {
+    pub unit: u16,
+    pub mode: FailoverMode,
+    /// The replica to promote (default: the unit's `replica_url`).
+    pub to: Option<String>,
     pub who: String,
 }
 

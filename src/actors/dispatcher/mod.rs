@@ -27,6 +27,7 @@
 mod calls;
 mod create;
 mod edits;
+mod failover;
 mod fanout;
 mod keeper;
 mod keys;
@@ -43,17 +44,18 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 
 pub use calls::{CallError, UnitCalls};
+pub use failover::{FailoverMode, FailoverReport, StepTook};
 pub use keeper::{Keeper, shared_table};
 pub use launch::{LaunchError, UnitLauncher};
 pub use messages::{
-    AddUnit, AdminStatus, Close, CloseAll, Create, Created, Get, GetMerchant, ListPartitions,
-    ListRefunds, ListUserOrders, LookupByKey, PatchUnit, Pay, Refund, SetMerchant, SetPartition,
-    Status, UnitChanged, UserPage,
+    AddUnit, AdminStatus, Close, CloseAll, Create, Created, Failover, Get, GetMerchant,
+    ListPartitions, ListRefunds, ListUserOrders, LookupByKey, PatchUnit, Pay, Refund, SetMerchant,
+    SetPartition, Status, UnitChanged, UserPage, Written,
 };
 pub use routing::UnitRoute;
 pub use status::{
     EngineStatus, MerchantRoute, PartitionEntry, PartitionReadiness, PartitionStatus,
-    PartitionTable, Readiness, TableStore, UnitStatus,
+    PartitionTable, Readiness, ReplicaStatus, TableStore, UnitStatus,
 };
 
 use self::create::CreateContext;
@@ -68,7 +70,7 @@ use super::unit::{self, CloseUnit, UnitActor};
 use crate::config::Settings;
 use crate::domain::apply::{Refunded, Updated};
 use crate::domain::key_homes::{KeyRing, StableKeyHash};
-use crate::domain::{Order, OrderId};
+use crate::domain::{Consistency, Order, OrderId};
 use crate::metrics as m;
 use crate::storage::StoreError;
 
@@ -79,6 +81,7 @@ pub struct Dispatcher {
     key_locks: KeyLocks<StableKeyHash>,
     calls: UnitCalls,
     max_attempts: u32,
+    failover: Arc<failover::FailoverLimits>,
 }
 
 impl Dispatcher {
@@ -121,6 +124,11 @@ impl Dispatcher {
                 ),
             },
             max_attempts: settings.dispatcher.max_attempts,
+            failover: Arc::new(failover::FailoverLimits {
+                step: Duration::from_millis(settings.storage.connect_timeout_ms),
+                catch_up: Duration::from_millis(settings.storage.failover_catch_up_ms),
+                running: Default::default(),
+            }),
         }
     }
 
@@ -132,6 +140,29 @@ impl Dispatcher {
         async move {
             futures_util::future::join(table.clone().poll(poll), table.start_pending()).await;
         }
+    }
+
+    /// Sends a write to the unit that holds `id`'s order and answers it
+    /// with its consistency token (`wrote`: whether the answer says the
+    /// write committed something).
+    fn write<M, R>(
+        &self,
+        id: OrderId,
+        msg: M,
+        wrote: fn(&R) -> bool,
+    ) -> ResponseFuture<Result<Written<R>, EngineError>>
+    where
+        M: Message<Result = Result<R, StoreError>> + Send + 'static,
+        R: Send + 'static,
+        UnitActor: Handler<M>,
+    {
+        let routing = self.table.load();
+        let answer = self.forward(id, msg);
+        Box::pin(async move {
+            let value = answer.await?;
+            let token = routing.token(id.unit(), wrote(&value));
+            Ok(Written { value, token })
+        })
     }
 
     /// Sends `msg` to the unit that holds `id`'s order.
@@ -158,16 +189,24 @@ impl Actor for Dispatcher {
 }
 
 impl Handler<Create> for Dispatcher {
-    type Result = ResponseFuture<Result<Created, EngineError>>;
+    type Result = ResponseFuture<Result<Written<Created>, EngineError>>;
 
     fn handle(&mut self, msg: Create, _ctx: &mut Self::Context) -> Self::Result {
+        let routing = self.table.load();
         let create = CreateContext {
-            routing: self.table.load(),
+            routing: routing.clone(),
             locks: self.key_locks.clone(),
             calls: self.calls.clone(),
             max_attempts: self.max_attempts,
         };
-        Box::pin(create.create(msg.request))
+        Box::pin(async move {
+            let created = create.create(msg.request).await?;
+            let token = routing.token(created.order.id.unit(), !created.replayed);
+            Ok(Written {
+                value: created,
+                token,
+            })
+        })
     }
 }
 
@@ -178,13 +217,28 @@ impl Handler<Get> for Dispatcher {
         let get = unit::GetOrder {
             id: msg.id,
             consistency: msg.consistency,
+            wait_for: msg
+                .token
+                .filter(|t| t.unit == msg.id.unit())
+                .and_then(|t| t.position),
         };
-        self.forward(msg.id, get)
+        let unit = msg.id.unit();
+        let routing = self.table.load();
+        let beside_circuit = msg.consistency == Consistency::Eventual
+            && routing
+                .units
+                .get(&unit)
+                .is_some_and(|r| r.settings.replica_url.is_some());
+        if !beside_circuit {
+            return self.forward(msg.id, get);
+        }
+        let (addr, calls) = (routing.route(unit), self.calls.clone());
+        Box::pin(async move { calls.read_beside_circuit(unit, &addr?, get).await })
     }
 }
 
 impl Handler<Pay> for Dispatcher {
-    type Result = ResponseFuture<Result<Updated, EngineError>>;
+    type Result = ResponseFuture<Result<Written<Updated>, EngineError>>;
 
     fn handle(&mut self, msg: Pay, _ctx: &mut Self::Context) -> Self::Result {
         let pay = unit::PayOrder {
@@ -193,24 +247,24 @@ impl Handler<Pay> for Dispatcher {
             amount: msg.amount,
             expected_version: msg.expected_version,
         };
-        self.forward(msg.id, pay)
+        self.write(msg.id, pay, |u: &Updated| u.changed)
     }
 }
 
 impl Handler<Close> for Dispatcher {
-    type Result = ResponseFuture<Result<Updated, EngineError>>;
+    type Result = ResponseFuture<Result<Written<Updated>, EngineError>>;
 
     fn handle(&mut self, msg: Close, _ctx: &mut Self::Context) -> Self::Result {
         let close = unit::CloseOrder {
             id: msg.id,
             expected_version: msg.expected_version,
         };
-        self.forward(msg.id, close)
+        self.write(msg.id, close, |u: &Updated| u.changed)
     }
 }
 
 impl Handler<Refund> for Dispatcher {
-    type Result = ResponseFuture<Result<Refunded, EngineError>>;
+    type Result = ResponseFuture<Result<Written<Refunded>, EngineError>>;
 
     fn handle(&mut self, msg: Refund, _ctx: &mut Self::Context) -> Self::Result {
         let refund = unit::RefundOrder {
@@ -218,7 +272,7 @@ impl Handler<Refund> for Dispatcher {
             refund: msg.refund,
             expected_version: msg.expected_version,
         };
-        self.forward(msg.id, refund)
+        self.write(msg.id, refund, |r: &Refunded| r.created)
     }
 }
 
@@ -339,6 +393,15 @@ impl Handler<PatchUnit> for Dispatcher {
                 .await?;
             Ok(this.changed_unit(&table, unit))
         })
+    }
+}
+
+impl Handler<Failover> for Dispatcher {
+    type Result = ResponseFuture<Result<FailoverReport, EngineError>>;
+
+    fn handle(&mut self, msg: Failover, _ctx: &mut Self::Context) -> Self::Result {
+        let this = self.clone();
+        Box::pin(async move { this.failover(msg).await })
     }
 }
 

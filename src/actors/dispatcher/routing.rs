@@ -8,6 +8,7 @@
 //! (`table.rs`), a unit's recent creates are atomic counters shared by every
 //! version of the table, the random choice uses the thread's own generator.
 
+use crate::domain::replication::ConsistencyToken;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +77,26 @@ impl UnitRoute {
             settings,
             addr,
             ..self.clone()
+        }
+    }
+
+    /// The unit's entry on the health board.
+    pub fn health(&self) -> Arc<UnitHealth> {
+        self.health.clone()
+    }
+
+    /// The token a write in this unit answers: with the unit's commit
+    /// position when the write committed something (`wrote`) and the unit
+    /// has a replica to wait for; otherwise without, which sends a read
+    /// that presents it to the primary.
+    pub fn token(&self, wrote: bool) -> ConsistencyToken {
+        let position = wrote
+            .then(|| self.health.replication.load_full())
+            .flatten()
+            .and_then(|r| r.position());
+        ConsistencyToken {
+            unit: self.settings.id,
+            position,
         }
     }
 
@@ -168,6 +189,17 @@ impl Routing {
             .chain(self.merchants.values().map(String::as_str))
             .chain(self.units.values().map(|u| u.settings.partition.as_str()))
             .collect()
+    }
+
+    /// The token of a write in `unit` (see [`UnitRoute::token`]).
+    pub fn token(&self, unit: u16, wrote: bool) -> ConsistencyToken {
+        match self.units.get(&unit) {
+            Some(route) => route.token(wrote),
+            None => ConsistencyToken {
+                unit,
+                position: None,
+            },
+        }
     }
 
     /// The unit that holds an order of unit `unit`.

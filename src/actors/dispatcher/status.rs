@@ -9,9 +9,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::routing::{Routing, UnitRoute};
-use crate::actors::health::HealthBoard;
+use crate::actors::health::{FailoverRecord, HealthBoard, UnitHealth};
 use crate::config::{Temperature, UnitMode, mask_url};
 use crate::domain::circuit::CircuitState;
+use crate::storage::ReplicaHealth;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct UnitStatus {
@@ -56,6 +57,45 @@ pub struct UnitStatus {
     /// Whether the unit is in the key ring: a home of idempotency keys,
     /// whose records creates of those keys write and read.
     pub key_home: bool,
+    /// The replica's last check (units with a `replica_url`).
+    pub replica: Option<ReplicaStatus>,
+    /// The unit's last failover run by this process.
+    pub last_failover: Option<FailoverRecord>,
+}
+
+/// A replica as eventual reads see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReplicaStatus {
+    /// `null` until it was first checked.
+    pub reachable: Option<bool>,
+    /// How far behind its primary it is (from the probes' heartbeats).
+    pub lag_ms: Option<i64>,
+    /// Why it was not reachable (the last check).
+    pub error: Option<String>,
+}
+
+fn replica_status(h: &UnitHealth) -> ReplicaStatus {
+    let health = h
+        .replication
+        .load_full()
+        .map_or(ReplicaHealth::Unknown, |r| r.health());
+    match health {
+        ReplicaHealth::Unknown => ReplicaStatus {
+            reachable: None,
+            lag_ms: None,
+            error: None,
+        },
+        ReplicaHealth::Reachable { lag_ms } => ReplicaStatus {
+            reachable: Some(true),
+            lag_ms: Some(lag_ms),
+            error: None,
+        },
+        ReplicaHealth::Unreachable { error } => ReplicaStatus {
+            reachable: Some(false),
+            lag_ms: None,
+            error: Some(error),
+        },
+    }
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -221,6 +261,8 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard, store: TableStore
                     .is_some_and(|h| h.writes_fenced.load(Ordering::Acquire)),
                 restarts: h.as_ref().map_or(0, |h| h.restarts.load(Ordering::Relaxed)),
                 key_home: routing.ring.units().contains(&u.settings.id),
+                replica: s.replica_url.as_ref().and(h.as_deref()).map(replica_status),
+                last_failover: h.as_ref().and_then(|h| h.last_failover()),
             }
         })
         .collect();

@@ -198,6 +198,12 @@ impl RoutingTable {
             .map_err(EngineError::TableNotSaved)
     }
 
+    /// Whether changes outlive the process (a state file or a control
+    /// store): a unit moves to another database only then.
+    pub fn keeps_table(&self) -> bool {
+        !matches!(self.keeper, Keeper::Memory)
+    }
+
     /// Applies `edit` as [`Self::change`] does, after starting what
     /// `start` asks for (checked against the current table): a unit that
     /// joins, or a unit's actor on the database it moves to. `edit` gets

@@ -55,10 +55,15 @@ pub struct UnitActor {
     pub(super) closed: bool,
     /// A write fence waiting for calls in flight (cancelled by the next).
     pub(super) fence: Option<SpawnHandle>,
+    /// A replica check is running (checks never pile up).
+    pub(super) checking_replica: bool,
 }
 
 impl UnitActor {
     pub fn new(store: UnitStore, options: UnitOptions, health: Option<Arc<UnitHealth>>) -> Self {
+        if let Some(h) = &health {
+            h.replication.store(Some(store.replication()));
+        }
         Self {
             health,
             sequence: SequenceGenerator::new(
@@ -80,6 +85,7 @@ impl UnitActor {
             gauges: None,
             closed: false,
             fence: None,
+            checking_replica: false,
         }
     }
 

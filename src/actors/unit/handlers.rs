@@ -11,14 +11,16 @@ use super::actor::UnitActor;
 use super::batching::{pick_by_id, pick_by_key, read_keys, read_orders};
 use super::group_commit::{Batch, run_batch};
 use super::messages::{
-    BatchCounts, BatchStats, ClaimKey, CloseOrder, CloseUnit, CreateOrder, CreateOutcome,
-    FenceWrites, FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe, ReadMark,
-    RefundOrder, ReplaceMark, SettleKey, SettleMeta,
+    BatchCounts, BatchStats, CheckReplica, ClaimKey, CloseOrder, CloseUnit, CreateOrder,
+    CreateOutcome, FenceWrites, FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe,
+    ReadMark, RefundOrder, ReplaceMark, SettleKey, SettleMeta,
 };
 use crate::domain::apply::{RefundUpdate, Refunded, Update, UpdateAction, Updated};
 use crate::domain::key_homes::Mark;
 use crate::domain::{Consistency, Order, Refund};
+use crate::metrics as m;
 use crate::storage::{KeyClaim, Page, Settled, StoreError};
+use metrics::counter;
 
 impl Handler<CreateOrder> for UnitActor {
     type Result = ResponseFuture<Result<CreateOutcome, StoreError>>;
@@ -63,11 +65,17 @@ impl Handler<GetOrder> for UnitActor {
     type Result = ResponseFuture<Result<Order, StoreError>>;
 
     /// Reads from the primary batch like key look-ups; an eventual read with
-    /// a replica to go to goes alone.
+    /// a replica to go to goes alone (see `storage/replica.rs`).
     fn handle(&mut self, msg: GetOrder, ctx: &mut Self::Context) -> Self::Result {
         if msg.consistency == Consistency::Eventual && self.store.has_replica() {
             let store = self.store.clone();
-            return Box::pin(async move { store.get(msg.id, msg.consistency).await });
+            return Box::pin(async move {
+                let (order, served_by) = store.get_eventual(msg.id, msg.wait_for.as_ref()).await?;
+                let unit = store.unit().to_string();
+                counter!(m::EVENTUAL_READS, "unit" => unit, "served_by" => served_by.as_str())
+                    .increment(1);
+                Ok(order)
+            });
         }
         self.queue_read(ctx, |act| &mut act.gets, read_orders, pick_by_id, msg.id)
     }
@@ -154,6 +162,25 @@ impl Handler<Probe> for UnitActor {
     fn handle(&mut self, msg: Probe, _ctx: &mut Self::Context) -> Self::Result {
         let store = self.store.clone();
         Box::pin(async move { store.probe(msg.token).await })
+    }
+}
+
+impl Handler<CheckReplica> for UnitActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: CheckReplica, ctx: &mut Self::Context) {
+        if self.checking_replica || self.closed || !self.store.has_replica() {
+            return;
+        }
+        self.checking_replica = true;
+        let store = self.store.clone();
+        let check = async move { store.check_replica().await };
+        ctx.spawn(check.into_actor(self).map(|health, act, _| {
+            act.checking_replica = false;
+            if !act.closed {
+                crate::metrics::record_replica(act.store.unit(), &health);
+            }
+        }));
     }
 }
 

@@ -6,6 +6,7 @@ use actix::Message;
 
 use crate::domain::apply::{Refunded, Updated};
 use crate::domain::key_homes::{Attempt, Mark};
+use crate::domain::replication::Position;
 use crate::domain::values::{Amount, MerchantId, OutTradeNo, PaymentRef, UserId};
 use crate::domain::{Consistency, NewOrder, NewRefund, Order, OrderId, Refund, UserCursor};
 use crate::storage::{Key, Page, Settled, StoreError};
@@ -38,6 +39,9 @@ pub struct CreateOrder {
 pub struct GetOrder {
     pub id: OrderId,
     pub consistency: Consistency,
+    /// An eventual read is served by a replica only once it has applied
+    /// this position (a consistency token's).
+    pub wait_for: Option<Position>,
 }
 
 /// Find the order with this idempotency key, if this unit has it.
@@ -153,6 +157,12 @@ pub struct FenceWrites {
     pub on: bool,
     pub after: std::time::Duration,
 }
+
+/// Measure the unit's replica (lag, reachable) and publish it; a check
+/// still running makes this a no-op.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CheckReplica;
 
 /// Close the unit's pools (shutdown).
 #[derive(Message)]

@@ -24,7 +24,7 @@ mod messages;
 
 pub use actor::{UnitActor, UnitOptions};
 pub use messages::{
-    BatchCounts, BatchStats, ClaimKey, CloseOrder, CloseUnit, CreateOrder, CreateOutcome,
-    FenceWrites, FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe, ReadMark,
-    RefundOrder, ReplaceMark, SettleKey, SettleMeta,
+    BatchCounts, BatchStats, CheckReplica, ClaimKey, CloseOrder, CloseUnit, CreateOrder,
+    CreateOutcome, FenceWrites, FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe,
+    ReadMark, RefundOrder, ReplaceMark, SettleKey, SettleMeta,
 };

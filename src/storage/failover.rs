@@ -1,0 +1,246 @@
+//! The server operations a failover is made of (MariaDB only): fence a
+//! unit's database so that it can never take a write again, see how far a
+//! replica has received and applied, wait for it, and promote it.
+//!
+//! These run on their own connections to the servers named by URL, not on
+//! a unit's pools: the old primary may be dead, and the replica is not a
+//! unit's primary yet.
+
+use std::time::Duration;
+
+use sqlx::mysql::MySqlConnection;
+use sqlx::{AssertSqlSafe, Connection, Row};
+
+use crate::config::mask_url;
+use crate::domain::replication::Position;
+
+/// Every table of a unit's database a write could change. A fenced
+/// database refuses writes to each of them, for every user (triggers bind
+/// users that `read_only` does not: those with `READ ONLY ADMIN`).
+const FENCED_TABLES: [&str; 8] = [
+    "orders",
+    "refunds",
+    "outbox",
+    "sequences",
+    "probe",
+    "key_claims",
+    "key_fences",
+    "engine_meta",
+];
+const EVENTS: [(&str, &str); 3] = [("INSERT", "ins"), ("UPDATE", "upd"), ("DELETE", "del")];
+
+/// Recorded in a fenced database's `engine_meta`: a unit never starts on
+/// a database that holds it.
+pub const FENCE_MARK: &str = "replaced_by_failover";
+
+/// The message a write to a fenced database fails with (SQLSTATE 45000,
+/// error 1644): a definite failure, nothing was written.
+const FENCE_MESSAGE: &str =
+    "order-engine: this database was replaced by a failover; it takes no writes";
+
+/// What a failover step found wrong; the message names the server (with
+/// its password masked).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{server}: {message}")]
+pub struct ServerError {
+    pub server: String,
+    pub message: String,
+}
+
+/// One server a failover works on.
+pub struct Server {
+    url: String,
+    timeout: Duration,
+}
+
+impl Server {
+    /// `timeout` bounds each operation (a catch-up wait has its own).
+    pub fn new(url: &str, timeout: Duration) -> Self {
+        Self {
+            url: url.to_owned(),
+            timeout,
+        }
+    }
+
+    fn error(&self, message: impl std::fmt::Display) -> ServerError {
+        ServerError {
+            server: mask_url(&self.url),
+            message: message.to_string(),
+        }
+    }
+
+    /// Runs `work` on a new connection, bounded by `limit`.
+    async fn with<T>(
+        &self,
+        limit: Duration,
+        work: impl AsyncFnOnce(&mut MySqlConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, ServerError> {
+        let run = async {
+            let mut conn = MySqlConnection::connect(&self.url).await?;
+            let out = work(&mut conn).await;
+            let _ = conn.close().await;
+            out
+        };
+        match tokio::time::timeout(limit, run).await {
+            Ok(r) => r.map_err(|e| self.error(e)),
+            Err(_) => Err(self.error(format!("no answer within {limit:?}"))),
+        }
+    }
+
+    /// The unit whose database this server holds (its `engine_meta`).
+    pub async fn unit_id(&self) -> Result<Option<String>, ServerError> {
+        self.with(self.timeout, async |c| {
+            let row = sqlx::query("SELECT value FROM engine_meta WHERE name = 'unit_id'")
+                .fetch_optional(&mut *c)
+                .await?;
+            row.map(|r| r.try_get::<String, _>("value")).transpose()
+        })
+        .await
+    }
+
+    /// Fences the unit's database on this server: marks it replaced and
+    /// installs triggers that refuse every write to its tables, outside
+    /// the binlog (so that no replica takes them), then makes the server
+    /// `read_only`. Creating a trigger waits for the transactions writing
+    /// its table to end, so once this returns, nothing more will commit
+    /// here: the answer is the server's final binlog position.
+    pub async fn fence(&self, reason: &str) -> Result<Position, ServerError> {
+        let reason = reason.to_owned();
+        let pos = self
+            .with(self.timeout * 4, async move |c| {
+                sqlx::raw_sql("SET SESSION sql_log_bin = 0; SET SESSION lock_wait_timeout = 10")
+                    .execute(&mut *c)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO engine_meta (name, value) VALUES (?, ?) \
+                     ON DUPLICATE KEY UPDATE value = VALUES(value)",
+                )
+                .bind(FENCE_MARK)
+                .bind(&reason)
+                .execute(&mut *c)
+                .await?;
+                for table in FENCED_TABLES {
+                    for (event, tag) in EVENTS {
+                        let sql = format!(
+                            "CREATE TRIGGER IF NOT EXISTS oe_fence_{table}_{tag} BEFORE {event} \
+                             ON {table} FOR EACH ROW SIGNAL SQLSTATE '45000' \
+                             SET MESSAGE_TEXT = '{FENCE_MESSAGE}'"
+                        );
+                        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *c).await?;
+                    }
+                }
+                position(c, "@@gtid_binlog_pos").await
+            })
+            .await?;
+        // Belt and braces for users without READ ONLY ADMIN; the triggers
+        // are what holds.
+        if let Err(e) = self
+            .with(self.timeout, async |c| {
+                sqlx::raw_sql("SET GLOBAL read_only = 1").execute(c).await
+            })
+            .await
+        {
+            tracing::warn!(error = %e, "could not make the fenced server read_only");
+        }
+        Ok(pos)
+    }
+
+    /// Undoes [`Self::fence`] (a planned failover that could not finish).
+    pub async fn unfence(&self) -> Result<(), ServerError> {
+        self.with(self.timeout * 4, async |c| {
+            sqlx::raw_sql("SET SESSION sql_log_bin = 0")
+                .execute(&mut *c)
+                .await?;
+            for table in FENCED_TABLES {
+                for (_, tag) in EVENTS {
+                    let sql = format!("DROP TRIGGER IF EXISTS oe_fence_{table}_{tag}");
+                    sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *c).await?;
+                }
+            }
+            sqlx::query("DELETE FROM engine_meta WHERE name = ?")
+                .bind(FENCE_MARK)
+                .execute(&mut *c)
+                .await?;
+            sqlx::raw_sql("SET GLOBAL read_only = 0")
+                .execute(&mut *c)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// What this replica has received from its primary (`Gtid_IO_Pos`)
+    /// and what it has applied (`@@gtid_slave_pos`).
+    pub async fn replica_positions(&self) -> Result<(Position, Position), ServerError> {
+        let (io, applied) = self
+            .with(self.timeout, async |c| {
+                let status = sqlx::raw_sql("SHOW SLAVE STATUS")
+                    .fetch_optional(&mut *c)
+                    .await?;
+                let io: String = match status {
+                    Some(row) => row.try_get("Gtid_IO_Pos")?,
+                    None => String::new(),
+                };
+                let applied = position_text(c, "@@gtid_slave_pos").await?;
+                Ok((io, applied))
+            })
+            .await?;
+        let parse = |t: &str| {
+            Position::parse(t).ok_or_else(|| self.error(format!("unreadable position {t:?}")))
+        };
+        Ok((parse(&io)?, parse(&applied)?))
+    }
+
+    /// Waits, at most `limit`, until this server has applied `position`.
+    pub async fn wait_applied(
+        &self,
+        position: &Position,
+        limit: Duration,
+    ) -> Result<(), ServerError> {
+        if position.is_empty() {
+            return Ok(());
+        }
+        let text = position.to_string();
+        let waited: i64 = self
+            .with(limit + self.timeout, async |c| {
+                sqlx::query("SELECT CAST(MASTER_GTID_WAIT(?, ?) AS SIGNED) AS w")
+                    .bind(&text)
+                    .bind(limit.as_secs_f64())
+                    .fetch_one(c)
+                    .await?
+                    .try_get("w")
+            })
+            .await?;
+        if waited == 0 {
+            Ok(())
+        } else {
+            Err(self.error(format!("did not apply {text} within {limit:?}")))
+        }
+    }
+
+    /// Makes this replica a primary: replication stopped and forgotten,
+    /// writes allowed. Answers its position.
+    pub async fn promote(&self) -> Result<Position, ServerError> {
+        self.with(self.timeout * 4, async |c| {
+            sqlx::raw_sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0")
+                .execute(&mut *c)
+                .await?;
+            position(c, "@@gtid_current_pos").await
+        })
+        .await
+    }
+}
+
+async fn position_text(c: &mut MySqlConnection, var: &'static str) -> Result<String, sqlx::Error> {
+    let sql = format!("SELECT CAST({var} AS CHAR) AS pos");
+    sqlx::query(AssertSqlSafe(sql))
+        .fetch_one(c)
+        .await?
+        .try_get("pos")
+}
+
+async fn position(c: &mut MySqlConnection, var: &'static str) -> Result<Position, sqlx::Error> {
+    let text = position_text(c, var).await?;
+    Position::parse(&text)
+        .ok_or_else(|| sqlx::Error::Protocol(format!("unreadable position {text:?}")))
+}

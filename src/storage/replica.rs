@@ -1,0 +1,257 @@
+//! A unit's replica: how far behind it is, eventual reads that respect
+//! that, and read-your-writes through replication positions.
+//!
+//! The replica's pool connects lazily, so a replica that cannot be reached
+//! never stops a unit from starting: it is only ever skipped. Its lag is
+//! measured by [`UnitStore::check_replica`] against the heartbeats the
+//! primary's probes write (see `domain::replication::lag_ms`).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sqlx::{AnyPool, Row};
+
+use super::error::StoreError;
+use super::orders::SELECT_BY_SEQ;
+use super::sql::{order_from_row, seq_param};
+use super::store::{UnitStore, now_ms};
+use crate::domain::replication::{Position, lag_ms};
+use crate::domain::{Order, OrderId};
+
+/// Heartbeats remembered for measuring lag (one per probe interval).
+const HEARTBEATS_KEPT: usize = 64;
+
+/// A replica measured longer ago than this is not trusted to be fresh.
+const CHECK_STALE_AFTER: Duration = Duration::from_secs(10);
+
+/// What replica reads do: bounds and budgets (from the storage settings).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaPolicy {
+    /// Eventual reads skip a replica measured further behind.
+    pub max_lag: Duration,
+    /// Budget of the replica attempt of one read (the primary, if it comes
+    /// to that, gets its own statement timeout).
+    pub read_timeout: Duration,
+    /// How long a read with a consistency token waits for the replica to
+    /// apply it before going to the primary.
+    pub wait: Duration,
+}
+
+/// A replica's last measurement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaHealth {
+    /// Not measured yet (no heartbeat written, or no check run).
+    Unknown,
+    Reachable {
+        lag_ms: i64,
+    },
+    Unreachable {
+        error: String,
+    },
+}
+
+/// Which copy answered an eventual read (the `served_by` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServedBy {
+    Replica,
+    Primary,
+}
+
+impl ServedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Replica => "replica",
+            Self::Primary => "primary",
+        }
+    }
+}
+
+/// Shared by a store's clones: the newest commit position seen and the
+/// replica's measurement.
+#[derive(Debug, Default)]
+pub struct Replication {
+    /// Position at or past every commit this store acknowledged (MySQL with
+    /// a replica only).
+    position: Mutex<Option<Position>>,
+    heartbeats: Mutex<VecDeque<i64>>,
+    health: Mutex<Option<(ReplicaHealth, Instant)>>,
+}
+
+impl Replication {
+    /// A position at or past every commit acknowledged so far.
+    pub fn position(&self) -> Option<Position> {
+        self.position.lock().expect("position lock").clone()
+    }
+
+    pub(super) fn advance(&self, to: &Position) {
+        let mut held = self.position.lock().expect("position lock");
+        held.get_or_insert_with(Position::default).merge(to);
+    }
+
+    pub(super) fn heartbeat_written(&self, at_ms: i64) {
+        let mut beats = self.heartbeats.lock().expect("heartbeat lock");
+        if beats.len() == HEARTBEATS_KEPT {
+            beats.pop_front();
+        }
+        beats.push_back(at_ms);
+    }
+
+    /// The replica's last measurement.
+    pub fn health(&self) -> ReplicaHealth {
+        match &*self.health.lock().expect("health lock") {
+            Some((h, _)) => h.clone(),
+            None => ReplicaHealth::Unknown,
+        }
+    }
+
+    fn record(&self, health: ReplicaHealth) {
+        *self.health.lock().expect("health lock") = Some((health, Instant::now()));
+    }
+
+    /// Whether eventual reads may go to the replica: measured recently,
+    /// reachable and at most `max_lag` behind.
+    fn fresh(&self, max_lag: Duration) -> bool {
+        match &*self.health.lock().expect("health lock") {
+            Some((ReplicaHealth::Reachable { lag_ms }, at)) => {
+                at.elapsed() < CHECK_STALE_AFTER && *lag_ms <= max_lag.as_millis() as i64
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What one replica attempt found.
+enum Attempt {
+    Found(Box<Order>),
+    Absent,
+    /// It has not applied the token's position within the wait.
+    Behind,
+}
+
+const REPLICA_CHECK: &str = "SELECT (SELECT written_at_ms FROM probe WHERE id = 1) AS beat, \
+     (SELECT value FROM engine_meta WHERE name = 'unit_id') AS unit_id";
+const GTID_WAIT: &str = "SELECT CAST(MASTER_GTID_WAIT(?, ?) AS SIGNED) AS waited";
+
+impl UnitStore {
+    /// The replica's measurement and the commit position, shared by every
+    /// clone of this store.
+    pub fn replication(&self) -> std::sync::Arc<Replication> {
+        self.replication.clone()
+    }
+
+    /// Measures the replica: reachable, holding this unit's database, and
+    /// how far behind. Bounded by the replica read budget; never fails (the
+    /// outcome is recorded and returned).
+    pub async fn check_replica(&self) -> ReplicaHealth {
+        let Some(replica) = &self.replica else {
+            return ReplicaHealth::Unknown;
+        };
+        let read = async {
+            let row = sqlx::query(REPLICA_CHECK).fetch_one(replica).await?;
+            let beat: Option<i64> = row.try_get("beat")?;
+            let unit: Option<String> = row.try_get("unit_id")?;
+            Ok::<_, sqlx::Error>((beat.unwrap_or(0), unit))
+        };
+        let health = match tokio::time::timeout(self.replica_policy.read_timeout, read).await {
+            Err(_) => ReplicaHealth::Unreachable {
+                error: format!("no answer within {:?}", self.replica_policy.read_timeout),
+            },
+            Ok(Err(e)) => ReplicaHealth::Unreachable {
+                error: e.to_string(),
+            },
+            Ok(Ok((_, unit))) if unit.as_deref() != Some(&self.unit.to_string()) => {
+                ReplicaHealth::Unreachable {
+                    error: format!(
+                        "it holds unit_id {unit:?}, not {}: not a replica of this unit",
+                        self.unit
+                    ),
+                }
+            }
+            Ok(Ok((beat, _))) => {
+                let beats = self.replication.heartbeats.lock().expect("heartbeat lock");
+                if beats.is_empty() {
+                    return ReplicaHealth::Unknown; // nothing to measure against yet
+                }
+                let written: Vec<i64> = beats.iter().copied().collect();
+                drop(beats);
+                ReplicaHealth::Reachable {
+                    lag_ms: lag_ms(&written, beat, now_ms()),
+                }
+            }
+        };
+        self.replication.record(health.clone());
+        health
+    }
+
+    /// An eventual read: the replica when it is fresh (and, with `wait_for`,
+    /// once it has applied that position), within its own budget; otherwise
+    /// the primary. When the primary cannot answer a read without a token,
+    /// the replica answers however far behind it is: an eventual read asks
+    /// for availability over freshness.
+    pub async fn get_eventual(
+        &self,
+        id: OrderId,
+        wait_for: Option<&Position>,
+    ) -> Result<(Order, ServedBy), StoreError> {
+        let Some(replica) = &self.replica else {
+            return Ok((self.get_primary(id).await?, ServedBy::Primary));
+        };
+        let tried = self.replication.fresh(self.replica_policy.max_lag);
+        if tried {
+            let attempt = self.read_replica(replica, id, wait_for);
+            match tokio::time::timeout(self.replica_policy.read_timeout, attempt).await {
+                Ok(Ok(Attempt::Found(order))) => return Ok((*order, ServedBy::Replica)),
+                // Not there yet, or behind the token: the primary decides.
+                Ok(Ok(Attempt::Absent | Attempt::Behind)) => {}
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
+        match self.get_primary(id).await {
+            Err(e @ (StoreError::Unavailable(_) | StoreError::InDoubt(_)))
+                if !tried && wait_for.is_none() =>
+            {
+                let attempt = self.read_replica(replica, id, None);
+                match tokio::time::timeout(self.replica_policy.read_timeout, attempt).await {
+                    Ok(Ok(Attempt::Found(order))) => Ok((*order, ServedBy::Replica)),
+                    _ => Err(e),
+                }
+            }
+            other => other.map(|order| (order, ServedBy::Primary)),
+        }
+    }
+
+    /// One read on the replica, after waiting (at most the wait budget) for
+    /// it to apply `wait_for`.
+    async fn read_replica(
+        &self,
+        replica: &AnyPool,
+        id: OrderId,
+        wait_for: Option<&Position>,
+    ) -> Result<Attempt, sqlx::Error> {
+        let mut conn = replica.acquire().await?;
+        if let Some(position) = wait_for {
+            let waited: i64 = sqlx::query(GTID_WAIT)
+                .bind(position.to_string())
+                .bind(self.replica_policy.wait.as_secs_f64())
+                .fetch_one(&mut *conn)
+                .await?
+                .try_get("waited")?;
+            if waited != 0 {
+                return Ok(Attempt::Behind);
+            }
+        }
+        let row = sqlx::query(SELECT_BY_SEQ)
+            .bind(seq_param(id.sequence()))
+            .fetch_optional(&mut *conn)
+            .await?;
+        let order = match row.map(|r| order_from_row(self.unit, &r)).transpose() {
+            Ok(order) => order,
+            Err(_) => return Ok(Attempt::Absent), // let the primary answer
+        };
+        Ok(match order {
+            Some(o) if o.id == id => Attempt::Found(Box::new(o)),
+            _ => Attempt::Absent,
+        })
+    }
+}

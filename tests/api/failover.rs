@@ -1,0 +1,278 @@
+//! A unit's primary fails over to its semi-synchronous replica while
+//! creates and pays flow (`POST /admin/units/{id}/failover`).
+//!
+//! Emergency: the primary is SIGKILLed, eventual reads go on from the
+//! replica, the failover promotes it; the unit serves again within 5 s of
+//! the call, no acknowledged order or pay is lost, no key has two orders,
+//! no sequence is handed out twice, and the old primary, once it is back,
+//! is fenced. Planned: the old primary is fenced first and the replica
+//! catches up with it exactly; a unit never starts on a fenced database.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::TestApp;
+use crate::mariadb::{primary_and_replica, replicate, unique_db};
+use crate::replication::{engine_with_replica, order_in_unit_1};
+use crate::repoint::{Ledger, caller, orders_at};
+
+/// `(out_trade_no -> [(unit, seq, status)])` over unit 1 at `unit1_url`
+/// and unit 2 as the engine has it.
+async fn stored(app: &TestApp, unit1_url: &str) -> BTreeMap<String, Vec<(u16, i64, String)>> {
+    let mut all: BTreeMap<String, Vec<(u16, i64, String)>> = BTreeMap::new();
+    let unit2 = app.units.iter().find(|(id, _)| *id == 2).unwrap().1.clone();
+    for (unit, url) in [(1, unit1_url.to_owned()), (2, unit2)] {
+        for (key, seq, status) in orders_at(&url).await {
+            all.entry(key).or_default().push((unit, seq, status));
+        }
+    }
+    all
+}
+
+/// Every acknowledged create is stored once, with the id it was answered,
+/// and paid when its pay was acknowledged; nothing else is stored.
+fn check_ledger(ledger: &Ledger, stored: &BTreeMap<String, Vec<(u16, i64, String)>>) {
+    for (key, id) in &ledger.created {
+        let found = stored.get(key).map(Vec::as_slice).unwrap_or_default();
+        assert_eq!(found.len(), 1, "key {key} ({id}): {found:?}");
+        let (unit, seq, status) = &found[0];
+        assert_eq!(id[1..5].parse::<u16>().unwrap(), *unit, "{key}");
+        assert_eq!(id[17..27].parse::<i64>().unwrap(), *seq, "{key}");
+        if ledger.paid.contains(id) {
+            assert_eq!(status, "paid", "{key} was paid, and the pay acknowledged");
+        }
+    }
+}
+
+async fn failover(app: &TestApp, mode: &str) -> crate::helpers::Reply {
+    app.admin_send(
+        Method::POST,
+        "/admin/units/1/failover",
+        &json!({ "mode": mode }),
+        None,
+    )
+    .await
+}
+
+/// Whether a write to the database at `url` is refused by the fence. The
+/// write stays out of the binlog: a semi-synchronous primary with no
+/// replica would hold its commit (which fences it too, but for an hour).
+async fn refuses_writes(url: &str) -> bool {
+    use sqlx::Connection;
+    let mut conn = sqlx::MySqlConnection::connect(url).await.unwrap();
+    sqlx::raw_sql("SET SESSION sql_log_bin = 0")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let wrote = sqlx::query("UPDATE probe SET token = token + 1 WHERE id = 1")
+        .execute(&mut conn)
+        .await;
+    let mark = sqlx::query("SELECT value FROM engine_meta WHERE name = 'replaced_by_failover'")
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+    let _ = conn.close().await;
+    match wrote {
+        Err(sqlx::Error::Database(e)) => {
+            assert!(e.message().contains("replaced by a failover"), "{e}");
+            assert!(mark.is_some(), "fenced, but not marked");
+            true
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => false,
+    }
+}
+
+#[actix_web::test]
+async fn emergency_failover_under_load_loses_nothing() {
+    let (mut primary, replica) = primary_and_replica();
+    replicate(&primary, &replica).await;
+    let db = unique_db("fo");
+    let (old_url, new_url) = (primary.url(&db), replica.url(&db));
+    let app = Arc::new(engine_with_replica(&old_url, &new_url).await);
+    let early = order_in_unit_1(&app, "early").await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let until = Instant::now() + Duration::from_secs(10);
+    let callers: Vec<_> = (0..4)
+        .map(|c| actix_web::rt::spawn(caller(app.clone(), c, "fo", until, ledger.clone())))
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    primary.kill();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    // With the primary down, eventual reads are served by the replica.
+    let r = app
+        .get(&format!("/v1/orders/{early}?consistency=eventual"))
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "eventual read, primary down: {}",
+        r.body
+    );
+
+    let called = Instant::now();
+    let r = failover(&app, "emergency").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    println!("emergency failover: {} in {:?}", r.body, called.elapsed());
+    assert_eq!(
+        r.body["old_primary_fenced"], false,
+        "the old primary is dead"
+    );
+    let steps: Vec<&str> = r.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["fence_writes", "catch_up", "promote", "repoint"]);
+    // The unit serves again within 5 s of the call.
+    loop {
+        let r = app.get(&format!("/v1/orders/{early}")).await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            called.elapsed() < Duration::from_secs(5),
+            "unit 1 not serving 5 s after the failover call: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("unit 1 serving {:?} after the call", called.elapsed());
+    let unit = app.unit_status(1).await;
+    assert!(
+        unit["primary_url"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(":{}/", replica.port()))
+    );
+    assert_eq!(unit["replica_url"], serde_json::Value::Null);
+    assert_eq!(unit["last_failover"]["mode"], "emergency");
+    for c in callers {
+        c.await.unwrap();
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    println!(
+        "emergency failover under load: {} creates, {} pays acknowledged, {} calls retried",
+        ledger.created.len(),
+        ledger.paid.len(),
+        ledger.retried
+    );
+    check_ledger(&ledger, &stored(&app, &new_url).await);
+
+    // The old primary comes back: fenced at once, and what it holds that
+    // the promoted server lacks was never acknowledged; no sequence of it
+    // names another order on the promoted server.
+    primary.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !refuses_writes(&old_url).await {
+        assert!(
+            Instant::now() < deadline,
+            "the old primary was never fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let unit = app.unit_status(1).await;
+    assert_eq!(unit["last_failover"]["old_primary_fenced"], true, "{unit}");
+    let promoted: BTreeMap<i64, String> = orders_at(&new_url)
+        .await
+        .into_iter()
+        .map(|(key, seq, _)| (seq, key))
+        .collect();
+    let on_old = orders_at(&old_url).await;
+    for (key, seq, _) in &on_old {
+        if let Some(other) = promoted.get(seq) {
+            assert_eq!(other, key, "sequence {seq} reused");
+        } else {
+            assert!(
+                !ledger.created.contains_key(key),
+                "{key} acknowledged, lost"
+            );
+        }
+    }
+    // Unit 1 took creates after the failover, past every earlier sequence.
+    let old_max = on_old.iter().map(|o| o.1).max().unwrap_or(0);
+    let after: Vec<i64> = promoted
+        .iter()
+        .filter(|(_, key)| !on_old.iter().any(|o| &o.0 == *key))
+        .map(|(seq, _)| *seq)
+        .collect();
+    assert!(
+        !after.is_empty(),
+        "no create reached unit 1 after the failover"
+    );
+    assert!(after.iter().all(|s| *s > old_max), "{after:?} vs {old_max}");
+    // A unit never starts on the fenced database again.
+    let r = app
+        .admin_send(
+            Method::PATCH,
+            "/admin/units/1",
+            &json!({"mode": "disabled"}),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let r = app
+        .admin_send(
+            Method::PATCH,
+            "/admin/units/1",
+            &json!({"primary_url": old_url}),
+            None,
+        )
+        .await;
+    assert_eq!(r.code(), "invalid_change", "{}", r.body);
+    let said = r.body["error"]["message"].as_str().unwrap();
+    assert!(said.contains("failover"), "{said}");
+}
+
+#[actix_web::test]
+async fn planned_failover_fences_the_old_primary_first() {
+    let (primary, replica) = primary_and_replica();
+    replicate(&primary, &replica).await;
+    let db = unique_db("fp");
+    let (old_url, new_url) = (primary.url(&db), replica.url(&db));
+    let app = Arc::new(engine_with_replica(&old_url, &new_url).await);
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let until = Instant::now() + Duration::from_secs(6);
+    let callers: Vec<_> = (0..4)
+        .map(|c| actix_web::rt::spawn(caller(app.clone(), c, "fp", until, ledger.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let called = Instant::now();
+    let r = failover(&app, "planned").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    println!("planned failover: {} in {:?}", r.body, called.elapsed());
+    assert_eq!(r.body["old_primary_fenced"], true);
+    for c in callers {
+        c.await.unwrap();
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    println!(
+        "planned failover under load: {} creates, {} pays acknowledged, {} calls retried",
+        ledger.created.len(),
+        ledger.paid.len(),
+        ledger.retried
+    );
+    check_ledger(&ledger, &stored(&app, &new_url).await);
+    assert!(
+        refuses_writes(&old_url).await,
+        "the old primary takes writes"
+    );
+    // The promoted server holds everything the old one committed.
+    let old: Vec<String> = orders_at(&old_url).await.into_iter().map(|o| o.0).collect();
+    let new: Vec<String> = orders_at(&new_url).await.into_iter().map(|o| o.0).collect();
+    for key in &old {
+        assert!(
+            new.contains(key),
+            "{key} committed on the old primary, not on the new"
+        );
+    }
+    // Nothing to fail over to any more.
+    let r = failover(&app, "planned").await;
+    assert_eq!(r.code(), "no_replica", "{}", r.body);
+}
