@@ -405,17 +405,15 @@ pub fn set_replicas(unit: u16, replicas: usize) {
     gauge!(REPLICAS, "unit" => unit.to_string()).set(replicas as f64);
 }
 
-/// Publishes a replica check: reachable (and its lag) or not.
-pub fn record_replica(unit: u16, health: &crate::storage::ReplicaHealth) {
-    use crate::storage::ReplicaHealth;
+/// Publishes a replica check: `Some(lag)` when it answered, `None` when not.
+pub fn record_replica(unit: u16, lag_ms: Option<i64>) {
     let u = unit.to_string();
-    match health {
-        ReplicaHealth::Unknown => {}
-        ReplicaHealth::Reachable { lag_ms } => {
+    match lag_ms {
+        Some(lag) => {
             gauge!(REPLICA_UP, "unit" => u.clone()).set(1.0);
-            gauge!(REPLICA_LAG, "unit" => u).set(*lag_ms as f64 / 1000.0);
+            gauge!(REPLICA_LAG, "unit" => u).set(lag as f64 / 1000.0);
         }
-        ReplicaHealth::Unreachable { .. } => gauge!(REPLICA_UP, "unit" => u).set(0.0),
+        None => gauge!(REPLICA_UP, "unit" => u).set(0.0),
     }
 }
 

@@ -35,9 +35,6 @@ pub struct UnitHealth {
     /// The unit is disabled, and no transaction of this process can change
     /// its database any more (it may be copied).
     pub writes_fenced: AtomicBool,
-    /// The running store's replica measurement and commit position (set by
-    /// the unit actor; replaced when the unit moves to another database).
-    pub replication: arc_swap::ArcSwapOption<crate::storage::Replication>,
     /// The unit's last failover in this process.
     failover: std::sync::Mutex<Option<FailoverRecord>>,
 }

@@ -184,6 +184,14 @@ impl Settings {
         if self.storage.max_connections == 0 {
             return invalid("storage.max_connections must be > 0".into());
         }
+        let st = &self.storage;
+        if st.replica_wait_ms >= st.replica_read_timeout_ms {
+            return invalid(format!(
+                "storage.replica_wait_ms ({}) must be below storage.replica_read_timeout_ms ({}): \
+                 the wait is part of the replica attempt's budget",
+                st.replica_wait_ms, st.replica_read_timeout_ms
+            ));
+        }
         // A caller's `Bearer <token>` is read without surrounding spaces, so
         // a token with any would turn the admin API on and let nobody in.
         if self.admin.token.chars().any(char::is_whitespace) {

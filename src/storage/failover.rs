@@ -33,6 +33,11 @@ const EVENTS: [(&str, &str); 3] = [("INSERT", "ins"), ("UPDATE", "upd"), ("DELET
 /// a database that holds it.
 pub const FENCE_MARK: &str = "replaced_by_failover";
 
+/// Recorded in a promoted database's `engine_meta`: the primary it
+/// replaced, so that a failover that promoted it and then could not
+/// repoint the unit can be finished by repeating it.
+const PROMOTED_MARK: &str = "promoted_by_failover";
+
 /// The message a write to a fenced database fails with (SQLSTATE 45000,
 /// error 1644): a definite failure, nothing was written.
 const FENCE_MESSAGE: &str =
@@ -45,6 +50,9 @@ const FENCE_MESSAGE: &str =
 pub struct ServerError {
     pub server: String,
     pub message: String,
+    /// No connection could be made at all (within the step's time): the
+    /// server is down or cut off, and this changed nothing there.
+    pub unreachable: bool,
 }
 
 /// One server a failover works on.
@@ -62,35 +70,52 @@ impl Server {
         }
     }
 
-    fn error(&self, message: impl std::fmt::Display) -> ServerError {
+    pub fn error(&self, message: impl std::fmt::Display) -> ServerError {
         ServerError {
             server: mask_url(&self.url),
             message: message.to_string(),
+            unreachable: false,
         }
     }
 
-    /// Runs `work` on a new connection, bounded by `limit`.
+    /// Runs `work` on a new connection: connecting is bounded by the step
+    /// time, `work` by `limit`.
     async fn with<T>(
         &self,
         limit: Duration,
         work: impl AsyncFnOnce(&mut MySqlConnection) -> Result<T, sqlx::Error>,
     ) -> Result<T, ServerError> {
-        let run = async {
-            let mut conn = MySqlConnection::connect(&self.url).await?;
-            let out = work(&mut conn).await;
-            let _ = conn.close().await;
-            out
+        let connect = tokio::time::timeout(self.timeout, MySqlConnection::connect(&self.url));
+        let mut conn = match connect.await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let e = self.error(e);
+                return Err(ServerError {
+                    unreachable: true,
+                    ..e
+                });
+            }
+            Err(_) => {
+                let e = self.error(format!("no connection within {:?}", self.timeout));
+                return Err(ServerError {
+                    unreachable: true,
+                    ..e
+                });
+            }
         };
-        match tokio::time::timeout(limit, run).await {
+        let out = match tokio::time::timeout(limit, work(&mut conn)).await {
             Ok(r) => r.map_err(|e| self.error(e)),
             Err(_) => Err(self.error(format!("no answer within {limit:?}"))),
-        }
+        };
+        let _ = conn.close().await;
+        out
     }
 
-    /// The unit whose database this server holds (its `engine_meta`).
-    pub async fn unit_id(&self) -> Result<Option<String>, ServerError> {
+    /// A value of the unit's `engine_meta` on this server.
+    async fn meta(&self, name: &'static str) -> Result<Option<String>, ServerError> {
         self.with(self.timeout, async |c| {
-            let row = sqlx::query("SELECT value FROM engine_meta WHERE name = 'unit_id'")
+            let row = sqlx::query("SELECT value FROM engine_meta WHERE name = ?")
+                .bind(name)
                 .fetch_optional(&mut *c)
                 .await?;
             row.map(|r| r.try_get::<String, _>("value")).transpose()
@@ -98,27 +123,43 @@ impl Server {
         .await
     }
 
+    /// The unit whose database this server holds.
+    pub async fn unit_id(&self) -> Result<Option<String>, ServerError> {
+        self.meta("unit_id").await
+    }
+
+    /// The primary (its URL, password masked) a failover promoted this
+    /// server to replace, if one did.
+    pub async fn promoted_from(&self) -> Result<Option<String>, ServerError> {
+        self.meta(PROMOTED_MARK).await
+    }
+
     /// Fences the unit's database on this server: marks it replaced and
     /// installs triggers that refuse every write to its tables, outside
     /// the binlog (so that no replica takes them), then makes the server
     /// `read_only`. Creating a trigger waits for the transactions writing
     /// its table to end, so once this returns, nothing more will commit
-    /// here: the answer is the server's final binlog position.
+    /// here: the answer is the server's final binlog position. Fencing a
+    /// fenced database again changes nothing and answers the same.
     pub async fn fence(&self, reason: &str) -> Result<Position, ServerError> {
         let reason = reason.to_owned();
         let pos = self
-            .with(self.timeout * 4, async move |c| {
-                sqlx::raw_sql("SET SESSION sql_log_bin = 0; SET SESSION lock_wait_timeout = 10")
+            .with(self.timeout * 6, async move |c| {
+                sqlx::raw_sql("SET SESSION sql_log_bin = 0; SET SESSION lock_wait_timeout = 5")
                     .execute(&mut *c)
                     .await?;
-                sqlx::query(
-                    "INSERT INTO engine_meta (name, value) VALUES (?, ?) \
-                     ON DUPLICATE KEY UPDATE value = VALUES(value)",
-                )
-                .bind(FENCE_MARK)
-                .bind(&reason)
-                .execute(&mut *c)
-                .await?;
+                let marked = sqlx::query("SELECT 1 FROM engine_meta WHERE name = ?")
+                    .bind(FENCE_MARK)
+                    .fetch_optional(&mut *c)
+                    .await?
+                    .is_some();
+                if !marked {
+                    sqlx::query("INSERT INTO engine_meta (name, value) VALUES (?, ?)")
+                        .bind(FENCE_MARK)
+                        .bind(&reason)
+                        .execute(&mut *c)
+                        .await?;
+                }
                 for table in FENCED_TABLES {
                     for (event, tag) in EVENTS {
                         let sql = format!(
@@ -145,9 +186,10 @@ impl Server {
         Ok(pos)
     }
 
-    /// Undoes [`Self::fence`] (a planned failover that could not finish).
+    /// Undoes [`Self::fence`], or what of it was done (a failover that
+    /// could not finish).
     pub async fn unfence(&self) -> Result<(), ServerError> {
-        self.with(self.timeout * 4, async |c| {
+        self.with(self.timeout * 6, async |c| {
             sqlx::raw_sql("SET SESSION sql_log_bin = 0")
                 .execute(&mut *c)
                 .await?;
@@ -169,26 +211,44 @@ impl Server {
         .await
     }
 
-    /// What this replica has received from its primary (`Gtid_IO_Pos`)
-    /// and what it has applied (`@@gtid_slave_pos`).
-    pub async fn replica_positions(&self) -> Result<(Position, Position), ServerError> {
-        let (io, applied) = self
+    /// What this replica has received from its primary (`Gtid_IO_Pos`);
+    /// `None` when it is no replica (no replication configured).
+    pub async fn received(&self) -> Result<Option<Position>, ServerError> {
+        let io = self
             .with(self.timeout, async |c| {
                 let status = sqlx::raw_sql("SHOW SLAVE STATUS")
                     .fetch_optional(&mut *c)
                     .await?;
-                let io: String = match status {
-                    Some(row) => row.try_get("Gtid_IO_Pos")?,
-                    None => String::new(),
-                };
-                let applied = position_text(c, "@@gtid_slave_pos").await?;
-                Ok((io, applied))
+                status
+                    .map(|row| row.try_get::<String, _>("Gtid_IO_Pos"))
+                    .transpose()
             })
             .await?;
-        let parse = |t: &str| {
-            Position::parse(t).ok_or_else(|| self.error(format!("unreadable position {t:?}")))
-        };
-        Ok((parse(&io)?, parse(&applied)?))
+        io.map(|t| {
+            Position::parse(&t).ok_or_else(|| self.error(format!("unreadable position {t:?}")))
+        })
+        .transpose()
+    }
+
+    /// Stops taking events from the primary (`STOP SLAVE IO_THREAD`): what
+    /// it received is then final, and the old primary, left without its
+    /// semi-synchronous replica, acknowledges no more commits.
+    pub async fn stop_receiving(&self) -> Result<(), ServerError> {
+        self.with(self.timeout * 2, async |c| {
+            sqlx::raw_sql("STOP SLAVE IO_THREAD")
+                .execute(c)
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    /// Takes events from the primary again (a failover that gave up).
+    pub async fn resume_receiving(&self) -> Result<(), ServerError> {
+        self.with(self.timeout * 2, async |c| {
+            sqlx::raw_sql("START SLAVE").execute(c).await.map(drop)
+        })
+        .await
     }
 
     /// Waits, at most `limit`, until this server has applied `position`.
@@ -219,12 +279,31 @@ impl Server {
     }
 
     /// Makes this replica a primary: replication stopped and forgotten,
-    /// writes allowed. Answers its position.
-    pub async fn promote(&self) -> Result<Position, ServerError> {
-        self.with(self.timeout * 4, async |c| {
-            sqlx::raw_sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0")
-                .execute(&mut *c)
-                .await?;
+    /// writes allowed, and semi-synchronous waiting off (a primary with no
+    /// replica that waits for one, with the timeout out of reach, would
+    /// never acknowledge a commit; the operator turns it on again when a
+    /// replica is attached). The mark naming the replaced primary comes
+    /// before the reset: a promotion that stops half-way either still
+    /// replicates (and is done again) or holds the mark (and a repeated
+    /// failover goes on to the repoint). Answers its position.
+    pub async fn promote(&self, replaces: &str) -> Result<Position, ServerError> {
+        let replaces = replaces.to_owned();
+        self.with(self.timeout * 4, async move |c| {
+            sqlx::raw_sql("STOP SLAVE").execute(&mut *c).await?;
+            sqlx::query(
+                "INSERT INTO engine_meta (name, value) VALUES (?, ?) \
+                 ON DUPLICATE KEY UPDATE value = VALUES(value)",
+            )
+            .bind(PROMOTED_MARK)
+            .bind(&replaces)
+            .execute(&mut *c)
+            .await?;
+            sqlx::raw_sql(
+                "RESET SLAVE ALL; SET GLOBAL rpl_semi_sync_master_enabled = 0; \
+                 SET GLOBAL read_only = 0",
+            )
+            .execute(&mut *c)
+            .await?;
             position(c, "@@gtid_current_pos").await
         })
         .await

@@ -11,7 +11,8 @@
 //!   `refunds.rs`: refunds; `outbox.rs` and `events.rs`: change events;
 //!   `claims.rs`: the units' records of idempotency keys;
 //!   `sequence.rs`: the order sequence; `probe.rs`: health probes;
-//!   `replica.rs`: replica lag, eventual and read-your-writes reads;
+//!   `replica.rs`: replica lag, eventual and read-your-writes reads
+//!   (`replication.rs`: what the store keeps about its replica);
 //!   `sql.rs`: what their statements share.
 //! - `failover.rs`: fencing, catching up and promoting a unit's servers;
 //!   `control.rs`: the control database several engine processes share
@@ -30,6 +31,7 @@ mod outbox;
 mod probe;
 mod refunds;
 mod replica;
+mod replication;
 pub mod sequence;
 mod sql;
 mod store;
@@ -42,6 +44,6 @@ pub use error::StoreError;
 pub use events::OutboxEvent;
 pub use open::OpenError;
 pub use orders::{BatchOutcome, InsertOutcome, Page};
-pub use replica::{ReplicaHealth, Replication, ServedBy};
+pub use replication::{ReplicaHealth, Replication, ServedBy};
 pub use store::{PoolStats, UnitStore, now_ms};
 pub use updates::BatchAnswers;

@@ -10,7 +10,7 @@ use sqlx::migrate::MigrateDatabase;
 
 use super::connect::{Dialect, pool_options, prepare_url};
 use super::lane::Lane;
-use super::replica::ReplicaPolicy;
+use super::replication::ReplicaPolicy;
 use super::store::UnitStore;
 use crate::config::{StorageSettings, mask_url};
 

@@ -6,120 +6,15 @@
 //! measured by [`UnitStore::check_replica`] against the heartbeats the
 //! primary's probes write (see `domain::replication::lag_ms`).
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use sqlx::{AnyPool, Row};
 
 use super::error::StoreError;
 use super::orders::SELECT_BY_SEQ;
+use super::replication::{ReplicaHealth, Replication, ServedBy};
 use super::sql::{order_from_row, seq_param};
 use super::store::{UnitStore, now_ms};
 use crate::domain::replication::{Position, lag_ms};
 use crate::domain::{Order, OrderId};
-
-/// Heartbeats remembered for measuring lag (one per probe interval).
-const HEARTBEATS_KEPT: usize = 64;
-
-/// A replica measured longer ago than this is not trusted to be fresh.
-const CHECK_STALE_AFTER: Duration = Duration::from_secs(10);
-
-/// What replica reads do: bounds and budgets (from the storage settings).
-#[derive(Debug, Clone, Copy)]
-pub struct ReplicaPolicy {
-    /// Eventual reads skip a replica measured further behind.
-    pub max_lag: Duration,
-    /// Budget of the replica attempt of one read (the primary, if it comes
-    /// to that, gets its own statement timeout).
-    pub read_timeout: Duration,
-    /// How long a read with a consistency token waits for the replica to
-    /// apply it before going to the primary.
-    pub wait: Duration,
-}
-
-/// A replica's last measurement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplicaHealth {
-    /// Not measured yet (no heartbeat written, or no check run).
-    Unknown,
-    Reachable {
-        lag_ms: i64,
-    },
-    Unreachable {
-        error: String,
-    },
-}
-
-/// Which copy answered an eventual read (the `served_by` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServedBy {
-    Replica,
-    Primary,
-}
-
-impl ServedBy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Replica => "replica",
-            Self::Primary => "primary",
-        }
-    }
-}
-
-/// Shared by a store's clones: the newest commit position seen and the
-/// replica's measurement.
-#[derive(Debug, Default)]
-pub struct Replication {
-    /// Position at or past every commit this store acknowledged (MySQL with
-    /// a replica only).
-    position: Mutex<Option<Position>>,
-    heartbeats: Mutex<VecDeque<i64>>,
-    health: Mutex<Option<(ReplicaHealth, Instant)>>,
-}
-
-impl Replication {
-    /// A position at or past every commit acknowledged so far.
-    pub fn position(&self) -> Option<Position> {
-        self.position.lock().expect("position lock").clone()
-    }
-
-    pub(super) fn advance(&self, to: &Position) {
-        let mut held = self.position.lock().expect("position lock");
-        held.get_or_insert_with(Position::default).merge(to);
-    }
-
-    pub(super) fn heartbeat_written(&self, at_ms: i64) {
-        let mut beats = self.heartbeats.lock().expect("heartbeat lock");
-        if beats.len() == HEARTBEATS_KEPT {
-            beats.pop_front();
-        }
-        beats.push_back(at_ms);
-    }
-
-    /// The replica's last measurement.
-    pub fn health(&self) -> ReplicaHealth {
-        match &*self.health.lock().expect("health lock") {
-            Some((h, _)) => h.clone(),
-            None => ReplicaHealth::Unknown,
-        }
-    }
-
-    fn record(&self, health: ReplicaHealth) {
-        *self.health.lock().expect("health lock") = Some((health, Instant::now()));
-    }
-
-    /// Whether eventual reads may go to the replica: measured recently,
-    /// reachable and at most `max_lag` behind.
-    fn fresh(&self, max_lag: Duration) -> bool {
-        match &*self.health.lock().expect("health lock") {
-            Some((ReplicaHealth::Reachable { lag_ms }, at)) => {
-                at.elapsed() < CHECK_STALE_AFTER && *lag_ms <= max_lag.as_millis() as i64
-            }
-            _ => false,
-        }
-    }
-}
 
 /// What one replica attempt found.
 enum Attempt {
@@ -169,12 +64,10 @@ impl UnitStore {
                 }
             }
             Ok(Ok((beat, _))) => {
-                let beats = self.replication.heartbeats.lock().expect("heartbeat lock");
-                if beats.is_empty() {
+                let written = self.replication.heartbeats();
+                if written.is_empty() {
                     return ReplicaHealth::Unknown; // nothing to measure against yet
                 }
-                let written: Vec<i64> = beats.iter().copied().collect();
-                drop(beats);
                 ReplicaHealth::Reachable {
                     lag_ms: lag_ms(&written, beat, now_ms()),
                 }

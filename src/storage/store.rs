@@ -12,7 +12,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Row};
 use super::connect::Dialect;
 use super::error::StoreError;
 use super::lane::{Lane, LaneConnection};
-use super::replica::{ReplicaPolicy, Replication};
+use super::replication::{ReplicaPolicy, Replication};
 use crate::domain::replication::Position;
 
 /// `COMMIT`, and the GTID it was given, in one round trip (MariaDB).

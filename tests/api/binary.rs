@@ -204,6 +204,10 @@ async fn operators_change_the_routing_table_with_the_cli() {
     assert!(err.contains("412 version_mismatch"), "{err}");
     let (ok, _, err) = run(&["units", "set", "9", "--mode", "open"]);
     assert!(!ok && err.contains("404 unit_not_found"), "{err}");
+    // A SQLite unit has nothing to fail over to (the failover itself:
+    // tests/api/failover.rs).
+    let (ok, _, err) = run(&["units", "failover", "3", "--mode", "emergency"]);
+    assert!(!ok && err.contains("409 no_replica"), "{err}");
 
     // A key merchant's own partition, with a unit added for it.
     let (ok, _, err) = run(&["partitions", "set", "vip", "--spill-to", "standard"]);

@@ -237,17 +237,41 @@ async fn planned_failover_fences_the_old_primary_first() {
     let db = unique_db("fp");
     let (old_url, new_url) = (primary.url(&db), replica.url(&db));
     let app = Arc::new(engine_with_replica(&old_url, &new_url).await);
+    let state_file = app.state_file.clone().expect("the table is kept");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let until = Instant::now() + Duration::from_secs(6);
     let callers: Vec<_> = (0..4)
         .map(|c| actix_web::rt::spawn(caller(app.clone(), c, "fp", until, ledger.clone())))
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // The first call cannot keep the new table (its state file's place is
+    // taken by a directory): it promotes the replica, then fails at the
+    // repoint, and the unit waits, fenced.
+    let state = state_file.clone();
+    let _ = std::fs::remove_file(&state);
+    std::fs::create_dir_all(state.join("blocked")).unwrap();
+    let r = failover(&app, "planned").await;
+    assert_eq!(r.code(), "failover_failed", "{}", r.body);
+    let said = r.body["error"]["message"].as_str().unwrap();
+    assert!(said.contains("repoint"), "{said}");
+    std::fs::remove_dir_all(&state).unwrap();
+    // Repeated, it goes on from there.
     let called = Instant::now();
     let r = failover(&app, "planned").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    println!("planned failover: {} in {:?}", r.body, called.elapsed());
+    println!(
+        "planned failover, repeated: {} in {:?}",
+        r.body,
+        called.elapsed()
+    );
     assert_eq!(r.body["old_primary_fenced"], true);
+    let steps: Vec<&str> = r.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["fence_writes", "promote", "repoint"]);
     for c in callers {
         c.await.unwrap();
     }
@@ -275,4 +299,152 @@ async fn planned_failover_fences_the_old_primary_first() {
     // Nothing to fail over to any more.
     let r = failover(&app, "planned").await;
     assert_eq!(r.code(), "no_replica", "{}", r.body);
+}
+
+/// Creates and pays through `base` until `until`, retrying 503s and
+/// transport errors with the same key for up to 30 s; acknowledged calls
+/// go into the ledger.
+async fn process_caller(base: String, tag: String, until: Instant, ledger: Arc<Mutex<Ledger>>) {
+    let client = reqwest::Client::new();
+    let send = |path: String, body: serde_json::Value| {
+        let (client, url, ledger) = (client.clone(), format!("{base}{path}"), ledger.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let sent = client
+                    .post(&url)
+                    .json(&body)
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                        let status = r.status();
+                        return (status, r.json::<serde_json::Value>().await.unwrap());
+                    }
+                    _ => {
+                        assert!(Instant::now() < deadline, "{url}: no answer in 30 s");
+                        ledger.lock().unwrap().retried += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    };
+    let mut i = 0;
+    while Instant::now() < until && i < 5_000 {
+        let key = format!("{tag}-{i}");
+        i += 1;
+        let body = crate::helpers::order_body("m-1", &key, "u-1", 100);
+        let (status, order) = send("/v1/orders".into(), body).await;
+        assert!(
+            matches!(status, StatusCode::CREATED | StatusCode::OK),
+            "create {key}: {status} {order}"
+        );
+        let id = order["order_id"].as_str().unwrap().to_owned();
+        ledger.lock().unwrap().created.insert(key, id.clone());
+        let pay = json!({"payment_ref": format!("p-{id}"), "amount": 100});
+        let (status, body) = send(format!("/v1/orders/{id}/pay"), pay).await;
+        assert_eq!(status, StatusCode::OK, "pay {id}: {body}");
+        ledger.lock().unwrap().paid.insert(id);
+    }
+}
+
+/// Two engine processes share the routing table through a control store;
+/// a planned failover through one. The other keeps writing to the old
+/// primary until it follows the repoint: the fence refuses those writes
+/// (its callers retry), so nothing it acknowledged is left behind on the
+/// old primary.
+#[actix_web::test]
+async fn a_planned_failover_fences_the_other_processes_too() {
+    use crate::mariadb::shared;
+    use crate::process::Engine;
+    let (primary, replica) = primary_and_replica();
+    replicate(&primary, &replica).await;
+    let db = unique_db("f2");
+    let (old_url, new_url) = (primary.url(&db), replica.url(&db));
+    let others: Vec<String> = (2..=3)
+        .map(|u| shared().url(&unique_db(&format!("f2u{u}"))))
+        .collect();
+    let units = format!(
+        "[[units]]\nid = 1\nprimary_url = \"{old_url}\"\nreplica_url = \"{new_url}\"\n\
+         [[units]]\nid = 2\nprimary_url = \"{}\"\n[[units]]\nid = 3\nprimary_url = \"{}\"\n",
+        others[0], others[1]
+    );
+    let control = format!(
+        "control_url = \"{}\"",
+        shared().url(&unique_db("f2control"))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut a = Engine::new(dir.path(), "a", &control, &units);
+    a.ready(&client).await;
+    // B polls the control store slowly: it goes on writing to the old
+    // primary for seconds after the fence.
+    let slow = format!("{control}\ncontrol_poll_ms = 3000");
+    let mut b = Engine::new(dir.path(), "b", &slow, &units);
+    b.ready(&client).await;
+    let refused = "orderengine_unit_calls_total{unit=\"1\",outcome=\"unavailable\"}";
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let until = Instant::now() + Duration::from_secs(8);
+    let callers: Vec<_> = [(a.port, "a"), (b.port, "b")]
+        .into_iter()
+        .flat_map(|(port, name)| (0..2).map(move |c| (port, format!("f2{name}{c}"))))
+        .map(|(port, tag)| {
+            let base = format!("http://127.0.0.1:{port}");
+            actix_web::rt::spawn(process_caller(base, tag, until, ledger.clone()))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = a
+        .admin(
+            &client,
+            Method::POST,
+            "/admin/units/1/failover",
+            Some(json!({"mode": "planned"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let version = body["version"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.units(&client).await["version"].as_u64() < Some(version) {
+        assert!(Instant::now() < deadline, "B never took the failover in");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for c in callers {
+        c.await.unwrap();
+    }
+    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+    println!(
+        "planned failover, two processes: {} creates, {} pays acknowledged, {} calls retried",
+        ledger.created.len(),
+        ledger.paid.len(),
+        ledger.retried
+    );
+    let mut stored: BTreeMap<String, Vec<(u16, i64, String)>> = BTreeMap::new();
+    for (unit, url) in [(1, &new_url), (2, &others[0]), (3, &others[1])] {
+        for (key, seq, status) in orders_at(url).await {
+            stored.entry(key).or_default().push((unit, seq, status));
+        }
+    }
+    check_ledger(&ledger, &stored);
+    let on_new: Vec<String> = orders_at(&new_url).await.into_iter().map(|o| o.0).collect();
+    for (key, _, _) in orders_at(&old_url).await {
+        assert!(
+            on_new.contains(&key),
+            "{key} committed on the old primary only"
+        );
+    }
+    let through_b = ledger
+        .created
+        .keys()
+        .filter(|k| k.starts_with("f2b"))
+        .count();
+    assert!(through_b > 0);
+    let fenced_calls = b.metric(&client, refused).await;
+    println!("B's calls refused by the fence before it followed: {fenced_calls}");
+    assert!(fenced_calls > 0.0, "B never met the fence");
+    assert!(refuses_writes(&old_url).await);
 }

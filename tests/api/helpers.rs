@@ -28,6 +28,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// (unit id, database URL)
     pub units: Vec<(u16, String)>,
+    /// Where the routing table is kept (`admin.state_file`), if anywhere.
+    pub state_file: Option<std::path::PathBuf>,
     pub handle: ServerHandle,
     pub stopped: tokio::sync::oneshot::Receiver<()>,
     _dir: tempfile::TempDir,
@@ -89,6 +91,7 @@ pub async fn spawn_app_with(settings: Settings, dir: tempfile::TempDir) -> TestA
         .iter()
         .map(|u| (u.id, u.primary_url.clone()))
         .collect();
+    let state_file = settings.admin.state_file.as_ref().map(Into::into);
     let app = Application::build(settings).await.expect("engine starts");
     let base = format!("http://127.0.0.1:{}", app.port());
     let admin = format!(
@@ -109,6 +112,7 @@ pub async fn spawn_app_with(settings: Settings, dir: tempfile::TempDir) -> TestA
             .build()
             .unwrap(),
         units,
+        state_file,
         handle,
         stopped,
         _dir: dir,

@@ -336,6 +336,8 @@ pub fn primary_and_replica() -> (MariaDb, MariaDb) {
         "--rpl-semi-sync-master-timeout=3600000",
         "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
     ]);
+    // Not a semi-sync master: with no replica of its own, the commits of
+    // its applier would wait out the timeout (replication stalls).
     let replica = MariaDb::start_with_options(&[
         "--log-bin=mysql-bin",
         "--server-id=2",

@@ -162,6 +162,28 @@ async fn eventual_reads_use_a_fresh_replica_and_tokens_give_read_your_writes() {
         by_replica >= 10.0,
         "only {by_replica} of 20 reads served by the replica"
     );
+    // A token without a position (a replayed write: its position is not
+    // known) sends the read to the primary.
+    let id = order_in_unit_1(&app, "replay").await;
+    pay(&app, &id).await;
+    let again = serde_json::json!({"payment_ref": format!("p-{id}"), "amount": 100});
+    let r = app.post(&format!("/v1/orders/{id}/pay"), &again).await;
+    let token = r.headers["x-consistency-token"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(token, "1:", "a replay has no position");
+    let from_replica = eventual_reads(&app, "replica").await;
+    let (status, order) = read(&app, &id, Some(&token)).await;
+    assert_eq!(
+        (status, &order["status"]),
+        (StatusCode::OK, &Value::from("paid"))
+    );
+    assert_eq!(
+        eventual_reads(&app, "replica").await,
+        from_replica,
+        "served by the replica"
+    );
 
     // A token of another unit asks nothing of the read; one the engine did
     // not write is refused.

@@ -24,41 +24,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
-use utoipa::ToSchema;
 
-use super::Dispatcher;
-use super::messages::Failover;
+use super::messages::{Failover, FailoverMode, FailoverReport, StepTook};
 use super::routing::{Routing, UnitRoute};
-use super::table::{Edit, Start};
+use super::table::{Edit, RoutingTable, Start};
 use crate::actors::EngineError;
 use crate::actors::health::{FailoverRecord, UnitHealth};
 use crate::actors::unit::FenceWrites;
 use crate::config::{UnitMode, mask_url};
+use crate::domain::replication::Position;
 use crate::metrics as m;
 use crate::storage::failover::Server;
 use crate::storage::now_ms;
 use metrics::counter;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum FailoverMode {
-    /// The old primary answers: it is fenced first, and the replica
-    /// catches up with it exactly.
-    Planned,
-    /// The old primary is dead: the replica applies what it received.
-    Emergency,
-}
-
-impl FailoverMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Planned => "planned",
-            Self::Emergency => "emergency",
-        }
-    }
-}
 
 /// How long failover steps may take (from the storage settings).
 #[derive(Debug)]
@@ -69,32 +48,6 @@ pub(super) struct FailoverLimits {
     pub catch_up: Duration,
     /// One failover at a time in this process.
     pub running: Mutex<()>,
-}
-
-/// A step and how long it took.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct StepTook {
-    pub step: &'static str,
-    pub ms: u64,
-}
-
-/// What a failover did.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct FailoverReport {
-    pub unit: u16,
-    pub mode: FailoverMode,
-    /// The routing table's version after the repoint.
-    pub version: u64,
-    /// The unit's primary now (password masked).
-    pub primary_url: String,
-    /// The primary it replaced (password masked).
-    pub old_primary_url: String,
-    /// Whether the old primary is fenced already; if not (it did not
-    /// answer), it is fenced in the background as soon as it does.
-    pub old_primary_fenced: bool,
-    /// The promoted server's GTID position when it took over.
-    pub position: String,
-    pub steps: Vec<StepTook>,
 }
 
 /// Steps as they are done: logged, counted, timed.
@@ -159,175 +112,240 @@ fn failed(unit: u16, step: &'static str, message: impl std::fmt::Display) -> Eng
     }
 }
 
-impl Dispatcher {
-    pub(super) async fn failover(&self, msg: Failover) -> Result<FailoverReport, EngineError> {
-        let limits = self.failover.clone();
-        let _one_at_a_time = limits.running.lock().await;
-        let (unit, mode) = (msg.unit, msg.mode);
-        let table = self.table.load();
-        let route = table
-            .units
-            .get(&unit)
-            .ok_or(EngineError::UnitNotFound { unit })?
-            .clone();
-        let settings = route.settings.clone();
-        if settings.primary_url.starts_with("sqlite:") {
-            return Err(EngineError::NoReplica {
-                unit,
-                message: "an embedded SQLite unit has no replicas".into(),
-            });
-        }
-        let candidate = msg
-            .to
-            .clone()
-            .or_else(|| settings.replica_url.clone())
-            .ok_or_else(|| EngineError::NoReplica {
-                unit,
-                message: "the unit has no replica_url, and the call names none in `to`".into(),
-            })?;
-        if candidate == settings.primary_url {
-            return Err(EngineError::InvalidChange {
-                field: Some("to"),
-                message: "`to` names the unit's primary itself".into(),
-            });
-        }
-        if !self.table.keeps_table() {
-            return Err(EngineError::TableNotKept);
-        }
-        let (old, new) = (
-            Server::new(&settings.primary_url, limits.step),
-            Server::new(&candidate, limits.step),
-        );
-        match new.unit_id().await {
-            Ok(Some(id)) if id == unit.to_string() => {}
-            Ok(held) => {
-                return Err(EngineError::InvalidChange {
-                    field: Some("to"),
-                    message: format!(
-                        "{} holds unit_id {held:?}, not {unit}: not a replica of this unit",
-                        mask_url(&candidate)
-                    ),
-                });
-            }
-            Err(e) => return Err(failed(unit, "check_replica", e)),
-        }
-
-        let mut steps = Steps::new(unit, mode);
-        tracing::warn!(
+/// Runs a failover (one at a time in this process) and repoints the
+/// unit through `routing`.
+pub(super) async fn run(
+    routing: &RoutingTable,
+    limits: &FailoverLimits,
+    msg: Failover,
+) -> Result<FailoverReport, EngineError> {
+    let _one_at_a_time = limits.running.lock().await;
+    let (unit, mode) = (msg.unit, msg.mode);
+    let table = routing.load();
+    let route = table
+        .units
+        .get(&unit)
+        .ok_or(EngineError::UnitNotFound { unit })?
+        .clone();
+    let settings = route.settings.clone();
+    if settings.primary_url.starts_with("sqlite:") {
+        return Err(EngineError::NoReplica {
             unit,
-            mode = mode.as_str(),
-            who = msg.who,
-            to = mask_url(&candidate),
-            "failover started"
-        );
-        fence_here(&route, true).await;
-        steps.done(
-            "fence_writes",
-            "this process writes nothing more to the unit",
-        );
+            message: "an embedded SQLite unit has no replicas".into(),
+        });
+    }
+    let candidate = msg
+        .to
+        .clone()
+        .or_else(|| settings.replica_url.clone())
+        .ok_or_else(|| EngineError::NoReplica {
+            unit,
+            message: "the unit has no replica_url, and the call names none in `to`".into(),
+        })?;
+    if candidate == settings.primary_url {
+        return Err(invalid_to("`to` names the unit's primary itself".into()));
+    }
+    if !routing.keeps_table() {
+        return Err(EngineError::TableNotKept);
+    }
+    let old_primary = settings.primary_url.clone();
+    let (old, new) = (
+        Server::new(&old_primary, limits.step),
+        Server::new(&candidate, limits.step),
+    );
+    let check = |e| failed(unit, "check_replica", e);
+    match new.unit_id().await.map_err(check)? {
+        Some(id) if id == unit.to_string() => {}
+        held => {
+            return Err(invalid_to(format!(
+                "{} holds unit_id {held:?}, not {unit}: not a replica of this unit",
+                mask_url(&candidate)
+            )));
+        }
+    }
+    // A server that no longer replicates is promoted already: by this
+    // failover, repeated after its repoint failed (it names this
+    // primary), or it is no replica to promote.
+    let promoted_before = match new.received().await.map_err(check)? {
+        Some(_) => false,
+        None if new.promoted_from().await.map_err(check)? == Some(mask_url(&old_primary)) => true,
+        None => {
+            return Err(invalid_to(format!(
+                "{} does not replicate: it is no replica to promote",
+                mask_url(&candidate)
+            )));
+        }
+    };
 
-        let reason = format!(
-            "unit {unit} failed over ({}) to {} at {}",
-            mode.as_str(),
-            mask_url(&candidate),
-            now_ms()
-        );
-        let fenced = match old.fence(&reason).await {
-            Ok(position) => {
-                steps.done("fence_old_primary", &format!("final position {position}"));
-                Some(position)
-            }
-            Err(e) if mode == FailoverMode::Planned => {
-                undo(&route, &old, false).await;
+    let mut steps = Steps::new(unit, mode);
+    tracing::warn!(
+        unit,
+        mode = mode.as_str(),
+        who = msg.who,
+        to = mask_url(&candidate),
+        promoted_before,
+        "failover started"
+    );
+    fence_here(&route, true).await;
+    steps.done(
+        "fence_writes",
+        "this process writes nothing more to the unit",
+    );
+    let reason = format!(
+        "unit {unit} failed over ({}) to {} at {}",
+        mode.as_str(),
+        mask_url(&candidate),
+        now_ms()
+    );
+    let (fenced, position) = if promoted_before {
+        // Fenced then, or fenced now if it answers (again).
+        let fenced = old.fence(&reason).await.is_ok();
+        steps.done("promote", "promoted by an earlier call");
+        (fenced, None)
+    } else {
+        let promoted = promote(&old, &new, &old_primary, &reason, mode, limits, &mut steps).await;
+        match promoted {
+            Ok((fenced, position)) => (fenced, Some(position.to_string())),
+            Err((e, give_up)) => {
+                if let GiveUp::Undo { unfence_old } = give_up {
+                    undo(&route, &old, &new, unfence_old).await;
+                }
                 steps.finish("failed");
-                return Err(failed(unit, "fence_old_primary", e));
+                return Err(e);
             }
-            Err(e) => {
-                tracing::warn!(unit, error = %e, "old primary not fenced now: fencing it once it answers");
-                None
-            }
-        };
+        }
+    };
 
-        // Planned, or an old primary that still answered: everything it
-        // committed. Otherwise: everything the replica received from it.
-        let target = match &fenced {
-            Some(position) => Ok(position.clone()),
-            None => new.replica_positions().await.map(|(received, _)| received),
-        };
-        let caught_up = match target {
-            Ok(t) => new.wait_applied(&t, limits.catch_up).await.map(|()| t),
+    let mut moved = settings.clone();
+    moved.primary_url.clone_from(&candidate);
+    moved.replica_url = None;
+    let after = routing
+        .change_starting(
+            None,
+            &msg.who,
+            |t| {
+                still_on(t, unit, &old_primary)?;
+                Ok(Some(Start::Repoint(moved.clone())))
+            },
+            |t, started| fail_over(t, unit, &old_primary, started),
+        )
+        .await;
+    let after = match after {
+        Ok(t) => t,
+        Err(e) => {
+            // The replica is promoted and the old primary fenced (or
+            // dead): the unit stays unavailable until the call is
+            // repeated, which goes on from here.
+            steps.finish("failed");
+            return Err(failed(unit, "repoint", e));
+        }
+    };
+    steps.done("repoint", &format!("table version {}", after.version));
+    steps.finish("ok");
+
+    let health = route.health();
+    health.set_failover(FailoverRecord {
+        mode: mode.as_str(),
+        at_ms: now_ms(),
+        old_primary_url: mask_url(&old_primary),
+        old_primary_fenced: fenced,
+    });
+    if !fenced {
+        tokio::spawn(fence_when_back(old, reason, unit, health));
+    }
+    Ok(FailoverReport {
+        unit,
+        mode,
+        version: after.version,
+        primary_url: mask_url(&candidate),
+        old_primary_url: mask_url(&old_primary),
+        old_primary_fenced: fenced,
+        position,
+        steps: steps.done.clone(),
+    })
+}
+
+/// What a failover that stops before its repoint leaves behind.
+enum GiveUp {
+    /// Nothing is promoted: the unit goes on on its old primary
+    /// (`unfence_old`: what was done of its fence is undone).
+    Undo { unfence_old: bool },
+    /// The replica may be promoted already: nothing is undone, and
+    /// repeating the call goes on from where it stopped.
+    Keep,
+}
+
+/// Fences the old primary, lets the replica apply what it must, and
+/// promotes it. Answers whether the old primary is fenced, and the
+/// promoted server's position.
+async fn promote(
+    old: &Server,
+    new: &Server,
+    old_primary: &str,
+    reason: &str,
+    mode: FailoverMode,
+    limits: &FailoverLimits,
+    steps: &mut Steps,
+) -> Result<(bool, Position), (EngineError, GiveUp)> {
+    let unit = steps.unit;
+    let give_up = |step, e, unfence_old| (failed(unit, step, e), GiveUp::Undo { unfence_old });
+    let fenced = match old.fence(reason).await {
+        Ok(position) => {
+            steps.done("fence_old_primary", &format!("final position {position}"));
+            Some(position)
+        }
+        // Planned: the primary must be fenced. Emergency: one that cannot
+        // be reached is fenced later; one that answers but could not be
+        // fenced may still be committing, and promoting beside it would
+        // lose what it acknowledges.
+        Err(e) if mode == FailoverMode::Planned || !e.unreachable => {
+            return Err(give_up("fence_old_primary", e, true));
+        }
+        Err(e) => {
+            tracing::warn!(unit, error = %e, "old primary not reachable: fencing it once it answers");
+            None
+        }
+    };
+    let unfence_old = fenced.is_some();
+    // Nothing more arrives: what it received is final, and the old
+    // primary cannot have another commit acknowledged by it.
+    if let Err(e) = new.stop_receiving().await {
+        return Err(give_up("catch_up", e, unfence_old));
+    }
+    let target = match &fenced {
+        Some(position) => Ok(position.clone()),
+        None => match new.received().await {
+            Ok(Some(received)) => Ok(received),
+            Ok(None) => Err(new.error("stopped replicating")),
             Err(e) => Err(e),
-        };
-        let target = match caught_up {
-            Ok(t) => t,
-            Err(e) => {
-                undo(&route, &old, fenced.is_some()).await;
-                steps.finish("failed");
-                return Err(failed(unit, "catch_up", e));
-            }
-        };
-        steps.done("catch_up", &format!("applied {target}"));
-
-        let position = match new.promote().await {
-            Ok(p) => p,
-            Err(e) => {
-                undo(&route, &old, fenced.is_some()).await;
-                steps.finish("failed");
-                return Err(failed(unit, "promote", e));
-            }
-        };
-        steps.done("promote", &format!("position {position}"));
-
-        let mut moved = settings.clone();
-        moved.primary_url.clone_from(&candidate);
-        moved.replica_url = None;
-        let old_primary = settings.primary_url.clone();
-        let after = self
-            .table
-            .change_starting(
-                None,
-                &msg.who,
-                |t| {
-                    still_on(t, unit, &old_primary)?;
-                    Ok(Some(Start::Repoint(moved.clone())))
-                },
-                |t, started| fail_over(t, unit, &old_primary, started),
-            )
-            .await;
-        let after = match after {
-            Ok(t) => t,
-            Err(e) => {
-                // The replica is promoted and the old primary fenced (or
-                // dead): the unit stays unavailable until the call is
-                // repeated.
-                steps.finish("failed");
-                return Err(failed(unit, "repoint", e));
-            }
-        };
-        steps.done("repoint", &format!("table version {}", after.version));
-        steps.finish("ok");
-
-        let health = route.health();
-        let record = FailoverRecord {
-            mode: mode.as_str(),
-            at_ms: now_ms(),
-            old_primary_url: mask_url(&old_primary),
-            old_primary_fenced: fenced.is_some(),
-        };
-        health.set_failover(record);
-        if fenced.is_none() {
-            tokio::spawn(fence_when_back(old, reason, unit, health));
+        },
+    };
+    let caught_up = match target {
+        Ok(t) => new.wait_applied(&t, limits.catch_up).await.map(|()| t),
+        Err(e) => Err(e),
+    };
+    match caught_up {
+        Ok(t) => steps.done("catch_up", &format!("applied {t}")),
+        Err(e) => return Err(give_up("catch_up", e, unfence_old)),
+    }
+    match new.promote(&mask_url(old_primary)).await {
+        Ok(position) => {
+            steps.done("promote", &format!("position {position}"));
+            Ok((fenced.is_some(), position))
         }
-        Ok(FailoverReport {
-            unit,
-            mode,
-            version: after.version,
-            primary_url: mask_url(&candidate),
-            old_primary_url: mask_url(&old_primary),
-            old_primary_fenced: fenced.is_some(),
-            position: position.to_string(),
-            steps: steps.done.clone(),
-        })
+        // Still a replica: nothing was promoted, the unit goes back.
+        // Otherwise the promotion may have gone through: keep everything.
+        Err(e) => match new.received().await {
+            Ok(Some(_)) => Err(give_up("promote", e, unfence_old)),
+            _ => Err((failed(unit, "promote", e), GiveUp::Keep)),
+        },
+    }
+}
+
+fn invalid_to(message: String) -> EngineError {
+    EngineError::InvalidChange {
+        field: Some("to"),
+        message,
     }
 }
 
@@ -344,9 +362,13 @@ async fn fence_here(route: &UnitRoute, on: bool) {
 }
 
 /// A failover that could not promote: the unit goes on as it was.
-async fn undo(route: &UnitRoute, old: &Server, unfence_old: bool) {
+async fn undo(route: &UnitRoute, old: &Server, new: &Server, unfence_old: bool) {
+    let unit = route.settings.id;
     if unfence_old && let Err(e) = old.unfence().await {
-        tracing::error!(unit = route.settings.id, error = %e, "could not unfence the old primary");
+        tracing::error!(unit, error = %e, "could not unfence the old primary");
+    }
+    if let Err(e) = new.resume_receiving().await {
+        tracing::error!(unit, error = %e, "could not restart replication on the replica");
     }
     if route.settings.mode != UnitMode::Disabled {
         fence_here(route, false).await;
@@ -362,10 +384,9 @@ fn still_on(table: &Routing, unit: u16, old_primary: &str) -> Result<(), EngineE
     if route.settings.primary_url == old_primary {
         Ok(())
     } else {
-        Err(EngineError::InvalidChange {
-            field: Some("to"),
-            message: "the unit moved to another database meanwhile".into(),
-        })
+        Err(invalid_to(
+            "the unit moved to another database meanwhile".into(),
+        ))
     }
 }
 
@@ -381,7 +402,7 @@ fn fail_over(table: &Routing, unit: u16, old_primary: &str, started: Option<&Uni
         .primary_url
         .clone_from(&started.settings.primary_url);
     settings.replica_url = None;
-    *entry = started.repointed(settings, started.addr.clone());
+    *entry = started.with_settings(settings);
     Ok(Some(next))
 }
 

@@ -20,7 +20,7 @@ use crate::domain::circuit::CircuitState;
 use crate::domain::key_homes::KeyRing;
 use crate::metrics as m;
 use crate::storage::failover::FENCE_MARK;
-use crate::storage::{Dialect, OpenError, UnitStore};
+use crate::storage::{Dialect, OpenError, Replication, UnitStore};
 
 /// Why a unit could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -114,20 +114,20 @@ impl UnitLauncher {
     /// the first time it is used, so that two units never share one).
     pub async fn start(&self, unit: UnitSettings) -> Result<UnitRoute, LaunchError> {
         let id = unit.id;
-        let addr = self.open(&unit).await?;
+        let (addr, replication) = self.open(&unit).await?;
         check(&addr, id, "unit_id", &id.to_string(), Settle::IfAbsent).await?;
         let health = self.board.unit(id).expect("added when opened");
-        Ok(UnitRoute::new(unit, addr, self.window, health))
+        Ok(UnitRoute::new(unit, addr, replication, self.window, health))
     }
 
     /// Starts `unit` on a database that must record it already (a unit
     /// not at its config's database: added or moved through the admin API).
     pub async fn start_existing(&self, unit: UnitSettings) -> Result<UnitRoute, LaunchError> {
         let id = unit.id;
-        let addr = self.open(&unit).await?;
+        let (addr, replication) = self.open(&unit).await?;
         check(&addr, id, "unit_id", &id.to_string(), Settle::Never).await?;
         let health = self.board.unit(id).expect("added when opened");
-        Ok(UnitRoute::new(unit, addr, self.window, health))
+        Ok(UnitRoute::new(unit, addr, replication, self.window, health))
     }
 
     /// Starts `unit` for a table that already runs on `ring`: the unit is
@@ -151,11 +151,11 @@ impl UnitLauncher {
         ring: &KeyRing,
     ) -> Result<UnitRoute, LaunchError> {
         let id = unit.id;
-        let addr = self.open(&unit).await?;
+        let (addr, replication) = self.open(&unit).await?;
         check(&addr, id, "unit_id", &id.to_string(), Settle::Never).await?;
         check(&addr, id, "key_ring", &ring.encode(), Settle::Never).await?;
         let health = self.board.unit(id).expect("added when opened");
-        Ok(UnitRoute::new(unit, addr, self.window, health))
+        Ok(UnitRoute::new(unit, addr, replication, self.window, health))
     }
 
     /// Starts `route`'s unit anew on the database `settings` names (another
@@ -170,16 +170,19 @@ impl UnitLauncher {
         ring: &KeyRing,
     ) -> Result<UnitRoute, LaunchError> {
         let id = settings.id;
-        let addr = self.open(&settings).await?;
+        let (addr, replication) = self.open(&settings).await?;
         check(&addr, id, "unit_id", &id.to_string(), Settle::Never).await?;
         check(&addr, id, "key_ring", &ring.encode(), Settle::Never).await?;
-        Ok(route.repointed(settings, Some(addr)))
+        Ok(route.repointed(settings, Some(addr), Some(replication)))
     }
 
     /// Opens `unit`'s database (creating and migrating it when needed) and
     /// starts its actor, both on one of the unit threads, so that the
     /// unit's connections belong to the thread that uses them.
-    async fn open(&self, unit: &UnitSettings) -> Result<Addr<UnitActor>, LaunchError> {
+    async fn open(
+        &self,
+        unit: &UnitSettings,
+    ) -> Result<(Addr<UnitActor>, Arc<Replication>), LaunchError> {
         let id = unit.id;
         let most =
             Dialect::of_url(&unit.primary_url).most_connections(self.storage.max_connections);
@@ -196,9 +199,12 @@ impl UnitLauncher {
             let opened = UnitStore::open(id, &primary, replica.as_deref(), &storage)
                 .await
                 .map(|store| {
-                    actix::Supervisor::start(move |_| UnitActor::new(store, options, health))
+                    let replication = store.replication();
+                    let addr =
+                        actix::Supervisor::start(move |_| UnitActor::new(store, options, health));
+                    (addr, replication)
                 });
-            if let Err(Ok(late)) = tx.send(opened) {
+            if let Err(Ok((late, _))) = tx.send(opened) {
                 // Nobody waits for it any more (it took too long).
                 late.do_send(CloseUnit);
             }
@@ -215,7 +221,7 @@ impl UnitLauncher {
                 });
             }
         };
-        refuse_fenced(&addr, id).await?;
+        refuse_fenced(&addr.0, id).await?;
         Ok(addr)
     }
 }

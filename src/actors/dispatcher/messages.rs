@@ -2,10 +2,9 @@
 //! handler in `api/` sends exactly one of these.
 
 use actix::Message;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::failover::{FailoverMode, FailoverReport};
 use super::status::{EngineStatus, MerchantRoute, PartitionTable, Readiness, UnitStatus};
 use crate::actors::EngineError;
 use crate::config::{UnitEntry, UnitPatch};
@@ -146,6 +145,52 @@ pub struct AddUnit {
     pub entry: UnitEntry,
     pub if_match: Option<u64>,
     pub who: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FailoverMode {
+    /// The old primary answers: it is fenced first, and the replica
+    /// catches up with it exactly.
+    Planned,
+    /// The old primary is dead: the replica applies what it received.
+    Emergency,
+}
+
+impl FailoverMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Planned => "planned",
+            Self::Emergency => "emergency",
+        }
+    }
+}
+
+/// A step and how long it took.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StepTook {
+    pub step: &'static str,
+    pub ms: u64,
+}
+
+/// What a failover did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FailoverReport {
+    pub unit: u16,
+    pub mode: FailoverMode,
+    /// The routing table's version after the repoint.
+    pub version: u64,
+    /// The unit's primary now (password masked).
+    pub primary_url: String,
+    /// The primary it replaced (password masked).
+    pub old_primary_url: String,
+    /// Whether the old primary is fenced already; if not (it did not
+    /// answer), it is fenced in the background as soon as it does.
+    pub old_primary_fenced: bool,
+    /// The promoted server's GTID position when it took over (`null` when
+    /// an earlier call promoted it).
+    pub position: Option<String>,
+    pub steps: Vec<StepTook>,
 }
 
 /// Promote the unit's replica to its primary (admin

@@ -44,13 +44,12 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 
 pub use calls::{CallError, UnitCalls};
-pub use failover::{FailoverMode, FailoverReport, StepTook};
 pub use keeper::{Keeper, shared_table};
 pub use launch::{LaunchError, UnitLauncher};
 pub use messages::{
-    AddUnit, AdminStatus, Close, CloseAll, Create, Created, Failover, Get, GetMerchant,
-    ListPartitions, ListRefunds, ListUserOrders, LookupByKey, PatchUnit, Pay, Refund, SetMerchant,
-    SetPartition, Status, UnitChanged, UserPage, Written,
+    AddUnit, AdminStatus, Close, CloseAll, Create, Created, Failover, FailoverMode, FailoverReport,
+    Get, GetMerchant, ListPartitions, ListRefunds, ListUserOrders, LookupByKey, PatchUnit, Pay,
+    Refund, SetMerchant, SetPartition, Status, StepTook, UnitChanged, UserPage, Written,
 };
 pub use routing::UnitRoute;
 pub use status::{
@@ -214,17 +213,21 @@ impl Handler<Get> for Dispatcher {
     type Result = ResponseFuture<Result<Order, EngineError>>;
 
     fn handle(&mut self, msg: Get, _ctx: &mut Self::Context) -> Self::Result {
+        let unit = msg.id.unit();
+        // A token of this unit without a position names a write whose
+        // position is unknown: only the primary surely has it.
+        let (consistency, wait_for) = match msg.token.filter(|t| t.unit == unit) {
+            Some(t) if t.position.is_none() => (Consistency::Strong, None),
+            Some(t) => (msg.consistency, t.position),
+            None => (msg.consistency, None),
+        };
         let get = unit::GetOrder {
             id: msg.id,
-            consistency: msg.consistency,
-            wait_for: msg
-                .token
-                .filter(|t| t.unit == msg.id.unit())
-                .and_then(|t| t.position),
+            consistency,
+            wait_for,
         };
-        let unit = msg.id.unit();
         let routing = self.table.load();
-        let beside_circuit = msg.consistency == Consistency::Eventual
+        let beside_circuit = consistency == Consistency::Eventual
             && routing
                 .units
                 .get(&unit)
@@ -401,7 +404,7 @@ impl Handler<Failover> for Dispatcher {
 
     fn handle(&mut self, msg: Failover, _ctx: &mut Self::Context) -> Self::Result {
         let this = self.clone();
-        Box::pin(async move { this.failover(msg).await })
+        Box::pin(async move { failover::run(&this.table, &this.failover, msg).await })
     }
 }
 

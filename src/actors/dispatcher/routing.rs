@@ -9,6 +9,7 @@
 //! version of the table, the random choice uses the thread's own generator.
 
 use crate::domain::replication::ConsistencyToken;
+use crate::storage::Replication;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,6 +40,10 @@ pub struct UnitRoute {
     pub addr: Option<Addr<UnitActor>>,
     /// Shared by every version of the table, so a change keeps the count.
     pub(super) recent: Arc<SlidingCount>,
+    /// The running store's replica measurement and commit position (`None`
+    /// while the unit does not run): the route's own, so that a token is
+    /// never read from an actor the table does not hold.
+    pub replication: Option<Arc<Replication>>,
     /// The unit's entry on the health board, held here so that choosing a
     /// unit for a create reads its circuit without a look-up in the board's
     /// map (whose shard lock both HTTP workers took, four times per create).
@@ -49,12 +54,14 @@ impl UnitRoute {
     pub fn new(
         settings: UnitSettings,
         addr: Addr<UnitActor>,
+        replication: Arc<Replication>,
         window: Duration,
         health: Arc<UnitHealth>,
     ) -> Self {
         Self {
             settings,
             addr: Some(addr),
+            replication: Some(replication),
             recent: Arc::new(SlidingCount::new(window)),
             health,
         }
@@ -65,6 +72,7 @@ impl UnitRoute {
         Self {
             settings,
             addr: None,
+            replication: None,
             recent: Arc::new(SlidingCount::new(window)),
             health,
         }
@@ -72,10 +80,24 @@ impl UnitRoute {
 
     /// The same unit on another database (its actor `addr`): its create
     /// count and health carry over.
-    pub fn repointed(&self, settings: UnitSettings, addr: Option<Addr<UnitActor>>) -> Self {
+    pub fn repointed(
+        &self,
+        settings: UnitSettings,
+        addr: Option<Addr<UnitActor>>,
+        replication: Option<Arc<Replication>>,
+    ) -> Self {
         Self {
             settings,
             addr,
+            replication,
+            ..self.clone()
+        }
+    }
+
+    /// This route with other settings (the same actor).
+    pub fn with_settings(&self, settings: UnitSettings) -> Self {
+        Self {
+            settings,
             ..self.clone()
         }
     }
@@ -91,7 +113,7 @@ impl UnitRoute {
     /// that presents it to the primary.
     pub fn token(&self, wrote: bool) -> ConsistencyToken {
         let position = wrote
-            .then(|| self.health.replication.load_full())
+            .then_some(self.replication.as_ref())
             .flatten()
             .and_then(|r| r.position());
         ConsistencyToken {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::routing::{Routing, UnitRoute};
-use crate::actors::health::{FailoverRecord, HealthBoard, UnitHealth};
+use crate::actors::health::{FailoverRecord, HealthBoard};
 use crate::config::{Temperature, UnitMode, mask_url};
 use crate::domain::circuit::CircuitState;
 use crate::storage::ReplicaHealth;
@@ -74,10 +74,10 @@ pub struct ReplicaStatus {
     pub error: Option<String>,
 }
 
-fn replica_status(h: &UnitHealth) -> ReplicaStatus {
-    let health = h
+fn replica_status(route: &UnitRoute) -> ReplicaStatus {
+    let health = route
         .replication
-        .load_full()
+        .as_ref()
         .map_or(ReplicaHealth::Unknown, |r| r.health());
     match health {
         ReplicaHealth::Unknown => ReplicaStatus {
@@ -261,7 +261,7 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard, store: TableStore
                     .is_some_and(|h| h.writes_fenced.load(Ordering::Acquire)),
                 restarts: h.as_ref().map_or(0, |h| h.restarts.load(Ordering::Relaxed)),
                 key_home: routing.ring.units().contains(&u.settings.id),
-                replica: s.replica_url.as_ref().and(h.as_deref()).map(replica_status),
+                replica: s.replica_url.as_ref().map(|_| replica_status(u)),
                 last_failover: h.as_ref().and_then(|h| h.last_failover()),
             }
         })

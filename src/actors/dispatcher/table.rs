@@ -410,7 +410,7 @@ impl RoutingTable {
             let route = match old.units.get(id) {
                 Some(was) => {
                     self.launcher.unstarted(settings.clone(), &why);
-                    was.repointed(settings, None)
+                    was.repointed(settings, None, None)
                 }
                 None => self.launcher.unstarted(settings, &why),
             };
@@ -484,7 +484,11 @@ impl RoutingTable {
             return;
         };
         let mut next = (*now).clone();
-        let route = current.repointed(current.settings.clone(), started.addr.clone());
+        let route = current.repointed(
+            current.settings.clone(),
+            started.addr.clone(),
+            started.replication.clone(),
+        );
         next.units.insert(id, route);
         self.pending.lock().expect("not poisoned").remove(&id);
         tracing::info!(unit = id, "unit started: it takes calls");

@@ -61,9 +61,6 @@ pub struct UnitActor {
 
 impl UnitActor {
     pub fn new(store: UnitStore, options: UnitOptions, health: Option<Arc<UnitHealth>>) -> Self {
-        if let Some(h) = &health {
-            h.replication.store(Some(store.replication()));
-        }
         Self {
             health,
             sequence: SequenceGenerator::new(

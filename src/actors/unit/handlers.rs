@@ -19,7 +19,7 @@ use crate::domain::apply::{RefundUpdate, Refunded, Update, UpdateAction, Updated
 use crate::domain::key_homes::Mark;
 use crate::domain::{Consistency, Order, Refund};
 use crate::metrics as m;
-use crate::storage::{KeyClaim, Page, Settled, StoreError};
+use crate::storage::{KeyClaim, Page, ReplicaHealth, Settled, StoreError};
 use metrics::counter;
 
 impl Handler<CreateOrder> for UnitActor {
@@ -177,8 +177,13 @@ impl Handler<CheckReplica> for UnitActor {
         let check = async move { store.check_replica().await };
         ctx.spawn(check.into_actor(self).map(|health, act, _| {
             act.checking_replica = false;
+            let lag = match health {
+                ReplicaHealth::Unknown => return,
+                ReplicaHealth::Reachable { lag_ms } => Some(lag_ms),
+                ReplicaHealth::Unreachable { .. } => None,
+            };
             if !act.closed {
-                crate::metrics::record_replica(act.store.unit(), &health);
+                crate::metrics::record_replica(act.store.unit(), lag);
             }
         }));
     }
