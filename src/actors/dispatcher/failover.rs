@@ -411,6 +411,15 @@ fn fail_over(table: &Routing, unit: u16, old_primary: &str, started: Option<&Uni
 async fn fence_when_back(old: Server, reason: String, unit: u16, health: Arc<UnitHealth>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // Rebuilt as a replica meanwhile (of the new primary): it is no
+        // longer the old primary, and must not be fenced.
+        if let Ok(Some(_)) = old.received().await {
+            tracing::warn!(
+                unit,
+                "the old primary came back as a replica: not fencing it"
+            );
+            return;
+        }
         match old.fence(&reason).await {
             Ok(position) => {
                 tracing::warn!(unit, %position, "the old primary answered and is fenced");
