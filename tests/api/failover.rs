@@ -18,34 +18,22 @@ use serde_json::json;
 use crate::helpers::TestApp;
 use crate::mariadb::{primary_and_replica, replicate, unique_db};
 use crate::replication::{engine_with_replica, order_in_unit_1};
-use crate::repoint::{Ledger, caller, orders_at};
+use crate::repoint::{Ledger, Stored, caller, orders_at, stored_in};
 
-/// `(out_trade_no -> [(unit, seq, status)])` over unit 1 at `unit1_url`
-/// and unit 2 as the engine has it.
-async fn stored(app: &TestApp, unit1_url: &str) -> BTreeMap<String, Vec<(u16, i64, String)>> {
-    let mut all: BTreeMap<String, Vec<(u16, i64, String)>> = BTreeMap::new();
-    let unit2 = app.units.iter().find(|(id, _)| *id == 2).unwrap().1.clone();
-    for (unit, url) in [(1, unit1_url.to_owned()), (2, unit2)] {
-        for (key, seq, status) in orders_at(&url).await {
-            all.entry(key).or_default().push((unit, seq, status));
-        }
-    }
-    all
+/// Every order of unit 1 (at `unit1_url`) and of unit 2 as `app` has it.
+async fn stored(app: &TestApp, unit1_url: &str) -> Stored {
+    let unit2 = &app.units.iter().find(|(id, _)| *id == 2).unwrap().1;
+    stored_in(&[(1, unit1_url), (2, unit2)]).await
 }
 
-/// Every acknowledged create is stored once, with the id it was answered,
-/// and paid when its pay was acknowledged; nothing else is stored.
-fn check_ledger(ledger: &Ledger, stored: &BTreeMap<String, Vec<(u16, i64, String)>>) {
-    for (key, id) in &ledger.created {
-        let found = stored.get(key).map(Vec::as_slice).unwrap_or_default();
-        assert_eq!(found.len(), 1, "key {key} ({id}): {found:?}");
-        let (unit, seq, status) = &found[0];
-        assert_eq!(id[1..5].parse::<u16>().unwrap(), *unit, "{key}");
-        assert_eq!(id[17..27].parse::<i64>().unwrap(), *seq, "{key}");
-        if ledger.paid.contains(id) {
-            assert_eq!(status, "paid", "{key} was paid, and the pay acknowledged");
-        }
-    }
+/// The steps a failover's answer lists.
+fn step_names(answer: &serde_json::Value) -> Vec<&str> {
+    answer["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect()
 }
 
 async fn failover(app: &TestApp, mode: &str) -> crate::helpers::Reply {
@@ -98,7 +86,7 @@ async fn emergency_failover_under_load_loses_nothing() {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let until = Instant::now() + Duration::from_secs(10);
     let callers: Vec<_> = (0..4)
-        .map(|c| actix_web::rt::spawn(caller(app.clone(), c, "fo", until, ledger.clone())))
+        .map(|c| actix_web::rt::spawn(caller(app.base.clone(), c, "fo", until, ledger.clone())))
         .collect();
 
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -123,13 +111,10 @@ async fn emergency_failover_under_load_loses_nothing() {
         r.body["old_primary_fenced"], false,
         "the old primary is dead"
     );
-    let steps: Vec<&str> = r.body["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
-    assert_eq!(steps, ["fence_writes", "catch_up", "promote", "repoint"]);
+    assert_eq!(
+        step_names(&r.body),
+        ["fence_writes", "catch_up", "promote", "repoint"]
+    );
     // The unit serves again within 5 s of the call.
     loop {
         let r = app.get(&format!("/v1/orders/{early}")).await;
@@ -156,14 +141,8 @@ async fn emergency_failover_under_load_loses_nothing() {
     for c in callers {
         c.await.unwrap();
     }
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    println!(
-        "emergency failover under load: {} creates, {} pays acknowledged, {} calls retried",
-        ledger.created.len(),
-        ledger.paid.len(),
-        ledger.retried
-    );
-    check_ledger(&ledger, &stored(&app, &new_url).await);
+    let ledger = Ledger::take(&ledger, "emergency failover under load");
+    ledger.check(&stored(&app, &new_url).await);
 
     // The old primary comes back: fenced at once, and what it holds that
     // the promoted server lacks was never acknowledged; no sequence of it
@@ -241,7 +220,7 @@ async fn planned_failover_fences_the_old_primary_first() {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let until = Instant::now() + Duration::from_secs(6);
     let callers: Vec<_> = (0..4)
-        .map(|c| actix_web::rt::spawn(caller(app.clone(), c, "fp", until, ledger.clone())))
+        .map(|c| actix_web::rt::spawn(caller(app.base.clone(), c, "fp", until, ledger.clone())))
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The first call cannot keep the new table (its state file's place is
@@ -265,24 +244,12 @@ async fn planned_failover_fences_the_old_primary_first() {
         called.elapsed()
     );
     assert_eq!(r.body["old_primary_fenced"], true);
-    let steps: Vec<&str> = r.body["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["step"].as_str().unwrap())
-        .collect();
-    assert_eq!(steps, ["fence_writes", "promote", "repoint"]);
+    assert_eq!(step_names(&r.body), ["fence_writes", "promote", "repoint"]);
     for c in callers {
         c.await.unwrap();
     }
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    println!(
-        "planned failover under load: {} creates, {} pays acknowledged, {} calls retried",
-        ledger.created.len(),
-        ledger.paid.len(),
-        ledger.retried
-    );
-    check_ledger(&ledger, &stored(&app, &new_url).await);
+    let ledger = Ledger::take(&ledger, "planned failover under load");
+    ledger.check(&stored(&app, &new_url).await);
     assert!(
         refuses_writes(&old_url).await,
         "the old primary takes writes"
@@ -299,55 +266,6 @@ async fn planned_failover_fences_the_old_primary_first() {
     // Nothing to fail over to any more.
     let r = failover(&app, "planned").await;
     assert_eq!(r.code(), "no_replica", "{}", r.body);
-}
-
-/// Creates and pays through `base` until `until`, retrying 503s and
-/// transport errors with the same key for up to 30 s; acknowledged calls
-/// go into the ledger.
-async fn process_caller(base: String, tag: String, until: Instant, ledger: Arc<Mutex<Ledger>>) {
-    let client = reqwest::Client::new();
-    let send = |path: String, body: serde_json::Value| {
-        let (client, url, ledger) = (client.clone(), format!("{base}{path}"), ledger.clone());
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let sent = client
-                    .post(&url)
-                    .json(&body)
-                    .timeout(Duration::from_secs(10))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(r) if r.status() != StatusCode::SERVICE_UNAVAILABLE => {
-                        let status = r.status();
-                        return (status, r.json::<serde_json::Value>().await.unwrap());
-                    }
-                    _ => {
-                        assert!(Instant::now() < deadline, "{url}: no answer in 30 s");
-                        ledger.lock().unwrap().retried += 1;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }
-    };
-    let mut i = 0;
-    while Instant::now() < until && i < 5_000 {
-        let key = format!("{tag}-{i}");
-        i += 1;
-        let body = crate::helpers::order_body("m-1", &key, "u-1", 100);
-        let (status, order) = send("/v1/orders".into(), body).await;
-        assert!(
-            matches!(status, StatusCode::CREATED | StatusCode::OK),
-            "create {key}: {status} {order}"
-        );
-        let id = order["order_id"].as_str().unwrap().to_owned();
-        ledger.lock().unwrap().created.insert(key, id.clone());
-        let pay = json!({"payment_ref": format!("p-{id}"), "amount": 100});
-        let (status, body) = send(format!("/v1/orders/{id}/pay"), pay).await;
-        assert_eq!(status, StatusCode::OK, "pay {id}: {body}");
-        ledger.lock().unwrap().paid.insert(id);
-    }
 }
 
 /// Two engine processes share the routing table through a control store;
@@ -388,12 +306,12 @@ async fn a_planned_failover_fences_the_other_processes_too() {
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let until = Instant::now() + Duration::from_secs(8);
-    let callers: Vec<_> = [(a.port, "a"), (b.port, "b")]
+    let callers: Vec<_> = [(a.port, "f2a"), (b.port, "f2b")]
         .into_iter()
-        .flat_map(|(port, name)| (0..2).map(move |c| (port, format!("f2{name}{c}"))))
-        .map(|(port, tag)| {
+        .flat_map(|(port, tag)| (0..2).map(move |c| (port, tag, c)))
+        .map(|(port, tag, c)| {
             let base = format!("http://127.0.0.1:{port}");
-            actix_web::rt::spawn(process_caller(base, tag, until, ledger.clone()))
+            actix_web::rt::spawn(caller(base, c, tag, until, ledger.clone()))
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -416,20 +334,8 @@ async fn a_planned_failover_fences_the_other_processes_too() {
     for c in callers {
         c.await.unwrap();
     }
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    println!(
-        "planned failover, two processes: {} creates, {} pays acknowledged, {} calls retried",
-        ledger.created.len(),
-        ledger.paid.len(),
-        ledger.retried
-    );
-    let mut stored: BTreeMap<String, Vec<(u16, i64, String)>> = BTreeMap::new();
-    for (unit, url) in [(1, &new_url), (2, &others[0]), (3, &others[1])] {
-        for (key, seq, status) in orders_at(url).await {
-            stored.entry(key).or_default().push((unit, seq, status));
-        }
-    }
-    check_ledger(&ledger, &stored);
+    let ledger = Ledger::take(&ledger, "planned failover, two processes");
+    ledger.check(&stored_in(&[(1, &new_url), (2, &others[0]), (3, &others[1])]).await);
     let on_new: Vec<String> = orders_at(&new_url).await.into_iter().map(|o| o.0).collect();
     for (key, _, _) in orders_at(&old_url).await {
         assert!(

@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use crate::helpers::{TestApp, order_body, settings_for, spawn_app_with};
+use crate::helpers::{order_body, settings_for, spawn_app_with};
 use crate::mariadb::{MariaDb, copy_database, shared, unique_db};
 
 const CALLERS: usize = 4;
@@ -28,19 +28,62 @@ pub struct Ledger {
     pub retried: u64,
 }
 
+impl Ledger {
+    /// The ledger once its callers are done, its totals printed under `what`.
+    pub fn take(ledger: &Mutex<Ledger>, what: &str) -> Ledger {
+        let ledger = std::mem::take(&mut *ledger.lock().unwrap());
+        println!(
+            "{what}: {} creates, {} pays acknowledged, {} calls retried",
+            ledger.created.len(),
+            ledger.paid.len(),
+            ledger.retried
+        );
+        ledger
+    }
+
+    /// Every acknowledged create is stored once, with the id it was
+    /// answered, and paid when its pay was acknowledged.
+    pub fn check(&self, stored: &Stored) {
+        for (key, id) in &self.created {
+            let found = stored.get(key).map(Vec::as_slice).unwrap_or_default();
+            assert_eq!(found.len(), 1, "key {key} ({id}): {found:?}");
+            let (unit, seq, status) = &found[0];
+            assert_eq!(id[1..5].parse::<u16>().unwrap(), *unit, "{key}");
+            assert_eq!(id[17..27].parse::<i64>().unwrap(), *seq, "{key}");
+            if self.paid.contains(id) {
+                assert_eq!(status, "paid", "{key} was paid, and the pay acknowledged");
+            }
+        }
+    }
+}
+
+/// Every order of some units' databases: key -> `(unit, seq, status)`.
+pub type Stored = BTreeMap<String, Vec<(u16, i64, String)>>;
+
+/// The orders in the databases of `units` (`(unit, url)`).
+pub async fn stored_in(units: &[(u16, &str)]) -> Stored {
+    let mut stored = Stored::new();
+    for (unit, url) in units {
+        for (key, seq, status) in orders_at(url).await {
+            stored.entry(key).or_default().push((*unit, seq, status));
+        }
+    }
+    stored
+}
+
 /// `POST path` with `body`, retried on 503 and transport errors for up to
 /// 30 s (as a caller of a payment flow does); the final answer.
 async fn call(
-    app: &TestApp,
+    client: &reqwest::Client,
+    base: &str,
     path: &str,
     body: &Value,
     ledger: &Mutex<Ledger>,
 ) -> (StatusCode, Value) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let sent = app
-            .client
-            .post(format!("{}{path}", app.base))
+        let sent = client
+            .post(format!("{base}{path}"))
             .json(body)
             .timeout(Duration::from_secs(10))
             .send()
@@ -60,22 +103,24 @@ async fn call(
     }
 }
 
-/// Creates orders and pays earlier ones (picked across everything it made,
-/// so that pays reach the moving unit while it is disabled and after).
+/// Creates orders through the engine at `base` and pays earlier ones
+/// (picked across everything it made, so that pays reach the moving unit
+/// while it is disabled and after).
 pub async fn caller(
-    app: Arc<TestApp>,
+    base: String,
     c: usize,
     tag: &'static str,
     until: Instant,
     ledger: Arc<Mutex<Ledger>>,
 ) {
+    let client = reqwest::Client::new();
     let mut unpaid = Vec::new();
     let mut i = 0;
     while Instant::now() < until && i < 5_000 {
         let key = format!("{tag}-{c}-{i}");
         i += 1;
         let body = order_body("m-1", &key, "u-1", 100);
-        let (status, order) = call(&app, "/v1/orders", &body, &ledger).await;
+        let (status, order) = call(&client, &base, "/v1/orders", &body, &ledger).await;
         // 200: a retry found the order its first, unanswered try created.
         assert!(
             matches!(status, StatusCode::CREATED | StatusCode::OK),
@@ -87,7 +132,8 @@ pub async fn caller(
         if i % 2 == 0 {
             let id = unpaid.swap_remove(i * 7_919 % unpaid.len());
             let pay = json!({"payment_ref": format!("p-{id}"), "amount": 100});
-            let (status, body) = call(&app, &format!("/v1/orders/{id}/pay"), &pay, &ledger).await;
+            let path = format!("/v1/orders/{id}/pay");
+            let (status, body) = call(&client, &base, &path, &pay, &ledger).await;
             assert_eq!(status, StatusCode::OK, "pay {id}: {body}");
             ledger.lock().unwrap().paid.insert(id);
         }
@@ -127,7 +173,7 @@ async fn a_unit_moves_to_a_copy_of_its_database_under_load() {
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let until = Instant::now() + Duration::from_secs(8);
     let callers: Vec<_> = (0..CALLERS)
-        .map(|c| actix_web::rt::spawn(caller(app.clone(), c, "rp", until, ledger.clone())))
+        .map(|c| actix_web::rt::spawn(caller(app.base.clone(), c, "rp", until, ledger.clone())))
         .collect();
 
     // Orders flow into every unit first.
@@ -184,30 +230,13 @@ async fn a_unit_moves_to_a_copy_of_its_database_under_load() {
     // flight had their time: the copy holds everything.
     assert_eq!(orders_at(&old_url).await.len(), copied.len());
 
-    let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    println!(
-        "repoint under load: {} creates, {} pays acknowledged, {} calls retried",
-        ledger.created.len(),
-        ledger.paid.len(),
-        ledger.retried
-    );
+    let ledger = Ledger::take(&ledger, "repoint under load");
     // Every database as it is now (unit 2: the new server).
-    let mut stored: BTreeMap<String, Vec<(u16, i64, String)>> = BTreeMap::new();
-    for (unit, url) in [(1, &units[0].1), (UNIT, &new_url), (3, &units[2].1)] {
-        for (key, seq, status) in orders_at(url).await {
-            stored.entry(key).or_default().push((unit, seq, status));
-        }
-    }
+    let stored = stored_in(&[(1, &units[0].1), (UNIT, &new_url), (3, &units[2].1)]).await;
+    ledger.check(&stored);
     let mut moved_after = 0;
-    for (key, id) in &ledger.created {
-        let found = stored.get(key).map(Vec::as_slice).unwrap_or_default();
-        assert_eq!(found.len(), 1, "key {key} ({id}): {found:?}");
-        let (unit, seq, status) = &found[0];
-        assert_eq!(id[1..5].parse::<u16>().unwrap(), *unit, "{key}");
-        assert_eq!(id[17..27].parse::<i64>().unwrap(), *seq, "{key}");
-        if ledger.paid.contains(id) {
-            assert_eq!(status, "paid", "{key} was paid, and the pay acknowledged");
-        }
+    for key in ledger.created.keys() {
+        let (unit, seq, _) = &stored[key][0];
         if *unit == UNIT && !copied.iter().any(|c| &c.0 == key) {
             // Made on the new server: its sequence went on past the copy.
             assert!(*seq > max_copied, "{key}: seq {seq} <= {max_copied}");

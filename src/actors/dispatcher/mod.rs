@@ -226,17 +226,18 @@ impl Handler<Get> for Dispatcher {
             consistency,
             wait_for,
         };
-        let routing = self.table.load();
-        let beside_circuit = consistency == Consistency::Eventual
-            && routing
+        if consistency == Consistency::Eventual {
+            let routing = self.table.load();
+            if routing
                 .units
                 .get(&unit)
-                .is_some_and(|r| r.settings.replica_url.is_some());
-        if !beside_circuit {
-            return self.forward(msg.id, get);
+                .is_some_and(|r| r.settings.replica_url.is_some())
+            {
+                let (addr, calls) = (routing.route(unit), self.calls.clone());
+                return Box::pin(async move { calls.read_beside_circuit(unit, &addr?, get).await });
+            }
         }
-        let (addr, calls) = (routing.route(unit), self.calls.clone());
-        Box::pin(async move { calls.read_beside_circuit(unit, &addr?, get).await })
+        self.forward(msg.id, get)
     }
 }
 
