@@ -40,8 +40,9 @@ pub enum Units {
         primary_url: String,
         #[arg(long, default_value = "standard")]
         partition: String,
+        /// A replica (repeat the option for several).
         #[arg(long)]
-        replica_url: Option<String>,
+        replica_url: Vec<String>,
         #[command(flatten)]
         settings: UnitSettingsArgs,
         #[command(flatten)]
@@ -55,8 +56,9 @@ pub enum Units {
         partition: Option<String>,
         #[arg(long)]
         primary_url: Option<String>,
+        /// The unit's replicas, all of them (repeat the option for several).
         #[arg(long, conflicts_with = "no_replica")]
-        replica_url: Option<String>,
+        replica_url: Vec<String>,
         /// The unit has no replica any more.
         #[arg(long)]
         no_replica: bool,
@@ -65,15 +67,19 @@ pub enum Units {
         #[command(flatten)]
         condition: Condition,
     },
-    /// Promotes the unit's replica (or `--to`) to its primary.
+    /// Promotes the unit's most advanced replica (or `--to`) to its primary.
     Failover {
         id: u16,
         /// `planned` (the primary answers) or `emergency` (it is dead).
         #[arg(long, value_parser = ["planned", "emergency"])]
         mode: String,
-        /// The replica to promote (default: the unit's replica_url).
+        /// The replica to promote (default: the one that received the most).
         #[arg(long)]
         to: Option<String>,
+        /// Emergency: go on although some replicas do not answer (they may
+        /// hold acknowledged commits; they are dropped from the unit).
+        #[arg(long)]
+        skip_unreachable_replicas: bool,
     },
 }
 
@@ -234,8 +240,8 @@ fn command_parts(command: &Command) -> Parts {
             body.insert("id".into(), json!(id));
             body.insert("partition".into(), json!(partition));
             body.insert("primary_url".into(), json!(primary_url));
-            if let Some(r) = replica_url {
-                body.insert("replica_url".into(), json!(r));
+            if !replica_url.is_empty() {
+                body.insert("replica_urls".into(), json!(replica_url));
             }
             Parts {
                 method: "POST",
@@ -260,11 +266,11 @@ fn command_parts(command: &Command) -> Parts {
             if let Some(p) = primary_url {
                 body.insert("primary_url".into(), json!(p));
             }
-            if let Some(r) = replica_url {
-                body.insert("replica_url".into(), json!(r));
+            if !replica_url.is_empty() {
+                body.insert("replica_urls".into(), json!(replica_url));
             }
             if *no_replica {
-                body.insert("replica_url".into(), Value::Null);
+                body.insert("replica_urls".into(), json!([]));
             }
             Parts {
                 method: "PATCH",
@@ -273,11 +279,19 @@ fn command_parts(command: &Command) -> Parts {
                 if_match: condition.if_match,
             }
         }
-        Command::Units(Units::Failover { id, mode, to }) => {
+        Command::Units(Units::Failover {
+            id,
+            mode,
+            to,
+            skip_unreachable_replicas,
+        }) => {
             let mut body = Map::new();
             body.insert("mode".into(), json!(mode));
             if let Some(t) = to {
                 body.insert("to".into(), json!(t));
+            }
+            if *skip_unreachable_replicas {
+                body.insert("skip_unreachable_replicas".into(), json!(true));
             }
             Parts {
                 method: "POST",

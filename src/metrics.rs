@@ -57,11 +57,12 @@ pub const FAILOVERS: &str = "orderengine_unit_failovers_total";
 pub const FAILOVER_STEPS: &str = "orderengine_unit_failover_steps_total";
 
 /// `step` label values of failovers, in the order they run.
-pub const FAILOVER_STEP_NAMES: [&str; 5] = [
+pub const FAILOVER_STEP_NAMES: [&str; 6] = [
     "fence_writes",
     "fence_old_primary",
     "catch_up",
     "promote",
+    "repoint_replicas",
     "repoint",
 ];
 
@@ -132,16 +133,16 @@ fn describe() {
     describe_gauge!(
         REPLICAS,
         Unit::Count,
-        "Replicas the unit's table entry names (0 or 1)."
+        "Replicas the unit's table entry names."
     );
     describe_gauge!(
         REPLICA_UP,
-        "1 while the unit's replica answers and holds this unit's database, by unit (units with a replica)."
+        "1 while a replica of the unit answers and holds this unit's database, by unit and replica (its place in the unit's replica_urls, from 1); NaN for one the unit no longer names."
     );
     describe_gauge!(
         REPLICA_LAG,
         Unit::Seconds,
-        "How far the unit's replica is behind its primary, from the probes' heartbeats (units with a replica)."
+        "How far each replica of the unit is behind its primary, from the probes' heartbeats, by unit and replica (as for the up gauge)."
     );
     describe_counter!(
         EVENTUAL_READS,
@@ -399,21 +400,36 @@ pub fn init_unit(unit: u16, max_connections: u32) {
     }
 }
 
-/// How many replicas the unit has now (0 or 1); a unit with none exports
-/// no replica lag.
+/// How many replicas the unit has now; the per-replica series of replicas
+/// it no longer has (it had more before) read `NaN`, so that they neither
+/// alert nor draw.
 pub fn set_replicas(unit: u16, replicas: usize) {
-    gauge!(REPLICAS, "unit" => unit.to_string()).set(replicas as f64);
+    let u = unit.to_string();
+    gauge!(REPLICAS, "unit" => u.clone()).set(replicas as f64);
+    for gone in replicas..crate::config::MAX_REPLICAS {
+        let r = (gone + 1).to_string();
+        if REPLICA_SERIES.contains(&(unit, gone)) {
+            gauge!(REPLICA_UP, "unit" => u.clone(), "replica" => r.clone()).set(f64::NAN);
+            gauge!(REPLICA_LAG, "unit" => u.clone(), "replica" => r).set(f64::NAN);
+        }
+    }
 }
 
-/// Publishes a replica check: `Some(lag)` when it answered, `None` when not.
-pub fn record_replica(unit: u16, lag_ms: Option<i64>) {
-    let u = unit.to_string();
+/// Replica series exported so far (unit, replica index).
+static REPLICA_SERIES: std::sync::LazyLock<dashmap::DashSet<(u16, usize)>> =
+    std::sync::LazyLock::new(dashmap::DashSet::new);
+
+/// Publishes one replica's check (`replica`: its place in the unit's
+/// list, from 0): `Some(lag)` when it answered, `None` when not.
+pub fn record_replica(unit: u16, replica: usize, lag_ms: Option<i64>) {
+    REPLICA_SERIES.insert((unit, replica));
+    let (u, r) = (unit.to_string(), (replica + 1).to_string());
     match lag_ms {
         Some(lag) => {
-            gauge!(REPLICA_UP, "unit" => u.clone()).set(1.0);
-            gauge!(REPLICA_LAG, "unit" => u).set(lag as f64 / 1000.0);
+            gauge!(REPLICA_UP, "unit" => u.clone(), "replica" => r.clone()).set(1.0);
+            gauge!(REPLICA_LAG, "unit" => u, "replica" => r).set(lag as f64 / 1000.0);
         }
-        None => gauge!(REPLICA_UP, "unit" => u).set(0.0),
+        None => gauge!(REPLICA_UP, "unit" => u, "replica" => r).set(0.0),
     }
 }
 

@@ -195,7 +195,7 @@ fn install_metrics(settings: &Settings) -> PrometheusHandle {
         let most =
             Dialect::of_url(&u.primary_url).most_connections(settings.storage.max_connections);
         crate::metrics::init_unit(u.id, most);
-        crate::metrics::set_replicas(u.id, usize::from(u.replica_url.is_some()));
+        crate::metrics::set_replicas(u.id, u.replica_urls.len());
         crate::metrics::init_partition(&u.partition);
     }
     // The exporter folds histogram samples in on upkeep; keep it regular.

@@ -129,16 +129,18 @@ fn unit_id(id: &str) -> Result<u16, ApiError> {
         .ok_or_else(|| ApiError::validation("id", format!("a unit id is 0 to {MAX_UNIT}")))
 }
 
-/// Promotes the unit's replica to its primary. `planned` (the primary
-/// answers): the primary is fenced (no write from any engine process can
-/// commit there any more), the replica applies everything it committed,
-/// is promoted, and the unit is repointed at it. `emergency` (the primary
-/// is dead): the replica applies what it received (with semi-synchronous
-/// replication, every acknowledged commit), is promoted and the unit
-/// repointed; the old primary is fenced as soon as it answers. The unit's
-/// calls answer `503` with `Retry-After` while it switches; other units are
-/// not touched. The unit then runs without a replica until one is set with
-/// `PATCH`. Every step is logged and counted; the answer lists them.
+/// Promotes one of the unit's replicas (`to`, or the one that has received
+/// the most) to its primary. `planned` (the primary answers): the primary
+/// is fenced (no write from any engine process can commit there any more),
+/// the replica applies everything it committed, is promoted, and the unit
+/// is repointed at it. `emergency` (the primary is dead): every replica
+/// stops receiving, the most advanced applies what it received (with
+/// semi-synchronous replication, every acknowledged commit), is promoted
+/// and the unit repointed; the old primary is fenced as soon as it
+/// answers. The unit's other replicas are re-pointed at the new primary
+/// and stay its replicas. The unit's calls answer `503` with `Retry-After`
+/// while it switches; other units are not touched. Every step is logged
+/// and counted; the answer lists them.
 #[utoipa::path(
     post, path = "/admin/units/{id}/failover", tag = "admin",
     security(("bearer" = [])),
@@ -160,13 +162,14 @@ pub async fn failover_unit(
     id: web::Path<String>,
     body: JsonBody<FailoverRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let (mode, to) = body.0.into_parts()?;
+    let (mode, to, skip_unreachable_replicas) = body.0.into_parts()?;
     let unit = unit_id(&id)?;
     let report = state
         .tell(Failover {
             unit,
             mode,
             to,
+            skip_unreachable_replicas,
             who: who(&req),
         })
         .await??;

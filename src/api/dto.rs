@@ -10,7 +10,9 @@ use utoipa::ToSchema;
 
 use super::error::ApiError;
 use crate::actors::dispatcher::FailoverMode;
-use crate::config::{MAX_WEIGHT, Temperature, UnitEntry, UnitMode, UnitPatch, check_db_url};
+use crate::config::{
+    MAX_REPLICAS, MAX_WEIGHT, Temperature, UnitEntry, UnitMode, UnitPatch, check_db_url,
+};
 use crate::domain::order_id::MAX_UNIT;
 use crate::domain::values::{
     Amount, Currency, Invalid, MerchantId, OutTradeNo, PaymentRef, RefundId, SectionEntries,
@@ -56,10 +58,14 @@ pub struct UnitPatchRequest {
     /// next calls go there, calls in flight finish on the old one.
     #[schema(example = "mysql://orders:secret@10.0.0.6:3306/orderengine_unit_2")]
     pub primary_url: Option<String>,
-    /// The unit's replica; `null` removes it (absent: it stays).
+    /// The unit's one replica; `null` removes its replicas (absent: they
+    /// stay). Not with `replica_urls`.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub replica_url: Option<Option<String>>,
+    /// All of the unit's replicas (`[]`: none). Not with `replica_url`.
+    #[schema(max_items = 4)]
+    pub replica_urls: Option<Vec<String>>,
 }
 
 /// A field that is present, `null` or not: absent stays `None`.
@@ -77,8 +83,18 @@ impl UnitPatchRequest {
         if let Some(url) = &self.primary_url {
             check_db_url(url).map_err(|m| ApiError::validation("primary_url", m))?;
         }
-        if let Some(Some(url)) = &self.replica_url {
-            check_db_url(url).map_err(|m| ApiError::validation("replica_url", m))?;
+        let replica_urls = match (self.replica_url, self.replica_urls) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::validation(
+                    "replica_urls",
+                    "name the replicas once: `replica_url` or `replica_urls`, not both",
+                ));
+            }
+            (Some(one), None) => Some(one.into_iter().collect()),
+            (None, many) => many,
+        };
+        if let Some(urls) = &replica_urls {
+            check_replica_list(urls)?;
         }
         Ok(UnitPatch {
             mode: self.mode,
@@ -86,7 +102,7 @@ impl UnitPatchRequest {
             temperature: self.temperature,
             weight,
             primary_url: self.primary_url,
-            replica_url: self.replica_url,
+            replica_urls,
         })
     }
 }
@@ -99,18 +115,43 @@ pub struct FailoverRequest {
     /// up with it exactly); `emergency`: the primary is dead (the replica
     /// applies what it received; the old primary is fenced once it answers).
     pub mode: FailoverMode,
-    /// The replica to promote; default: the unit's `replica_url`.
+    /// The replica to promote; default: the one of the unit's
+    /// `replica_urls` that has received the most.
     #[schema(example = "mysql://orders:secret@10.0.0.7:3306/orderengine_unit_2")]
     pub to: Option<String>,
+    /// Emergency only matters: a replica that does not answer may hold
+    /// commits the old primary acknowledged that no other has, so the
+    /// failover stops unless this is `true`; such replicas are then
+    /// dropped from the unit. Default `false`.
+    #[serde(default)]
+    pub skip_unreachable_replicas: bool,
 }
 
 impl FailoverRequest {
-    pub fn into_parts(self) -> Result<(FailoverMode, Option<String>), ApiError> {
+    pub fn into_parts(self) -> Result<(FailoverMode, Option<String>, bool), ApiError> {
         if let Some(url) = &self.to {
             check_db_url(url).map_err(|m| ApiError::validation("to", m))?;
         }
-        Ok((self.mode, self.to))
+        Ok((self.mode, self.to, self.skip_unreachable_replicas))
     }
+}
+
+/// Each replica URL usable, and not too many (the rest is checked
+/// against the unit's primary when the change is made).
+fn check_replica_list(urls: &[String]) -> Result<(), ApiError> {
+    if urls.len() > MAX_REPLICAS {
+        return Err(ApiError::validation(
+            "replica_urls",
+            format!(
+                "a unit has at most {MAX_REPLICAS} replicas, not {}",
+                urls.len()
+            ),
+        ));
+    }
+    for url in urls {
+        check_db_url(url).map_err(|m| ApiError::validation("replica_urls", m))?;
+    }
+    Ok(())
 }
 
 fn weight(WholeNumber(w): WholeNumber) -> Result<u32, ApiError> {
@@ -141,7 +182,11 @@ pub struct AddUnitRequest {
     /// `mysql://user:password@host:port/database` or `sqlite://path`.
     #[schema(example = "mysql://orders:secret@10.0.0.5:3306/orderengine_unit_5")]
     pub primary_url: String,
+    /// The unit's one replica. Not with `replica_urls`.
     pub replica_url: Option<String>,
+    /// The unit's replicas. Not with `replica_url`.
+    #[schema(max_items = 4)]
+    pub replica_urls: Option<Vec<String>>,
 }
 
 impl AddUnitRequest {
@@ -150,21 +195,25 @@ impl AddUnitRequest {
             .ok()
             .filter(|id| *id <= MAX_UNIT)
             .ok_or_else(|| ApiError::validation("id", format!("a unit id is 0 to {MAX_UNIT}")))?;
-        for (name, url) in [
-            ("primary_url", Some(&self.primary_url)),
-            ("replica_url", self.replica_url.as_ref()),
-        ] {
-            if let Some(url) = url {
-                check_db_url(url).map_err(|m| ApiError::validation(name, m))?;
+        check_db_url(&self.primary_url).map_err(|m| ApiError::validation("primary_url", m))?;
+        let replica_urls = match (self.replica_url, self.replica_urls) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::validation(
+                    "replica_urls",
+                    "name the replicas once: `replica_url` or `replica_urls`, not both",
+                ));
             }
-        }
+            (one, None) => one.into_iter().collect(),
+            (None, Some(many)) => many,
+        };
+        check_replica_list(&replica_urls)?;
         let entry = UnitEntry {
             partition: self.partition,
             mode: self.mode.unwrap_or_default(),
             temperature: self.temperature.unwrap_or_default(),
             weight: self.weight.map(weight).transpose()?.unwrap_or(100),
             primary_url: self.primary_url,
-            replica_url: self.replica_url,
+            replica_urls,
         };
         Ok((id, entry))
     }

@@ -79,7 +79,7 @@ error_codes! {
     TableNotKept = "table_not_kept", 409,
         "`PATCH /admin/units/{id}` names another database, but this engine keeps no routing table (no `admin.state_file` or `admin.control_url`): a restart would go back to the old one";
     NoReplica = "no_replica", 409,
-        "`POST /admin/units/{id}/failover` for a unit with no replica to promote (no `replica_url` and no `to`, or an embedded SQLite unit)";
+        "`POST /admin/units/{id}/failover` for a unit with no replica to promote (no `replica_urls` and no `to`, or an embedded SQLite unit)";
     InvalidTransition = "invalid_transition", 409,
         "e.g. pay a closed order, close a paid one, pay again with another ref";
     AmountMismatch = "amount_mismatch", 409, "the payment amount is not the order amount";

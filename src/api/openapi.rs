@@ -28,8 +28,8 @@ use super::orders::ConsistencyParam;
 use super::{admin, health, orders};
 use crate::actors::dispatcher::{
     EngineStatus, FailoverMode, FailoverReport, ListPartitions, MerchantRoute, PartitionEntry,
-    PartitionReadiness, PartitionStatus, PartitionTable, Readiness, ReplicaStatus, StepTook,
-    TableStore, UnitChanged, UnitStatus,
+    PartitionReadiness, PartitionStatus, PartitionTable, Readiness, ReplicaOutcome, ReplicaStatus,
+    StepTook, TableStore, UnitChanged, UnitStatus,
 };
 use crate::actors::health::FailoverRecord;
 use crate::config::{NO_SPILL_INTO, Temperature, UnitMode};
@@ -119,6 +119,7 @@ struct PublicDoc;
         FailoverReport,
         FailoverMode,
         StepTook,
+        ReplicaOutcome,
         ReplicaStatus,
         FailoverRecord,
     ))

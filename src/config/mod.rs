@@ -20,7 +20,7 @@ pub use sections::{
 };
 pub use table_state::{MAX_WEIGHT, TableState, UnitEntry, UnitPatch, UnitRouting};
 pub use units::{NO_SPILL_INTO, PartitionSettings, Temperature, UnitMode, UnitSettings};
-pub use urls::{check_db_url, mask_url};
+pub use urls::{MAX_REPLICAS, check_db_url, check_replica_urls, mask_url, mask_urls, one_or_many};
 
 use self::env::apply_override;
 use crate::domain::order_id::MAX_UNIT;
@@ -130,10 +130,10 @@ impl Settings {
             if u.id > MAX_UNIT {
                 return invalid(format!("unit id {} is over {MAX_UNIT}", u.id));
             }
-            for url in std::iter::once(&u.primary_url).chain(&u.replica_url) {
-                if let Err(m) = check_db_url(url) {
-                    return invalid(format!("unit {}: {m}", u.id));
-                }
+            if let Err(m) = check_db_url(&u.primary_url)
+                .and_then(|()| check_replica_urls(&u.primary_url, &u.replica_urls))
+            {
+                return invalid(format!("unit {}: {m}", u.id));
             }
         }
         // A partition exists when [partitions] declares it or a unit is in it.
@@ -403,7 +403,7 @@ mod tests {
             env(&[
                 ("ORDERENGINE__ADMIN__TOKEN", "admin-secret"),
                 (
-                    "ORDERENGINE__UNITS__1__REPLICA_URL",
+                    "ORDERENGINE__UNITS__3__REPLICA_URL",
                     "mysql://r:replica-secret@h/db",
                 ),
             ]),

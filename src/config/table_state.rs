@@ -19,7 +19,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::units::{Temperature, UnitMode, UnitSettings};
-use super::urls::mask_url;
+use super::urls::{mask_url, mask_urls, one_or_many};
 
 /// A unit's routing settings as an operator may change them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,8 +62,13 @@ pub struct UnitEntry {
     /// config's URLs, passwords included, stay the config's to change).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub primary_url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replica_url: Option<String>,
+    #[serde(
+        default,
+        alias = "replica_url",
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub replica_urls: Vec<String>,
 }
 
 impl UnitEntry {
@@ -74,7 +79,7 @@ impl UnitEntry {
             temperature: unit.temperature,
             weight: unit.weight,
             primary_url: unit.primary_url.clone(),
-            replica_url: unit.replica_url.clone(),
+            replica_urls: unit.replica_urls.clone(),
         }
     }
 
@@ -96,7 +101,7 @@ impl UnitEntry {
             temperature: self.temperature,
             weight: self.weight,
             primary_url: self.primary_url.clone(),
-            replica_url: self.replica_url.clone(),
+            replica_urls: self.replica_urls.clone(),
         }
     }
 }
@@ -109,7 +114,7 @@ impl std::fmt::Debug for UnitEntry {
             .field("temperature", &self.temperature)
             .field("weight", &self.weight)
             .field("primary_url", &mask_url(&self.primary_url))
-            .field("replica_url", &self.replica_url.as_deref().map(mask_url))
+            .field("replica_urls", &mask_urls(&self.replica_urls))
             .finish()
     }
 }
@@ -127,8 +132,8 @@ pub struct UnitPatch {
     pub weight: Option<u32>,
     /// Another database server for the unit (a copy of its database).
     pub primary_url: Option<String>,
-    /// `Some(None)`: no replica any more.
-    pub replica_url: Option<Option<String>>,
+    /// The unit's replicas, all of them (empty: none any more).
+    pub replica_urls: Option<Vec<String>>,
 }
 
 impl UnitPatch {
@@ -143,7 +148,7 @@ impl UnitPatch {
 
     /// Whether the patch names database URLs.
     pub fn moves_database(&self) -> bool {
-        self.primary_url.is_some() || self.replica_url.is_some()
+        self.primary_url.is_some() || self.replica_urls.is_some()
     }
 }
 
@@ -155,13 +160,7 @@ impl std::fmt::Debug for UnitPatch {
             .field("temperature", &self.temperature)
             .field("weight", &self.weight)
             .field("primary_url", &self.primary_url.as_deref().map(mask_url))
-            .field(
-                "replica_url",
-                &self
-                    .replica_url
-                    .as_ref()
-                    .map(|r| r.as_deref().map(mask_url)),
-            )
+            .field("replica_urls", &self.replica_urls.as_deref().map(mask_urls))
             .finish()
     }
 }
@@ -217,10 +216,10 @@ impl TableState {
         let mut changes = self.changes_from(config);
         for (id, unit) in &mut changes.units {
             if let Some(own) = config.units.get(id)
-                && (&own.primary_url, &own.replica_url) == (&unit.primary_url, &unit.replica_url)
+                && (&own.primary_url, &own.replica_urls) == (&unit.primary_url, &unit.replica_urls)
             {
                 unit.primary_url.clear();
-                unit.replica_url = None;
+                unit.replica_urls.clear();
             }
         }
         changes
@@ -240,7 +239,7 @@ impl TableState {
                 return false;
             };
             unit.primary_url.clone_from(&own.primary_url);
-            unit.replica_url.clone_from(&own.replica_url);
+            unit.replica_urls.clone_from(&own.replica_urls);
             true
         });
         (self.with(&changes), dropped)
@@ -349,8 +348,42 @@ mod tests {
             temperature: Temperature::Warm,
             weight,
             primary_url: "mysql://u:pw@h:1/db".into(),
-            replica_url: None,
+            replica_urls: Vec::new(),
         }
+    }
+
+    #[test]
+    fn replicas_are_read_from_one_url_or_a_list() {
+        let one: UnitEntry = serde_json::from_str(
+            r#"{"partition":"standard","mode":"open","temperature":"hot","weight":1,
+                "primary_url":"mysql://h/db","replica_url":"mysql://r/db"}"#,
+        )
+        .unwrap();
+        assert_eq!(one.replica_urls, ["mysql://r/db"]);
+        let many: UnitEntry = serde_json::from_str(
+            r#"{"partition":"standard","mode":"open","temperature":"hot","weight":1,
+                "primary_url":"mysql://h/db","replica_urls":["mysql://r/db","mysql://s/db"]}"#,
+        )
+        .unwrap();
+        assert_eq!(many.replica_urls.len(), 2);
+        // Written as the list; none is left out.
+        let text = serde_json::to_string(&many).unwrap();
+        assert!(
+            text.contains(r#""replica_urls":["mysql://r/db","mysql://s/db"]"#),
+            "{text}"
+        );
+        let none = serde_json::to_string(&entry("standard", 1)).unwrap();
+        assert!(!none.contains("replica"), "{none}");
+        let both = serde_json::from_str::<UnitEntry>(
+            r#"{"partition":"standard","mode":"open","temperature":"hot","weight":1,
+                "primary_url":"mysql://h/db","replica_url":"mysql://r/db","replica_urls":[]}"#,
+        );
+        assert!(both.is_err());
+        let toml: UnitSettings = toml::from_str(
+            "id = 1\nprimary_url = \"mysql://h/db\"\nreplica_url = \"mysql://r/db\"\n",
+        )
+        .unwrap();
+        assert_eq!(toml.replica_urls, ["mysql://r/db"]);
     }
 
     #[test]

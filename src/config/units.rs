@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::urls::mask_url;
+use super::urls::{mask_url, mask_urls, one_or_many};
 
 /// Operator-set availability of a unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
@@ -54,8 +54,10 @@ pub struct UnitSettings {
     pub weight: u32,
     /// `mysql://user:pass@host:port/db` or `sqlite://path/to/file.db`.
     pub primary_url: String,
-    #[serde(default)]
-    pub replica_url: Option<String>,
+    /// Copies of the database under replication (`replica_url = "..."`
+    /// for one, `replica_urls = [...]` for several).
+    #[serde(default, alias = "replica_url", deserialize_with = "one_or_many")]
+    pub replica_urls: Vec<String>,
 }
 
 impl std::fmt::Debug for UnitSettings {
@@ -67,7 +69,7 @@ impl std::fmt::Debug for UnitSettings {
             .field("temperature", &self.temperature)
             .field("weight", &self.weight)
             .field("primary_url", &mask_url(&self.primary_url))
-            .field("replica_url", &self.replica_url.as_deref().map(mask_url))
+            .field("replica_urls", &mask_urls(&self.replica_urls))
             .finish()
     }
 }

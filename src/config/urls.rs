@@ -28,6 +28,65 @@ pub fn check_db_url(url: &str) -> Result<(), String> {
     }
 }
 
+/// Most replicas one unit may name.
+pub const MAX_REPLICAS: usize = 4;
+
+/// Checks a unit's replica list: usable URLs, each once, none the primary,
+/// at most [`MAX_REPLICAS`], and only beside a MariaDB primary.
+pub fn check_replica_urls(primary: &str, replicas: &[String]) -> Result<(), String> {
+    if replicas.len() > MAX_REPLICAS {
+        return Err(format!(
+            "a unit has at most {MAX_REPLICAS} replicas, not {}",
+            replicas.len()
+        ));
+    }
+    if !replicas.is_empty() && primary.starts_with("sqlite:") {
+        return Err("an embedded SQLite unit has no replicas".into());
+    }
+    for (i, url) in replicas.iter().enumerate() {
+        check_db_url(url)?;
+        if url.starts_with("sqlite:") {
+            return Err(format!(
+                "replica {:?} is an SQLite file: replicas are MariaDB servers",
+                mask_url(url)
+            ));
+        }
+        if url == primary {
+            return Err(format!("replica {:?} is the primary itself", mask_url(url)));
+        }
+        if replicas[..i].contains(url) {
+            return Err(format!("replica {:?} is named twice", mask_url(url)));
+        }
+    }
+    Ok(())
+}
+
+/// Deserializes one URL or a list of them (`replica_url = "..."` or
+/// `replica_urls = [...]`; `null` is none).
+pub fn one_or_many<'de, D>(d: D) -> Result<Vec<String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(
+        match <Option<OneOrMany> as serde::Deserialize>::deserialize(d)? {
+            None => Vec::new(),
+            Some(OneOrMany::One(url)) => vec![url],
+            Some(OneOrMany::Many(urls)) => urls,
+        },
+    )
+}
+
+/// URLs masked, for `Debug` output.
+pub fn mask_urls(urls: &[String]) -> Vec<String> {
+    urls.iter().map(|u| mask_url(u)).collect()
+}
+
 /// `url` with any password replaced by `***`, safe to log and to show
 /// operators. The user part ends at the last `@` (a password may hold `/`
 /// or `@`); a URL without `://` whose user part cannot be told apart is

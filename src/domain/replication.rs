@@ -73,6 +73,15 @@ impl Position {
     }
 }
 
+/// Of servers that received `positions`, the first whose position covers
+/// every other's: the one to promote, since it holds everything any of them
+/// received. `None` when no one covers all (they diverged) or there are none.
+pub fn most_advanced(positions: &[&Position]) -> Option<usize> {
+    positions
+        .iter()
+        .position(|p| positions.iter().all(|other| p.covers(other)))
+}
+
 impl fmt::Display for Position {
     /// MariaDB's form, as `MASTER_GTID_WAIT` takes it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -139,6 +148,20 @@ pub fn lag_ms(written: &[i64], applied: i64, now_ms: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_most_advanced_covers_every_other() {
+        let p = |t: &str| Position::parse(t).unwrap();
+        let (a, b, c) = (p("0-1-10"), p("0-1-12"), p("0-1-12"));
+        assert_eq!(most_advanced(&[&a, &b, &c]), Some(1));
+        assert_eq!(most_advanced(&[&a]), Some(0));
+        assert_eq!(most_advanced(&[]), None);
+        // Two domains, each ahead in one: neither holds all the other has.
+        let (x, y) = (p("0-1-10,1-2-3"), p("0-1-9,1-2-4"));
+        assert_eq!(most_advanced(&[&x, &y]), None);
+        // An empty position (received nothing) is covered by any.
+        assert_eq!(most_advanced(&[&Position::default(), &a]), Some(1));
+    }
 
     #[test]
     fn positions_parse_merge_and_cover() {

@@ -57,8 +57,8 @@ pub struct ServerError {
 
 /// One server a failover works on.
 pub struct Server {
-    url: String,
-    timeout: Duration,
+    pub(super) url: String,
+    pub(super) timeout: Duration,
 }
 
 impl Server {
@@ -80,7 +80,7 @@ impl Server {
 
     /// Runs `work` on a new connection: connecting is bounded by the step
     /// time, `work` by `limit`.
-    async fn with<T>(
+    pub(super) async fn with<T>(
         &self,
         limit: Duration,
         work: impl AsyncFnOnce(&mut MySqlConnection) -> Result<T, sqlx::Error>,
@@ -231,8 +231,8 @@ impl Server {
     }
 
     /// Stops taking events from the primary (`STOP SLAVE IO_THREAD`): what
-    /// it received is then final, and the old primary, left without its
-    /// semi-synchronous replica, acknowledges no more commits.
+    /// it received is then final, and it acknowledges no more of the old
+    /// primary's commits.
     pub async fn stop_receiving(&self) -> Result<(), ServerError> {
         self.with(self.timeout * 2, async |c| {
             sqlx::raw_sql("STOP SLAVE IO_THREAD")
@@ -281,8 +281,8 @@ impl Server {
     /// Makes this replica a primary: replication stopped and forgotten,
     /// writes allowed, and semi-synchronous waiting off (a primary with no
     /// replica that waits for one, with the timeout out of reach, would
-    /// never acknowledge a commit; the operator turns it on again when a
-    /// replica is attached). The mark naming the replaced primary comes
+    /// never acknowledge a commit; it is turned on again once a replica is
+    /// attached: see `rejoin.rs`). The mark naming the replaced primary comes
     /// before the reset: a promotion that stops half-way either still
     /// replicates (and is done again) or holds the mark (and a repeated
     /// failover goes on to the repoint). Answers its position.

@@ -12,9 +12,10 @@
 //!   `claims.rs`: the units' records of idempotency keys;
 //!   `sequence.rs`: the order sequence; `probe.rs`: health probes;
 //!   `replica.rs`: replica lag, eventual and read-your-writes reads
-//!   (`replication.rs`: what the store keeps about its replica);
+//!   (`replication.rs`: what the store keeps about its replicas);
 //!   `sql.rs`: what their statements share.
-//! - `failover.rs`: fencing, catching up and promoting a unit's servers;
+//! - `failover.rs`: fencing, catching up and promoting a unit's servers,
+//!   and `rejoin.rs`: re-pointing its other replicas at the promoted one;
 //!   `control.rs`: the control database several engine processes share
 //!   the routing table through (not a unit's).
 
@@ -30,6 +31,7 @@ mod orders;
 mod outbox;
 mod probe;
 mod refunds;
+mod rejoin;
 mod replica;
 mod replication;
 pub mod sequence;

@@ -10,7 +10,7 @@ use sqlx::migrate::MigrateDatabase;
 
 use super::connect::{Dialect, pool_options, prepare_url};
 use super::lane::Lane;
-use super::replication::ReplicaPolicy;
+use super::replication::{ReplicaPolicy, Replication};
 use super::store::UnitStore;
 use crate::config::{StorageSettings, mask_url};
 
@@ -38,7 +38,7 @@ impl UnitStore {
     pub async fn open(
         unit: u16,
         primary_url: &str,
-        replica_url: Option<&str>,
+        replica_urls: &[String],
         settings: &StorageSettings,
     ) -> Result<Self, OpenError> {
         install_default_drivers();
@@ -106,18 +106,16 @@ impl UnitStore {
         }
         // Lazily: a replica that cannot be reached never stops the unit
         // from starting; eventual reads skip it until it answers.
-        let replica = match replica_url {
-            Some(r) => {
-                let url = prepare_url(r, Dialect::of_url(r)).map_err(|m| connect_err(r, m))?;
-                let opts = pool_options(dialect, settings, settings.max_connections)
-                    .acquire_timeout(Duration::from_millis(settings.replica_read_timeout_ms));
-                Some(
-                    opts.connect_lazy(&url)
-                        .map_err(|e| connect_err(r, e.to_string()))?,
-                )
-            }
-            None => None,
-        };
+        let mut replicas = Vec::with_capacity(replica_urls.len());
+        for r in replica_urls {
+            let url = prepare_url(r, Dialect::of_url(r)).map_err(|m| connect_err(r, m))?;
+            let opts = pool_options(dialect, settings, settings.max_connections)
+                .acquire_timeout(Duration::from_millis(settings.replica_read_timeout_ms));
+            replicas.push(
+                opts.connect_lazy(&url)
+                    .map_err(|e| connect_err(r, e.to_string()))?,
+            );
+        }
         let max = settings.max_connections;
         let (write_lane, read_lane) = match dialect {
             Dialect::MySql => (
@@ -131,13 +129,13 @@ impl UnitStore {
             dialect,
             write,
             read,
-            replica,
+            replication: Arc::new(Replication::new(replicas.len())),
+            replicas,
             replica_policy: ReplicaPolicy {
                 max_lag: Duration::from_millis(settings.replica_max_lag_ms),
                 read_timeout: Duration::from_millis(settings.replica_read_timeout_ms),
                 wait: Duration::from_millis(settings.replica_wait_ms),
             },
-            replication: Arc::default(),
             write_lane,
             read_lane,
             statement_timeout: Duration::from_millis(settings.statement_timeout_ms),

@@ -1,10 +1,11 @@
-//! A unit's replica: how far behind it is, eventual reads that respect
-//! that, and read-your-writes through replication positions.
+//! A unit's replicas: how far behind each is, eventual reads that respect
+//! that (the fresh replica least behind), and read-your-writes through
+//! replication positions.
 //!
-//! The replica's pool connects lazily, so a replica that cannot be reached
-//! never stops a unit from starting: it is only ever skipped. Its lag is
-//! measured by [`UnitStore::check_replica`] against the heartbeats the
-//! primary's probes write (see `domain::replication::lag_ms`).
+//! Replica pools connect lazily, so a replica that cannot be reached never
+//! stops a unit from starting: it is only ever skipped. Lag is measured by
+//! [`UnitStore::check_replicas`] against the heartbeats the primary's
+//! probes write (see `domain::replication::lag_ms`).
 
 use sqlx::{AnyPool, Row};
 
@@ -35,20 +36,29 @@ impl UnitStore {
         self.replication.clone()
     }
 
-    /// Measures the replica: reachable, holding this unit's database, and
-    /// how far behind. Bounded by the replica read budget; never fails (the
-    /// outcome is recorded and returned).
-    pub async fn check_replica(&self) -> ReplicaHealth {
-        let Some(replica) = &self.replica else {
-            return ReplicaHealth::Unknown;
-        };
+    /// Measures every replica at once: reachable, holding this unit's
+    /// database, and how far behind. Each is bounded by the replica read
+    /// budget; never fails (the outcomes are recorded and returned, in the
+    /// order the unit names its replicas).
+    pub async fn check_replicas(&self) -> Vec<ReplicaHealth> {
+        let checks = self.replicas.iter().map(|r| self.check_replica(r));
+        let health = futures_util::future::join_all(checks).await;
+        for (i, h) in health.iter().enumerate() {
+            if *h != ReplicaHealth::Unknown {
+                self.replication.record(i, h.clone());
+            }
+        }
+        health
+    }
+
+    async fn check_replica(&self, replica: &AnyPool) -> ReplicaHealth {
         let read = async {
             let row = sqlx::query(REPLICA_CHECK).fetch_one(replica).await?;
             let beat: Option<i64> = row.try_get("beat")?;
             let unit: Option<String> = row.try_get("unit_id")?;
             Ok::<_, sqlx::Error>((beat.unwrap_or(0), unit))
         };
-        let health = match tokio::time::timeout(self.replica_policy.read_timeout, read).await {
+        match tokio::time::timeout(self.replica_policy.read_timeout, read).await {
             Err(_) => ReplicaHealth::Unreachable {
                 error: format!("no answer within {:?}", self.replica_policy.read_timeout),
             },
@@ -72,26 +82,25 @@ impl UnitStore {
                     lag_ms: lag_ms(&written, beat, now_ms()),
                 }
             }
-        };
-        self.replication.record(health.clone());
-        health
+        }
     }
 
-    /// An eventual read: the replica when it is fresh (and, with `wait_for`,
-    /// once it has applied that position), within its own budget; otherwise
-    /// the primary. When the primary cannot answer a read without a token,
-    /// the replica answers however far behind it is: an eventual read asks
-    /// for availability over freshness.
+    /// An eventual read: the fresh replica least behind (and, with
+    /// `wait_for`, once it has applied that position), within its own
+    /// budget; otherwise the primary. When the primary cannot answer a read
+    /// without a token, the replica least behind answers however far behind
+    /// it is: an eventual read asks for availability over freshness.
     pub async fn get_eventual(
         &self,
         id: OrderId,
         wait_for: Option<&Position>,
     ) -> Result<(Order, ServedBy), StoreError> {
-        let Some(replica) = &self.replica else {
+        if self.replicas.is_empty() {
             return Ok((self.get_primary(id).await?, ServedBy::Primary));
-        };
-        let tried = self.replication.fresh(self.replica_policy.max_lag);
-        if tried {
+        }
+        let freshest = self.replication.freshest(self.replica_policy.max_lag);
+        let tried = freshest.is_some();
+        if let Some(replica) = freshest.and_then(|i| self.replicas.get(i)) {
             let attempt = self.read_replica(replica, id, wait_for);
             match tokio::time::timeout(self.replica_policy.read_timeout, attempt).await {
                 Ok(Ok(Attempt::Found(order))) => return Ok((*order, ServedBy::Replica)),
@@ -104,6 +113,7 @@ impl UnitStore {
             Err(e @ (StoreError::Unavailable(_) | StoreError::InDoubt(_)))
                 if !tried && wait_for.is_none() =>
             {
+                let replica = &self.replicas[self.replication.best_known()];
                 let attempt = self.read_replica(replica, id, None);
                 match tokio::time::timeout(self.replica_policy.read_timeout, attempt).await {
                     Ok(Ok(Attempt::Found(order))) => Ok((*order, ServedBy::Replica)),

@@ -1,7 +1,7 @@
-//! What a unit store keeps about its replica, shared by its clones: the
-//! replica's last measurement, the heartbeats it is measured against, and
-//! the newest commit position (what consistency tokens carry). The reads
-//! and checks that use them are in `replica.rs`.
+//! What a unit store keeps about its replicas, shared by its clones: each
+//! replica's last measurement, the heartbeats they are measured against,
+//! and the newest commit position (what consistency tokens carry). The
+//! reads and checks that use them are in `replica.rs`.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -57,18 +57,26 @@ impl ServedBy {
     }
 }
 
-/// Shared by a store's clones: the newest commit position seen and the
-/// replica's measurement.
+/// Shared by a store's clones: the newest commit position seen and each
+/// replica's measurement (in the order the unit names its replicas).
 #[derive(Debug, Default)]
 pub struct Replication {
     /// Position at or past every commit this store acknowledged (MySQL with
     /// a replica only).
     position: Mutex<Option<Position>>,
     heartbeats: Mutex<VecDeque<i64>>,
-    health: Mutex<Option<(ReplicaHealth, Instant)>>,
+    health: Mutex<Vec<Option<(ReplicaHealth, Instant)>>>,
 }
 
 impl Replication {
+    /// For a unit with `replicas` replicas.
+    pub fn new(replicas: usize) -> Self {
+        Self {
+            health: Mutex::new(vec![None; replicas]),
+            ..Self::default()
+        }
+    }
+
     /// A position at or past every commit acknowledged so far.
     pub fn position(&self) -> Option<Position> {
         self.position.lock().expect("position lock").clone()
@@ -93,26 +101,78 @@ impl Replication {
         beats.push_back(at_ms);
     }
 
-    /// The replica's last measurement.
-    pub fn health(&self) -> ReplicaHealth {
-        match &*self.health.lock().expect("health lock") {
-            Some((h, _)) => h.clone(),
-            None => ReplicaHealth::Unknown,
+    /// Each replica's last measurement.
+    pub fn health(&self) -> Vec<ReplicaHealth> {
+        let health = self.health.lock().expect("health lock");
+        health
+            .iter()
+            .map(|h| {
+                h.as_ref()
+                    .map_or(ReplicaHealth::Unknown, |(h, _)| h.clone())
+            })
+            .collect()
+    }
+
+    pub(super) fn record(&self, replica: usize, health: ReplicaHealth) {
+        if let Some(slot) = self.health.lock().expect("health lock").get_mut(replica) {
+            *slot = Some((health, Instant::now()));
         }
     }
 
-    pub(super) fn record(&self, health: ReplicaHealth) {
-        *self.health.lock().expect("health lock") = Some((health, Instant::now()));
+    /// The replica eventual reads go to: of those measured recently,
+    /// reachable and at most `max_lag` behind, the one least behind.
+    pub(super) fn freshest(&self, max_lag: Duration) -> Option<usize> {
+        self.least_behind(|lag_ms, at| {
+            at.elapsed() < CHECK_STALE_AFTER && lag_ms <= max_lag.as_millis() as i64
+        })
     }
 
-    /// Whether eventual reads may go to the replica: measured recently,
-    /// reachable and at most `max_lag` behind.
-    pub(super) fn fresh(&self, max_lag: Duration) -> bool {
-        match &*self.health.lock().expect("health lock") {
-            Some((ReplicaHealth::Reachable { lag_ms }, at)) => {
-                at.elapsed() < CHECK_STALE_AFTER && *lag_ms <= max_lag.as_millis() as i64
-            }
-            _ => false,
-        }
+    /// The replica least behind at its last measurement, however long ago
+    /// and however far behind (the first when none was reachable): what
+    /// answers an eventual read the primary could not.
+    pub(super) fn best_known(&self) -> usize {
+        self.least_behind(|_, _| true).unwrap_or(0)
+    }
+
+    fn least_behind(&self, usable: impl Fn(i64, Instant) -> bool) -> Option<usize> {
+        let health = self.health.lock().expect("health lock");
+        health
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| match h {
+                Some((ReplicaHealth::Reachable { lag_ms }, at)) if usable(*lag_ms, *at) => {
+                    Some((*lag_ms, i))
+                }
+                _ => None,
+            })
+            .min()
+            .map(|(_, i)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_go_to_the_fresh_replica_least_behind() {
+        let r = Replication::new(3);
+        assert_eq!(r.freshest(Duration::from_secs(1)), None);
+        assert_eq!(r.best_known(), 0);
+        r.record(0, ReplicaHealth::Reachable { lag_ms: 400 });
+        r.record(
+            1,
+            ReplicaHealth::Unreachable {
+                error: "down".into(),
+            },
+        );
+        r.record(2, ReplicaHealth::Reachable { lag_ms: 30 });
+        assert_eq!(r.freshest(Duration::from_secs(1)), Some(2));
+        r.record(2, ReplicaHealth::Reachable { lag_ms: 5_000 });
+        assert_eq!(r.freshest(Duration::from_secs(1)), Some(0));
+        assert_eq!(r.freshest(Duration::from_millis(100)), None);
+        assert_eq!(r.best_known(), 0);
+        r.record(7, ReplicaHealth::Unknown); // no such replica: ignored
+        assert_eq!(r.health().len(), 3);
     }
 }

@@ -78,10 +78,10 @@ pub struct UnitStore {
     pub(super) write: AnyPool,
     /// Strong reads: the primary.
     pub(super) read: AnyPool,
-    /// Eventual reads: a replica when configured (connected lazily).
-    pub(super) replica: Option<AnyPool>,
+    /// Eventual reads: the replicas configured (each connected lazily).
+    pub(super) replicas: Vec<AnyPool>,
     pub(super) replica_policy: ReplicaPolicy,
-    /// The replica's measurement and the newest commit position.
+    /// The replicas' measurements and the newest commit position.
     pub(super) replication: Arc<Replication>,
     /// MySQL: the connections create batches, pays, closes and refunds run
     /// on (see `lane.rs`).
@@ -127,7 +127,7 @@ impl UnitStore {
 
     /// Whether eventual reads have a replica to go to.
     pub fn has_replica(&self) -> bool {
-        self.replica.is_some()
+        !self.replicas.is_empty()
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -187,7 +187,7 @@ impl UnitStore {
             }
             self.write.close().await;
             self.read.close().await;
-            if let Some(r) = &self.replica {
+            for r in &self.replicas {
                 r.close().await;
             }
         };
@@ -274,7 +274,7 @@ impl UnitStore {
     pub(super) async fn commit_write(&self, tx: WriteTx<'_>) -> Result<(), StoreError> {
         match tx {
             WriteTx::Pool(tx) => self.commit(tx).await,
-            WriteTx::Lane(mut conn) if self.replica.is_some() => {
+            WriteTx::Lane(mut conn) if !self.replicas.is_empty() => {
                 let rows = self
                     .at_commit(sqlx::raw_sql(COMMIT_WITH_GTID).fetch_all(conn.get()))
                     .await?;

@@ -16,8 +16,10 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 
 use crate::helpers::TestApp;
-use crate::mariadb::{primary_and_replica, replicate, unique_db};
-use crate::replication::{engine_with_replica, order_in_unit_1};
+use crate::mariadb::{
+    primary_and_replica, primary_and_replicas, replicate, replicate_all, unique_db,
+};
+use crate::replication::{engine_with_replica, engine_with_replicas, order_in_unit_1};
 use crate::repoint::{Ledger, Stored, caller, orders_at, stored_in};
 
 /// Every order of unit 1 (at `unit1_url`) and of unit 2 as `app` has it.
@@ -27,7 +29,7 @@ async fn stored(app: &TestApp, unit1_url: &str) -> Stored {
 }
 
 /// The steps a failover's answer lists.
-fn step_names(answer: &serde_json::Value) -> Vec<&str> {
+pub fn step_names(answer: &serde_json::Value) -> Vec<&str> {
     answer["steps"]
         .as_array()
         .unwrap()
@@ -49,7 +51,7 @@ async fn failover(app: &TestApp, mode: &str) -> crate::helpers::Reply {
 /// Whether a write to the database at `url` is refused by the fence. The
 /// write stays out of the binlog: a semi-synchronous primary with no
 /// replica would hold its commit (which fences it too, but for an hour).
-async fn refuses_writes(url: &str) -> bool {
+pub async fn refuses_writes(url: &str) -> bool {
     use sqlx::Connection;
     let mut conn = sqlx::MySqlConnection::connect(url).await.unwrap();
     sqlx::raw_sql("SET SESSION sql_log_bin = 0")
@@ -72,6 +74,23 @@ async fn refuses_writes(url: &str) -> bool {
         }
         Err(e) => panic!("{e}"),
         Ok(_) => false,
+    }
+}
+
+/// Waits (at most 5 s after `called`) until unit 1 serves `id` again.
+pub async fn serves_again(app: &TestApp, id: &str, called: Instant) {
+    loop {
+        let r = app.get(&format!("/v1/orders/{id}")).await;
+        if r.status == StatusCode::OK {
+            println!("unit 1 serving {:?} after the call", called.elapsed());
+            return;
+        }
+        assert!(
+            called.elapsed() < Duration::from_secs(5),
+            "unit 1 not serving 5 s after the failover call: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -115,20 +134,7 @@ async fn emergency_failover_under_load_loses_nothing() {
         step_names(&r.body),
         ["fence_writes", "catch_up", "promote", "repoint"]
     );
-    // The unit serves again within 5 s of the call.
-    loop {
-        let r = app.get(&format!("/v1/orders/{early}")).await;
-        if r.status == StatusCode::OK {
-            break;
-        }
-        assert!(
-            called.elapsed() < Duration::from_secs(5),
-            "unit 1 not serving 5 s after the failover call: {}",
-            r.body
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!("unit 1 serving {:?} after the call", called.elapsed());
+    serves_again(&app, &early, called).await;
     let unit = app.unit_status(1).await;
     assert!(
         unit["primary_url"]
@@ -209,13 +215,18 @@ async fn emergency_failover_under_load_loses_nothing() {
     assert!(said.contains("failover"), "{said}");
 }
 
+/// With two replicas: the first call promotes one and fails at the
+/// repoint; repeated, it goes on from there and re-points the other at the
+/// new primary; a second planned failover then moves the unit on to that
+/// other one.
 #[actix_web::test]
 async fn planned_failover_fences_the_old_primary_first() {
-    let (primary, replica) = primary_and_replica();
-    replicate(&primary, &replica).await;
+    let (primary, replicas) = primary_and_replicas(2);
+    replicate_all(&primary, &[&replicas[0], &replicas[1]]).await;
     let db = unique_db("fp");
-    let (old_url, new_url) = (primary.url(&db), replica.url(&db));
-    let app = Arc::new(engine_with_replica(&old_url, &new_url).await);
+    let old_url = primary.url(&db);
+    let urls: Vec<String> = replicas.iter().map(|r| r.url(&db)).collect();
+    let app = Arc::new(engine_with_replicas(&old_url, &urls).await);
     let state_file = app.state_file.clone().expect("the table is kept");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let until = Instant::now() + Duration::from_secs(6);
@@ -224,7 +235,7 @@ async fn planned_failover_fences_the_old_primary_first() {
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     // The first call cannot keep the new table (its state file's place is
-    // taken by a directory): it promotes the replica, then fails at the
+    // taken by a directory): it promotes a replica, then fails at the
     // repoint, and the unit waits, fenced.
     let state = state_file.clone();
     let _ = std::fs::remove_file(&state);
@@ -244,25 +255,53 @@ async fn planned_failover_fences_the_old_primary_first() {
         called.elapsed()
     );
     assert_eq!(r.body["old_primary_fenced"], true);
-    assert_eq!(step_names(&r.body), ["fence_writes", "promote", "repoint"]);
+    assert_eq!(
+        step_names(&r.body),
+        ["fence_writes", "promote", "repoint_replicas", "repoint"]
+    );
+    assert_eq!(r.body["replicas"][0]["outcome"], "repointed", "{}", r.body);
+    assert_eq!(r.body["semi_sync"], true, "{}", r.body);
+    let promoted = replicas
+        .iter()
+        .position(|s| {
+            let primary = r.body["primary_url"].as_str().unwrap();
+            primary.contains(&format!(":{}/", s.port()))
+        })
+        .expect("a replica was promoted");
+    let (new_url, other_url) = (&urls[promoted], &urls[1 - promoted]);
     for c in callers {
         c.await.unwrap();
     }
     let ledger = Ledger::take(&ledger, "planned failover under load");
-    ledger.check(&stored(&app, &new_url).await);
+    ledger.check(&stored(&app, new_url).await);
     assert!(
         refuses_writes(&old_url).await,
         "the old primary takes writes"
     );
     // The promoted server holds everything the old one committed.
     let old: Vec<String> = orders_at(&old_url).await.into_iter().map(|o| o.0).collect();
-    let new: Vec<String> = orders_at(&new_url).await.into_iter().map(|o| o.0).collect();
+    let new: Vec<String> = orders_at(new_url).await.into_iter().map(|o| o.0).collect();
     for key in &old {
         assert!(
             new.contains(key),
             "{key} committed on the old primary, not on the new"
         );
     }
+    // The other replica follows the new primary: a second planned
+    // failover moves the unit on to it, with every order.
+    order_in_unit_1(&app, "second").await;
+    let r = failover(&app, "planned").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["replicas"], json!([]), "{}", r.body);
+    let last: Vec<String> = orders_at(other_url)
+        .await
+        .into_iter()
+        .map(|o| o.0)
+        .collect();
+    for key in orders_at(new_url).await.into_iter().map(|o| o.0) {
+        assert!(last.contains(&key), "{key} did not reach the last primary");
+    }
+    assert!(refuses_writes(new_url).await);
     // Nothing to fail over to any more.
     let r = failover(&app, "planned").await;
     assert_eq!(r.code(), "no_replica", "{}", r.body);

@@ -48,14 +48,9 @@ impl CountedServer {
     }
 
     async fn store(&self, unit: u16, db: &str) -> UnitStore {
-        UnitStore::open(
-            unit,
-            &self.server.url(db),
-            None,
-            &StorageSettings::default(),
-        )
-        .await
-        .unwrap()
+        UnitStore::open(unit, &self.server.url(db), &[], &StorageSettings::default())
+            .await
+            .unwrap()
     }
 
     /// A `SHOW GLOBAL STATUS` counter, e.g. `Com_commit`.
@@ -77,7 +72,7 @@ impl CountedServer {
 async fn a_batch_waits_for_company_only_when_the_rate_says_it_comes() {
     use std::time::{Duration, Instant};
     let url = mariadb::shared().url(&mariadb::unique_db("gcwin"));
-    let store = UnitStore::open(6, &url, None, &StorageSettings::default())
+    let store = UnitStore::open(6, &url, &[], &StorageSettings::default())
         .await
         .unwrap();
     // A window far longer than a commit, so that waiting shows.
@@ -144,7 +139,7 @@ async fn a_batch_waits_for_company_only_when_the_rate_says_it_comes() {
 #[actix_web::test]
 async fn a_batch_answers_every_caller_as_if_alone() {
     let url = mariadb::shared().url(&mariadb::unique_db("gc"));
-    let store = UnitStore::open(5, &url, None, &StorageSettings::default())
+    let store = UnitStore::open(5, &url, &[], &StorageSettings::default())
         .await
         .unwrap();
     let options = UnitOptions {
@@ -299,7 +294,7 @@ async fn a_killed_create_connection_fails_one_batch_cleanly() {
 
     let db_name = mariadb::unique_db("lane");
     let url = mariadb::shared().url(&db_name);
-    let store = UnitStore::open(5, &url, None, &StorageSettings::default())
+    let store = UnitStore::open(5, &url, &[], &StorageSettings::default())
         .await
         .unwrap();
     let now = order_engine::storage::now_ms();
@@ -411,7 +406,7 @@ async fn the_write_lane_is_bounded() {
         max_connections: 2,
         ..StorageSettings::default()
     };
-    let store = UnitStore::open(5, &url, None, &settings).await.unwrap();
+    let store = UnitStore::open(5, &url, &[], &settings).await.unwrap();
     let now = order_engine::storage::now_ms();
     let batches: Vec<Vec<_>> = (0..12u64)
         .map(|b| {

@@ -6,6 +6,7 @@ mod concurrency;
 mod contract;
 mod control_store;
 mod failover;
+mod failover_replicas;
 mod faults;
 mod group_commit;
 mod helpers;

@@ -320,63 +320,79 @@ pub fn copy_database(from: u16, from_db: &str, to: u16, to_db: &str) {
     assert!(load.wait().unwrap().success(), "loading the copy failed");
 }
 
-/// A primary (server id 1) and a replica (server id 2) for MariaDB GTID
-/// replication, semi-synchronous with the fallback to asynchronous pushed
-/// out of reach (as Vitess runs it), so that a commit the primary
-/// acknowledged is on the replica. Not replicating yet: see [`replicate`].
+/// A primary (server id 1) and a replica (server id 2): see
+/// [`primary_and_replicas`].
 pub fn primary_and_replica() -> (MariaDb, MariaDb) {
-    let primary = MariaDb::start_with_options(&[
-        "--log-bin=mysql-bin",
-        "--server-id=1",
-        "--binlog-format=ROW",
-        "--gtid-strict-mode=1",
-        "--log-slave-updates",
-        "--rpl-semi-sync-master-enabled=1",
-        // Never fall back to asynchronous: a commit waits for the replica.
-        "--rpl-semi-sync-master-timeout=3600000",
-        "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
-    ]);
-    // Not a semi-sync master: with no replica of its own, the commits of
-    // its applier would wait out the timeout (replication stalls).
-    let replica = MariaDb::start_with_options(&[
-        "--log-bin=mysql-bin",
-        "--server-id=2",
-        "--binlog-format=ROW",
-        "--gtid-strict-mode=1",
-        "--log-slave-updates",
-        "--rpl-semi-sync-slave-enabled=1",
-    ]);
-    (primary, replica)
+    let (primary, mut replicas) = primary_and_replicas(1);
+    (primary, replicas.remove(0))
 }
 
-/// Makes `replica` replicate `primary` (GTID, from the start) and waits
-/// until the primary counts it as its semi-synchronous client.
+/// A primary (server id 1) and `n` replicas (server ids 2...) for MariaDB
+/// GTID replication, semi-synchronous with the fallback to asynchronous
+/// pushed out of reach (as Vitess runs it), so that a commit the primary
+/// acknowledged is on a replica. Every server has the same settings, but
+/// only the primary waits for replicas: a replica that did, with no
+/// replica of its own, would hold its applier's commits for the whole
+/// timeout (replication stalls). A promoted one turns it on (see the
+/// failover). Not replicating yet: see [`replicate_all`].
+pub fn primary_and_replicas(n: u32) -> (MariaDb, Vec<MariaDb>) {
+    let server = |id: u32, primary: bool| {
+        let id = format!("--server-id={id}");
+        let waits = format!("--rpl-semi-sync-master-enabled={}", u8::from(primary));
+        MariaDb::start_with_options(&[
+            "--log-bin=mysql-bin",
+            &id,
+            "--binlog-format=ROW",
+            "--gtid-strict-mode=1",
+            "--log-slave-updates",
+            &waits,
+            "--rpl-semi-sync-slave-enabled=1",
+            // Never fall back to asynchronous: a commit waits for a replica.
+            "--rpl-semi-sync-master-timeout=3600000",
+            "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+        ])
+    };
+    let primary = server(1, true);
+    (primary, (0..n).map(|i| server(i + 2, false)).collect())
+}
+
+/// Makes `replica` replicate `primary`: see [`replicate_all`].
 pub async fn replicate(primary: &MariaDb, replica: &MariaDb) {
+    replicate_all(primary, &[replica]).await;
+}
+
+/// Makes each of `replicas` replicate `primary` (GTID, from the start) and
+/// waits until the primary counts them all as its semi-synchronous
+/// clients.
+pub async fn replicate_all(primary: &MariaDb, replicas: &[&MariaDb]) {
     use sqlx::Row;
     let connect = |s: &MariaDb| sqlx::MySqlPool::connect_lazy(&s.url("mysql")).unwrap();
-    let (p, r) = (connect(primary), connect(replica));
-    let change = format!(
-        "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', \
-         MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos",
-        primary.port()
-    );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(change))
-        .execute(&r)
-        .await
-        .unwrap();
-    sqlx::raw_sql("START SLAVE").execute(&r).await.unwrap();
+    let p = connect(primary);
+    for replica in replicas {
+        let r = connect(replica);
+        let change = format!(
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', \
+             MASTER_CONNECT_RETRY=1, MASTER_USE_GTID=slave_pos",
+            primary.port()
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(change))
+            .execute(&r)
+            .await
+            .unwrap();
+        sqlx::raw_sql("START SLAVE").execute(&r).await.unwrap();
+        r.close().await;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let row = sqlx::query("SHOW STATUS LIKE 'Rpl_semi_sync_master_clients'")
             .fetch_one(&p)
             .await
             .unwrap();
-        if row.get::<String, _>(1) == "1" {
+        if row.get::<String, _>(1) == replicas.len().to_string() {
             break;
         }
-        assert!(Instant::now() < deadline, "the replica never connected");
+        assert!(Instant::now() < deadline, "the replicas never connected");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     p.close().await;
-    r.close().await;
 }

@@ -59,12 +59,17 @@ async fn an_acknowledged_commit_is_on_the_semi_sync_replica() {
 /// The engine with unit 1 on `primary` (replica `replica_url`) and unit 2
 /// on the shared server; probes every 200 ms, so lag is measured often.
 pub async fn engine_with_replica(primary_url: &str, replica_url: &str) -> TestApp {
+    engine_with_replicas(primary_url, &[replica_url.to_owned()]).await
+}
+
+/// [`engine_with_replica`] with unit 1 on `replica_urls`.
+pub async fn engine_with_replicas(primary_url: &str, replica_urls: &[String]) -> TestApp {
     let units = vec![
         (1, primary_url.to_owned()),
         (2, shared().url(&unique_db("rr2"))),
     ];
     let mut settings = settings_for(&units, "[supervisor]\nprobe_interval_ms = 200\n");
-    settings.units[0].replica_url = Some(replica_url.to_owned());
+    settings.units[0].replica_urls = replica_urls.to_vec();
     settings.server.request_timeout_ms = 3_000;
     settings.storage.statement_timeout_ms = 1_000;
     let dir = tempfile::tempdir().unwrap();
@@ -89,7 +94,7 @@ pub async fn order_in_unit_1(app: &TestApp, tag: &str) -> String {
 }
 
 /// `orderengine_eventual_reads_total{unit="1",served_by}`.
-async fn eventual_reads(app: &TestApp, served_by: &str) -> f64 {
+pub async fn eventual_reads(app: &TestApp, served_by: &str) -> f64 {
     let text = app.metrics_text().await;
     let label = format!("served_by=\"{served_by}\"");
     text.lines()
@@ -99,7 +104,7 @@ async fn eventual_reads(app: &TestApp, served_by: &str) -> f64 {
         .unwrap_or_else(|| panic!("no eventual reads of unit 1 {label} in /metrics"))
 }
 
-async fn read(app: &TestApp, id: &str, token: Option<&str>) -> (StatusCode, Value) {
+pub async fn read(app: &TestApp, id: &str, token: Option<&str>) -> (StatusCode, Value) {
     let mut req = app
         .client
         .get(format!("{}/v1/orders/{id}?consistency=eventual", app.base));

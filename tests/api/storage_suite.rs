@@ -53,7 +53,7 @@ fn close(id: OrderId) -> Update {
 }
 
 async fn open(url: &str) -> UnitStore {
-    UnitStore::open(UNIT, url, None, &StorageSettings::default())
+    UnitStore::open(UNIT, url, &[], &StorageSettings::default())
         .await
         .expect("unit database opens")
 }

@@ -273,7 +273,7 @@ async fn every_panel_and_alert_works_against_a_real_prometheus() {
     mariadb::replicate(&primary, &replica).await;
     servers[0] = primary;
     let mut settings = settings_for(&units_on(&servers), "");
-    settings.units[0].replica_url = Some(replica.url("orders"));
+    settings.units[0].replica_urls = vec![replica.url("orders")];
     let app = spawn_app_with(settings, tempfile::tempdir().unwrap()).await;
     let port: u16 = app.base.rsplit(':').next().unwrap().parse().unwrap();
     let prom = Prometheus::start(port);

@@ -12,7 +12,8 @@ What JSON Schema cannot say about our API, said here:
   valid when its order id is.
 * `POST /admin/units`, `PATCH /admin/units/{id}` and
   `POST /admin/units/{id}/failover` open the database their body names (creating a SQLite file at any path, connecting to any host):
-  the fuzzer's URLs are replaced by one on a closed loopback port, so that
+  the fuzzer's URLs are replaced by ones on a closed loopback port (the
+  replicas' each its own, and named in one field), so that
   a schema-valid add or repoint is answered `503 unit_not_started` and
   nothing is created or contacted. Malformed URLs (400), units that join
   and units that move are tested in tests/api/routing_table.rs and
@@ -150,6 +151,7 @@ _CONTAINERS = {"path": "path_parameters", "query": "query", "header": "headers"}
 
 # Nothing listens on port 1: connecting is refused at once.
 CLOSED_DATABASE = "mysql://fuzz@127.0.0.1:1/fuzz"
+CLOSED_REPLICA = "mysql://fuzz@127.0.0.1:1/fuzz_replica_{}"
 
 
 @schemathesis.hook
@@ -164,9 +166,20 @@ def before_call(context, case, kwargs):
         ("/admin/units/{id}/failover", "POST"),
     }
     if moves_database and isinstance(case.body, dict):
-        for field in ("primary_url", "replica_url", "to"):
+        for field in ("primary_url", "to"):
             if isinstance(case.body.get(field), str):
                 case.body[field] = CLOSED_DATABASE
+        # Replicas are other servers than the primary, each named once, in
+        # `replica_url` or `replica_urls` but not both (rules the document
+        # cannot state).
+        if isinstance(case.body.get("replica_url"), str):
+            case.body["replica_url"] = CLOSED_REPLICA.format(0)
+        urls = case.body.get("replica_urls")
+        if isinstance(urls, list):
+            case.body.pop("replica_url", None)
+            case.body["replica_urls"] = [
+                CLOSED_REPLICA.format(i) if isinstance(u, str) else u for i, u in enumerate(urls)
+            ]
 
 
 # ---------------------------------------------------------------------------

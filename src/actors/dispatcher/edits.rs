@@ -7,7 +7,7 @@ use super::table::Edit;
 use crate::actors::EngineError;
 use crate::config::{
     MAX_WEIGHT, NO_SPILL_INTO, PartitionSettings, UnitEntry, UnitMode, UnitPatch, UnitRouting,
-    UnitSettings, check_db_url,
+    UnitSettings, check_db_url, check_replica_urls,
 };
 use crate::domain::order_id::MAX_UNIT;
 use crate::domain::values::is_identifier;
@@ -77,11 +77,11 @@ pub(super) fn repoint(
     if let Some(url) = &patch.primary_url {
         next.primary_url.clone_from(url);
     }
-    if let Some(url) = &patch.replica_url {
-        next.replica_url.clone_from(url);
+    if let Some(urls) = &patch.replica_urls {
+        next.replica_urls.clone_from(urls);
     }
     let now = &route.settings;
-    if (&next.primary_url, &next.replica_url) == (&now.primary_url, &now.replica_url) {
+    if (&next.primary_url, &next.replica_urls) == (&now.primary_url, &now.replica_urls) {
         return Ok(None);
     }
     if now.mode != UnitMode::Disabled {
@@ -90,7 +90,7 @@ pub(super) fn repoint(
         // before the copy is taken.
         return Err(EngineError::UnitNotDisabled { unit });
     }
-    check_database(table, unit, &next.primary_url, next.replica_url.as_deref())?;
+    check_database(table, unit, &next.primary_url, &next.replica_urls)?;
     Ok(Some(next))
 }
 
@@ -161,7 +161,7 @@ pub(super) fn check_new_unit(
             format!("weight must be 0 to {MAX_WEIGHT}"),
         ));
     }
-    check_database(table, id, &entry.primary_url, entry.replica_url.as_deref())
+    check_database(table, id, &entry.primary_url, &entry.replica_urls)
 }
 
 /// Whether unit `unit` may use these database URLs: ones this engine can
@@ -170,12 +170,10 @@ fn check_database(
     table: &Routing,
     unit: u16,
     primary: &str,
-    replica: Option<&str>,
+    replicas: &[String],
 ) -> Result<(), EngineError> {
-    for (field, url) in [("primary_url", Some(primary)), ("replica_url", replica)] {
-        let Some(url) = url else { continue };
-        check_db_url(url).map_err(|m| invalid(field, m))?;
-    }
+    check_db_url(primary).map_err(|m| invalid("primary_url", m))?;
+    check_replica_urls(primary, replicas).map_err(|m| invalid("replica_urls", m))?;
     if let Some(other) = table
         .units
         .values()

@@ -187,16 +187,16 @@ impl UnitLauncher {
         let most =
             Dialect::of_url(&unit.primary_url).most_connections(self.storage.max_connections);
         crate::metrics::init_unit(id, most);
-        crate::metrics::set_replicas(id, usize::from(unit.replica_url.is_some()));
+        crate::metrics::set_replicas(id, unit.replica_urls.len());
         crate::metrics::init_partition(&unit.partition);
         self.board.add_unit(id);
         let health = self.board.unit(id);
         let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.arbiters.len();
         let (tx, rx) = oneshot::channel();
         let (storage, options) = (self.storage.clone(), self.options.clone());
-        let (primary, replica) = (unit.primary_url.clone(), unit.replica_url.clone());
+        let (primary, replicas) = (unit.primary_url.clone(), unit.replica_urls.clone());
         let spawned = self.arbiters[turn].spawn(async move {
-            let opened = UnitStore::open(id, &primary, replica.as_deref(), &storage)
+            let opened = UnitStore::open(id, &primary, &replicas, &storage)
                 .await
                 .map(|store| {
                     let replication = store.replication();

@@ -153,7 +153,8 @@ pub enum FailoverMode {
     /// The old primary answers: it is fenced first, and the replica
     /// catches up with it exactly.
     Planned,
-    /// The old primary is dead: the replica applies what it received.
+    /// The old primary is dead: the most advanced replica applies what it
+    /// received.
     Emergency,
 }
 
@@ -191,6 +192,54 @@ pub struct FailoverReport {
     /// an earlier call promoted it).
     pub position: Option<String>,
     pub steps: Vec<StepTook>,
+    /// What became of the unit's other replicas.
+    pub replicas: Vec<ReplicaOutcome>,
+    /// Whether the new primary's commits wait for a replica's
+    /// acknowledgement (semi-synchronous), as the old one's did: on once a
+    /// re-pointed replica attached.
+    pub semi_sync: bool,
+}
+
+/// One of the unit's other replicas after a failover.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReplicaOutcome {
+    /// Password masked.
+    pub url: String,
+    /// `repointed` (it replicates the new primary and stays a replica of
+    /// the unit), `not_repointed` (it stays in the unit's `replica_urls`
+    /// but still needs re-pointing: `error` says why) or `dropped` (it did
+    /// not answer in an emergency failover run with
+    /// `skip_unreachable_replicas`: it may hold commits the new primary
+    /// lacks, so it is out of the unit and must be rebuilt).
+    #[schema(example = "repointed")]
+    pub outcome: &'static str,
+    pub error: Option<String>,
+}
+
+impl ReplicaOutcome {
+    pub fn repointed(url: String) -> Self {
+        Self {
+            url,
+            outcome: "repointed",
+            error: None,
+        }
+    }
+
+    pub fn not_repointed(url: String, error: String) -> Self {
+        Self {
+            url,
+            outcome: "not_repointed",
+            error: Some(error),
+        }
+    }
+
+    pub fn dropped(url: String, error: String) -> Self {
+        Self {
+            url,
+            outcome: "dropped",
+            error: Some(error),
+        }
+    }
 }
 
 /// Promote the unit's replica to its primary (admin
@@ -200,8 +249,11 @@ pub struct FailoverReport {
 pub struct Failover {
     pub unit: u16,
     pub mode: FailoverMode,
-    /// The replica to promote (default: the unit's `replica_url`).
+    /// The replica to promote (default: the unit's most advanced one).
     pub to: Option<String>,
+    /// Emergency: promote even though some of the unit's replicas do not
+    /// answer (they are dropped from the unit).
+    pub skip_unreachable_replicas: bool,
     pub who: String,
 }
 

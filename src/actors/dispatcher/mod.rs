@@ -49,7 +49,8 @@ pub use launch::{LaunchError, UnitLauncher};
 pub use messages::{
     AddUnit, AdminStatus, Close, CloseAll, Create, Created, Failover, FailoverMode, FailoverReport,
     Get, GetMerchant, ListPartitions, ListRefunds, ListUserOrders, LookupByKey, PatchUnit, Pay,
-    Refund, SetMerchant, SetPartition, Status, StepTook, UnitChanged, UserPage, Written,
+    Refund, ReplicaOutcome, SetMerchant, SetPartition, Status, StepTook, UnitChanged, UserPage,
+    Written,
 };
 pub use routing::UnitRoute;
 pub use status::{
@@ -231,7 +232,7 @@ impl Handler<Get> for Dispatcher {
             if routing
                 .units
                 .get(&unit)
-                .is_some_and(|r| r.settings.replica_url.is_some())
+                .is_some_and(|r| !r.settings.replica_urls.is_empty())
             {
                 let (addr, calls) = (routing.route(unit), self.calls.clone());
                 return Box::pin(async move { calls.read_beside_circuit(unit, &addr?, get).await });

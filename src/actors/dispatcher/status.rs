@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::routing::{Routing, UnitRoute};
 use crate::actors::health::{FailoverRecord, HealthBoard};
-use crate::config::{Temperature, UnitMode, mask_url};
+use crate::config::{Temperature, UnitMode, mask_url, mask_urls};
 use crate::domain::circuit::CircuitState;
 use crate::storage::ReplicaHealth;
 
@@ -23,7 +23,10 @@ pub struct UnitStatus {
     pub weight: u32,
     /// Password masked.
     pub primary_url: String,
+    /// The first of `replica_urls` (password masked).
     pub replica_url: Option<String>,
+    /// Every replica of the unit (passwords masked).
+    pub replica_urls: Vec<String>,
     /// `healthy` when the circuit is closed.
     #[schema(example = "healthy")]
     pub health: String,
@@ -57,8 +60,10 @@ pub struct UnitStatus {
     /// Whether the unit is in the key ring: a home of idempotency keys,
     /// whose records creates of those keys write and read.
     pub key_home: bool,
-    /// The replica's last check (units with a `replica_url`).
+    /// The first replica's last check (units with replicas).
     pub replica: Option<ReplicaStatus>,
+    /// Each replica's last check, in the order of `replica_urls`.
+    pub replicas: Vec<ReplicaStatus>,
     /// The unit's last failover run by this process.
     pub last_failover: Option<FailoverRecord>,
 }
@@ -66,6 +71,8 @@ pub struct UnitStatus {
 /// A replica as eventual reads see it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReplicaStatus {
+    /// Password masked.
+    pub url: String,
     /// `null` until it was first checked.
     pub reachable: Option<bool>,
     /// How far behind its primary it is (from the probes' heartbeats).
@@ -74,28 +81,39 @@ pub struct ReplicaStatus {
     pub error: Option<String>,
 }
 
-fn replica_status(route: &UnitRoute) -> ReplicaStatus {
+fn replica_status(route: &UnitRoute) -> Vec<ReplicaStatus> {
     let health = route
         .replication
         .as_ref()
-        .map_or(ReplicaHealth::Unknown, |r| r.health());
-    match health {
-        ReplicaHealth::Unknown => ReplicaStatus {
-            reachable: None,
-            lag_ms: None,
-            error: None,
-        },
-        ReplicaHealth::Reachable { lag_ms } => ReplicaStatus {
-            reachable: Some(true),
-            lag_ms: Some(lag_ms),
-            error: None,
-        },
-        ReplicaHealth::Unreachable { error } => ReplicaStatus {
-            reachable: Some(false),
-            lag_ms: None,
-            error: Some(error),
-        },
-    }
+        .map(|r| r.health())
+        .unwrap_or_default();
+    let urls = &route.settings.replica_urls;
+    urls.iter()
+        .enumerate()
+        .map(|(i, url)| {
+            let url = mask_url(url);
+            match health.get(i).cloned().unwrap_or(ReplicaHealth::Unknown) {
+                ReplicaHealth::Unknown => ReplicaStatus {
+                    url,
+                    reachable: None,
+                    lag_ms: None,
+                    error: None,
+                },
+                ReplicaHealth::Reachable { lag_ms } => ReplicaStatus {
+                    url,
+                    reachable: Some(true),
+                    lag_ms: Some(lag_ms),
+                    error: None,
+                },
+                ReplicaHealth::Unreachable { error } => ReplicaStatus {
+                    url,
+                    reachable: Some(false),
+                    lag_ms: None,
+                    error: Some(error),
+                },
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -220,6 +238,7 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard, store: TableStore
             let circuit = board.circuit(s.id);
             let window = u.recent.window().as_secs_f64().max(1.0);
             let recent = u.recent.count(now);
+            let replicas = replica_status(u);
             UnitStatus {
                 id: s.id,
                 partition: s.partition.clone(),
@@ -227,7 +246,8 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard, store: TableStore
                 temperature: s.temperature,
                 weight: s.weight,
                 primary_url: mask_url(&s.primary_url),
-                replica_url: s.replica_url.as_deref().map(mask_url),
+                replica_url: s.replica_urls.first().map(|r| mask_url(r)),
+                replica_urls: mask_urls(&s.replica_urls),
                 health: if circuit == CircuitState::Closed {
                     "healthy"
                 } else {
@@ -261,7 +281,8 @@ pub(super) fn snapshot(routing: &Routing, board: &HealthBoard, store: TableStore
                     .is_some_and(|h| h.writes_fenced.load(Ordering::Acquire)),
                 restarts: h.as_ref().map_or(0, |h| h.restarts.load(Ordering::Relaxed)),
                 key_home: routing.ring.units().contains(&u.settings.id),
-                replica: s.replica_url.as_ref().map(|_| replica_status(u)),
+                replica: replicas.first().cloned(),
+                replicas,
                 last_failover: h.as_ref().and_then(|h| h.last_failover()),
             }
         })

@@ -389,7 +389,8 @@ impl RoutingTable {
             let settings = entry.settings(*id);
             if let Some(route) = next.units.get_mut(id) {
                 let now = &route.settings;
-                if (&now.primary_url, &now.replica_url) == (&entry.primary_url, &entry.replica_url)
+                if (&now.primary_url, &now.replica_urls)
+                    == (&entry.primary_url, &entry.replica_urls)
                 {
                     entry.routing().apply_to(&mut route.settings);
                     continue;
@@ -473,8 +474,11 @@ impl RoutingTable {
         let now = self.load();
         let fits = now.units.get(&id).filter(|r| {
             r.addr.is_none()
-                && (&r.settings.primary_url, &r.settings.replica_url)
-                    == (&started.settings.primary_url, &started.settings.replica_url)
+                && (&r.settings.primary_url, &r.settings.replica_urls)
+                    == (
+                        &started.settings.primary_url,
+                        &started.settings.replica_urls,
+                    )
         });
         let Some(current) = fits else {
             // The table moved it meanwhile: the next try follows it.

@@ -174,16 +174,19 @@ impl Handler<CheckReplica> for UnitActor {
         }
         self.checking_replica = true;
         let store = self.store.clone();
-        let check = async move { store.check_replica().await };
+        let check = async move { store.check_replicas().await };
         ctx.spawn(check.into_actor(self).map(|health, act, _| {
             act.checking_replica = false;
-            let lag = match health {
-                ReplicaHealth::Unknown => return,
-                ReplicaHealth::Reachable { lag_ms } => Some(lag_ms),
-                ReplicaHealth::Unreachable { .. } => None,
-            };
-            if !act.closed {
-                crate::metrics::record_replica(act.store.unit(), lag);
+            if act.closed {
+                return;
+            }
+            for (i, h) in health.into_iter().enumerate() {
+                let lag = match h {
+                    ReplicaHealth::Unknown => continue,
+                    ReplicaHealth::Reachable { lag_ms } => Some(lag_ms),
+                    ReplicaHealth::Unreachable { .. } => None,
+                };
+                crate::metrics::record_replica(act.store.unit(), i, lag);
             }
         }));
     }

@@ -158,7 +158,7 @@ pub struct FenceWrites {
     pub after: std::time::Duration,
 }
 
-/// Measure the unit's replica (lag, reachable) and publish it; a check
+/// Measure the unit's replicas (lag, reachable) and publish it; a check
 /// still running makes this a no-op.
 #[derive(Message)]
 #[rtype(result = "()")]
