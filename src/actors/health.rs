@@ -49,6 +49,10 @@ pub struct FailoverRecord {
     pub old_primary_url: String,
     /// `false` while a dead old primary waits to be fenced when it answers.
     pub old_primary_fenced: bool,
+    /// Whether the new primary's commits wait for a replica (semi-sync):
+    /// `false` when no re-pointed replica attached in time, and the unit
+    /// runs asynchronously until the operator turns it on.
+    pub semi_sync: bool,
 }
 
 impl UnitHealth {

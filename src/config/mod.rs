@@ -20,7 +20,10 @@ pub use sections::{
 };
 pub use table_state::{MAX_WEIGHT, TableState, UnitEntry, UnitPatch, UnitRouting};
 pub use units::{NO_SPILL_INTO, PartitionSettings, Temperature, UnitMode, UnitSettings};
-pub use urls::{MAX_REPLICAS, check_db_url, check_replica_urls, mask_url, mask_urls, one_or_many};
+pub use urls::{
+    MAX_REPLICAS, check_db_url, check_replica_urls, host_port, mask_url, mask_urls, one_or_many,
+    same_server,
+};
 
 use self::env::apply_override;
 use crate::domain::order_id::MAX_UNIT;

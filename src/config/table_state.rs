@@ -51,7 +51,7 @@ impl UnitRouting {
 
 /// A unit as the table keeps it: its routing settings and where its
 /// database is. The URLs may hold a password: `Debug` masks them.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UnitEntry {
     pub partition: String,
@@ -62,13 +62,31 @@ pub struct UnitEntry {
     /// config's URLs, passwords included, stay the config's to change).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub primary_url: String,
-    #[serde(
-        default,
-        alias = "replica_url",
-        deserialize_with = "one_or_many",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, alias = "replica_url", deserialize_with = "one_or_many")]
     pub replica_urls: Vec<String>,
+}
+
+/// Written as read: one replica as `replica_url` (so that an engine of the
+/// release before, sharing a control store during an upgrade, still reads
+/// the table), several as `replica_urls`, none left out.
+impl Serialize for UnitEntry {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut entry = serializer.serialize_struct("UnitEntry", 6)?;
+        entry.serialize_field("partition", &self.partition)?;
+        entry.serialize_field("mode", &self.mode)?;
+        entry.serialize_field("temperature", &self.temperature)?;
+        entry.serialize_field("weight", &self.weight)?;
+        if !self.primary_url.is_empty() {
+            entry.serialize_field("primary_url", &self.primary_url)?;
+        }
+        match self.replica_urls.as_slice() {
+            [] => {}
+            [one] => entry.serialize_field("replica_url", one)?,
+            many => entry.serialize_field("replica_urls", many)?,
+        }
+        entry.end()
+    }
 }
 
 impl UnitEntry {
@@ -366,12 +384,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(many.replica_urls.len(), 2);
-        // Written as the list; none is left out.
+        // Written as read (one as `replica_url`, for the release before),
+        // none left out.
         let text = serde_json::to_string(&many).unwrap();
         assert!(
             text.contains(r#""replica_urls":["mysql://r/db","mysql://s/db"]"#),
             "{text}"
         );
+        let text = serde_json::to_string(&one).unwrap();
+        assert!(text.contains(r#""replica_url":"mysql://r/db""#), "{text}");
+        assert_eq!(serde_json::from_str::<UnitEntry>(&text).unwrap(), one);
         let none = serde_json::to_string(&entry("standard", 1)).unwrap();
         assert!(!none.contains("replica"), "{none}");
         let both = serde_json::from_str::<UnitEntry>(

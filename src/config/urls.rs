@@ -51,11 +51,14 @@ pub fn check_replica_urls(primary: &str, replicas: &[String]) -> Result<(), Stri
                 mask_url(url)
             ));
         }
-        if url == primary {
-            return Err(format!("replica {:?} is the primary itself", mask_url(url)));
+        if same_server(url, primary) {
+            return Err(format!(
+                "replica {:?} is the primary's server",
+                mask_url(url)
+            ));
         }
-        if replicas[..i].contains(url) {
-            return Err(format!("replica {:?} is named twice", mask_url(url)));
+        if replicas[..i].iter().any(|other| same_server(other, url)) {
+            return Err(format!("replica {:?} names a server twice", mask_url(url)));
         }
     }
     Ok(())
@@ -80,6 +83,32 @@ where
             Some(OneOrMany::Many(urls)) => urls,
         },
     )
+}
+
+/// The host and port a MariaDB URL names (`mysql://user:pw@host:port/db`;
+/// port 3306 when absent).
+pub fn host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match hostport.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        },
+    };
+    let port = port.map_or(Some(3306), |p| p.parse().ok())?;
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
+/// Whether two URLs name the same server (host and port), whatever the
+/// user, password or database.
+pub fn same_server(a: &str, b: &str) -> bool {
+    a == b || matches!((host_port(a), host_port(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// URLs masked, for `Debug` output.
@@ -107,6 +136,24 @@ pub fn mask_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_host_and_port() {
+        let hp = |u| host_port(u).map(|(h, p)| format!("{h} {p}"));
+        assert_eq!(
+            hp("mysql://root:p@ss@127.0.0.1:3307/u1").as_deref(),
+            Some("127.0.0.1 3307")
+        );
+        assert_eq!(
+            hp("mysql://db.example/u1").as_deref(),
+            Some("db.example 3306")
+        );
+        assert_eq!(hp("mysql://u@[::1]:3310/u1").as_deref(), Some("::1 3310"));
+        assert_eq!(hp("mysql://u@h:x/u1"), None);
+        assert_eq!(hp("mysql:///u1"), None);
+        assert!(same_server("mysql://a:x@h:1/d", "mysql://b:y@h:1/e"));
+        assert!(!same_server("mysql://a@h:1/d", "mysql://a@h:2/d"));
+    }
 
     #[test]
     fn masks_passwords() {

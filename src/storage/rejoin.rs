@@ -8,20 +8,27 @@ use std::time::{Duration, Instant};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::failover::{Server, ServerError};
+use crate::config::host_port;
+use crate::domain::replication::Position;
 
 impl Server {
     /// Replicates from `primary` from now on (GTID, from what this server
     /// has applied): what it had received and not applied is dropped and
     /// fetched again from the new primary. The replication user and
     /// password stay what they were (the promoted server was a replica of
-    /// the same primary, so it has the same users).
+    /// the same primary, so it has the same users). Done once its IO
+    /// thread runs (connected); an error it reports, or no connection
+    /// within the step time, is the answer.
     pub async fn replicate_from(&self, primary: &str) -> Result<(), ServerError> {
-        let (host, port) =
-            host_port(primary).ok_or_else(|| self.error("the new primary's URL names no host"))?;
+        let (host, port) = host_port(primary)
+            .filter(|(h, _)| {
+                h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_:".contains(c))
+            })
+            .ok_or_else(|| self.error("the new primary's URL names no usable host"))?;
         let change = format!(
-            "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {port}, \
-             MASTER_USE_GTID = slave_pos",
-            host.replace('\\', "\\\\").replace('\'', "\\'")
+            "CHANGE MASTER TO MASTER_HOST = '{host}', MASTER_PORT = {port}, \
+             MASTER_USE_GTID = slave_pos"
         );
         self.with(self.timeout * 4, async move |c| {
             sqlx::raw_sql("STOP SLAVE").execute(&mut *c).await?;
@@ -33,7 +40,48 @@ impl Server {
                 .await
                 .map(drop)
         })
-        .await
+        .await?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let (running, errno, error) = self
+                .with(self.timeout, async |c| {
+                    let row = sqlx::raw_sql("SHOW SLAVE STATUS")
+                        .fetch_one(&mut *c)
+                        .await?;
+                    Ok((
+                        row.try_get::<String, _>("Slave_IO_Running")?,
+                        row.try_get_unchecked::<u64, _>("Last_IO_Errno")?,
+                        row.try_get::<String, _>("Last_IO_Error")?,
+                    ))
+                })
+                .await?;
+            if running == "Yes" {
+                return Ok(());
+            }
+            if errno != 0 {
+                return Err(self.error(format!("replication does not run: {error}")));
+            }
+            if Instant::now() >= deadline {
+                return Err(self.error(format!(
+                    "not connected to the new primary within {:?} (IO thread: {running})",
+                    self.timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What this server has applied and written (`@@gtid_current_pos`).
+    pub async fn current_position(&self) -> Result<Position, ServerError> {
+        let text: String = self
+            .with(self.timeout, async |c| {
+                sqlx::query("SELECT CAST(@@gtid_current_pos AS CHAR) AS pos")
+                    .fetch_one(c)
+                    .await?
+                    .try_get("pos")
+            })
+            .await?;
+        Position::parse(&text).ok_or_else(|| self.error(format!("unreadable position {text:?}")))
     }
 
     /// Makes commits wait for a replica's acknowledgement again, once one
@@ -68,46 +116,5 @@ impl Server {
         })
         .await?;
         Ok(true)
-    }
-}
-
-/// The host and port a MariaDB URL names (`mysql://user:pw@host:port/db`;
-/// port 3306 when absent).
-fn host_port(url: &str) -> Option<(String, u16)> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = match hostport.strip_prefix('[') {
-        Some(v6) => {
-            let (host, after) = v6.split_once(']')?;
-            (host, after.strip_prefix(':'))
-        }
-        None => match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        },
-    };
-    let port = port.map_or(Some(3306), |p| p.parse().ok())?;
-    (!host.is_empty()).then(|| (host.to_owned(), port))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_port;
-
-    #[test]
-    fn finds_host_and_port() {
-        let hp = |u| host_port(u).map(|(h, p)| format!("{h} {p}"));
-        assert_eq!(
-            hp("mysql://root:p@ss@127.0.0.1:3307/u1").as_deref(),
-            Some("127.0.0.1 3307")
-        );
-        assert_eq!(
-            hp("mysql://db.example/u1").as_deref(),
-            Some("db.example 3306")
-        );
-        assert_eq!(hp("mysql://u@[::1]:3310/u1").as_deref(), Some("::1 3310"));
-        assert_eq!(hp("mysql://u@h:x/u1"), None);
-        assert_eq!(hp("mysql:///u1"), None);
     }
 }

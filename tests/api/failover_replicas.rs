@@ -164,6 +164,13 @@ async fn emergency_failover_promotes_the_replica_that_received_the_most() {
     }
 }
 
+/// The second replica stops receiving, so an order is acknowledged by the
+/// first alone; then the primary and the first replica die. The failover
+/// stops rather than lose that order; told to skip the silent replica, it
+/// promotes the second (the order is lost: what the option risks), and
+/// the first, back meanwhile, is dropped: it holds what the new primary
+/// lacks. (The first skipping call fails at the repoint, so the repeat
+/// meets the first replica answering again.)
 #[actix_web::test]
 async fn emergency_failover_stops_for_a_silent_replica_unless_told_to_skip_it() {
     let (mut primary, mut replicas) = primary_and_replicas(2);
@@ -172,6 +179,8 @@ async fn emergency_failover_stops_for_a_silent_replica_unless_told_to_skip_it() 
     let urls: Vec<String> = replicas.iter().map(|r| r.url(&db)).collect();
     let app = engine_with_replicas(&primary.url(&db), &urls).await;
     let early = order_in_unit_1(&app, "early").await;
+    sql(&replicas[1], "STOP SLAVE IO_THREAD").await;
+    let only_on_first = order_in_unit_1(&app, "only-on-first").await;
     primary.kill();
     replicas[0].kill();
     // The silent replica may hold commits no other has: no promotion.
@@ -190,13 +199,19 @@ async fn emergency_failover_stops_for_a_silent_replica_unless_told_to_skip_it() 
     );
     assert_eq!(unit["replica_urls"].as_array().unwrap().len(), 2, "{unit}");
 
-    // Told to, it promotes the one that answers and drops the other.
+    // Told to, it promotes the one that answers; the table cannot be
+    // written (its file's place is taken), so the call stops there.
+    let skip = json!({"mode": "emergency", "skip_unreachable_replicas": true});
+    let state = app.state_file.clone().expect("the table is kept");
+    let _ = std::fs::remove_file(&state);
+    std::fs::create_dir_all(state.join("blocked")).unwrap();
+    let r = failover(&app, skip.clone()).await;
+    assert_eq!(r.code(), "failover_failed", "{}", r.body);
+    std::fs::remove_dir_all(&state).unwrap();
+    // The first replica is back, ahead of the promoted one: dropped.
+    replicas[0].restart();
     let called = Instant::now();
-    let r = failover(
-        &app,
-        json!({"mode": "emergency", "skip_unreachable_replicas": true}),
-    )
-    .await;
+    let r = failover(&app, skip).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(
         r.body["primary_url"]
@@ -205,8 +220,13 @@ async fn emergency_failover_stops_for_a_silent_replica_unless_told_to_skip_it() 
             .contains(&port(&replicas[1]))
     );
     assert_eq!(r.body["replicas"][0]["outcome"], "dropped", "{}", r.body);
+    let why = r.body["replicas"][0]["error"].as_str().unwrap();
+    assert!(why.contains("lacks"), "{why}");
     assert_eq!(r.body["semi_sync"], false, "{}", r.body);
     serves_again(&app, &early, called).await;
     let unit = app.unit_status(1).await;
     assert_eq!(unit["replica_urls"], json!([]), "{unit}");
+    assert_eq!(unit["last_failover"]["semi_sync"], false, "{unit}");
+    let lost = app.get(&format!("/v1/orders/{only_on_first}")).await;
+    assert_eq!(lost.status, StatusCode::NOT_FOUND, "{}", lost.body);
 }

@@ -9,7 +9,7 @@ use futures_util::future::join_all;
 use super::steps::{failed, invalid_to};
 use crate::actors::EngineError;
 use crate::actors::dispatcher::messages::ReplicaOutcome;
-use crate::config::mask_url;
+use crate::config::{mask_url, same_server};
 use crate::domain::replication::{Position, most_advanced};
 use crate::storage::failover::{Server, ServerError};
 
@@ -28,7 +28,7 @@ pub(super) enum Look {
     Unreachable(ServerError),
 }
 
-pub(super) struct Copy {
+pub(super) struct Candidate {
     pub url: String,
     pub server: Server,
     /// One of the unit's `replica_urls` (`to` may name another server).
@@ -38,7 +38,7 @@ pub(super) struct Copy {
     pub stopped: bool,
 }
 
-impl Copy {
+impl Candidate {
     pub fn received(&self) -> Option<&Position> {
         match &self.look {
             Look::Replicating(p) => Some(p),
@@ -54,17 +54,17 @@ pub(super) async fn survey(
     to: Option<&str>,
     old_primary: &str,
     step: Duration,
-) -> Vec<Copy> {
+) -> Vec<Candidate> {
     let mut urls: Vec<(String, bool)> = listed.iter().map(|u| (u.clone(), true)).collect();
     if let Some(to) = to
-        && !listed.iter().any(|u| u == to)
+        && !listed.iter().any(|u| same_server(u, to))
     {
         urls.push((to.to_owned(), false));
     }
     join_all(urls.into_iter().map(|(url, listed)| async move {
         let server = Server::new(&url, step);
         let look = look(&server, unit, old_primary).await;
-        Copy {
+        Candidate {
             url,
             server,
             listed,
@@ -105,10 +105,10 @@ pub(super) enum Pick {
     MostAdvanced,
 }
 
-pub(super) fn pick(unit: u16, copies: &[Copy], to: Option<&str>) -> Result<Pick, EngineError> {
+pub(super) fn pick(unit: u16, copies: &[Candidate], to: Option<&str>) -> Result<Pick, EngineError> {
     if let Some(i) = copies.iter().position(|c| matches!(c.look, Look::Promoted)) {
         return match to {
-            Some(to) if to != copies[i].url => Err(invalid_to(format!(
+            Some(to) if !same_server(to, &copies[i].url) => Err(invalid_to(format!(
                 "{} was promoted by an earlier call of this failover: repeat it without `to`, or with that server",
                 mask_url(&copies[i].url)
             ))),
@@ -118,7 +118,7 @@ pub(super) fn pick(unit: u16, copies: &[Copy], to: Option<&str>) -> Result<Pick,
     if let Some(to) = to {
         let i = copies
             .iter()
-            .position(|c| c.url == to)
+            .position(|c| same_server(&c.url, to))
             .expect("the survey looks at `to`");
         let named = mask_url(to);
         return match &copies[i].look {
@@ -146,7 +146,7 @@ pub(super) fn pick(unit: u16, copies: &[Copy], to: Option<&str>) -> Result<Pick,
 
 /// The replica that has received the most (the first such); `None` when
 /// none replicates, or no one holds everything the others received.
-pub(super) fn most_advanced_copy(copies: &[Copy]) -> Option<usize> {
+pub(super) fn most_advanced_copy(copies: &[Candidate]) -> Option<usize> {
     let replicating: Vec<(usize, &Position)> = copies
         .iter()
         .enumerate()
@@ -157,7 +157,7 @@ pub(super) fn most_advanced_copy(copies: &[Copy]) -> Option<usize> {
 }
 
 /// A server as a failover's message names it.
-pub(super) fn describe(c: &Copy) -> String {
+pub(super) fn describe(c: &Candidate) -> String {
     let url = mask_url(&c.url);
     match &c.look {
         Look::Replicating(p) => format!("{url} received {p}"),
@@ -168,16 +168,22 @@ pub(super) fn describe(c: &Copy) -> String {
     }
 }
 
-/// Re-points every other replica of the unit at the promoted server (the
-/// `dropped` ones excepted: they are left out of the unit), then makes the
-/// promoted server's commits wait for one of them again. Answers what
-/// became of each, and whether commits wait for a replica.
+/// Re-points every other replica of the unit at the promoted server, then
+/// makes the promoted server's commits wait for one of them again. Left
+/// out of the unit (`dropped`): the replicas `dropped` names, a replica
+/// that has received what the promoted server (at `position`) lacks (its
+/// history parted from the new primary's: it must be rebuilt), and, when
+/// the old primary is not fenced, one that cannot be asked (what it holds
+/// is unknown). Answers what became of each (by its place in `copies`),
+/// and whether commits wait for a replica.
 pub(super) async fn rejoin(
-    copies: &[Copy],
+    copies: &[Candidate],
     promoted: usize,
+    position: &Position,
     dropped: &[usize],
+    old_fenced: bool,
     wait: Duration,
-) -> (Vec<ReplicaOutcome>, bool) {
+) -> (Vec<(usize, ReplicaOutcome)>, bool) {
     let new_primary = &copies[promoted].url;
     let others = copies
         .iter()
@@ -185,20 +191,30 @@ pub(super) async fn rejoin(
         .filter(|(i, c)| *i != promoted && c.listed);
     let outcomes = join_all(others.map(|(i, c)| async move {
         let url = mask_url(&c.url);
-        if dropped.contains(&i) {
-            return ReplicaOutcome::dropped(url, describe(c));
-        }
-        if matches!(c.look, Look::Foreign(_) | Look::Standalone) {
-            return ReplicaOutcome::not_repointed(url, describe(c));
-        }
-        match c.server.replicate_from(new_primary).await {
-            Ok(()) => ReplicaOutcome::repointed(url),
-            Err(e) => ReplicaOutcome::not_repointed(url, e.to_string()),
-        }
+        let outcome = match &c.look {
+            _ if dropped.contains(&i) => ReplicaOutcome::dropped(url, describe(c)),
+            Look::Replicating(received) if !position.covers(received) => ReplicaOutcome::dropped(
+                url,
+                format!(
+                    "{}, which the new primary ({position}) lacks: rebuild it",
+                    describe(c)
+                ),
+            ),
+            Look::Unreachable(e) if !old_fenced => ReplicaOutcome::dropped(
+                url,
+                format!("{e}: what it holds is unknown (the old primary is not fenced)"),
+            ),
+            Look::Foreign(_) | Look::Standalone => ReplicaOutcome::not_repointed(url, describe(c)),
+            _ => match c.server.replicate_from(new_primary).await {
+                Ok(()) => ReplicaOutcome::repointed(url),
+                Err(e) => ReplicaOutcome::not_repointed(url, e.to_string()),
+            },
+        };
+        (i, outcome)
     }))
     .await;
     let mut semi_sync = false;
-    if outcomes.iter().any(|o| o.outcome == "repointed") {
+    if outcomes.iter().any(|(_, o)| o.outcome == "repointed") {
         match copies[promoted].server.wait_for_replicas(wait).await {
             Ok(on) => semi_sync = on,
             Err(e) => tracing::warn!(error = %e, "could not turn semi-synchronous waiting on"),

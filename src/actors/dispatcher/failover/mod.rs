@@ -34,7 +34,7 @@ mod steps;
 use std::sync::Arc;
 use std::time::Duration;
 
-use copies::{Copy, Look, Pick};
+use copies::{Candidate, Look, Pick};
 use promote::{GiveUp, Promotion, promote};
 pub(super) use steps::FailoverLimits;
 use steps::{Steps, failed, invalid_to};
@@ -121,7 +121,7 @@ pub(super) async fn run(
             // Fenced then, or fenced now if it answers (again).
             let fenced = old.fence(&reason).await.is_ok();
             steps.done("promote", "promoted by an earlier call");
-            let silent = |c: &Copy| c.listed && matches!(c.look, Look::Unreachable(_));
+            let silent = |c: &Candidate| c.listed && matches!(c.look, Look::Unreachable(_));
             let dropped = match msg.skip_unreachable_replicas {
                 true => (0..copies.len()).filter(|k| silent(&copies[*k])).collect(),
                 false => Vec::new(),
@@ -173,26 +173,48 @@ pub(super) async fn run(
     };
     let candidate = copies[promoted.to].url.clone();
 
-    let (replicas, semi_sync) =
-        copies::rejoin(&copies, promoted.to, &promoted.dropped, limits.step).await;
-    if !replicas.is_empty() {
-        let repointed = replicas.iter().filter(|r| r.outcome == "repointed").count();
+    let position = match &promoted.position {
+        Some(p) => p.clone(),
+        // Promoted by an earlier call, and written to by nothing since
+        // (no routing table names it yet).
+        None => match copies[promoted.to].server.current_position().await {
+            Ok(p) => p,
+            Err(e) => {
+                steps.finish("failed");
+                return Err(failed(unit, "repoint_replicas", e));
+            }
+        },
+    };
+    let (outcomes, semi_sync) = copies::rejoin(
+        &copies,
+        promoted.to,
+        &position,
+        &promoted.dropped,
+        promoted.fenced,
+        limits.step,
+    )
+    .await;
+    if !outcomes.is_empty() {
+        let repointed = outcomes
+            .iter()
+            .filter(|(_, r)| r.outcome == "repointed")
+            .count();
         steps.done(
             "repoint_replicas",
             &format!(
                 "{repointed} of {} re-pointed; semi-synchronous: {semi_sync}",
-                replicas.len()
+                outcomes.len()
             ),
         );
     }
     let mut moved = settings.clone();
     moved.primary_url.clone_from(&candidate);
-    moved.replica_urls = copies
+    moved.replica_urls = outcomes
         .iter()
-        .enumerate()
-        .filter(|(i, c)| c.listed && *i != promoted.to && !promoted.dropped.contains(i))
-        .map(|(_, c)| c.url.clone())
+        .filter(|(_, r)| r.outcome != "dropped")
+        .map(|(i, _)| copies[*i].url.clone())
         .collect();
+    let replicas: Vec<_> = outcomes.into_iter().map(|(_, r)| r).collect();
     let after = routing
         .change_starting(
             None,
@@ -211,7 +233,15 @@ pub(super) async fn run(
             // dead): the unit stays unavailable until the call is
             // repeated, which goes on from here.
             steps.finish("failed");
-            return Err(failed(unit, "repoint", e));
+            let promoted = mask_url(&candidate);
+            return Err(failed(
+                unit,
+                "repoint",
+                format!(
+                    "{e}. {promoted} is promoted: repeat the call (naming it in `to` if it is \
+                     not one of the unit's replicas)"
+                ),
+            ));
         }
     };
     steps.done("repoint", &format!("table version {}", after.version));
@@ -223,6 +253,7 @@ pub(super) async fn run(
         at_ms: now_ms(),
         old_primary_url: mask_url(&old_primary),
         old_primary_fenced: promoted.fenced,
+        semi_sync,
     });
     if !promoted.fenced {
         tokio::spawn(fence_when_back(old, reason, unit, health));
@@ -254,7 +285,7 @@ async fn fence_here(route: &UnitRoute, on: bool) {
 }
 
 /// A failover that could not promote: the unit goes on as it was.
-async fn undo(route: &UnitRoute, old: &Server, copies: &[Copy], unfence_old: bool) {
+async fn undo(route: &UnitRoute, old: &Server, copies: &[Candidate], unfence_old: bool) {
     let unit = route.settings.id;
     if unfence_old && let Err(e) = old.unfence().await {
         tracing::error!(unit, error = %e, "could not unfence the old primary");

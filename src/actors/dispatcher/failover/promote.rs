@@ -1,7 +1,7 @@
 //! The promotion: the old primary fenced, the replica to promote chosen,
 //! caught up and promoted (see `mod.rs` for the whole failover).
 
-use super::copies::{self, Copy, Look};
+use super::copies::{self, Candidate, Look};
 use super::steps::{FailoverLimits, Steps, failed};
 use crate::actors::EngineError;
 use crate::actors::dispatcher::messages::{Failover, FailoverMode};
@@ -35,7 +35,7 @@ pub(super) enum GiveUp {
 pub(super) async fn promote(
     old: &Server,
     old_primary: &str,
-    copies: &mut [Copy],
+    copies: &mut [Candidate],
     to: Option<usize>,
     reason: &str,
     msg: &Failover,
@@ -62,7 +62,8 @@ pub(super) async fn promote(
             None
         }
     };
-    let unfence_old = fenced.is_some();
+    // Fenced now, so undone if the failover gives up before the promotion.
+    let fenced_now = fenced.is_some();
     let mut dropped = Vec::new();
     let (chosen, target) = match fenced {
         // Its position is final: the chosen replica (still receiving)
@@ -82,7 +83,7 @@ pub(super) async fn promote(
                 let target = copies[chosen].received().cloned().unwrap_or_default();
                 (chosen, target)
             }
-            Err(e) => return Err(give_up("catch_up", e, unfence_old)),
+            Err(e) => return Err(give_up("catch_up", e, fenced_now)),
         },
     };
     let new = &copies[chosen].server;
@@ -91,14 +92,14 @@ pub(super) async fn promote(
             "catch_up",
             &format!("{} applied {target}", mask_url(&copies[chosen].url)),
         ),
-        Err(e) => return Err(give_up("catch_up", e.to_string(), unfence_old)),
+        Err(e) => return Err(give_up("catch_up", e.to_string(), fenced_now)),
     }
     match new.promote(&mask_url(old_primary)).await {
         Ok(position) => {
             steps.done("promote", &format!("position {position}"));
             Ok(Promotion {
                 to: chosen,
-                fenced: unfence_old,
+                fenced: fenced_now,
                 position: Some(position),
                 dropped,
             })
@@ -106,7 +107,7 @@ pub(super) async fn promote(
         // Still a replica: nothing was promoted, the unit goes back.
         // Otherwise the promotion may have gone through: keep everything.
         Err(e) => match new.received().await {
-            Ok(Some(_)) => Err(give_up("promote", e.to_string(), unfence_old)),
+            Ok(Some(_)) => Err(give_up("promote", e.to_string(), fenced_now)),
             _ => Err((failed(unit, "promote", e), GiveUp::Keep)),
         },
     }
@@ -118,7 +119,7 @@ pub(super) async fn promote(
 /// hold acknowledged commits no other has: the failover stops, unless the
 /// caller gives such replicas up (they are answered as `dropped`).
 async fn settle_received(
-    copies: &mut [Copy],
+    copies: &mut [Candidate],
     to: Option<usize>,
     skip_unreachable: bool,
 ) -> Result<(usize, Vec<usize>), String> {
