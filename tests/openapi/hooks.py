@@ -151,7 +151,8 @@ _CONTAINERS = {"path": "path_parameters", "query": "query", "header": "headers"}
 
 # Nothing listens on port 1: connecting is refused at once.
 CLOSED_DATABASE = "mysql://fuzz@127.0.0.1:1/fuzz"
-CLOSED_REPLICA = "mysql://fuzz@127.0.0.1:1/fuzz_replica_{}"
+# Replicas are other servers: nothing listens on ports 2-5 either.
+CLOSED_REPLICA = "mysql://fuzz@127.0.0.1:{}/fuzz"
 
 
 @schemathesis.hook
@@ -173,12 +174,12 @@ def before_call(context, case, kwargs):
         # `replica_url` or `replica_urls` but not both (rules the document
         # cannot state).
         if isinstance(case.body.get("replica_url"), str):
-            case.body["replica_url"] = CLOSED_REPLICA.format(0)
+            case.body["replica_url"] = CLOSED_REPLICA.format(2)
         urls = case.body.get("replica_urls")
         if isinstance(urls, list):
             case.body.pop("replica_url", None)
             case.body["replica_urls"] = [
-                CLOSED_REPLICA.format(i) if isinstance(u, str) else u for i, u in enumerate(urls)
+                CLOSED_REPLICA.format(2 + i) if isinstance(u, str) else u for i, u in enumerate(urls)
             ]
 
 
