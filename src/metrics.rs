@@ -70,7 +70,9 @@ pub const FAILOVER_STEP_NAMES: [&str; 6] = [
 pub const CHANGE_OUTCOMES: [&str; 5] = ["applied", "unchanged", "refused", "conflict", "not_saved"];
 
 /// `op` label values.
-pub const OPS: [&str; 7] = ["create", "pay", "close", "refund", "get", "lookup", "list"];
+pub const OPS: [&str; 8] = [
+    "create", "pay", "close", "refund", "section", "get", "lookup", "list",
+];
 /// `outcome` label values of requests.
 pub const OUTCOMES: [&str; 5] = ["ok", "client_error", "conflict", "unavailable", "error"];
 /// `outcome` label values of unit calls.
@@ -471,6 +473,7 @@ pub fn op_of(method: &str, pattern: &str) -> Option<&'static str> {
         ("POST", "/v1/orders/{order_id}/close") => "close",
         ("POST", "/v1/orders/{order_id}/refunds") => "refund",
         ("GET", "/v1/orders/{order_id}/refunds") => "list",
+        ("PUT" | "DELETE", "/v1/orders/{order_id}/sections/{section}") => "section",
         ("GET", "/v1/merchants/{merchant_id}/orders/{out_trade_no}") => "lookup",
         ("GET", "/v1/users/{user_id}/orders") => "list",
         _ => return None,
@@ -501,6 +504,7 @@ mod tests {
             ("POST", "/v1/orders/{order_id}/close"),
             ("POST", "/v1/orders/{order_id}/refunds"),
             ("GET", "/v1/orders/{order_id}/refunds"),
+            ("PUT", "/v1/orders/{order_id}/sections/{section}"),
             ("GET", "/v1/merchants/{merchant_id}/orders/{out_trade_no}"),
             ("GET", "/v1/users/{user_id}/orders"),
         ];

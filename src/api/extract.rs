@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use super::error::{ApiError, ErrorCode};
 use crate::domain::OrderId;
 use crate::domain::replication::ConsistencyToken;
+use crate::domain::values::SectionValue;
 
 /// Largest accepted request body.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -26,27 +27,66 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let mut payload = payload.take();
+        let body = read_body(req, payload);
+        Box::pin(async move { parse_json(&body.await?).map(JsonBody) })
+    }
+}
+
+/// A body that is one JSON value of any kind (a section's value), kept as
+/// its text.
+pub struct JsonValueBody(pub SectionValue);
+
+impl FromRequest for JsonValueBody {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let body = read_body(req, payload);
         Box::pin(async move {
-            if declared.is_some_and(|n| n > BODY_LIMIT) {
+            let body = body.await?;
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Err(ApiError::validation(
+                    "body",
+                    "the body is the section's value: any JSON value (null included)",
+                ));
+            }
+            serde_json::from_slice(&body)
+                .map(JsonValueBody)
+                .map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::MalformedJson,
+                        format!("the body is not valid JSON: {e}"),
+                    )
+                })
+        })
+    }
+}
+
+/// The request's body, at most [`BODY_LIMIT`] bytes.
+fn read_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+) -> impl std::future::Future<Output = Result<BytesMut, ApiError>> + 'static {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let mut payload = payload.take();
+    async move {
+        if declared.is_some_and(|n| n > BODY_LIMIT) {
+            return Err(too_large());
+        }
+        let mut body = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::new(ErrorCode::MalformedJson, e.to_string()))?;
+            if body.len() + chunk.len() > BODY_LIMIT {
                 return Err(too_large());
             }
-            let mut body = BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk =
-                    chunk.map_err(|e| ApiError::new(ErrorCode::MalformedJson, e.to_string()))?;
-                if body.len() + chunk.len() > BODY_LIMIT {
-                    return Err(too_large());
-                }
-                body.extend_from_slice(&chunk);
-            }
-            parse_json(&body).map(JsonBody)
-        })
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 }
 

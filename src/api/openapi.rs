@@ -25,7 +25,7 @@ use super::dto::{
 };
 use super::error::{ApiError, ErrorCode, ErrorDetail, ErrorResponse, RETRY_AFTER_SECS};
 use super::orders::ConsistencyParam;
-use super::{admin, health, orders};
+use super::{admin, health, orders, sections};
 use crate::actors::dispatcher::{
     EngineStatus, FailoverMode, FailoverReport, ListPartitions, MerchantRoute, PartitionEntry,
     PartitionReadiness, PartitionStatus, PartitionTable, Readiness, ReplicaOutcome, ReplicaStatus,
@@ -52,6 +52,8 @@ use crate::domain::values::{IDENTIFIER_PATTERN, MAX_IDENTIFIER_LEN};
         orders::close_order,
         orders::refund_order,
         orders::list_refunds,
+        sections::put_section,
+        sections::delete_section,
         orders::lookup_by_merchant,
         orders::list_user_orders,
         health::healthz,
@@ -260,6 +262,7 @@ fn parameter_schema(name: &str) -> Option<(Value, &'static str)> {
             "The unit's id.",
         ),
         "name" => (identifier(), "The partition."),
+        "section" => (identifier(), "The section's name."),
         "cursor" => (
             json!({"type": "string", "pattern": CURSOR_PATTERN, "format": "order-cursor"}),
             "`next_cursor` from the previous page (format `order-cursor`); any other value is \

@@ -23,7 +23,11 @@ use crate::domain::values::{MerchantId, OutTradeNo, UserId};
 use crate::domain::{Consistency, Order, UserCursor};
 
 /// An order reply: the order, with its version as the `ETag`.
-fn order_response(status: StatusCode, order: Order, sections: Option<&[String]>) -> HttpResponse {
+pub(super) fn order_response(
+    status: StatusCode,
+    order: Order,
+    sections: Option<&[String]>,
+) -> HttpResponse {
     let version = order.version;
     HttpResponse::build(status)
         .insert_header((header::ETAG, format!("\"{version}\"")))
@@ -31,7 +35,7 @@ fn order_response(status: StatusCode, order: Order, sections: Option<&[String]>)
 }
 
 /// Adds a write's consistency token to its reply.
-fn with_token(mut res: HttpResponse, token: &ConsistencyToken) -> HttpResponse {
+pub(super) fn with_token(mut res: HttpResponse, token: &ConsistencyToken) -> HttpResponse {
     let value = header::HeaderValue::from_str(&token.encode())
         .expect("a token is digits, ':', '-' and ','");
     res.headers_mut().insert(CONSISTENCY_TOKEN.clone(), value);

@@ -6,7 +6,7 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 
 use super::error::{ApiError, ErrorCode};
-use super::{admin, health, openapi, orders};
+use super::{admin, health, openapi, orders, sections};
 
 /// A path's resource; other methods than `allow` answer `405`.
 fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
@@ -34,6 +34,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         resource("/v1/orders/{order_id}/refunds", "GET, POST")
             .route(get().to(orders::list_refunds))
             .route(post().to(orders::refund_order)),
+    )
+    .service(
+        resource("/v1/orders/{order_id}/sections/{section}", "PUT, DELETE")
+            .route(web::put().to(sections::put_section))
+            .route(web::delete().to(sections::delete_section)),
     )
     .service(
         resource("/v1/merchants/{merchant_id}/orders/{out_trade_no}", "GET")

@@ -12,12 +12,13 @@ use std::collections::HashMap;
 
 use super::order::{Change, NewRefund, Order, Refund, RuleError};
 use super::order_id::OrderId;
-use super::values::{Amount, PaymentRef, RefundId};
+use super::values::{Amount, PaymentRef, RefundId, SectionName, SectionValue};
 
 /// The change event of an order paid, closed or refunded.
 pub const PAID: &str = "order.paid";
 pub const CLOSED: &str = "order.closed";
 pub const REFUNDED: &str = "order.refunded";
+pub const SECTIONS_CHANGED: &str = "order.sections_changed";
 
 /// A pay or close of one order.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +38,11 @@ pub enum UpdateAction {
     },
     /// `created -> closed`.
     Close,
+    /// One section set to a value (`None`: removed), in any status.
+    SetSection {
+        name: SectionName,
+        value: Option<SectionValue>,
+    },
 }
 
 impl UpdateAction {
@@ -45,6 +51,7 @@ impl UpdateAction {
         match self {
             Self::Pay { .. } => PAID,
             Self::Close => CLOSED,
+            Self::SetSection { .. } => SECTIONS_CHANGED,
         }
     }
 }
@@ -93,6 +100,8 @@ pub struct Applied<A> {
     /// One event per change, in call order: the order as that change left
     /// it, and the event's type.
     pub events: Vec<(Order, &'static str)>,
+    /// Orders whose sections changed (their sections are written too).
+    pub sections_changed: Vec<OrderId>,
 }
 
 impl<A> Applied<A> {
@@ -101,6 +110,7 @@ impl<A> Applied<A> {
             answers: Vec::with_capacity(n),
             changed: Vec::new(),
             events: Vec::new(),
+            sections_changed: Vec::new(),
         }
     }
 
@@ -140,6 +150,10 @@ pub fn apply_updates(
         }) = &answer
         {
             applied.record_change(order, u.action.event());
+            let sections = matches!(u.action, UpdateAction::SetSection { .. });
+            if sections && !applied.sections_changed.contains(&order.id) {
+                applied.sections_changed.push(order.id);
+            }
         }
         applied.answers.push(answer);
     }
@@ -158,6 +172,9 @@ fn apply_update(
             amount,
         } => order.pay(payment_ref, *amount, u.expected_version, now_ms)?,
         UpdateAction::Close => order.close(u.expected_version, now_ms)?,
+        UpdateAction::SetSection { name, value } => {
+            order.set_section(name, value.as_ref(), u.expected_version, now_ms)?
+        }
     };
     Ok(match change {
         Change::Unchanged => Updated {

@@ -13,7 +13,8 @@
 
 use super::order_id::OrderId;
 use super::values::{
-    Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
+    Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, SectionName, SectionValue,
+    Sections, Text, UserId,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +46,10 @@ impl OrderStatus {
     }
 }
 
-/// The fields a create request fixes, of a `NewOrder` or an `Order`.
+/// The fields a create request fixes, of a `NewOrder` or an `Order` (with
+/// the sections it was created with).
 macro_rules! request_fields {
-    ($o:expr) => {
+    ($o:expr, $sections:expr) => {
         (
             &$o.merchant_id,
             &$o.out_trade_no,
@@ -55,7 +57,7 @@ macro_rules! request_fields {
             &$o.amount,
             &$o.currency,
             &$o.description,
-            &$o.sections,
+            $sections,
         )
     };
 }
@@ -76,7 +78,7 @@ impl NewOrder {
     /// True when `order` was created by an identical request: a replay gets the
     /// existing order back, a different body under the same key is a conflict.
     pub fn is_replay_of(&self, order: &Order) -> bool {
-        request_fields!(self) == order.request()
+        request_fields!(self, &self.sections) == order.request()
     }
 
     /// The order this request creates, with id `id` at time `now_ms`.
@@ -97,6 +99,7 @@ impl NewOrder {
             created_at_ms: now_ms,
             updated_at_ms: now_ms,
             sections: self.sections,
+            created_sections: None,
         }
     }
 }
@@ -129,6 +132,10 @@ pub struct Order {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub sections: Sections,
+    /// The sections as the create made them, once a section update changed
+    /// them (`None` while they are as created): what tells a replay of the
+    /// create.
+    pub created_sections: Option<Sections>,
 }
 
 /// A business rule refused the change; nothing was written.
@@ -168,7 +175,10 @@ impl Order {
     }
 
     fn request(&self) -> RequestFields<'_> {
-        request_fields!(self)
+        request_fields!(
+            self,
+            self.created_sections.as_ref().unwrap_or(&self.sections)
+        )
     }
 }
 
@@ -236,6 +246,33 @@ impl Order {
                 action: "close",
             }),
         }
+    }
+
+    /// Sets section `name` to `value` (`None`: removes it), in any status.
+    /// Setting a section to the value it has (or removing one the order
+    /// does not have) changes nothing.
+    pub fn set_section(
+        &self,
+        name: &SectionName,
+        value: Option<&SectionValue>,
+        expected_version: Option<i64>,
+        now_ms: i64,
+    ) -> Result<Change, RuleError> {
+        let same = match (self.sections.get(name.as_str()), value) {
+            (None, None) => true,
+            (Some(now), Some(v)) => SectionValue::same_as(v, now),
+            _ => false,
+        };
+        if same {
+            return Ok(Change::Unchanged);
+        }
+        self.check_version(expected_version)?;
+        Ok(self.next(now_ms, |o| {
+            if o.created_sections.is_none() {
+                o.created_sections = Some(o.sections.clone());
+            }
+            o.sections = o.sections.with(name, value);
+        }))
     }
 
     /// A new refund of `amount` (idempotent replays are recognised by the caller,
@@ -322,7 +359,57 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             sections: Sections::default(),
+            created_sections: None,
         }
+    }
+
+    fn value(json: &str) -> SectionValue {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn a_section_is_set_and_removed_and_the_create_still_replays() {
+        let o = order(OrderStatus::Paid);
+        let ship = SectionName::parse("shipping").unwrap();
+        let city = value(r#"{"city": "Shenzhen"}"#);
+        let Change::Next(set) = o.set_section(&ship, Some(&city), Some(1), 5).unwrap() else {
+            panic!("a new section changes the order");
+        };
+        assert_eq!((set.version, set.updated_at_ms), (2, 5));
+        assert_eq!(
+            set.sections.get("shipping").unwrap().get(),
+            r#"{"city": "Shenzhen"}"#
+        );
+        assert_eq!(set.created_sections, Some(Sections::default()));
+        // The same value, however spaced: nothing changes, whatever If-Match.
+        let same = value(r#"{ "city":"Shenzhen" }"#);
+        assert_eq!(
+            set.set_section(&ship, Some(&same), Some(9), 6),
+            Ok(Change::Unchanged)
+        );
+        // Another value needs the version it saw.
+        let other = value(r#"{"city": "Guangzhou"}"#);
+        assert!(matches!(
+            set.set_section(&ship, Some(&other), Some(1), 6),
+            Err(RuleError::VersionMismatch {
+                current: 2,
+                expected: 1
+            })
+        ));
+        let Change::Next(gone) = set.set_section(&ship, None, None, 7).unwrap() else {
+            panic!("removing a section changes the order");
+        };
+        assert!(gone.sections.is_empty());
+        assert_eq!(gone.version, 3);
+        assert_eq!(
+            gone.set_section(&ship, None, None, 8),
+            Ok(Change::Unchanged)
+        );
+        // The create's request is still told from another.
+        assert!(set.has_the_request_of(&o) && o.has_the_request_of(&set));
+        let mut edited = o.clone();
+        edited.sections = set.sections.clone();
+        assert!(!set.has_the_request_of(&edited));
     }
 
     fn next(c: Change) -> Order {

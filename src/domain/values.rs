@@ -229,6 +229,82 @@ impl Sections {
     pub fn retain_named(&mut self, names: &[String]) {
         self.0.retain(|(k, _)| names.iter().any(|n| n == k));
     }
+
+    /// The section `name`'s value, if the order has it.
+    pub fn get(&self, name: &str) -> Option<&RawValue> {
+        self.0
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    /// These sections with `name` set to `value` (`None`: removed).
+    pub fn with(&self, name: &SectionName, value: Option<&SectionValue>) -> Self {
+        let mut next = self.0.clone();
+        let at = next.binary_search_by(|(k, _)| k.as_str().cmp(name.as_str()));
+        match (at, value) {
+            (Ok(i), Some(v)) => next[i].1 = v.0.clone(),
+            (Ok(i), None) => {
+                next.remove(i);
+            }
+            (Err(i), Some(v)) => next.insert(i, (name.as_str().to_owned(), v.0.clone())),
+            (Err(_), None) => {}
+        }
+        Self(next)
+    }
+}
+
+/// Whether two JSON texts are equal as JSON (however spaced, keys in any
+/// order).
+fn same_json(a: &RawValue, b: &RawValue) -> bool {
+    fn value(raw: &RawValue) -> Option<Value> {
+        serde_json::from_str(raw.get()).ok()
+    }
+    a.get() == b.get() || value(a) == value(b)
+}
+
+/// The name of one section (`PUT /v1/orders/{id}/sections/{name}`): an
+/// identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectionName(String);
+
+impl SectionName {
+    pub fn parse(name: &str) -> Result<Self, Invalid> {
+        if is_identifier(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(Invalid(format!(
+                "section name {name:?} must be 1-{MAX_IDENTIFIER_LEN} characters of [A-Za-z0-9_.:-]"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// One section's value: any JSON, kept as the text it arrived in.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SectionValue(Box<RawValue>);
+
+impl SectionValue {
+    pub fn get(&self) -> &RawValue {
+        &self.0
+    }
+
+    /// Whether this is, as JSON, the value `stored`.
+    pub fn same_as(&self, stored: &RawValue) -> bool {
+        same_json(&self.0, stored)
+    }
+}
+
+/// Equal as JSON (see [`Sections`]' equality).
+impl PartialEq for SectionValue {
+    fn eq(&self, other: &Self) -> bool {
+        same_json(&self.0, &other.0)
+    }
 }
 
 impl Serialize for Sections {
@@ -241,13 +317,12 @@ impl Serialize for Sections {
 /// spaced or its keys ordered (texts that differ are compared parsed).
 impl PartialEq for Sections {
     fn eq(&self, other: &Self) -> bool {
-        fn value(raw: &RawValue) -> Option<Value> {
-            serde_json::from_str(raw.get()).ok()
-        }
         self.0.len() == other.0.len()
-            && self.0.iter().zip(&other.0).all(|((k1, v1), (k2, v2))| {
-                k1 == k2 && (v1.get() == v2.get() || value(v1) == value(v2))
-            })
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((k1, v1), (k2, v2))| k1 == k2 && same_json(v1, v2))
     }
 }
 

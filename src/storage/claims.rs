@@ -15,7 +15,7 @@ use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
 use super::connect::Dialect;
 use super::error::StoreError;
-use super::sql::{multi_row, order_columns, order_from_row, padded};
+use super::sql::{multi_row, order_columns, order_from_row, padded, read_columns};
 use super::store::UnitStore;
 use super::updates::BatchAnswers;
 use crate::domain::Order;
@@ -37,7 +37,7 @@ const REPLACE: &str = "UPDATE key_claims SET unit = ?, attempt = ? \
      WHERE merchant_id = ? AND out_trade_no = ? AND unit = ? AND attempt = ?";
 const SELECT_ORDER_BY_KEY: &str = concat!(
     "SELECT ",
-    order_columns!(),
+    read_columns!(),
     " FROM orders WHERE merchant_id = ? AND out_trade_no = ?"
 );
 const FENCE_ATTEMPT_MYSQL: &str = "INSERT INTO key_fences (merchant_id, out_trade_no, attempt) \

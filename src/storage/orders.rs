@@ -8,8 +8,8 @@ use super::claims::{Key, KeyClaim, write_records};
 use super::error::StoreError;
 use super::outbox;
 use super::sql::{
-    multi_row, order_columns, order_from_row, orders_named, padded, select_by_seqs, seq_param,
-    sequences,
+    multi_row, order_columns, order_from_row, orders_named, padded, read_columns, select_by_seqs,
+    seq_param, sequences,
 };
 use super::store::UnitStore;
 use crate::domain::key_homes::{Attempt, Mark};
@@ -18,15 +18,15 @@ use crate::domain::values::{MerchantId, OutTradeNo, UserId};
 use crate::domain::{Consistency, Order, OrderId, UserCursor};
 
 pub(super) const SELECT_BY_SEQ: &str =
-    concat!("SELECT ", order_columns!(), " FROM orders WHERE seq = ?");
+    concat!("SELECT ", read_columns!(), " FROM orders WHERE seq = ?");
 const SELECT_BY_KEY: &str = concat!(
     "SELECT ",
-    order_columns!(),
+    read_columns!(),
     " FROM orders WHERE merchant_id = ? AND out_trade_no = ?"
 );
 const SELECT_USER_PAGE: &str = concat!(
     "SELECT ",
-    order_columns!(),
+    read_columns!(),
     " FROM orders WHERE user_id = ? AND (created_at_ms < ? OR (created_at_ms = ? AND seq < ?)) \
      ORDER BY created_at_ms DESC, seq DESC LIMIT ?"
 );
@@ -185,7 +185,7 @@ impl UnitStore {
         &self,
         keys: &[(MerchantId, OutTradeNo)],
     ) -> Result<Vec<Order>, StoreError> {
-        let mut sql = String::from(concat!("SELECT ", order_columns!(), " FROM orders WHERE "));
+        let mut sql = String::from(concat!("SELECT ", read_columns!(), " FROM orders WHERE "));
         for i in 0..shapes::at_least(keys.len()) {
             sql.push_str(if i == 0 { "" } else { " OR " });
             // Each disjunct is a point on the unique index.

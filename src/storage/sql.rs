@@ -21,6 +21,15 @@ macro_rules! order_columns {
 }
 pub(super) use order_columns;
 
+/// What every read of an order selects: the columns a create writes, and
+/// the sections as created once a section update changed them.
+macro_rules! read_columns {
+    () => {
+        concat!(order_columns!(), ", created_sections")
+    };
+}
+pub(super) use read_columns;
+
 /// `head` followed by `n` copies of the placeholder `row`: a multi-row insert.
 /// Only placeholders are spliced in, never data.
 pub(super) fn multi_row(head: &str, row: &str, n: usize) -> String {
@@ -76,6 +85,10 @@ fn decode_order(unit: u16, row: &AnyRow) -> Result<Order, String> {
         created_at_ms,
         updated_at_ms: get(row, "updated_at_ms")?,
         sections,
+        created_sections: get::<Option<String>>(row, "created_sections")?
+            .map(|s| Sections::from_json(&s))
+            .transpose()
+            .map_err(|e| format!("created_sections: {e}"))?,
     })
 }
 
@@ -99,7 +112,7 @@ pub(super) fn select_by_seqs(
 ) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
     let mut sql = String::from(concat!(
         "SELECT ",
-        order_columns!(),
+        read_columns!(),
         " FROM orders WHERE seq IN ("
     ));
     for i in 0..shapes::at_least(seqs.len()) {

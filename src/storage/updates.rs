@@ -1,4 +1,5 @@
-//! Pays and closes: many orders' changes in one transaction.
+//! Pays, closes and section updates: many orders' changes in one
+//! transaction.
 //!
 //! The transaction (1) locks the orders (`SELECT ... FOR UPDATE` on MySQL;
 //! SQLite's single writer holds the database lock), (2) applies the calls in
@@ -51,6 +52,9 @@ impl UnitStore {
                     let written: Vec<&Order> =
                         applied.changed.iter().map(|id| &orders[id]).collect();
                     write_order_changes(tx.get(), &written).await?;
+                    for id in &applied.sections_changed {
+                        write_sections(tx.get(), &orders[id]).await?;
+                    }
                     write_events(tx.get(), &applied.events).await?;
                 }
                 let wrote = applied.wrote();
@@ -113,6 +117,20 @@ impl UnitStore {
         }
         error
     }
+}
+
+/// Writes an order's sections (and the sections as created), under the
+/// row lock the caller's transaction holds: a section update's other
+/// changes are written with the batch's.
+async fn write_sections(tx: &mut AnyConnection, order: &Order) -> Result<(), StoreError> {
+    sqlx::query("UPDATE orders SET sections = ?, created_sections = ? WHERE seq = ?")
+        .bind(order.sections.to_json())
+        .bind(order.created_sections.as_ref().map(|s| s.to_json()))
+        .bind(seq_param(order.id.sequence()))
+        .execute(tx)
+        .await
+        .map_err(StoreError::before_commit)?;
+    Ok(())
 }
 
 /// Writes several changed orders in one statement, under the row locks the

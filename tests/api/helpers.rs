@@ -170,6 +170,26 @@ impl TestApp {
         Self::reply(req.send().await.unwrap()).await
     }
 
+    /// Any method, with an optional raw body and `If-Match`.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&str>,
+        if_match: Option<&str>,
+    ) -> Reply {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_owned());
+        }
+        if let Some(v) = if_match {
+            req = req.header("if-match", v);
+        }
+        Self::reply(req.send().await.unwrap()).await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         let res = self
             .client

@@ -21,4 +21,5 @@ mod repoint;
 mod retry;
 mod routing_table;
 mod schedule;
+mod sections;
 mod storage_suite;

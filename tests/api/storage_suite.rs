@@ -8,7 +8,8 @@ use order_engine::config::StorageSettings;
 use order_engine::domain::apply::{RefundUpdate, Update, UpdateAction};
 use order_engine::domain::key_homes::{Attempt, Mark};
 use order_engine::domain::values::{
-    Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, Sections, Text, UserId,
+    Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, SectionName, Sections, Text,
+    UserId,
 };
 use order_engine::domain::{
     Consistency, NewOrder, NewRefund, Order, OrderId, OrderStatus, RuleError, UserCursor,
@@ -151,6 +152,68 @@ pub async fn orders_round_trip_and_keys_are_unique(backend: Backend) {
                "amount": 1999, "paid_amount": 0, "refunded_amount": 0,
                "version": 1, "at_ms": T0 + 123})
     );
+    store.close().await;
+}
+
+fn set_section(id: OrderId, name: &str, value: Option<&str>, expected: Option<i64>) -> Update {
+    Update {
+        id,
+        action: UpdateAction::SetSection {
+            name: SectionName::parse(name).unwrap(),
+            value: value.map(|v| serde_json::from_str(v).unwrap()),
+        },
+        expected_version: expected,
+    }
+}
+
+/// A section set and removed in the same batch as a pay of the order: one
+/// transaction, each change its own version and event; the sections as
+/// created are kept for telling a replay of the create.
+pub async fn sections_are_replaced_and_removed_with_the_order(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let store = open(&url).await;
+    let order = insert(&store, 1, request("o-1", "u-1", 100), T0).await;
+    let p1 = PaymentRef::parse("p-1").unwrap();
+    let answers = store
+        .update_orders(vec![
+            set_section(order.id, "shipping", Some(r#"{"city": "深圳"}"#), Some(1)),
+            pay(order.id, &p1, 100, Some(2)),
+            set_section(order.id, "note", None, None),
+            set_section(order.id, "shipping", Some(r#"{"city":"深圳"}"#), None),
+            set_section(order.id, "items", Some("[]"), Some(1)),
+        ])
+        .await
+        .unwrap();
+    let versions: Vec<_> = answers
+        .iter()
+        .map(|a| a.as_ref().map(|u| (u.order.version, u.changed)))
+        .collect();
+    assert!(
+        matches!(
+            versions.as_slice(),
+            [
+                Ok((2, true)),
+                Ok((3, true)),
+                Ok((4, true)),
+                Ok((4, false)),
+                Err(StoreError::Rule(RuleError::VersionMismatch {
+                    current: 4,
+                    ..
+                }))
+            ]
+        ),
+        "{versions:?}"
+    );
+    let read = store.get(order.id, Consistency::Strong).await.unwrap();
+    assert_eq!(read.version, 4);
+    assert_eq!(read.status, OrderStatus::Paid);
+    assert_eq!(
+        read.sections.to_json(),
+        r#"{"items":[{"sku": "c1", "qty": 2}],"shipping":{"city": "深圳"}}"#
+    );
+    assert_eq!(read.created_sections.as_ref(), Some(&order.sections));
+    assert!(request("o-1", "u-1", 100).is_replay_of(&read));
+    assert_eq!(outbox_count(&url).await, 4, "created + three changes");
     store.close().await;
 }
 
@@ -837,4 +900,5 @@ on_both_backends!(
     sequences_never_repeat,
     key_records_are_compare_and_set_and_fence_orders,
     a_create_batch_writes_one_record_read_as_an_event_per_order,
+    sections_are_replaced_and_removed_with_the_order,
 );

@@ -10,7 +10,9 @@ use crate::actors::EngineError;
 use crate::config::{UnitEntry, UnitPatch};
 use crate::domain::apply::{Refunded, Updated};
 use crate::domain::replication::ConsistencyToken;
-use crate::domain::values::{Amount, MerchantId, OutTradeNo, PaymentRef, UserId};
+use crate::domain::values::{
+    Amount, MerchantId, OutTradeNo, PaymentRef, SectionName, SectionValue, UserId,
+};
 use crate::domain::{Consistency, NewOrder, NewRefund, Order, OrderId, UserCursor};
 
 /// Create an order (idempotent on `(merchant_id, out_trade_no)`).
@@ -54,6 +56,17 @@ pub struct Pay {
     pub id: OrderId,
     pub payment_ref: PaymentRef,
     pub amount: Amount,
+    /// `If-Match`: the version the caller saw.
+    pub expected_version: Option<i64>,
+}
+
+/// Set (`value`) or remove (`None`) one named section of an order.
+#[derive(Message)]
+#[rtype(result = "Result<Written<Updated>, EngineError>")]
+pub struct SetSection {
+    pub id: OrderId,
+    pub name: SectionName,
+    pub value: Option<SectionValue>,
     /// `If-Match`: the version the caller saw.
     pub expected_version: Option<i64>,
 }

@@ -49,8 +49,8 @@ pub use launch::{LaunchError, UnitLauncher};
 pub use messages::{
     AddUnit, AdminStatus, Close, CloseAll, Create, Created, Failover, FailoverMode, FailoverReport,
     Get, GetMerchant, ListPartitions, ListRefunds, ListUserOrders, LookupByKey, PatchUnit, Pay,
-    Refund, ReplicaOutcome, SetMerchant, SetPartition, Status, StepTook, UnitChanged, UserPage,
-    Written,
+    Refund, ReplicaOutcome, SetMerchant, SetPartition, SetSection, Status, StepTook, UnitChanged,
+    UserPage, Written,
 };
 pub use routing::UnitRoute;
 pub use status::{
@@ -265,6 +265,20 @@ impl Handler<Close> for Dispatcher {
             expected_version: msg.expected_version,
         };
         self.write(msg.id, close, |u: &Updated| u.changed)
+    }
+}
+
+impl Handler<SetSection> for Dispatcher {
+    type Result = ResponseFuture<Result<Written<Updated>, EngineError>>;
+
+    fn handle(&mut self, msg: SetSection, _ctx: &mut Self::Context) -> Self::Result {
+        let set = unit::SetOrderSection {
+            id: msg.id,
+            name: msg.name,
+            value: msg.value,
+            expected_version: msg.expected_version,
+        };
+        self.write(msg.id, set, |u: &Updated| u.changed)
     }
 }
 

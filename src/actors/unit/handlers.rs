@@ -13,7 +13,7 @@ use super::group_commit::{Batch, run_batch};
 use super::messages::{
     BatchCounts, BatchStats, CheckReplica, ClaimKey, CloseOrder, CloseUnit, CreateOrder,
     CreateOutcome, FenceWrites, FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe,
-    ReadMark, RefundOrder, ReplaceMark, SettleKey, SettleMeta,
+    ReadMark, RefundOrder, ReplaceMark, SetOrderSection, SettleKey, SettleMeta,
 };
 use crate::domain::apply::{RefundUpdate, Refunded, Update, UpdateAction, Updated};
 use crate::domain::key_homes::Mark;
@@ -115,6 +115,22 @@ impl Handler<CloseOrder> for UnitActor {
         let update = Update {
             id: msg.id,
             action: UpdateAction::Close,
+            expected_version: msg.expected_version,
+        };
+        self.update(ctx, update)
+    }
+}
+
+impl Handler<SetOrderSection> for UnitActor {
+    type Result = ResponseFuture<Result<Updated, StoreError>>;
+
+    fn handle(&mut self, msg: SetOrderSection, ctx: &mut Self::Context) -> Self::Result {
+        let update = Update {
+            id: msg.id,
+            action: UpdateAction::SetSection {
+                name: msg.name,
+                value: msg.value,
+            },
             expected_version: msg.expected_version,
         };
         self.update(ctx, update)

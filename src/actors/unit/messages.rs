@@ -7,7 +7,9 @@ use actix::Message;
 use crate::domain::apply::{Refunded, Updated};
 use crate::domain::key_homes::{Attempt, Mark};
 use crate::domain::replication::Position;
-use crate::domain::values::{Amount, MerchantId, OutTradeNo, PaymentRef, UserId};
+use crate::domain::values::{
+    Amount, MerchantId, OutTradeNo, PaymentRef, SectionName, SectionValue, UserId,
+};
 use crate::domain::{Consistency, NewOrder, NewRefund, Order, OrderId, Refund, UserCursor};
 use crate::storage::{Key, Page, Settled, StoreError};
 
@@ -113,6 +115,16 @@ pub struct PayOrder {
 #[rtype(result = "Result<Updated, StoreError>")]
 pub struct CloseOrder {
     pub id: OrderId,
+    pub expected_version: Option<i64>,
+}
+
+/// Set (or, with `value: None`, remove) one section of an order.
+#[derive(Message)]
+#[rtype(result = "Result<Updated, StoreError>")]
+pub struct SetOrderSection {
+    pub id: OrderId,
+    pub name: SectionName,
+    pub value: Option<SectionValue>,
     pub expected_version: Option<i64>,
 }
 

@@ -26,5 +26,5 @@ pub use actor::{UnitActor, UnitOptions};
 pub use messages::{
     BatchCounts, BatchStats, CheckReplica, ClaimKey, CloseOrder, CloseUnit, CreateOrder,
     CreateOutcome, FenceWrites, FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe,
-    ReadMark, RefundOrder, ReplaceMark, SettleKey, SettleMeta,
+    ReadMark, RefundOrder, ReplaceMark, SetOrderSection, SettleKey, SettleMeta,
 };

@@ -1,0 +1,101 @@
+//! `PUT`/`DELETE /v1/orders/{id}/sections/{name}` over HTTP: one named
+//! section replaced or removed under `If-Match`, a new version each time
+//! something changes and none when nothing does, an event per change, and
+//! a create replayed after its sections changed is still a replay.
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{Backend, count_rows, order_body, spawn_app};
+
+#[actix_web::test]
+async fn a_section_is_replaced_and_removed_under_its_version() {
+    let app = spawn_app(Backend::Sqlite, 1).await;
+    let created = app.create("m-s", "o-s", "u-s", 100).await;
+    let id = created["order_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/orders/{id}/sections/shipping");
+    let put = |body: &'static str, if_match: Option<&'static str>| {
+        let (app, path) = (&app, &path);
+        async move { app.send(Method::PUT, path, Some(body), if_match).await }
+    };
+
+    let r = put(r#"{"city": "Guangzhou", "floor": 3}"#, Some("1")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["version"], 2);
+    assert_eq!(r.headers["etag"], "\"2\"");
+    assert!(r.headers.contains_key("x-consistency-token"));
+    assert_eq!(
+        r.body["sections"],
+        json!({"items": [{"sku": "c1", "qty": 2}], "shipping": {"city": "Guangzhou", "floor": 3}})
+    );
+    // The same value again (however spaced): nothing changes.
+    let r = put(r#"{ "floor":3, "city":"Guangzhou" }"#, Some("7")).await;
+    assert_eq!(
+        (r.status, r.body["version"].clone()),
+        (StatusCode::OK, json!(2))
+    );
+    // Another value against a stale version: refused.
+    let r = put(r#""a string is a value too""#, Some("1")).await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{}", r.body);
+    assert_eq!(r.code(), "version_mismatch");
+    let r = put(r#"[1, 2.50, null]"#, None).await;
+    assert_eq!(r.body["sections"]["shipping"], json!([1, 2.50, null]));
+    assert_eq!(r.body["version"], 3);
+
+    let r = app.send(Method::DELETE, &path, None, Some("3")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["version"], 4);
+    assert_eq!(
+        r.body["sections"],
+        json!({"items": [{"sku": "c1", "qty": 2}]})
+    );
+    let r = app.send(Method::DELETE, &path, None, Some("3")).await;
+    assert_eq!(
+        (r.status, r.body["version"].clone()),
+        (StatusCode::OK, json!(4))
+    );
+    let got = app.get(&format!("/v1/orders/{id}?sections=shipping")).await;
+    assert_eq!(got.body["sections"], json!({}), "{}", got.body);
+
+    // Refused before anything is asked of the unit.
+    for (method, path, body, code) in [
+        (
+            Method::PUT,
+            format!("/v1/orders/{id}/sections/bad%20section"),
+            Some("1"),
+            "validation_failed",
+        ),
+        (Method::PUT, path.clone(), Some("   "), "validation_failed"),
+        (
+            Method::PUT,
+            path.clone(),
+            Some("{\"city\":"),
+            "malformed_json",
+        ),
+        (
+            Method::PUT,
+            "/v1/orders/123/sections/x".into(),
+            Some("1"),
+            "invalid_order_id",
+        ),
+    ] {
+        let r = app.send(method, &path, body, None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.body);
+        assert_eq!(r.code(), code, "{path}: {}", r.body);
+    }
+    let r = app.send(Method::PATCH, &path, Some("1"), None).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.headers["allow"], "PUT, DELETE");
+
+    // The create, replayed with its first body, is still that create.
+    let again = app
+        .post("/v1/orders", &order_body("m-s", "o-s", "u-s", 100))
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(again.body["order_id"], id.as_str());
+    assert_eq!(again.body["version"], 4);
+    // One event per change: the create and three changes.
+    let db = app.unit_db(1).await;
+    assert_eq!(count_rows(&db, "outbox").await, 4);
+    app.shutdown().await;
+}
