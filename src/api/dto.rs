@@ -4,7 +4,6 @@
 //! becomes `additionalProperties: false`; the bounds below are tested against
 //! the domain's constants).
 
-use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -18,7 +17,7 @@ use crate::domain::values::{
     Amount, Currency, Invalid, MerchantId, OutTradeNo, PaymentRef, RefundId, SectionEntries,
     Sections, Text, UserId,
 };
-use crate::domain::{NewOrder, NewRefund, Order, OrderStatus, Refund, write_decimal};
+use crate::domain::{NewOrder, NewRefund, Order, OrderStatus, Refund};
 
 /// A JSON integer as JSON Schema's `integer` means it: any number whose value
 /// is whole (`1999`, `1999.0`, `1.999e3`). Amounts are at most 10^12, far
@@ -417,28 +416,7 @@ pub struct OrderBody {
     pub sections: Option<Sections>,
 }
 
-/// `2026-11-22T14:30:15.123Z` (RFC 3339, UTC, milliseconds). Written digit
-/// by digit: every order in every answer has two, and the general formatter
-/// (~700 instructions each) cost about as much as the rest of the reply's
-/// fields together.
-pub fn timestamp(ms: i64) -> String {
-    let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
-    if !(0..=9999).contains(&t.year()) {
-        return t.to_rfc3339_opts(SecondsFormat::Millis, true);
-    }
-    let mut out = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, n: u32| {
-        write_decimal(&mut out[at..at + width], u64::from(n));
-    };
-    put(0, 4, t.year() as u32);
-    put(5, 2, t.month());
-    put(8, 2, t.day());
-    put(11, 2, t.hour());
-    put(14, 2, t.minute());
-    put(17, 2, t.second());
-    put(20, 3, t.timestamp_subsec_millis());
-    String::from_utf8(out.to_vec()).expect("ASCII digits")
-}
+pub use crate::domain::timestamp;
 
 impl OrderBody {
     /// The order with only the named sections (`None`: all of them; an empty
@@ -521,33 +499,4 @@ pub struct UserOrdersPage {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(required = false)]
     pub unavailable_units: Vec<u16>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn chrono_timestamp(ms: i64) -> String {
-        DateTime::<Utc>::from_timestamp_millis(ms)
-            .unwrap()
-            .to_rfc3339_opts(SecondsFormat::Millis, true)
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339_in_utc_with_milliseconds() {
-        assert_eq!(timestamp(1_795_357_815_123), "2026-11-22T14:30:15.123Z");
-        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(timestamp(-1), "1969-12-31T23:59:59.999Z");
-        // Past year 9999 the general formatter writes it.
-        let far = 253_402_300_800_000; // 10000-01-01
-        assert_eq!(timestamp(far), chrono_timestamp(far));
-    }
-
-    proptest! {
-        #[test]
-        fn timestamps_match_chrono(ms in -62_000_000_000_000_i64..300_000_000_000_000) {
-            prop_assert_eq!(timestamp(ms), chrono_timestamp(ms));
-        }
-    }
 }

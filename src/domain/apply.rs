@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use super::events::{FieldChange, order_changes, refund_added};
 use super::order::{Change, NewRefund, Order, Refund, RuleError};
 use super::order_id::OrderId;
 use super::values::{Amount, PaymentRef, RefundId, SectionName, SectionValue};
@@ -91,15 +92,25 @@ pub enum Refusal {
     Rule(#[from] RuleError),
 }
 
+/// One change of an order, as its event records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// The order as the change left it.
+    pub order: Order,
+    /// The event's type.
+    pub kind: &'static str,
+    /// What changed (`events.rs`).
+    pub changes: Vec<FieldChange>,
+}
+
 /// What a batch did: one answer per call, in call order, and what to write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Applied<A> {
     pub answers: Vec<Result<A, Refusal>>,
     /// Orders that changed, each once, in the order they first changed.
     pub changed: Vec<OrderId>,
-    /// One event per change, in call order: the order as that change left
-    /// it, and the event's type.
-    pub events: Vec<(Order, &'static str)>,
+    /// One event per change, in call order.
+    pub events: Vec<ChangeEvent>,
     /// Orders whose sections changed (their sections are written too).
     pub sections_changed: Vec<OrderId>,
 }
@@ -114,11 +125,21 @@ impl<A> Applied<A> {
         }
     }
 
-    fn record_change(&mut self, order: &Order, event: &'static str) {
-        if !self.changed.contains(&order.id) {
-            self.changed.push(order.id);
+    fn record_change(
+        &mut self,
+        before: &Order,
+        after: &Order,
+        kind: &'static str,
+    ) -> &mut ChangeEvent {
+        if !self.changed.contains(&after.id) {
+            self.changed.push(after.id);
         }
-        self.events.push((order.clone(), event));
+        self.events.push(ChangeEvent {
+            order: after.clone(),
+            kind,
+            changes: order_changes(before, after),
+        });
+        self.events.last_mut().expect("just pushed")
     }
 
     /// Whether the batch changed anything (else there is nothing to commit).
@@ -143,13 +164,17 @@ pub fn apply_updates(
 ) -> Applied<Updated> {
     let mut applied = Applied::with_capacity(updates.len());
     for u in updates {
+        let before = orders.get(&u.id).cloned();
         let answer = apply_update(orders, &u, now_ms);
-        if let Ok(Updated {
-            order,
-            changed: true,
-        }) = &answer
+        if let (
+            Ok(Updated {
+                order,
+                changed: true,
+            }),
+            Some(before),
+        ) = (&answer, &before)
         {
-            applied.record_change(order, u.action.event());
+            applied.record_change(before, order, u.action.event());
             let sections = matches!(u.action, UpdateAction::SetSection { .. });
             if sections && !applied.sections_changed.contains(&order.id) {
                 applied.sections_changed.push(order.id);
@@ -205,11 +230,13 @@ pub fn apply_refunds(
     let mut applied = Applied::with_capacity(requests.len());
     let mut written = Vec::new();
     for r in requests {
+        let before = orders.get(&r.id).cloned();
         let answer = apply_refund(orders, &mut taken, r, now_ms);
-        if let Ok(done) = &answer
+        if let (Ok(done), Some(before)) = (&answer, &before)
             && done.created
         {
-            applied.record_change(&done.order, REFUNDED);
+            let event = applied.record_change(before, &done.order, REFUNDED);
+            event.changes.push(refund_added(&done.refund));
             written.push(done.refund.clone());
         }
         applied.answers.push(answer);
@@ -381,14 +408,14 @@ mod tests {
             let changes = applied.answers.iter().filter(|a| matches!(a, Ok(u) if u.changed)).count();
             prop_assert_eq!(applied.events.len(), changes);
             for (seq, o) in [(1, &orders[&id(1)]), (2, &orders[&id(2)]), (3, &orders[&id(3)])] {
-                let events: Vec<_> = applied.events.iter().filter(|(e, _)| e.id == id(seq)).collect();
+                let events: Vec<_> = applied.events.iter().map(|e| &e.order).filter(|e| e.id == id(seq)).collect();
                 prop_assert_eq!(o.version, 1 + events.len() as i64);
                 prop_assert_eq!(applied.changed.contains(&id(seq)), !events.is_empty());
-                for (i, (e, _)) in events.iter().enumerate() {
+                for (i, e) in events.iter().enumerate() {
                     prop_assert_eq!(e.version, 2 + i as i64);
                 }
-                if let Some((last, _)) = events.last() {
-                    prop_assert_eq!(last, o);
+                if let Some(last) = events.last() {
+                    prop_assert_eq!(*last, o);
                 }
             }
             prop_assert_eq!(applied.wrote(), changes > 0);

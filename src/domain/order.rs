@@ -183,6 +183,25 @@ impl Order {
 }
 
 impl Order {
+    /// The order as its create left it, from the order at any later
+    /// version (what its `order.created` event shows).
+    pub fn as_created(&self) -> Order {
+        Order {
+            status: OrderStatus::Created,
+            paid_amount: 0,
+            refunded_amount: 0,
+            payment_ref: None,
+            version: 1,
+            updated_at_ms: self.created_at_ms,
+            sections: self
+                .created_sections
+                .clone()
+                .unwrap_or_else(|| self.sections.clone()),
+            created_sections: None,
+            ..self.clone()
+        }
+    }
+
     /// `If-Match` semantics: refuse a change when the caller saw another version.
     pub fn check_version(&self, expected: Option<i64>) -> Result<(), RuleError> {
         match expected {
@@ -410,6 +429,15 @@ mod tests {
         let mut edited = o.clone();
         edited.sections = set.sections.clone();
         assert!(!set.has_the_request_of(&edited));
+        // Its created event shows the order as created, whatever came after.
+        let created = Order {
+            status: OrderStatus::Created,
+            paid_amount: 0,
+            payment_ref: None,
+            ..o.clone()
+        };
+        assert_eq!(gone.as_created(), created);
+        assert_eq!(created.as_created(), created);
     }
 
     fn next(c: Change) -> Order {

@@ -1,17 +1,19 @@
-//! Reading a unit's outbox back as events: one per change, in commit order,
-//! which is what a relay publishes. A create batch's record names its
-//! orders; their `created` events are rendered from the orders' rows.
+//! Reading a unit's outbox back as events (schema version 1:
+//! `docs/events.md`): one per change, in commit order, which is what a
+//! relay publishes. A create batch's record names its orders; their
+//! `created` events are rendered from the orders' rows.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::Row;
 
 use super::error::StoreError;
-use super::outbox::{CREATED, Event};
+use super::outbox::CREATED;
 use super::store::UnitStore;
-use crate::domain::shapes;
+use crate::domain::events::{SCHEMA_VERSION, order_view};
+use crate::domain::{shapes, timestamp};
 
-const SELECT_RECORDS: &str = "SELECT id, order_seq, event_type, payload FROM outbox \
-     WHERE id > ? ORDER BY id LIMIT ?";
+const SELECT_RECORDS: &str = "SELECT id, order_version, event_type, payload, created_at_ms \
+     FROM outbox WHERE id > ? ORDER BY id LIMIT ?";
 
 /// One change event, as a relay publishes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,8 +21,9 @@ pub struct OutboxEvent {
     /// The outbox row it came from; a create batch's row holds several events.
     pub record_id: i64,
     pub event_type: String,
-    /// The event: `type`, `order_id`, `merchant_id`, `out_trade_no`,
-    /// `status`, `amount`, `paid_amount`, `refunded_amount`, `version`, `at_ms`.
+    /// The event as published: `schema_version`, `event_id`, `order_id`,
+    /// `unit`, `version`, `type`, `occurred_at`, and `changes` (or, for
+    /// `order.created`, `order`).
     pub payload: Value,
 }
 
@@ -33,6 +36,8 @@ enum Record {
     Change {
         id: i64,
         event_type: String,
+        version: i64,
+        at_ms: i64,
         payload: Value,
     },
 }
@@ -85,22 +90,27 @@ impl UnitStore {
                         let order = created.get(&seq).ok_or_else(|| {
                             undecodable(format!("record {id} names order {seq}, which is missing"))
                         })?;
+                        let first = order.as_created();
+                        let (order_id, at) = (first.id.to_string(), first.created_at_ms);
+                        let mut event = envelope(&order_id, self.unit, CREATED, 1, at);
+                        event["order"] = order_view(&first);
                         events.push(OutboxEvent {
                             record_id: id,
                             event_type: CREATED.to_owned(),
-                            payload: serde_json::to_value(Event::created(order))
-                                .expect("an event serializes"),
+                            payload: event,
                         });
                     }
                 }
                 Record::Change {
                     id,
                     event_type,
+                    version,
+                    at_ms,
                     payload,
                 } => events.push(OutboxEvent {
                     record_id: id,
+                    payload: change_event(self.unit, &event_type, version, at_ms, payload),
                     event_type,
-                    payload,
                 }),
             }
         }
@@ -108,9 +118,39 @@ impl UnitStore {
     }
 }
 
+/// What every event carries; `event_id` names the order's version, so a
+/// republished event has the id it had (what the broker and consumers
+/// de-duplicate by).
+fn envelope(order_id: &str, unit: u16, event_type: &str, version: i64, at_ms: i64) -> Value {
+    json!({
+        "schema_version": SCHEMA_VERSION,
+        "event_id": format!("{order_id}.{version}"),
+        "order_id": order_id,
+        "unit": unit,
+        "version": version,
+        "type": event_type,
+        "occurred_at": timestamp(at_ms),
+    })
+}
+
+/// A change's event, from its record: `{"order_id", "changes"}`. Records
+/// written before events had diffs hold the order as the change left it:
+/// their event carries it as `order`.
+fn change_event(unit: u16, event_type: &str, version: i64, at_ms: i64, payload: Value) -> Value {
+    let order_id = payload["order_id"].as_str().unwrap_or_default();
+    let mut event = envelope(order_id, unit, event_type, version, at_ms);
+    match payload.get("changes") {
+        Some(changes) => event["changes"] = changes.clone(),
+        None => event["order"] = payload,
+    }
+    event
+}
+
 fn decode_record(row: &sqlx::any::AnyRow) -> Result<Record, String> {
     let get_err = |e: sqlx::Error| e.to_string();
     let id: i64 = row.try_get("id").map_err(get_err)?;
+    let version: i64 = row.try_get("order_version").map_err(get_err)?;
+    let at_ms: i64 = row.try_get("created_at_ms").map_err(get_err)?;
     let event_type: String = row.try_get("event_type").map_err(get_err)?;
     let payload: String = row.try_get("payload").map_err(get_err)?;
     let payload: Value =
@@ -121,6 +161,8 @@ fn decode_record(row: &sqlx::any::AnyRow) -> Result<Record, String> {
         return Ok(Record::Change {
             id,
             event_type,
+            version,
+            at_ms,
             payload,
         });
     };

@@ -241,7 +241,12 @@ async fn a_batch_answers_every_caller_as_if_alone() {
     let mut created: Vec<String> = events
         .iter()
         .filter(|e| e.event_type == "order.created")
-        .map(|e| e.payload["out_trade_no"].as_str().unwrap().to_owned())
+        .map(|e| {
+            e.payload["order"]["out_trade_no"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     created.sort();
     let mut keys: Vec<String> = stored.keys().cloned().collect();

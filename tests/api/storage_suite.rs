@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use futures_util::future::join_all;
 use order_engine::config::StorageSettings;
 use order_engine::domain::apply::{RefundUpdate, Update, UpdateAction};
+use order_engine::domain::events::{FieldChange, apply, order_view};
 use order_engine::domain::key_homes::{Attempt, Mark};
+use order_engine::domain::timestamp;
 use order_engine::domain::values::{
     Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, SectionName, Sections, Text,
     UserId,
@@ -145,14 +147,80 @@ pub async fn orders_round_trip_and_keys_are_unique(backend: Backend) {
     let events = store.outbox_events(0, 10).await.unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].event_type, "order.created");
+    let id = order.id.to_string();
     assert_eq!(
         events[0].payload,
-        json!({"type": "order.created", "order_id": order.id.to_string(),
-               "merchant_id": "m-1", "out_trade_no": "o-1", "status": "created",
-               "amount": 1999, "paid_amount": 0, "refunded_amount": 0,
-               "version": 1, "at_ms": T0 + 123})
+        json!({"schema_version": 1, "event_id": format!("{id}.1"), "order_id": id,
+               "unit": UNIT, "version": 1, "type": "order.created",
+               "occurred_at": timestamp(T0 + 123),
+               "order": {"order_id": id, "unit": UNIT, "merchant_id": "m-1",
+                         "out_trade_no": "o-1", "user_id": "u-1", "amount": 1999,
+                         "currency": "CNY", "description": "2 coffees ☕",
+                         "status": "created", "paid_amount": 0, "refunded_amount": 0,
+                         "payment_ref": null, "version": 1,
+                         "created_at": timestamp(T0 + 123),
+                         "updated_at": timestamp(T0 + 123),
+                         "sections": {"items": [{"sku": "c1", "qty": 2}], "note": "请快点"},
+                         "refunds": {}}})
     );
     store.close().await;
+}
+
+/// One order's state from its events: the created event's order, each
+/// later event's changes applied in order.
+fn rebuilt(events: &[order_engine::storage::OutboxEvent]) -> serde_json::Value {
+    let mut state = events[0].payload["order"].clone();
+    for e in &events[1..] {
+        let changes: Vec<FieldChange> =
+            serde_json::from_value(e.payload["changes"].clone()).unwrap();
+        apply(&mut state, &changes).unwrap();
+    }
+    state
+}
+
+/// Every event has what `docs/events.schema.json` requires, nothing it
+/// does not name, and a created event's order exactly the order's fields.
+fn check_against_schema(events: &[order_engine::storage::OutboxEvent]) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let names = |v: &serde_json::Value| -> HashSet<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let required = names(&schema["required"]);
+    let known: HashSet<String> = schema["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let types = names(&schema["properties"]["type"]["enum"]);
+    let order_fields = names(&schema["$defs"]["order"]["required"]);
+    for e in events {
+        let keys: HashSet<String> = e.payload.as_object().unwrap().keys().cloned().collect();
+        assert!(
+            keys.is_superset(&required) && keys.is_subset(&known),
+            "{}",
+            e.payload
+        );
+        assert!(
+            types.contains(e.payload["type"].as_str().unwrap()),
+            "{}",
+            e.payload
+        );
+        assert_eq!(
+            e.payload["schema_version"],
+            schema["properties"]["schema_version"]["const"]
+        );
+        if let Some(order) = e.payload.get("order") {
+            let fields: HashSet<String> = order.as_object().unwrap().keys().cloned().collect();
+            assert_eq!(fields, order_fields);
+        }
+    }
 }
 
 fn set_section(id: OrderId, name: &str, value: Option<&str>, expected: Option<i64>) -> Update {
@@ -214,6 +282,22 @@ pub async fn sections_are_replaced_and_removed_with_the_order(backend: Backend) 
     assert_eq!(read.created_sections.as_ref(), Some(&order.sections));
     assert!(request("o-1", "u-1", 100).is_replay_of(&read));
     assert_eq!(outbox_count(&url).await, 4, "created + three changes");
+    // The events' diffs, applied to the created event's order, give the
+    // order as it is.
+    let events = store.outbox_events(0, 100).await.unwrap();
+    let state = rebuilt(&events);
+    assert_eq!(state, order_view(&read));
+    let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "order.created",
+            "order.sections_changed",
+            "order.paid",
+            "order.sections_changed"
+        ]
+    );
+    check_against_schema(&events);
     store.close().await;
 }
 
@@ -261,24 +345,34 @@ pub async fn updates_are_versioned_and_logged(backend: Backend) {
     );
     assert_eq!(outbox_count(&url).await, 2, "created + paid");
     let events = store.outbox_events(0, 10).await.unwrap();
-    let summary: Vec<_> = events
-        .iter()
-        .map(|e| {
-            (
-                e.event_type.as_str(),
-                e.payload["status"].clone(),
-                e.payload["version"].clone(),
-            )
-        })
-        .collect();
     assert_eq!(
-        summary,
-        [
-            ("order.created", json!("created"), json!(1)),
-            ("order.paid", json!("paid"), json!(2))
-        ],
+        (
+            &events[0].payload["order"]["status"],
+            &events[0].payload["version"]
+        ),
+        (&json!("created"), &json!(1)),
         "the created event shows the order as created, though it is paid now"
     );
+    let paid_event = &events[1].payload;
+    assert_eq!(
+        (&paid_event["type"], &paid_event["version"]),
+        (&json!("order.paid"), &json!(2))
+    );
+    let changes: Vec<_> = paid_event["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["path"].as_str().unwrap(), c.get("old"), c.get("new")))
+        .collect();
+    assert_eq!(
+        changes[..3],
+        [
+            ("paid_amount", Some(&json!(0)), Some(&json!(100))),
+            ("payment_ref", Some(&json!(null)), Some(&json!("p-1"))),
+            ("status", Some(&json!("created")), Some(&json!("paid"))),
+        ]
+    );
+    assert_eq!(changes[4], ("version", Some(&json!(1)), Some(&json!(2))));
 
     let missing = OrderId::new(UNIT, T0 / 1000, 999).unwrap();
     let r = store.update_order(close(missing)).await;
@@ -530,6 +624,18 @@ pub async fn refunds_add_up_and_replay(backend: Backend) {
     assert_eq!(ids, ["r-1", "r-2"], "oldest first");
     assert_eq!(listed[0], r1);
     assert_eq!(outbox_count(&url).await, 4, "created, paid, two refunds");
+    // Replayed from the created event, the diffs give the order and its
+    // refunds (`refunds.<refund_id>`).
+    let events = store.outbox_events(0, 100).await.unwrap();
+    let state = rebuilt(&events);
+    let mut expected = order_view(&done);
+    expected["refunds"] = json!({
+        "r-1": {"refund_id": "r-1", "amount": 60, "reason": "cold",
+                "created_at": timestamp(r1.created_at_ms)},
+        "r-2": {"refund_id": "r-2", "amount": 40, "reason": "cold",
+                "created_at": timestamp(listed[1].created_at_ms)},
+    });
+    assert_eq!(state, expected);
     store.close().await;
 }
 
@@ -639,17 +745,17 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
     let expected: Vec<_> = batch
         .iter()
         .chain([&alone])
-        .map(|o| {
-            json!({"type": "order.created", "order_id": o.id.to_string(),
-                   "merchant_id": "m-1", "out_trade_no": o.out_trade_no.as_str(),
-                   "status": "created", "amount": o.amount.get(), "paid_amount": 0,
-                   "refunded_amount": 0, "version": 1, "at_ms": o.created_at_ms})
-        })
+        .map(|o| (format!("{}.1", o.id), order_view(o)))
         .collect();
     let created: Vec<_> = events
         .iter()
         .filter(|e| e.event_type == "order.created")
-        .map(|e| e.payload.clone())
+        .map(|e| {
+            (
+                e.payload["event_id"].as_str().unwrap().to_owned(),
+                e.payload["order"].clone(),
+            )
+        })
         .collect();
     assert_eq!(created, expected);
     let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
@@ -677,7 +783,8 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
     let first = store.outbox_events(0, 1).await.unwrap();
     assert_eq!(first, events[..5], "a limit counts records, not events");
 
-    // A created record from before batches had one record: it holds its event.
+    // A created record from before batches had one record: it holds the
+    // order (in the state the change left it), carried as `order`.
     let legacy = json!({"type": "order.created", "order_id": "legacy", "version": 1});
     sqlx::any::install_default_drivers();
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
@@ -692,7 +799,8 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
     pool.close().await;
     let last = store.outbox_events(records[6], 100).await.unwrap();
     assert_eq!(last.len(), 1);
-    assert_eq!(last[0].payload, legacy);
+    assert_eq!(last[0].payload["order"], legacy);
+    assert_eq!(last[0].payload["event_id"], "legacy.1");
     store.close().await;
 }
 
