@@ -17,7 +17,7 @@ use crate::domain::replication::Position;
 /// Every table of a unit's database a write could change. A fenced
 /// database refuses writes to each of them, for every user (triggers bind
 /// users that `read_only` does not: those with `READ ONLY ADMIN`).
-const FENCED_TABLES: [&str; 8] = [
+const FENCED_TABLES: [&str; 9] = [
     "orders",
     "refunds",
     "outbox",
@@ -26,6 +26,7 @@ const FENCED_TABLES: [&str; 8] = [
     "key_claims",
     "key_fences",
     "engine_meta",
+    "relay_lease",
 ];
 const EVENTS: [(&str, &str); 3] = [("INSERT", "ins"), ("UPDATE", "upd"), ("DELETE", "del")];
 
@@ -211,23 +212,35 @@ impl Server {
         .await
     }
 
-    /// What this replica has received from its primary (`Gtid_IO_Pos`);
+    /// Everything this replica has of its primary's: what it received
+    /// (`Gtid_IO_Pos`) and what it applied (`@@gtid_slave_pos`; after a
+    /// restart, `Gtid_IO_Pos` is empty until its IO thread connects again).
     /// `None` when it is no replica (no replication configured).
     pub async fn received(&self) -> Result<Option<Position>, ServerError> {
-        let io = self
+        let seen = self
             .with(self.timeout, async |c| {
                 let status = sqlx::raw_sql("SHOW SLAVE STATUS")
                     .fetch_optional(&mut *c)
                     .await?;
-                status
+                let Some(io) = status
                     .map(|row| row.try_get::<String, _>("Gtid_IO_Pos"))
-                    .transpose()
+                    .transpose()?
+                else {
+                    return Ok(None);
+                };
+                let applied = position_text(c, "@@gtid_slave_pos").await?;
+                Ok(Some((io, applied)))
             })
             .await?;
-        io.map(|t| {
-            Position::parse(&t).ok_or_else(|| self.error(format!("unreadable position {t:?}")))
-        })
-        .transpose()
+        let Some((io, applied)) = seen else {
+            return Ok(None);
+        };
+        let parse = |t: &str| {
+            Position::parse(t).ok_or_else(|| self.error(format!("unreadable position {t:?}")))
+        };
+        let mut received = parse(&io)?;
+        received.merge(&parse(&applied)?);
+        Ok(Some(received))
     }
 
     /// Stops taking events from the primary (`STOP SLAVE IO_THREAD`): what
