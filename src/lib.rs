@@ -16,6 +16,7 @@ pub mod domain;
 #[doc(hidden)]
 pub mod fault;
 pub mod metrics;
+pub mod relay;
 pub mod startup;
 pub mod storage;
 pub mod telemetry;

@@ -37,6 +37,9 @@ pub const UNIT_RESTARTS: &str = "orderengine_unit_restarts_total";
 pub const UNIT_PANICS: &str = "orderengine_unit_panics_total";
 pub const SEGMENT_FETCHES: &str = "orderengine_sequence_segment_fetches_total";
 pub const OUTBOX_BACKLOG: &str = "orderengine_outbox_backlog";
+pub const OUTBOX_OLDEST: &str = "orderengine_outbox_oldest_unpublished_seconds";
+pub const EVENTS_PUBLISHED: &str = "orderengine_events_published_total";
+pub const RELAY_ERRORS: &str = "orderengine_relay_errors_total";
 pub const CREATE_UNCERTAIN: &str = "orderengine_create_uncertain_total";
 pub const KEY_SETTLES: &str = "orderengine_key_settles_total";
 pub const ROUTING_VERSION: &str = "orderengine_routing_table_version";
@@ -269,7 +272,22 @@ fn describe() {
     describe_gauge!(
         OUTBOX_BACKLOG,
         Unit::Count,
-        "Outbox records of the unit not yet published: one per pay, close or refund, one per create batch."
+        "Outbox records of the unit not yet published: one per pay, close, refund or section update, one per create batch."
+    );
+    describe_gauge!(
+        OUTBOX_OLDEST,
+        Unit::Seconds,
+        "Age of the unit's oldest unpublished event, as the process holding its relay lease sees it (0: none waits; NaN in the other processes)."
+    );
+    describe_counter!(
+        EVENTS_PUBLISHED,
+        Unit::Count,
+        "Events of the unit published by this process's relay (a republished one counts again)."
+    );
+    describe_counter!(
+        RELAY_ERRORS,
+        Unit::Count,
+        "Relay rounds of the unit that failed (the events stay for the next round)."
     );
     describe_counter!(
         CREATE_UNCERTAIN,
@@ -388,6 +406,9 @@ pub fn init_unit(unit: u16, max_connections: u32) {
     counter!(UNIT_RESTARTS, "unit" => u.clone()).absolute(0);
     counter!(UNIT_PANICS, "unit" => u.clone()).absolute(0);
     gauge!(OUTBOX_BACKLOG, "unit" => u.clone()).set(0.0);
+    gauge!(OUTBOX_OLDEST, "unit" => u.clone()).set(0.0);
+    counter!(EVENTS_PUBLISHED, "unit" => u.clone()).absolute(0);
+    counter!(RELAY_ERRORS, "unit" => u.clone()).absolute(0);
     for served_by in ["replica", "primary"] {
         counter!(EVENTUAL_READS, "unit" => u.clone(), "served_by" => served_by).absolute(0);
     }

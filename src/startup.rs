@@ -23,11 +23,12 @@ use crate::actors::dispatcher::{
 };
 use crate::actors::health::HealthBoard;
 use crate::actors::supervisor::{Supervisor, Watch};
-use crate::actors::unit::{SettleMeta, UnitActor};
+use crate::actors::unit::{RelayOptions, SettleMeta, UnitActor};
 use crate::api::middleware::{Admission, observe};
 use crate::api::{self, AdminToken, AppState};
 use crate::config::{Settings, TableState, mask_url};
 use crate::domain::key_homes::KeyRing;
+use crate::relay::{FileSink, Sink};
 use crate::storage::{ControlStore, Dialect};
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +73,8 @@ impl Application {
         let board = Arc::new(HealthBoard::new(settings.units.iter().map(|u| u.id)));
         let mut arbiters = unit_arbiters(&settings);
         let handles = arbiters.iter().map(Arbiter::handle).collect();
-        let launcher = UnitLauncher::new(&settings, handles, board.clone());
+        let launcher =
+            UnitLauncher::new(&settings, handles, board.clone(), relay_options(&settings));
         let routes = match start_units(&settings, &launcher, &saved.own).await {
             Ok(routes) => routes,
             Err(e) => return Err(stop_started(&arbiters, None, e)),
@@ -596,6 +598,26 @@ fn unit_threads(settings: &Settings) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let wanted = settings.server.unit_threads.unwrap_or(cores / 2);
     wanted.clamp(1, settings.units.len().max(1))
+}
+
+/// The outbox relay every unit runs (`[events]`), with this process's
+/// name for the units' relay leases.
+fn relay_options(settings: &Settings) -> Option<RelayOptions> {
+    let ev = &settings.events;
+    if !ev.relay {
+        return None;
+    }
+    let sink = Sink::File(FileSink::new(&ev.file));
+    let holder = format!("pid-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    tracing::info!(sink = %sink.describe(), holder, "publishing change events");
+    Some(RelayOptions {
+        sink: Arc::new(sink),
+        holder,
+        poll: Duration::from_millis(ev.poll_ms),
+        batch: ev.batch,
+        lease_ms: ev.lease_ms,
+        retain_published_ms: ev.retain_published_ms,
+    })
 }
 
 #[cfg(test)]

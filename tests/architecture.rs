@@ -329,7 +329,7 @@ fn rank(module: &[String]) -> Option<u8> {
     Some(match module.first()?.as_str() {
         "domain" => 0,
         "config" | "metrics" | "fault" | "telemetry" => 1,
-        "storage" => 2,
+        "storage" | "relay" => 2,
         "actors" => 3,
         "api" => 4,
         "startup" | "cli" => 5,

@@ -3,6 +3,9 @@
 //! get|set`, `order-engine partitions list|set`. It finds the admin
 //! listener and token in the same config (and `ORDERENGINE__*` overrides)
 //! the engine runs with, or in `--admin-url` and `ORDERENGINE__ADMIN__TOKEN`.
+//! `order-engine events tail` (`events.rs`) follows the published events.
+
+pub mod events;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -23,6 +26,23 @@ pub enum Command {
     /// Partitions and their spill rules.
     #[command(subcommand)]
     Partitions(Partitions),
+    /// Change events as they are published.
+    #[command(subcommand)]
+    Events(Events),
+}
+
+#[derive(Subcommand)]
+pub enum Events {
+    /// Prints events as the relay publishes them (JSON lines), from the
+    /// config's `events.file`, until interrupted.
+    Tail {
+        /// Every event the file holds first, not only those to come.
+        #[arg(long)]
+        from_start: bool,
+        /// Another events file.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +184,10 @@ impl Target {
 
 /// Runs `command` against the admin API; prints the answer.
 pub async fn run(target: Target, command: Command) -> ExitCode {
+    if matches!(command, Command::Events(_)) {
+        eprintln!("order-engine: `events` reads the events file, not the admin API");
+        return ExitCode::from(2);
+    }
     let parts = command_parts(&command);
     let method = reqwest::Method::from_bytes(parts.method.as_bytes()).expect("a known method");
     let mut req = reqwest::Client::new()
@@ -313,6 +337,7 @@ fn command_parts(command: &Command) -> Parts {
             body: Some(json!({ "partition": partition })),
             if_match: condition.if_match,
         },
+        Command::Events(_) => unreachable!("`run` answers events commands itself"),
         Command::Partitions(Partitions::List) => get("/admin/partitions".into()),
         Command::Partitions(Partitions::Set {
             name,

@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 pub use env::ENV_PREFIX;
 pub use sections::{
-    AdminSettings, DispatcherSettings, GroupCommitSettings, LogFormat, LogSettings,
+    AdminSettings, DispatcherSettings, EventSettings, GroupCommitSettings, LogFormat, LogSettings,
     SequenceSettings, ServerSettings, StorageSettings, SupervisorSettings,
 };
 pub use table_state::{MAX_WEIGHT, TableState, UnitEntry, UnitPatch, UnitRouting};
@@ -48,6 +48,8 @@ pub struct Settings {
     pub admin: AdminSettings,
     #[serde(default)]
     pub group_commit: GroupCommitSettings,
+    #[serde(default)]
+    pub events: EventSettings,
     pub units: Vec<UnitSettings>,
     /// merchant id -> partition; merchants not listed use `dispatcher.default_partition`.
     #[serde(default)]
@@ -183,6 +185,19 @@ impl Settings {
         }
         if self.dispatcher.max_attempts == 0 {
             return invalid("dispatcher.max_attempts must be > 0".into());
+        }
+        let ev = &self.events;
+        if ev.poll_ms == 0 || ev.batch == 0 || ev.batch > 10_000 || ev.file.is_empty() {
+            return invalid(
+                "events.poll_ms must be > 0, events.batch 1-10000, events.file set".into(),
+            );
+        }
+        if ev.lease_ms <= ev.poll_ms * 2 {
+            return invalid(format!(
+                "events.lease_ms ({}) must be more than twice events.poll_ms ({}): the relay \
+                 renews its lease every poll",
+                ev.lease_ms, ev.poll_ms
+            ));
         }
         if self.storage.max_connections == 0 {
             return invalid("storage.max_connections must be > 0".into());

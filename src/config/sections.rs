@@ -273,6 +273,40 @@ impl std::fmt::Debug for AdminSettings {
     }
 }
 
+/// The outbox relay: every unit's change events published in order
+/// (`docs/events.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventSettings {
+    /// `false`: nothing is published (events wait in the outbox).
+    pub relay: bool,
+    /// The JSON-lines file events are appended to (relative: to the
+    /// working directory, like the embedded units' files).
+    pub file: String,
+    /// How often each unit's relay looks for new events.
+    pub poll_ms: u64,
+    /// Outbox records per publish.
+    pub batch: u32,
+    /// How long a relay's lease on a unit lasts unless renewed (it renews
+    /// every poll): a relay that dies is replaced after at most this.
+    pub lease_ms: u64,
+    /// Published records are deleted from the outbox after this.
+    pub retain_published_ms: u64,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            relay: true,
+            file: "data/events.jsonl".into(),
+            poll_ms: 200,
+            batch: 256,
+            lease_ms: 10_000,
+            retain_published_ms: 3_600_000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {

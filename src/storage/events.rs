@@ -14,6 +14,12 @@ use crate::domain::{shapes, timestamp};
 
 const SELECT_RECORDS: &str = "SELECT id, order_version, event_type, payload, created_at_ms \
      FROM outbox WHERE id > ? ORDER BY id LIMIT ?";
+/// What a relay publishes next: the oldest unpublished records, by id.
+/// Events of one order are in version order by id: a change waits for the
+/// order's row lock, so it takes its record id after the change before it
+/// committed.
+const SELECT_UNPUBLISHED: &str = "SELECT id, order_version, event_type, payload, created_at_ms \
+     FROM outbox WHERE published_at_ms IS NULL ORDER BY id LIMIT ?";
 
 /// One change event, as a relay publishes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,15 +58,25 @@ impl UnitStore {
         after_record: i64,
         limit: i64,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let query = sqlx::query(SELECT_RECORDS)
+            .bind(after_record)
+            .bind(limit.max(0));
+        self.events_of(self.read_all(query).await?).await
+    }
+
+    /// The events of the oldest unpublished records, at most `limit`
+    /// records (what a relay publishes next).
+    pub async fn unpublished_events(&self, limit: i64) -> Result<Vec<OutboxEvent>, StoreError> {
+        let query = sqlx::query(SELECT_UNPUBLISHED).bind(limit.max(0));
+        self.events_of(self.read_all(query).await?).await
+    }
+
+    async fn events_of(
+        &self,
+        rows: Vec<sqlx::any::AnyRow>,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
         let undecodable =
             |e: String| StoreError::Internal(format!("unit {}: outbox record: {e}", self.unit));
-        let rows = self
-            .read_all(
-                sqlx::query(SELECT_RECORDS)
-                    .bind(after_record)
-                    .bind(limit.max(0)),
-            )
-            .await?;
         let records = rows
             .iter()
             .map(|row| decode_record(row).map_err(undecodable))

@@ -32,6 +32,7 @@ mod outbox;
 mod probe;
 mod refunds;
 mod rejoin;
+mod relay;
 mod replica;
 mod replication;
 pub mod sequence;

@@ -108,6 +108,40 @@ async fn serves_the_default_layout_and_stops_on_sigterm() {
             "unit {unit}"
         );
     }
+    // Its events, as `order-engine events tail` prints them: the create,
+    // and a pay and a section update with their diffs.
+    let id: serde_json::Value = r.json().await.unwrap();
+    let id = id["order_id"].as_str().unwrap().to_owned();
+    let pay = serde_json::json!({"payment_ref": "p-bin", "amount": 10});
+    let r = client
+        .post(format!("{base}/v1/orders/{id}/pay"))
+        .json(&pay)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = client
+        .put(format!("{base}/v1/orders/{id}/sections/gift"))
+        .body("{\"wrap\": true}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let events = tail_events(dir.path(), 3);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["order.created", "order.paid", "order.sections_changed"]
+    );
+    assert_eq!(events[0]["order"]["order_id"], id.as_str());
+    let change = &events[2]["changes"][0];
+    assert_eq!(
+        (&change["path"], &change["new"]),
+        (
+            &serde_json::json!("sections.gift"),
+            &serde_json::json!({"wrap": true})
+        )
+    );
 
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
@@ -121,6 +155,45 @@ async fn serves_the_default_layout_and_stops_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "{status}");
+}
+
+/// The first `n` events `order-engine events tail --from-start` prints in
+/// `dir` (with the default config), within 20 s.
+fn tail_events(dir: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    use std::io::BufRead;
+    let mut child = engine()
+        .current_dir(dir)
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"),
+        ])
+        .args(["events", "tail", "--from-start"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut events = Vec::new();
+    while events.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => events.push(serde_json::from_str(&line).unwrap()),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(events.len(), n, "events tail printed {events:?}");
+    events
 }
 
 /// `order-engine <command> ...` as an operator runs it beside a running

@@ -85,6 +85,7 @@ async fn a_batch_waits_for_company_only_when_the_rate_says_it_comes() {
             window_us: window.as_micros() as u64,
             ..GroupCommitSettings::default()
         },
+        relay: None,
     };
     let unit = UnitActor::new(store.clone(), options, None).start();
     let create = |key: String| {
@@ -154,6 +155,7 @@ async fn a_batch_answers_every_caller_as_if_alone() {
             overlap_at: 16,
             window_us: 2_000,
         },
+        relay: None,
     };
     let unit = UnitActor::new(store.clone(), options, None).start();
 
@@ -530,6 +532,7 @@ async fn concurrent_gets_pays_and_refunds_share_statements_and_each_gets_its_own
             max_in_flight_batches: 1,
             ..GroupCommitSettings::default()
         },
+        relay: None,
     };
     let unit = UnitActor::new(store.clone(), options, None).start();
     let mut orders = Vec::new();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
-use order_engine::config::Settings;
+use order_engine::config::{EventSettings, Settings};
 use order_engine::startup::Application;
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
@@ -84,8 +84,12 @@ pub fn units_on(servers: &[MariaDb]) -> Vec<(u16, String)> {
         .collect()
 }
 
-pub async fn spawn_app_with(settings: Settings, dir: tempfile::TempDir) -> TestApp {
+pub async fn spawn_app_with(mut settings: Settings, dir: tempfile::TempDir) -> TestApp {
     order_engine::telemetry::init(&settings.log);
+    if settings.events.file == EventSettings::default().file {
+        // Never the working directory's `data/`: the test's own directory.
+        settings.events.file = dir.path().join("events.jsonl").display().to_string();
+    }
     let units = settings
         .units
         .iter()

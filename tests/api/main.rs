@@ -5,6 +5,7 @@ mod binary;
 mod concurrency;
 mod contract;
 mod control_store;
+mod events;
 mod failover;
 mod failover_replicas;
 mod faults;

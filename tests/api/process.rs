@@ -31,11 +31,16 @@ impl Engine {
         let extra = admin;
         let (port, admin) = (free_port(), free_port());
         let config = dir.join(format!("{name}.toml"));
+        let events = dir
+            .join(format!("{name}-events.jsonl"))
+            .display()
+            .to_string();
         let toml = format!(
             "[server]\nhost = \"127.0.0.1\"\nport = {port}\n\
              request_timeout_ms = 2000\n\
              [storage]\nmax_connections = 4\nstatement_timeout_ms = 1000\n\
              [admin]\nport = {admin}\ntoken = \"{TOKEN}\"\n{extra}\n\
+             [events]\nfile = \"{events}\"\n\
              [log]\nlevel = \"info,sqlx=warn\"\n{rest}"
         );
         std::fs::write(&config, toml).unwrap();

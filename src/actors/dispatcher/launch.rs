@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::routing::UnitRoute;
 use crate::actors::health::HealthBoard;
-use crate::actors::unit::{CloseUnit, SettleMeta, UnitActor, UnitOptions};
+use crate::actors::unit::{CloseUnit, RelayOptions, SettleMeta, UnitActor, UnitOptions};
 use crate::config::{Settings, StorageSettings, UnitSettings};
 use crate::domain::circuit::CircuitState;
 use crate::domain::key_homes::KeyRing;
@@ -56,7 +56,12 @@ pub struct UnitLauncher {
 }
 
 impl UnitLauncher {
-    pub fn new(settings: &Settings, arbiters: Vec<ArbiterHandle>, board: Arc<HealthBoard>) -> Self {
+    pub fn new(
+        settings: &Settings,
+        arbiters: Vec<ArbiterHandle>,
+        board: Arc<HealthBoard>,
+        relay: Option<RelayOptions>,
+    ) -> Self {
         Self {
             storage: settings.storage.clone(),
             options: UnitOptions {
@@ -64,6 +69,7 @@ impl UnitLauncher {
                 prefetch_at_percent: settings.sequence.prefetch_at_percent,
                 mailbox: settings.dispatcher.unit_mailbox,
                 group_commit: settings.group_commit.clone(),
+                relay,
             },
             arbiters: Arc::new(arbiters),
             next: Arc::new(AtomicUsize::new(0)),

@@ -19,6 +19,7 @@ use crate::domain::apply::{RefundUpdate, Refunded, Update, Updated};
 use crate::domain::values::{MerchantId, OutTradeNo};
 use crate::domain::{Order, OrderId};
 use crate::metrics as m;
+use crate::relay::Sink;
 use crate::storage::sequence::SequenceGenerator;
 use crate::storage::{StoreError, UnitStore};
 
@@ -32,6 +33,20 @@ pub struct UnitOptions {
     pub prefetch_at_percent: u8,
     pub mailbox: usize,
     pub group_commit: GroupCommitSettings,
+    /// The outbox relay (`None`: events stay in the outbox).
+    pub relay: Option<RelayOptions>,
+}
+
+/// How a unit's relay runs (from `[events]`).
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    pub sink: Arc<Sink>,
+    /// This process, as the lease names it.
+    pub holder: String,
+    pub poll: Duration,
+    pub batch: u32,
+    pub lease_ms: u64,
+    pub retain_published_ms: u64,
 }
 
 pub struct UnitActor {
@@ -57,6 +72,10 @@ pub struct UnitActor {
     pub(super) fence: Option<SpawnHandle>,
     /// A replica check is running (checks never pile up).
     pub(super) checking_replica: bool,
+    /// A relay round is running (rounds never pile up).
+    pub(super) relaying: bool,
+    /// The relay's timer, cancelled when the unit is closed.
+    pub(super) relay: Option<SpawnHandle>,
 }
 
 impl UnitActor {
@@ -83,6 +102,8 @@ impl UnitActor {
             closed: false,
             fence: None,
             checking_replica: false,
+            relaying: false,
+            relay: None,
         }
     }
 
@@ -173,6 +194,9 @@ impl Actor for UnitActor {
             act.publish_gauges(ctx, tick);
             tick += 1;
         }));
+        if let Some(relay) = &self.options.relay {
+            self.relay = Some(ctx.run_interval(relay.poll, |act, ctx| act.relay_round(ctx)));
+        }
     }
 }
 
@@ -204,6 +228,10 @@ impl Supervised for UnitActor {
             .fail_pending(StoreError::Restarted { in_doubt: false });
         self.batcher.in_flight = 0;
         self.batcher.timer_set = false;
+        // Work of the old context (a relay round, a replica check) was
+        // dropped with it.
+        self.relaying = false;
+        self.checking_replica = false;
         let restarted = StoreError::Restarted { in_doubt: false };
         self.lookups.reset(&restarted);
         self.gets.reset(&restarted);

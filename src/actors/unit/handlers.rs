@@ -310,7 +310,10 @@ impl Handler<CloseUnit> for UnitActor {
         // A supervised actor that stopped here would only be restarted: it
         // stops once nothing holds its address and nothing runs in it.
         self.closed = true;
-        if let Some(timer) = self.gauges.take() {
+        for timer in [self.gauges.take(), self.relay.take()]
+            .into_iter()
+            .flatten()
+        {
             ctx.cancel_future(timer);
         }
         let store = self.store.clone();

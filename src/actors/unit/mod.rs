@@ -21,8 +21,9 @@ mod call_batch;
 mod group_commit;
 mod handlers;
 mod messages;
+mod relay;
 
-pub use actor::{UnitActor, UnitOptions};
+pub use actor::{RelayOptions, UnitActor, UnitOptions};
 pub use messages::{
     BatchCounts, BatchStats, CheckReplica, ClaimKey, CloseOrder, CloseUnit, CreateOrder,
     CreateOutcome, FenceWrites, FindByKey, GetOrder, ListRefunds, ListUserOrders, PayOrder, Probe,
