@@ -229,6 +229,8 @@ max_in_flight = 100000
 max_connections = 32
 [log]
 level = "warn"
+[events]
+file = "$WORK/events.jsonl"   # with ORDERENGINE__EVENTS__RELAY=true
 TOML
   for u in 1 2 3 4; do
     printf '[[units]]\nid = %d\nprimary_url = "mysql://root@127.0.0.1:%d/orderengine_unit_%d"\n' \

@@ -278,7 +278,9 @@ impl std::fmt::Debug for AdminSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventSettings {
-    /// `false`: nothing is published (events wait in the outbox).
+    /// `false` (the default outside `config/default.toml`): nothing is
+    /// published, events wait in the outbox. Off by default until the
+    /// relay costs creates less (docs/performance.md).
     pub relay: bool,
     /// The JSON-lines file events are appended to (relative: to the
     /// working directory, like the embedded units' files).
@@ -297,7 +299,7 @@ pub struct EventSettings {
 impl Default for EventSettings {
     fn default() -> Self {
         Self {
-            relay: true,
+            relay: false,
             file: "data/events.jsonl".into(),
             poll_ms: 200,
             batch: 256,

@@ -13,11 +13,13 @@ use crate::domain::shapes;
 const TAKE_LEASE: &str = "UPDATE relay_lease SET holder = ?, expires_at_ms = ? \
      WHERE id = 1 AND (holder = ? OR expires_at_ms < ?)";
 const LEASE_HOLDER: &str = "SELECT holder FROM relay_lease WHERE id = 1";
-/// Published records past their retention, oldest first (a subquery: SQLite
-/// has no `DELETE ... LIMIT`; MariaDB cannot name the table it deletes
-/// from in a subquery, hence the derived table).
-const PRUNE: &str = "DELETE FROM outbox WHERE id IN (SELECT id FROM (SELECT id FROM outbox \
-     WHERE published_at_ms IS NOT NULL AND published_at_ms < ? ORDER BY id LIMIT ?) AS old)";
+/// Published records past their retention, oldest first: a plain read on
+/// `ix_outbox_unpublished`, then a delete by primary key. (One `DELETE ...
+/// WHERE id IN (SELECT ...)` read the outbox under shared next-key locks,
+/// up to its end, and so held up every create's outbox insert meanwhile:
+/// measured, most creates timed out under load.)
+const PRUNABLE: &str = "SELECT id FROM outbox WHERE published_at_ms IS NOT NULL \
+     AND published_at_ms < ? ORDER BY published_at_ms LIMIT ?";
 /// The oldest unpublished record's time (index `ix_outbox_unpublished`).
 const OLDEST_UNPUBLISHED: &str = "SELECT created_at_ms FROM outbox \
      WHERE published_at_ms IS NULL ORDER BY id LIMIT 1";
@@ -77,16 +79,35 @@ impl UnitStore {
     /// Deletes up to `limit` records published before `before_ms`;
     /// answers how many.
     pub async fn prune_published(&self, before_ms: i64, limit: i64) -> Result<u64, StoreError> {
-        self.bounded(async {
-            sqlx::query(PRUNE)
-                .bind(before_ms)
-                .bind(limit)
-                .execute(&self.write)
-                .await
-                .map(|r| r.rows_affected())
-                .map_err(StoreError::before_commit)
-        })
-        .await
+        let query = sqlx::query(PRUNABLE).bind(before_ms).bind(limit);
+        let ids = self
+            .read_all(query)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<i64, _>("id"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut deleted = 0;
+        for chunk in shapes::split(&ids) {
+            let sql = format!(
+                "{})",
+                multi_row("DELETE FROM outbox WHERE id IN (", "?", chunk.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            deleted += self
+                .bounded(async {
+                    query
+                        .execute(&self.write)
+                        .await
+                        .map(|r| r.rows_affected())
+                        .map_err(StoreError::before_commit)
+                })
+                .await?;
+        }
+        Ok(deleted)
     }
 
     /// When the oldest unpublished record was written (`None`: none waits).

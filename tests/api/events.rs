@@ -130,7 +130,10 @@ async fn check_rebuilt(app: &TestApp, ids: &[String], rebuilt: &BTreeMap<String,
 async fn every_change_is_published_once_in_order_and_rebuilds_the_order() {
     let dir = tempfile::tempdir().unwrap();
     let units = unit_urls(Backend::Sqlite, 2, dir.path());
-    let mut settings = settings_for(&units, "[events]\npoll_ms = 50\nretain_published_ms = 0\n");
+    let mut settings = settings_for(
+        &units,
+        "[events]\nrelay = true\npoll_ms = 50\nretain_published_ms = 0\n",
+    );
     let file = dir.path().join("events.jsonl");
     settings.events.file = file.display().to_string();
     let app = spawn_app_with(settings, dir).await;
@@ -163,7 +166,7 @@ async fn every_change_is_published_once_in_order_and_rebuilds_the_order() {
 async fn two_processes_share_the_units_and_one_relays_each_unit_at_a_time() {
     let servers = crate::helpers::servers_per_unit(2);
     let units = crate::helpers::units_on(&servers);
-    let extra = "[events]\npoll_ms = 50\nlease_ms = 1000\n";
+    let extra = "[events]\nrelay = true\npoll_ms = 50\nlease_ms = 1000\n";
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // Outside the processes' directories, which go with them.
     let files = tempfile::tempdir().unwrap();
