@@ -164,20 +164,15 @@ pub fn apply_updates(
 ) -> Applied<Updated> {
     let mut applied = Applied::with_capacity(updates.len());
     for u in updates {
-        let before = orders.get(&u.id).cloned();
-        let answer = apply_update(orders, &u, now_ms);
-        if let (
-            Ok(Updated {
-                order,
-                changed: true,
-            }),
-            Some(before),
-        ) = (&answer, &before)
-        {
-            applied.record_change(before, order, u.action.event());
+        let (answer, before) = match apply_update(orders, &u, now_ms) {
+            Ok((updated, before)) => (Ok(updated), before),
+            Err(refused) => (Err(refused), None),
+        };
+        if let (Ok(updated), Some(before)) = (&answer, &before) {
+            applied.record_change(before, &updated.order, u.action.event());
             let sections = matches!(u.action, UpdateAction::SetSection { .. });
-            if sections && !applied.sections_changed.contains(&order.id) {
-                applied.sections_changed.push(order.id);
+            if sections && !applied.sections_changed.contains(&updated.order.id) {
+                applied.sections_changed.push(updated.order.id);
             }
         }
         applied.answers.push(answer);
@@ -185,11 +180,13 @@ pub fn apply_updates(
     applied
 }
 
+/// One pay, close or section update; with the order as it was before, when
+/// it changed.
 fn apply_update(
     orders: &mut HashMap<OrderId, Order>,
     u: &Update,
     now_ms: i64,
-) -> Result<Updated, Refusal> {
+) -> Result<(Updated, Option<Order>), Refusal> {
     let order = orders.get_mut(&u.id).ok_or(Refusal::NotFound)?;
     let change = match &u.action {
         UpdateAction::Pay {
@@ -202,16 +199,20 @@ fn apply_update(
         }
     };
     Ok(match change {
-        Change::Unchanged => Updated {
-            order: order.clone(),
-            changed: false,
-        },
-        Change::Next(next) => {
-            *order = *next;
+        Change::Unchanged => (
             Updated {
                 order: order.clone(),
+                changed: false,
+            },
+            None,
+        ),
+        Change::Next(next) => {
+            let before = std::mem::replace(order, *next);
+            let updated = Updated {
+                order: order.clone(),
                 changed: true,
-            }
+            };
+            (updated, Some(before))
         }
     })
 }
@@ -230,11 +231,11 @@ pub fn apply_refunds(
     let mut applied = Applied::with_capacity(requests.len());
     let mut written = Vec::new();
     for r in requests {
-        let before = orders.get(&r.id).cloned();
-        let answer = apply_refund(orders, &mut taken, r, now_ms);
-        if let (Ok(done), Some(before)) = (&answer, &before)
-            && done.created
-        {
+        let (answer, before) = match apply_refund(orders, &mut taken, r, now_ms) {
+            Ok((done, before)) => (Ok(done), before),
+            Err(refused) => (Err(refused), None),
+        };
+        if let (Ok(done), Some(before)) = (&answer, &before) {
             let event = applied.record_change(before, &done.order, REFUNDED);
             event.changes.push(refund_added(&done.refund));
             written.push(done.refund.clone());
@@ -244,30 +245,35 @@ pub fn apply_refunds(
     AppliedRefunds { applied, written }
 }
 
+/// One refund; with the order as it was before, when the refund is new.
 fn apply_refund(
     orders: &mut HashMap<OrderId, Order>,
     taken: &mut HashMap<(u64, RefundId), Refund>,
     r: RefundUpdate,
     now_ms: i64,
-) -> Result<Refunded, Refusal> {
+) -> Result<(Refunded, Option<Order>), Refusal> {
     let order = orders.get_mut(&r.id).ok_or(Refusal::NotFound)?;
     let key = (r.id.sequence(), r.refund.refund_id.clone());
     if let Some(existing) = taken.get(&key) {
         return if r.refund.is_replay_of(existing) {
-            Ok(Refunded {
-                // Stored refunds are found by sequence: name the caller's id.
-                refund: Refund {
-                    order_id: r.id,
-                    ..existing.clone()
+            Ok((
+                Refunded {
+                    // Stored refunds are found by sequence: name the caller's id.
+                    refund: Refund {
+                        order_id: r.id,
+                        ..existing.clone()
+                    },
+                    order: order.clone(),
+                    created: false,
                 },
-                order: order.clone(),
-                created: false,
-            })
+                None,
+            ))
         } else {
             Err(RuleError::RefundIdConflict.into())
         };
     }
-    *order = order.refund(r.refund.amount, r.expected_version, now_ms)?;
+    let next = order.refund(r.refund.amount, r.expected_version, now_ms)?;
+    let before = std::mem::replace(order, next);
     let refund = Refund {
         order_id: r.id,
         refund_id: r.refund.refund_id,
@@ -276,11 +282,12 @@ fn apply_refund(
         created_at_ms: order.updated_at_ms,
     };
     taken.insert(key, refund.clone());
-    Ok(Refunded {
+    let done = Refunded {
         refund,
         order: order.clone(),
         created: true,
-    })
+    };
+    Ok((done, Some(before)))
 }
 
 #[cfg(test)]
