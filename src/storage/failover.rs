@@ -331,7 +331,10 @@ async fn position_text(c: &mut MySqlConnection, var: &'static str) -> Result<Str
         .try_get("pos")
 }
 
-async fn position(c: &mut MySqlConnection, var: &'static str) -> Result<Position, sqlx::Error> {
+pub(super) async fn position(
+    c: &mut MySqlConnection,
+    var: &'static str,
+) -> Result<Position, sqlx::Error> {
     let text = position_text(c, var).await?;
     Position::parse(&text)
         .ok_or_else(|| sqlx::Error::Protocol(format!("unreadable position {text:?}")))

@@ -31,7 +31,7 @@ mod orders;
 mod outbox;
 mod probe;
 mod refunds;
-mod rejoin;
+pub mod rejoin;
 mod relay;
 mod replica;
 mod replication;

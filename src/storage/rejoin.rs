@@ -7,19 +7,35 @@ use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Row};
 
-use super::failover::{Server, ServerError};
+use super::failover::{Server, ServerError, position};
 use crate::config::host_port;
 use crate::domain::replication::Position;
+
+/// What re-pointing a replica came to.
+pub enum Rejoin {
+    /// It replicates from the new primary.
+    Replicating,
+    /// It applied what the new primary lacks (its position): left alone.
+    Ahead(Position),
+}
 
 impl Server {
     /// Replicates from `primary` from now on (GTID, from what this server
     /// has applied): what it had received and not applied is dropped and
     /// fetched again from the new primary. The replication user and
     /// password stay what they were (the promoted server was a replica of
-    /// the same primary, so it has the same users). Done once its IO
-    /// thread runs (connected); an error it reports, or no connection
-    /// within the step time, is the answer.
-    pub async fn replicate_from(&self, primary: &str) -> Result<(), ServerError> {
+    /// the same primary, so it has the same users). Once replication is
+    /// stopped, what this server applied is final: if `primary_at` (the new
+    /// primary's position when promoted) lacks some of it, the histories
+    /// parted and it is left alone (`Ahead`; a replica restarted just
+    /// before may have applied from its relay log after it was looked at).
+    /// Done once its IO thread runs (connected); an error it reports, or no
+    /// connection within the step time, is the answer.
+    pub async fn replicate_from(
+        &self,
+        primary: &str,
+        primary_at: &Position,
+    ) -> Result<Rejoin, ServerError> {
         let (host, port) = host_port(primary)
             .filter(|(h, _)| {
                 h.chars()
@@ -30,17 +46,23 @@ impl Server {
             "CHANGE MASTER TO MASTER_HOST = '{host}', MASTER_PORT = {port}, \
              MASTER_USE_GTID = slave_pos"
         );
-        self.with(self.timeout * 4, async move |c| {
-            sqlx::raw_sql("STOP SLAVE").execute(&mut *c).await?;
-            sqlx::raw_sql(AssertSqlSafe(change))
-                .execute(&mut *c)
-                .await?;
-            sqlx::raw_sql("START SLAVE")
-                .execute(&mut *c)
-                .await
-                .map(drop)
-        })
-        .await?;
+        let ahead = self
+            .with(self.timeout * 4, async move |c| {
+                sqlx::raw_sql("STOP SLAVE").execute(&mut *c).await?;
+                let applied = position(c, "@@gtid_slave_pos").await?;
+                if !primary_at.covers(&applied) {
+                    return Ok(Some(applied));
+                }
+                sqlx::raw_sql(AssertSqlSafe(change))
+                    .execute(&mut *c)
+                    .await?;
+                sqlx::raw_sql("START SLAVE").execute(&mut *c).await?;
+                Ok(None)
+            })
+            .await?;
+        if let Some(applied) = ahead {
+            return Ok(Rejoin::Ahead(applied));
+        }
         let deadline = Instant::now() + self.timeout;
         loop {
             let (running, errno, error) = self
@@ -56,7 +78,7 @@ impl Server {
                 })
                 .await?;
             if running == "Yes" {
-                return Ok(());
+                return Ok(Rejoin::Replicating);
             }
             if errno != 0 {
                 return Err(self.error(format!("replication does not run: {error}")));

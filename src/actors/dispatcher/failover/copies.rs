@@ -12,6 +12,7 @@ use crate::actors::dispatcher::messages::ReplicaOutcome;
 use crate::config::{mask_url, same_server};
 use crate::domain::replication::{Position, most_advanced};
 use crate::storage::failover::{Server, ServerError};
+use crate::storage::rejoin::Rejoin;
 
 /// What a server turned out to be.
 pub(super) enum Look {
@@ -205,8 +206,15 @@ pub(super) async fn rejoin(
                 format!("{e}: what it holds is unknown (the old primary is not fenced)"),
             ),
             Look::Foreign(_) | Look::Standalone => ReplicaOutcome::not_repointed(url, describe(c)),
-            _ => match c.server.replicate_from(new_primary).await {
-                Ok(()) => ReplicaOutcome::repointed(url),
+            _ => match c.server.replicate_from(new_primary, position).await {
+                Ok(Rejoin::Replicating) => ReplicaOutcome::repointed(url),
+                Ok(Rejoin::Ahead(applied)) => ReplicaOutcome::dropped(
+                    url.clone(),
+                    format!(
+                        "{url} applied {applied}, which the new primary ({position}) lacks: \
+                         rebuild it"
+                    ),
+                ),
                 Err(e) => ReplicaOutcome::not_repointed(url, e.to_string()),
             },
         };
