@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. The integration tests start their own servers:
-# MariaDB (mariadbd in temp dirs on free loopback ports) and Prometheus (for
-# the dashboard and alert tests), so their Debian packages must be installed,
+# MariaDB (mariadbd in temp dirs on free loopback ports), Prometheus (for
+# the dashboard and alert tests) and NATS with JetStream (nats-server, for the
+# change-event relay), so their Debian packages must be installed,
 # not running; and the OpenAPI fuzz test runs schemathesis (PyPI) from a
 # virtualenv under target/. This installs whichever is missing.
 set -euo pipefail
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -32,16 +32,13 @@ struct Args {
 #[actix_web::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Events(cli::Events::Tail { from_start, file })) = args.command {
-        let file = match (file, Settings::load(&args.config)) {
-            (Some(f), _) => f,
-            (None, Ok(s)) => s.events.file.into(),
-            (None, Err(e)) => {
-                eprintln!("order-engine: {e} (or give --file)");
-                return ExitCode::from(2);
-            }
-        };
-        return cli::events::tail(&file, from_start).await;
+    if let Some(Command::Events(cli::Events::Tail {
+        from_start,
+        file,
+        nats_url,
+    })) = args.command
+    {
+        return cli::events::tail(&args.config, from_start, file, nats_url).await;
     }
     if let Some(command) = args.command {
         return match Target::find(&args.config, args.admin_url) {

@@ -28,7 +28,7 @@ use crate::api::middleware::{Admission, observe};
 use crate::api::{self, AdminToken, AppState};
 use crate::config::{Settings, TableState, mask_url};
 use crate::domain::key_homes::KeyRing;
-use crate::relay::{FileSink, Sink};
+use crate::relay::{FileSink, NatsSink, Sink};
 use crate::storage::{ControlStore, Dialect};
 
 #[derive(Debug, thiserror::Error)]
@@ -607,7 +607,14 @@ fn relay_options(settings: &Settings) -> Option<RelayOptions> {
     if !ev.relay {
         return None;
     }
-    let sink = Sink::File(FileSink::new(&ev.file));
+    let sink = match ev.nats_url.as_deref().filter(|u| !u.is_empty()) {
+        Some(url) => Sink::Nats(Box::new(NatsSink::new(
+            url,
+            &ev.nats_stream,
+            &ev.nats_subject_prefix,
+        ))),
+        None => Sink::File(FileSink::new(&ev.file)),
+    };
     let holder = format!("pid-{}-{:08x}", std::process::id(), rand::random::<u32>());
     tracing::info!(sink = %sink.describe(), holder, "publishing change events");
     Some(RelayOptions {

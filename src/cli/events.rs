@@ -1,17 +1,65 @@
 //! `order-engine events tail`: prints change events as the relay publishes
-//! them, one JSON object per line, from the events file of the config
-//! (`events.file`) or `--file`. Follows the file as it grows (and starts
-//! over if it is replaced by a shorter one); by default from its end.
+//! them, one JSON object per line: from the config's NATS stream
+//! (`events.nats_url`, or `--nats-url`), or else from its events file
+//! (`events.file`, or `--file`). Follows the file as it grows (and starts
+//! over if it is replaced by a shorter one); by default from its end, or
+//! the stream's.
 
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+
+use crate::config::Settings;
+use crate::relay::NatsSink;
 
 /// How often the file is looked at again.
 const POLL: Duration = Duration::from_millis(200);
 
-pub async fn tail(file: &Path, from_start: bool) -> ExitCode {
+pub async fn tail(
+    config: &Path,
+    from_start: bool,
+    file: Option<PathBuf>,
+    nats_url: Option<String>,
+) -> ExitCode {
+    let settings = Settings::load(config);
+    if let Some(file) = file {
+        return tail_file(&file, from_start).await;
+    }
+    let events = match settings {
+        Ok(s) => s.events,
+        Err(e) if nats_url.is_some() => {
+            tracing::debug!(error = %e, "no config: the default stream and subjects");
+            Default::default()
+        }
+        Err(e) => {
+            eprintln!("order-engine: {e} (or give --file or --nats-url)");
+            return ExitCode::from(2);
+        }
+    };
+    match nats_url.or(events.nats_url).filter(|u| !u.is_empty()) {
+        Some(url) => {
+            let sink = NatsSink::new(&url, &events.nats_stream, &events.nats_subject_prefix);
+            let mut out = std::io::stdout();
+            let follow = sink.follow(from_start, |event| {
+                out.write_all(event)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| out.flush())
+                    .is_ok()
+            });
+            match follow.await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("order-engine: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        None => tail_file(Path::new(&events.file), from_start).await,
+    }
+}
+
+async fn tail_file(file: &Path, from_start: bool) -> ExitCode {
     let mut at = match (from_start, std::fs::metadata(file)) {
         (false, Ok(m)) => m.len(),
         _ => 0,

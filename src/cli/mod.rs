@@ -34,14 +34,18 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum Events {
     /// Prints events as the relay publishes them (JSON lines), from the
-    /// config's `events.file`, until interrupted.
+    /// config's broker (`events.nats_url`) or else its `events.file`, until
+    /// interrupted.
     Tail {
-        /// Every event the file holds first, not only those to come.
+        /// Every event the file or stream holds first, not only those to come.
         #[arg(long)]
         from_start: bool,
         /// Another events file.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "nats_url")]
         file: Option<std::path::PathBuf>,
+        /// Another NATS server (the config's stream and subjects).
+        #[arg(long)]
+        nats_url: Option<String>,
     },
 }
 
@@ -185,7 +189,7 @@ impl Target {
 /// Runs `command` against the admin API; prints the answer.
 pub async fn run(target: Target, command: Command) -> ExitCode {
     if matches!(command, Command::Events(_)) {
-        eprintln!("order-engine: `events` reads the events file, not the admin API");
+        eprintln!("order-engine: `events` reads the broker or the events file, not the admin API");
         return ExitCode::from(2);
     }
     let parts = command_parts(&command);

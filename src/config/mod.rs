@@ -192,6 +192,26 @@ impl Settings {
                 "events.poll_ms must be > 0, events.batch 1-10000, events.file set".into(),
             );
         }
+        if let Some(url) = ev.nats_url.as_deref().filter(|u| !u.is_empty())
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+        {
+            return invalid(format!(
+                "events.nats_url ({}) must start with nats:// or tls://",
+                mask_url(url)
+            ));
+        }
+        let token = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !token(&ev.nats_stream) || !ev.nats_subject_prefix.split('.').all(token) {
+            return invalid(
+                "events.nats_stream must be letters, digits, - and _; events.nats_subject_prefix \
+                 the same, in dot-separated tokens"
+                    .into(),
+            );
+        }
         if ev.lease_ms <= ev.poll_ms * 2 {
             return invalid(format!(
                 "events.lease_ms ({}) must be more than twice events.poll_ms ({}): the relay \

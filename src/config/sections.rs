@@ -275,7 +275,7 @@ impl std::fmt::Debug for AdminSettings {
 
 /// The outbox relay: every unit's change events published in order
 /// (`docs/events.md`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventSettings {
     /// `false` (the default outside `config/default.toml`): nothing is
@@ -283,8 +283,18 @@ pub struct EventSettings {
     /// relay costs creates less (docs/performance.md).
     pub relay: bool,
     /// The JSON-lines file events are appended to (relative: to the
-    /// working directory, like the embedded units' files).
+    /// working directory, like the embedded units' files), unless
+    /// `nats_url` names a broker.
     pub file: String,
+    /// A NATS server with JetStream (`nats://host:4222`, credentials in
+    /// the URL if it needs them): events are published there instead of
+    /// the file.
+    pub nats_url: Option<String>,
+    /// The JetStream stream, created over `<nats_subject_prefix>.>` when
+    /// missing.
+    pub nats_stream: String,
+    /// Events go to `<prefix>.<unit>.<type>` (`orders.3.order.paid`).
+    pub nats_subject_prefix: String,
     /// How often each unit's relay looks for new events.
     pub poll_ms: u64,
     /// Outbox records per publish.
@@ -301,11 +311,30 @@ impl Default for EventSettings {
         Self {
             relay: false,
             file: "data/events.jsonl".into(),
+            nats_url: None,
+            nats_stream: "ORDERS".into(),
+            nats_subject_prefix: "orders".into(),
             poll_ms: 200,
             batch: 256,
             lease_ms: 10_000,
             retain_published_ms: 3_600_000,
         }
+    }
+}
+
+impl std::fmt::Debug for EventSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSettings")
+            .field("relay", &self.relay)
+            .field("file", &self.file)
+            .field("nats_url", &self.nats_url.as_deref().map(mask_url))
+            .field("nats_stream", &self.nats_stream)
+            .field("nats_subject_prefix", &self.nats_subject_prefix)
+            .field("poll_ms", &self.poll_ms)
+            .field("batch", &self.batch)
+            .field("lease_ms", &self.lease_ms)
+            .field("retain_published_ms", &self.retain_published_ms)
+            .finish()
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
+use crate::storage::OutboxEvent;
 
 #[derive(Debug)]
 pub struct FileSink {
@@ -29,10 +29,10 @@ impl FileSink {
 
     /// Appends one line per event and syncs the file (on the blocking
     /// pool: a sync may take milliseconds).
-    pub async fn publish(&self, events: &[Value]) -> Result<(), String> {
-        let mut lines = Vec::with_capacity(events.len() * 256);
+    pub async fn publish(&self, events: &[OutboxEvent]) -> Result<(), String> {
+        let mut lines = Vec::with_capacity(events.iter().map(|e| e.json.len() + 1).sum());
         for e in events {
-            serde_json::to_writer(&mut lines, e).expect("an event serializes");
+            lines.extend_from_slice(e.json.as_bytes());
             lines.push(b'\n');
         }
         let (path, file) = (self.path.clone(), self.file.clone());
@@ -70,10 +70,18 @@ mod tests {
     async fn batches_are_appended_as_lines() {
         let dir = tempfile::tempdir().unwrap();
         let sink = FileSink::new(dir.path().join("sub/events.jsonl"));
-        sink.publish(&[serde_json::json!({"a": 1})]).await.unwrap();
-        sink.publish(&[serde_json::json!({"b": "x\ny"}), serde_json::json!(2)])
+        let event = |json: serde_json::Value| OutboxEvent {
+            record_id: 1,
+            event_id: "o.1".into(),
+            order_id: "o".into(),
+            event_type: "order.created".into(),
+            json: json.to_string(),
+        };
+        sink.publish(&[event(serde_json::json!({"a": 1}))])
             .await
             .unwrap();
+        let two = [event(serde_json::json!({"b": "x\ny"})), event(2.into())];
+        sink.publish(&two).await.unwrap();
         let text = std::fs::read_to_string(sink.path()).unwrap();
         assert_eq!(text, "{\"a\":1}\n{\"b\":\"x\\ny\"}\n2\n");
     }

@@ -5,25 +5,29 @@
 //! de-duplicate by `event_id`.
 //!
 //! `file.rs`: JSON lines appended to a file (the embedded default, and
-//! whenever no broker is configured).
+//! whenever no broker is configured). `nats.rs`: NATS JetStream.
 
 mod file;
+mod nats;
 
 pub use file::FileSink;
+pub use nats::NatsSink;
 
-use serde_json::Value;
+use crate::storage::OutboxEvent;
 
 /// A place events are published to.
 #[derive(Debug)]
 pub enum Sink {
     File(FileSink),
+    Nats(Box<NatsSink>),
 }
 
 impl Sink {
-    /// Publishes `events` in order; `Ok` once they are durable.
-    pub async fn publish(&self, events: &[Value]) -> Result<(), String> {
+    /// Publishes `events` of `unit` in order; `Ok` once they are durable.
+    pub async fn publish(&self, unit: u16, events: &[OutboxEvent]) -> Result<(), String> {
         match self {
             Self::File(f) => f.publish(events).await,
+            Self::Nats(n) => n.publish(unit, events).await,
         }
     }
 
@@ -31,6 +35,7 @@ impl Sink {
     pub fn describe(&self) -> String {
         match self {
             Self::File(f) => format!("file {}", f.path().display()),
+            Self::Nats(n) => n.describe(),
         }
     }
 }

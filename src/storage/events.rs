@@ -26,11 +26,32 @@ const SELECT_UNPUBLISHED: &str = "SELECT id, order_version, event_type, payload,
 pub struct OutboxEvent {
     /// The outbox row it came from; a create batch's row holds several events.
     pub record_id: i64,
+    /// `<order_id>.<version>`: what the broker and consumers de-duplicate by.
+    pub event_id: String,
+    pub order_id: String,
     pub event_type: String,
-    /// The event as published: `schema_version`, `event_id`, `order_id`,
-    /// `unit`, `version`, `type`, `occurred_at`, and `changes` (or, for
-    /// `order.created`, `order`).
-    pub payload: Value,
+    /// The event as published (JSON): `schema_version`, `event_id`,
+    /// `order_id`, `unit`, `version`, `type`, `occurred_at`, and `changes`
+    /// (or, for `order.created`, `order`).
+    pub json: String,
+}
+
+impl OutboxEvent {
+    fn new(record_id: i64, event_type: String, event: &Value) -> Self {
+        let text = |k: &str| event[k].as_str().unwrap_or_default().to_owned();
+        Self {
+            record_id,
+            event_id: text("event_id"),
+            order_id: text("order_id"),
+            event_type,
+            json: event.to_string(),
+        }
+    }
+
+    /// The event as a JSON value.
+    pub fn payload(&self) -> Value {
+        serde_json::from_str(&self.json).expect("an event is JSON")
+    }
 }
 
 /// A record of a create batch names orders by sequence; the others hold their event.
@@ -110,11 +131,7 @@ impl UnitStore {
                         let (order_id, at) = (first.id.to_string(), first.created_at_ms);
                         let mut event = envelope(&order_id, self.unit, CREATED, 1, at);
                         event["order"] = order_view(&first);
-                        events.push(OutboxEvent {
-                            record_id: id,
-                            event_type: CREATED.to_owned(),
-                            payload: event,
-                        });
+                        events.push(OutboxEvent::new(id, CREATED.to_owned(), &event));
                     }
                 }
                 Record::Change {
@@ -123,11 +140,10 @@ impl UnitStore {
                     version,
                     at_ms,
                     payload,
-                } => events.push(OutboxEvent {
-                    record_id: id,
-                    payload: change_event(self.unit, &event_type, version, at_ms, payload),
-                    event_type,
-                }),
+                } => {
+                    let event = change_event(self.unit, &event_type, version, at_ms, payload);
+                    events.push(OutboxEvent::new(id, event_type, &event));
+                }
             }
         }
         Ok(events)

@@ -244,7 +244,7 @@ async fn a_batch_answers_every_caller_as_if_alone() {
         .iter()
         .filter(|e| e.event_type == "order.created")
         .map(|e| {
-            e.payload["order"]["out_trade_no"]
+            e.payload()["order"]["out_trade_no"]
                 .as_str()
                 .unwrap()
                 .to_owned()

@@ -28,10 +28,15 @@ impl Engine {
     /// admin token, `admin` added to its `[admin]` table, then `rest`
     /// (units, merchants, partitions).
     pub fn new(dir: &Path, name: &str, admin: &str, rest: &str) -> Self {
+        Self::with_events(dir, name, admin, "", rest)
+    }
+
+    /// As `new`, with `events` added to its `[events]` table.
+    pub fn with_events(dir: &Path, name: &str, admin: &str, events: &str, rest: &str) -> Self {
         let extra = admin;
         let (port, admin) = (free_port(), free_port());
         let config = dir.join(format!("{name}.toml"));
-        let events = dir
+        let events_file = dir
             .join(format!("{name}-events.jsonl"))
             .display()
             .to_string();
@@ -40,7 +45,7 @@ impl Engine {
              request_timeout_ms = 2000\n\
              [storage]\nmax_connections = 4\nstatement_timeout_ms = 1000\n\
              [admin]\nport = {admin}\ntoken = \"{TOKEN}\"\n{extra}\n\
-             [events]\nfile = \"{events}\"\n\
+             [events]\nfile = \"{events_file}\"\n{events}\n\
              [log]\nlevel = \"info,sqlx=warn\"\n{rest}"
         );
         std::fs::write(&config, toml).unwrap();

@@ -149,7 +149,7 @@ pub async fn orders_round_trip_and_keys_are_unique(backend: Backend) {
     assert_eq!(events[0].event_type, "order.created");
     let id = order.id.to_string();
     assert_eq!(
-        events[0].payload,
+        events[0].payload(),
         json!({"schema_version": 1, "event_id": format!("{id}.1"), "order_id": id,
                "unit": UNIT, "version": 1, "type": "order.created",
                "occurred_at": timestamp(T0 + 123),
@@ -169,10 +169,10 @@ pub async fn orders_round_trip_and_keys_are_unique(backend: Backend) {
 /// One order's state from its events: the created event's order, each
 /// later event's changes applied in order.
 fn rebuilt(events: &[order_engine::storage::OutboxEvent]) -> serde_json::Value {
-    let mut state = events[0].payload["order"].clone();
+    let mut state = events[0].payload()["order"].clone();
     for e in &events[1..] {
         let changes: Vec<FieldChange> =
-            serde_json::from_value(e.payload["changes"].clone()).unwrap();
+            serde_json::from_value(e.payload()["changes"].clone()).unwrap();
         apply(&mut state, &changes).unwrap();
     }
     state
@@ -201,22 +201,22 @@ fn check_against_schema(events: &[order_engine::storage::OutboxEvent]) {
     let types = names(&schema["properties"]["type"]["enum"]);
     let order_fields = names(&schema["$defs"]["order"]["required"]);
     for e in events {
-        let keys: HashSet<String> = e.payload.as_object().unwrap().keys().cloned().collect();
+        let keys: HashSet<String> = e.payload().as_object().unwrap().keys().cloned().collect();
         assert!(
             keys.is_superset(&required) && keys.is_subset(&known),
             "{}",
-            e.payload
+            e.json
         );
         assert!(
-            types.contains(e.payload["type"].as_str().unwrap()),
+            types.contains(e.payload()["type"].as_str().unwrap()),
             "{}",
-            e.payload
+            e.json
         );
         assert_eq!(
-            e.payload["schema_version"],
+            e.payload()["schema_version"],
             schema["properties"]["schema_version"]["const"]
         );
-        if let Some(order) = e.payload.get("order") {
+        if let Some(order) = e.payload().get("order") {
             let fields: HashSet<String> = order.as_object().unwrap().keys().cloned().collect();
             assert_eq!(fields, order_fields);
         }
@@ -347,13 +347,13 @@ pub async fn updates_are_versioned_and_logged(backend: Backend) {
     let events = store.outbox_events(0, 10).await.unwrap();
     assert_eq!(
         (
-            &events[0].payload["order"]["status"],
-            &events[0].payload["version"]
+            &events[0].payload()["order"]["status"],
+            &events[0].payload()["version"]
         ),
         (&json!("created"), &json!(1)),
         "the created event shows the order as created, though it is paid now"
     );
-    let paid_event = &events[1].payload;
+    let paid_event = &events[1].payload();
     assert_eq!(
         (&paid_event["type"], &paid_event["version"]),
         (&json!("order.paid"), &json!(2))
@@ -752,8 +752,8 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
         .filter(|e| e.event_type == "order.created")
         .map(|e| {
             (
-                e.payload["event_id"].as_str().unwrap().to_owned(),
-                e.payload["order"].clone(),
+                e.payload()["event_id"].as_str().unwrap().to_owned(),
+                e.payload()["order"].clone(),
             )
         })
         .collect();
@@ -775,7 +775,7 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
     let records: Vec<_> = events.iter().map(|e| e.record_id).collect();
     assert!(records[..5].iter().all(|&r| r == records[0]), "one record");
     assert!(records[0] < records[5] && records[5] < records[6]);
-    assert_eq!(events[5].payload["order_id"], batch[2].id.to_string());
+    assert_eq!(events[5].payload()["order_id"], batch[2].id.to_string());
 
     // A relay's cursor: after the batch's record come the pay and the lone create.
     let rest = store.outbox_events(records[0], 100).await.unwrap();
@@ -799,8 +799,8 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
     pool.close().await;
     let last = store.outbox_events(records[6], 100).await.unwrap();
     assert_eq!(last.len(), 1);
-    assert_eq!(last[0].payload["order"], legacy);
-    assert_eq!(last[0].payload["event_id"], "legacy.1");
+    assert_eq!(last[0].payload()["order"], legacy);
+    assert_eq!(last[0].payload()["event_id"], "legacy.1");
     store.close().await;
 }
 

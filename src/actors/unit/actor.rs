@@ -74,6 +74,8 @@ pub struct UnitActor {
     pub(super) checking_replica: bool,
     /// A relay round is running (rounds never pile up).
     pub(super) relaying: bool,
+    /// The relay's last round failed (logged once, until one succeeds).
+    pub(super) relay_failing: bool,
     /// The relay's timer, cancelled when the unit is closed.
     pub(super) relay: Option<SpawnHandle>,
 }
@@ -103,6 +105,7 @@ impl UnitActor {
             fence: None,
             checking_replica: false,
             relaying: false,
+            relay_failing: false,
             relay: None,
         }
     }

@@ -7,7 +7,6 @@
 
 use actix::prelude::*;
 use metrics::{counter, gauge};
-use serde_json::Value;
 
 use super::actor::{RelayOptions, UnitActor};
 use crate::metrics as m;
@@ -25,6 +24,8 @@ enum Round {
     Held {
         published: u64,
         oldest_ms: Option<i64>,
+        /// Why the round stopped publishing early (the sink failed).
+        failed: Option<String>,
     },
 }
 
@@ -47,20 +48,39 @@ impl UnitActor {
             }
             let unit = act.store.unit().to_string();
             let oldest = gauge!(m::OUTBOX_OLDEST, "unit" => unit.clone());
-            match done {
-                Ok(Round::NotHolder) => oldest.set(f64::NAN),
+            let failed = match done {
+                Ok(Round::NotHolder) => {
+                    oldest.set(f64::NAN);
+                    None
+                }
                 Ok(Round::Held {
                     published,
                     oldest_ms,
+                    failed,
                 }) => {
-                    counter!(m::EVENTS_PUBLISHED, "unit" => unit).increment(published);
+                    counter!(m::EVENTS_PUBLISHED, "unit" => unit.clone()).increment(published);
                     let age = oldest_ms.map_or(0, |t| (now_ms() - t).max(0));
                     oldest.set(age as f64 / 1000.0);
+                    failed
                 }
-                Err(e) => {
+                Err(e) => Some(e),
+            };
+            // Logged when it starts failing and when it recovers, not
+            // every round; every failed round is counted.
+            let unit_id = act.store.unit();
+            match failed {
+                Some(e) => {
                     counter!(m::RELAY_ERRORS, "unit" => unit).increment(1);
-                    tracing::warn!(unit = act.store.unit(), error = %e, "events not published this round");
+                    if !act.relay_failing {
+                        tracing::warn!(unit = unit_id, error = %e, "events not published: retrying every poll");
+                    }
+                    act.relay_failing = true;
                 }
+                None if act.relay_failing => {
+                    tracing::info!(unit = unit_id, "events published again");
+                    act.relay_failing = false;
+                }
+                None => {}
             }
         });
     }
@@ -71,29 +91,10 @@ async fn round(store: &UnitStore, relay: &RelayOptions) -> Result<Round, String>
     if !lease.await.map_err(|e| e.to_string())? {
         return Ok(Round::NotHolder);
     }
-    let batch = i64::from(relay.batch);
-    let mut published = 0;
-    for _ in 0..BATCHES_PER_ROUND {
-        let events = store
-            .unpublished_events(batch)
-            .await
-            .map_err(|e| e.to_string())?;
-        if events.is_empty() {
-            break;
-        }
-        let payloads: Vec<Value> = events.iter().map(|e| e.payload.clone()).collect();
-        relay.sink.publish(&payloads).await?;
-        let mut records: Vec<i64> = events.iter().map(|e| e.record_id).collect();
-        records.dedup();
-        store
-            .mark_published(&records)
-            .await
-            .map_err(|e| e.to_string())?;
-        published += events.len() as u64;
-        if (records.len() as i64) < batch {
-            break;
-        }
-    }
+    let (published, failed) = match publish(store, relay).await {
+        Ok(n) => (n, None),
+        Err((n, e)) => (n, Some(e)),
+    };
     let before = now_ms() - relay.retain_published_ms as i64;
     store
         .prune_published(before, PRUNE_PER_ROUND)
@@ -106,5 +107,36 @@ async fn round(store: &UnitStore, relay: &RelayOptions) -> Result<Round, String>
     Ok(Round::Held {
         published,
         oldest_ms,
+        failed,
     })
+}
+
+/// Publishes up to `BATCHES_PER_ROUND` batches: how many events, and the
+/// error that stopped it early, if one did (the backlog is measured and
+/// pruned all the same).
+async fn publish(store: &UnitStore, relay: &RelayOptions) -> Result<u64, (u64, String)> {
+    let batch = i64::from(relay.batch);
+    let mut published = 0;
+    for _ in 0..BATCHES_PER_ROUND {
+        let events = store
+            .unpublished_events(batch)
+            .await
+            .map_err(|e| (published, e.to_string()))?;
+        if events.is_empty() {
+            break;
+        }
+        let sent = relay.sink.publish(store.unit(), &events).await;
+        sent.map_err(|e| (published, e))?;
+        let mut records: Vec<i64> = events.iter().map(|e| e.record_id).collect();
+        records.dedup();
+        store
+            .mark_published(&records)
+            .await
+            .map_err(|e| (published, e.to_string()))?;
+        published += events.len() as u64;
+        if (records.len() as i64) < batch {
+            break;
+        }
+    }
+    Ok(published)
 }
