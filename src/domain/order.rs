@@ -382,6 +382,23 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_created_event_carries_the_order_as_events_show_it() {
+        let mut o = order(OrderStatus::Created);
+        o.sections = Sections::from_json(r#"{"items": [{"qty": 2}], "a.b": null}"#).unwrap();
+        let event = super::super::events::CreatedEvent::new(1, &o);
+        let e = serde_json::to_value(&event).unwrap();
+        assert_eq!(e["order"], super::super::events::order_view(&o));
+        assert_eq!(e["order"]["sections"]["items"][0]["qty"], 2);
+        assert_eq!(e["order"]["refunds"], serde_json::json!({}));
+        assert_eq!(e["event_id"], format!("{}.1", o.id));
+        assert_eq!(e["order_id"], o.id.to_string());
+        assert_eq!(e["type"], "order.created");
+        assert_eq!(e["schema_version"], 1);
+        assert_eq!(e["version"], 1);
+        assert_eq!(e["unit"], 1);
+    }
+
     fn value(json: &str) -> SectionValue {
         serde_json::from_str(json).unwrap()
     }

@@ -9,7 +9,7 @@ use sqlx::Row;
 use super::error::StoreError;
 use super::outbox::CREATED;
 use super::store::UnitStore;
-use crate::domain::events::{SCHEMA_VERSION, order_view};
+use crate::domain::events::{CreatedEvent, SCHEMA_VERSION};
 use crate::domain::{shapes, timestamp};
 
 const SELECT_RECORDS: &str = "SELECT id, order_version, event_type, payload, created_at_ms \
@@ -113,7 +113,11 @@ impl UnitStore {
             .copied()
             .collect();
         let mut created = std::collections::HashMap::with_capacity(seqs.len());
-        for chunk in shapes::split(&seqs) {
+        let mut missing = Vec::new();
+        for order in self.created.take(&seqs, &mut missing) {
+            created.insert(order.id.sequence(), order);
+        }
+        for chunk in shapes::split(&missing) {
             for order in self.get_by_seqs(chunk).await? {
                 created.insert(order.id.sequence(), order);
             }
@@ -128,10 +132,14 @@ impl UnitStore {
                             undecodable(format!("record {id} names order {seq}, which is missing"))
                         })?;
                         let first = order.as_created();
-                        let (order_id, at) = (first.id.to_string(), first.created_at_ms);
-                        let mut event = envelope(&order_id, self.unit, CREATED, 1, at);
-                        event["order"] = order_view(&first);
-                        events.push(OutboxEvent::new(id, CREATED.to_owned(), &event));
+                        let event = CreatedEvent::new(self.unit, &first);
+                        events.push(OutboxEvent {
+                            record_id: id,
+                            json: serde_json::to_string(&event).expect("an event is JSON"),
+                            event_id: event.event_id,
+                            order_id: event.order_id,
+                            event_type: CREATED.to_owned(),
+                        });
                     }
                 }
                 Record::Change {

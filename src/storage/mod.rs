@@ -22,6 +22,7 @@
 mod claims;
 mod connect;
 mod control;
+mod created;
 mod error;
 mod events;
 pub mod failover;

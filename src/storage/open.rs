@@ -142,6 +142,7 @@ impl UnitStore {
             waiting: Arc::default(),
             max_connections: dialect.most_connections(settings.max_connections),
             fenced: Arc::default(),
+            created: Arc::default(),
         })
     }
 }

@@ -155,6 +155,7 @@ impl UnitStore {
             return Ok(BatchOutcome::KeyTaken);
         }
         self.commit_write(tx).await?;
+        self.created.keep(orders.iter().map(|(o, _)| o));
         Ok(BatchOutcome::Inserted)
     }
 

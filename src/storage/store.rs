@@ -10,6 +10,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Row};
 
 use super::connect::Dialect;
+use super::created::CreatedOrders;
 use super::error::StoreError;
 use super::lane::{Lane, LaneConnection};
 use super::replication::{ReplicaPolicy, Replication};
@@ -96,6 +97,8 @@ pub struct UnitStore {
     /// No transaction that changes orders or key records may start: the
     /// unit is disabled (and may be being copied to another server).
     pub(super) fenced: Arc<AtomicBool>,
+    /// Orders just created, for the relay (see `created.rs`).
+    pub(super) created: Arc<CreatedOrders>,
 }
 
 /// A unit's connections to its primary at one moment: its pools and, on
@@ -109,6 +112,12 @@ pub struct PoolStats {
 }
 
 impl UnitStore {
+    /// Keeps the orders create batches commit for this process's relay
+    /// from now on, or (`false`) stops and forgets them (`created.rs`).
+    pub fn keep_created(&self, on: bool) {
+        self.created.set_active(on);
+    }
+
     pub fn unit(&self) -> u16 {
         self.unit
     }

@@ -723,6 +723,9 @@ pub async fn sequences_never_repeat(backend: Backend) {
 pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend: Backend) {
     let (url, _dir) = fresh_url(backend).await;
     let store = open(&url).await;
+    // As a relay holding the lease: the batch's orders are kept, and its
+    // events rendered from them the first time, from the rows after.
+    store.keep_created(true);
     let batch: Vec<Order> = (1..=5)
         .map(|seq| {
             let id = OrderId::new(UNIT, T0 / 1000, seq).unwrap();
@@ -758,6 +761,8 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
         })
         .collect();
     assert_eq!(created, expected);
+    let again = store.outbox_events(0, 100).await.unwrap();
+    assert_eq!(again, events, "rendered from the rows, the same events");
     let types: Vec<_> = events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(
         types,

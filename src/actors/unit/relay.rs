@@ -88,7 +88,9 @@ impl UnitActor {
 
 async fn round(store: &UnitStore, relay: &RelayOptions) -> Result<Round, String> {
     let lease = store.hold_relay_lease(&relay.holder, relay.lease_ms as i64);
-    if !lease.await.map_err(|e| e.to_string())? {
+    let held = lease.await.map_err(|e| e.to_string())?;
+    store.keep_created(held);
+    if !held {
         return Ok(Round::NotHolder);
     }
     let (published, failed) = match publish(store, relay).await {
