@@ -217,9 +217,21 @@ print(", ".join(f"p{int(p * 100)} {q(p) * 1e3:.2f} ms" for p in (0.5, 0.9, 0.99)
 PY
 }
 
+# BENCH_NATS=1: a nats-server with JetStream of the bench's own (free port,
+# store under WORK), and the engine's relay publishing to it.
+start_nats() {
+  install_missing nats-server
+  NATS_PORT=$(free_port)
+  nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break; sleep 0.1; done
+  export ORDERENGINE__EVENTS__NATS_URL="nats://127.0.0.1:$NATS_PORT"
+}
+
 # The engine with 4 units on that server; any command prefix (e.g. valgrind)
 # goes in front of the binary. ENGINE_BIN runs another build (to compare two).
 start_engine() {
+  if [ "${BENCH_NATS:-0}" = 1 ] && [ -z "${NATS_PORT:-}" ]; then start_nats; fi
   PORT=$(free_port)
   cat > "$WORK/engine.toml" <<TOML
 [server]

@@ -20,7 +20,9 @@
 #
 # Usage: bash bench/run.sh   (DURATION=20 THREADS="32 64" CONNS="64 128 256" SETTLE_SECS=120)
 # ENGINE_BIN=path runs another build of the engine; ORDERENGINE__* variables
-# reach the engine (e.g. ORDERENGINE__GROUP_COMMIT__WINDOW_US=400).
+# reach the engine (e.g. ORDERENGINE__GROUP_COMMIT__WINDOW_US=400;
+# ORDERENGINE__EVENTS__RELAY=true publishes change events, to a file, or with
+# BENCH_NATS=1 to a nats-server the bench starts).
 # Everything listens on loopback; everything stops when the script ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
