@@ -82,6 +82,49 @@ pub fn most_advanced(positions: &[&Position]) -> Option<usize> {
         .position(|p| positions.iter().all(|other| p.covers(other)))
 }
 
+/// A server's `@@gtid_binlog_state`: the last GTID it logged of each
+/// domain and server (several per domain, where `Position` keeps one).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BinlogState(Vec<Gtid>);
+
+impl BinlogState {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut gtids = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let mut fields = part.splitn(3, '-');
+            gtids.push(Gtid {
+                domain: fields.next()?.parse().ok()?,
+                server: fields.next()?.parse().ok()?,
+                seq: fields.next()?.parse().ok()?,
+            });
+        }
+        Some(Self(gtids))
+    }
+
+    /// Whether this binlog holds what a server at `position` applied: for
+    /// each of its GTIDs, this binlog logged that domain and server's
+    /// transactions up to it (what MariaDB checks when a replica connects
+    /// at `position`). A server that logged its own writes since has
+    /// higher sequence numbers in the domain, but not the other's.
+    pub fn holds(&self, position: &Position) -> bool {
+        position.0.iter().all(|g| {
+            self.0
+                .iter()
+                .any(|m| m.domain == g.domain && m.server == g.server && m.seq >= g.seq)
+        })
+    }
+}
+
+impl fmt::Display for BinlogState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, g) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            write!(f, "{sep}{}-{}-{}", g.domain, g.server, g.seq)?;
+        }
+        Ok(())
+    }
+}
+
 impl fmt::Display for Position {
     /// MariaDB's form, as `MASTER_GTID_WAIT` takes it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -216,5 +259,20 @@ mod tests {
             "stopped before the first kept"
         );
         assert_eq!(lag_ms(&[], 500, 3_500), 0, "no heartbeat written yet");
+    }
+
+    #[test]
+    fn a_binlog_holds_only_what_it_logged_of_each_server() {
+        let state = BinlogState::parse("0-1-35,0-2-37").unwrap();
+        let at = |t: &str| Position::parse(t).unwrap();
+        assert!(state.holds(&at("0-1-35")));
+        assert!(state.holds(&at("0-1-20")));
+        assert!(state.holds(&at("0-2-37")));
+        assert!(state.holds(&at("")));
+        // Applied a commit of the old primary the new one never received,
+        // though the new one's own writes have higher numbers.
+        assert!(!state.holds(&at("0-1-36")));
+        assert!(!state.holds(&at("1-1-3")));
+        assert_eq!(state.to_string(), "0-1-35,0-2-37");
     }
 }

@@ -9,7 +9,7 @@ use sqlx::{AssertSqlSafe, Row};
 
 use super::failover::{Server, ServerError, position};
 use crate::config::host_port;
-use crate::domain::replication::Position;
+use crate::domain::replication::{BinlogState, Position};
 
 /// What re-pointing a replica came to.
 pub enum Rejoin {
@@ -25,16 +25,16 @@ impl Server {
     /// fetched again from the new primary. The replication user and
     /// password stay what they were (the promoted server was a replica of
     /// the same primary, so it has the same users). Once replication is
-    /// stopped, what this server applied is final: if `primary_at` (the new
-    /// primary's position when promoted) lacks some of it, the histories
-    /// parted and it is left alone (`Ahead`; a replica restarted just
+    /// stopped, what this server applied is final: if the new primary's
+    /// binlog (`primary_log`) lacks some of it, the histories parted and it
+    /// is left alone (`Ahead`; a replica restarted just
     /// before may have applied from its relay log after it was looked at).
     /// Done once its IO thread runs (connected); an error it reports, or no
     /// connection within the step time, is the answer.
     pub async fn replicate_from(
         &self,
         primary: &str,
-        primary_at: &Position,
+        primary_log: &BinlogState,
     ) -> Result<Rejoin, ServerError> {
         let (host, port) = host_port(primary)
             .filter(|(h, _)| {
@@ -50,7 +50,7 @@ impl Server {
             .with(self.timeout * 4, async move |c| {
                 sqlx::raw_sql("STOP SLAVE").execute(&mut *c).await?;
                 let applied = position(c, "@@gtid_slave_pos").await?;
-                if !primary_at.covers(&applied) {
+                if !primary_log.holds(&applied) {
                     return Ok(Some(applied));
                 }
                 sqlx::raw_sql(AssertSqlSafe(change))
@@ -93,17 +93,19 @@ impl Server {
         }
     }
 
-    /// What this server has applied and written (`@@gtid_current_pos`).
-    pub async fn current_position(&self) -> Result<Position, ServerError> {
+    /// What this server logged (`@@gtid_binlog_state`): a promoted server's
+    /// is what its replicas must not be past.
+    pub async fn binlog_state(&self) -> Result<BinlogState, ServerError> {
         let text: String = self
             .with(self.timeout, async |c| {
-                sqlx::query("SELECT CAST(@@gtid_current_pos AS CHAR) AS pos")
+                sqlx::query("SELECT CAST(@@gtid_binlog_state AS CHAR) AS s")
                     .fetch_one(c)
                     .await?
-                    .try_get("pos")
+                    .try_get("s")
             })
             .await?;
-        Position::parse(&text).ok_or_else(|| self.error(format!("unreadable position {text:?}")))
+        BinlogState::parse(&text)
+            .ok_or_else(|| self.error(format!("unreadable binlog state {text:?}")))
     }
 
     /// Makes commits wait for a replica's acknowledgement again, once one

@@ -10,7 +10,7 @@ use super::steps::{failed, invalid_to};
 use crate::actors::EngineError;
 use crate::actors::dispatcher::messages::ReplicaOutcome;
 use crate::config::{mask_url, same_server};
-use crate::domain::replication::{Position, most_advanced};
+use crate::domain::replication::{BinlogState, Position, most_advanced};
 use crate::storage::failover::{Server, ServerError};
 use crate::storage::rejoin::Rejoin;
 
@@ -172,7 +172,7 @@ pub(super) fn describe(c: &Candidate) -> String {
 /// Re-points every other replica of the unit at the promoted server, then
 /// makes the promoted server's commits wait for one of them again. Left
 /// out of the unit (`dropped`): the replicas `dropped` names, a replica
-/// that has received what the promoted server (at `position`) lacks (its
+/// that has received what the promoted server's binlog (`log`) lacks (its
 /// history parted from the new primary's: it must be rebuilt), and, when
 /// the old primary is not fenced, one that cannot be asked (what it holds
 /// is unknown). Answers what became of each (by its place in `copies`),
@@ -180,7 +180,7 @@ pub(super) fn describe(c: &Candidate) -> String {
 pub(super) async fn rejoin(
     copies: &[Candidate],
     promoted: usize,
-    position: &Position,
+    log: &BinlogState,
     dropped: &[usize],
     old_fenced: bool,
     wait: Duration,
@@ -194,10 +194,10 @@ pub(super) async fn rejoin(
         let url = mask_url(&c.url);
         let outcome = match &c.look {
             _ if dropped.contains(&i) => ReplicaOutcome::dropped(url, describe(c)),
-            Look::Replicating(received) if !position.covers(received) => ReplicaOutcome::dropped(
+            Look::Replicating(received) if !log.holds(received) => ReplicaOutcome::dropped(
                 url,
                 format!(
-                    "{}, which the new primary ({position}) lacks: rebuild it",
+                    "{}, which the new primary (binlog {log}) lacks: rebuild it",
                     describe(c)
                 ),
             ),
@@ -206,12 +206,12 @@ pub(super) async fn rejoin(
                 format!("{e}: what it holds is unknown (the old primary is not fenced)"),
             ),
             Look::Foreign(_) | Look::Standalone => ReplicaOutcome::not_repointed(url, describe(c)),
-            _ => match c.server.replicate_from(new_primary, position).await {
+            _ => match c.server.replicate_from(new_primary, log).await {
                 Ok(Rejoin::Replicating) => ReplicaOutcome::repointed(url),
                 Ok(Rejoin::Ahead(applied)) => ReplicaOutcome::dropped(
                     url.clone(),
                     format!(
-                        "{url} applied {applied}, which the new primary ({position}) lacks: \
+                        "{url} applied {applied}, which the new primary (binlog {log}) lacks: \
                          rebuild it"
                     ),
                 ),

@@ -173,22 +173,20 @@ pub(super) async fn run(
     };
     let candidate = copies[promoted.to].url.clone();
 
-    let position = match &promoted.position {
-        Some(p) => p.clone(),
-        // Promoted by an earlier call, and written to by nothing since
-        // (no routing table names it yet).
-        None => match copies[promoted.to].server.current_position().await {
-            Ok(p) => p,
-            Err(e) => {
-                steps.finish("failed");
-                return Err(failed(unit, "repoint_replicas", e));
-            }
-        },
+    // What the promoted server logged, per server: a replica past it in
+    // the old primary's history parted from it (the promoted server's own
+    // writes since have higher numbers, but are not that history).
+    let log = match copies[promoted.to].server.binlog_state().await {
+        Ok(log) => log,
+        Err(e) => {
+            steps.finish("failed");
+            return Err(failed(unit, "repoint_replicas", e));
+        }
     };
     let (outcomes, semi_sync) = copies::rejoin(
         &copies,
         promoted.to,
-        &position,
+        &log,
         &promoted.dropped,
         promoted.fenced,
         limits.step,
