@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::domain::order::Order;
 
-/// Orders kept at most (a few seconds of creates at full speed).
-const CAPACITY: usize = 65_536;
+/// Orders kept at most per unit (about a second of creates at full speed,
+/// a few MiB; the relay takes them every poll).
+const CAPACITY: usize = 16_384;
 
 #[derive(Debug, Default)]
 pub struct CreatedOrders {
