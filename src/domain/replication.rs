@@ -31,14 +31,8 @@ impl Position {
     /// GTIDs separated by commas; empty text is the empty position.
     pub fn parse(text: &str) -> Option<Self> {
         let mut position = Self::default();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let mut fields = part.splitn(3, '-');
-            let gtid = Gtid {
-                domain: fields.next()?.parse().ok()?,
-                server: fields.next()?.parse().ok()?,
-                seq: fields.next()?.parse().ok()?,
-            };
-            position.advance(gtid);
+        for gtid in gtids(text) {
+            position.advance(gtid?);
         }
         Some(position)
     }
@@ -82,6 +76,21 @@ pub fn most_advanced(positions: &[&Position]) -> Option<usize> {
         .position(|p| positions.iter().all(|other| p.covers(other)))
 }
 
+/// The GTIDs of MariaDB's comma-separated form (`None` for one unreadable).
+fn gtids(text: &str) -> impl Iterator<Item = Option<Gtid>> + '_ {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|part| {
+            let mut fields = part.splitn(3, '-');
+            Some(Gtid {
+                domain: fields.next()?.parse().ok()?,
+                server: fields.next()?.parse().ok()?,
+                seq: fields.next()?.parse().ok()?,
+            })
+        })
+}
+
 /// A server's `@@gtid_binlog_state`: the last GTID it logged of each
 /// domain and server (several per domain, where `Position` keeps one).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -89,16 +98,7 @@ pub struct BinlogState(Vec<Gtid>);
 
 impl BinlogState {
     pub fn parse(text: &str) -> Option<Self> {
-        let mut gtids = Vec::new();
-        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let mut fields = part.splitn(3, '-');
-            gtids.push(Gtid {
-                domain: fields.next()?.parse().ok()?,
-                server: fields.next()?.parse().ok()?,
-                seq: fields.next()?.parse().ok()?,
-            });
-        }
-        Some(Self(gtids))
+        gtids(text).collect::<Option<Vec<_>>>().map(Self)
     }
 
     /// Whether this binlog holds what a server at `position` applied: for

@@ -48,7 +48,7 @@ fn wait_for(files: &[&std::path::Path], n: usize) -> Vec<Value> {
 
 /// Each order's state from its events (deduplicated by `event_id`, in
 /// file order), checking versions come in order.
-fn rebuild(events: &[Value]) -> BTreeMap<String, Value> {
+pub fn rebuild(events: &[Value]) -> BTreeMap<String, Value> {
     let mut seen = std::collections::HashSet::new();
     let mut orders: BTreeMap<String, Value> = BTreeMap::new();
     for e in events {

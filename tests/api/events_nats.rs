@@ -7,18 +7,18 @@
 //! the diffs rebuild each order as the API shows it. While the broker is
 //! down, creates go on and the backlog is measured.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use order_engine::domain::events::{FieldChange, apply};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::Row;
 
+use crate::events::rebuild;
 use crate::helpers::order_body;
 use crate::mariadb::{die_with_parent, shared, unique_db};
 use crate::nats::Nats;
@@ -327,29 +327,11 @@ async fn every_change_reaches_the_stream_once_in_order_through_broker_and_engine
     let events = tail_stream(&nats.url(), expected as usize);
 
     // De-duplicated by event id: each order's events in version order.
-    let mut seen = HashSet::new();
-    let mut orders: BTreeMap<String, Value> = BTreeMap::new();
-    for e in &events {
-        if !seen.insert(e["event_id"].as_str().unwrap().to_owned()) {
-            continue;
-        }
-        let id = e["order_id"].as_str().unwrap().to_owned();
-        match e.get("order") {
-            Some(order) => {
-                assert!(!orders.contains_key(&id), "created twice: {e}");
-                orders.insert(id, order.clone());
-            }
-            None => {
-                let state = orders
-                    .get_mut(&id)
-                    .unwrap_or_else(|| panic!("before its creation: {e}"));
-                assert_eq!(e["version"], state["version"].as_i64().unwrap() + 1, "{e}");
-                let changes: Vec<FieldChange> =
-                    serde_json::from_value(e["changes"].clone()).unwrap();
-                apply(state, &changes).unwrap();
-            }
-        }
-    }
+    let orders = rebuild(&events);
+    let seen: HashSet<&str> = events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
     assert_eq!(
         seen.len() as i64,
         expected,
