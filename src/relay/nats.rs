@@ -6,17 +6,18 @@
 //!
 //! A batch counts as published once the broker has acknowledged every
 //! event. Events go out in waves: a wave holds at most one event of an
-//! order and is sent at once; the next wave waits for every ack of this
-//! one. If an event is lost (a connection cut, a broker restart), the
+//! order and is sent without waiting (up to `IN_FLIGHT` acks pending);
+//! the next wave waits for every ack of this one. If an event is lost (a connection cut, a broker restart), the
 //! batch fails and is published again whole; the events of other orders
 //! that did arrive are dropped as duplicates, and a later event of the
 //! same order was never sent, so each order's events reach the stream in
 //! version order.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use futures_util::StreamExt;
 use tokio::sync::Mutex;
@@ -26,6 +27,14 @@ use crate::storage::OutboxEvent;
 
 /// How long connecting, and each publish's ack, may take.
 const TIMEOUT: Duration = Duration::from_secs(5);
+/// Publishes one unit's relay has in flight at most (awaiting their acks).
+const IN_FLIGHT: usize = 512;
+/// Publishes the whole process may have in flight: past it a publish fails
+/// (and its batch goes again next round) rather than waiting. The client's
+/// own default, 5,000 with waiting, hung the relay for good once one
+/// batch's wave passed it: the wave's acks were awaited only after all of
+/// it was sent, and the sends waited for those acks' permits.
+const IN_FLIGHT_PER_PROCESS: usize = 1 << 16;
 
 pub struct NatsSink {
     url: String,
@@ -85,18 +94,25 @@ impl NatsSink {
         events: &[OutboxEvent],
     ) -> Result<(), String> {
         let mut rest = events;
+        let mut in_flight = VecDeque::with_capacity(IN_FLIGHT.min(events.len()));
         while !rest.is_empty() {
             let wave = wave_len(rest);
-            let mut acks = Vec::with_capacity(wave);
             for e in &rest[..wave] {
+                // Within a wave acks may come in any order: the oldest is
+                // awaited once this unit has its share in flight.
+                if in_flight.len() == IN_FLIGHT {
+                    let (e, ack): (&OutboxEvent, PublishAckFuture) =
+                        in_flight.pop_front().expect("full");
+                    ack.await.map_err(|err| self.failed(e, err))?;
+                }
                 let subject = format!("{}.{unit}.{}", self.prefix, e.event_type);
                 let message = PublishMessage::build()
                     .message_id(&e.event_id)
                     .payload(e.json.clone().into());
                 let ack = js.send_publish(subject, message).await;
-                acks.push(ack.map_err(|err| self.failed(e, err))?);
+                in_flight.push_back((e, ack.map_err(|err| self.failed(e, err))?));
             }
-            for (e, ack) in rest[..wave].iter().zip(acks) {
+            for (e, ack) in in_flight.drain(..) {
                 ack.await.map_err(|err| self.failed(e, err))?;
             }
             rest = &rest[wave..];
@@ -126,6 +142,8 @@ impl NatsSink {
             .map_err(|e| format!("NATS {url}: {e}"))?;
         let js = jetstream::ContextBuilder::new()
             .timeout(TIMEOUT)
+            .max_ack_inflight(IN_FLIGHT_PER_PROCESS)
+            .backpressure_on_inflight(false)
             .build(client);
         js.get_or_create_stream(stream::Config {
             name: self.stream.clone(),

@@ -425,3 +425,38 @@ async fn the_stream_is_created_and_drops_republished_events() {
         ]
     );
 }
+
+/// A batch with more events than the client keeps acks pending for (its
+/// default was 5,000: a wave past it hung the relay for good), from two
+/// units at once, reaches the stream whole.
+#[tokio::test]
+async fn a_batch_past_the_clients_ack_window_is_published() {
+    const EVENTS: usize = 12_000;
+    let nats = Nats::start();
+    let sink = NatsSink::new(&nats.url(), "T2", "big");
+    let batch = |unit: u16| -> Vec<OutboxEvent> {
+        (0..EVENTS)
+            .map(|i| OutboxEvent {
+                record_id: 1 + i as i64 / 50,
+                event_id: format!("{unit}-{i}.1"),
+                order_id: format!("{unit}-{i}"),
+                event_type: "order.created".into(),
+                json: json!({"event_id": format!("{unit}-{i}.1")}).to_string(),
+            })
+            .collect()
+    };
+    let (a, b) = (batch(1), batch(2));
+    let both = async { tokio::join!(sink.publish(1, &a), sink.publish(2, &b)) };
+    let (a, b) = tokio::time::timeout(Duration::from_secs(60), both)
+        .await
+        .expect("publishing hung");
+    a.unwrap();
+    b.unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("T2").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        2 * EVENTS as u64
+    );
+}
