@@ -215,7 +215,7 @@ impl Settings {
         if ev.lease_ms <= ev.poll_ms * 2 {
             return invalid(format!(
                 "events.lease_ms ({}) must be more than twice events.poll_ms ({}): the relay \
-                 renews its lease every poll",
+                 renews its lease at the first poll after a third of it",
                 ev.lease_ms, ev.poll_ms
             ));
         }

@@ -143,6 +143,7 @@ impl UnitStore {
             max_connections: dialect.most_connections(settings.max_connections),
             fenced: Arc::default(),
             created: Arc::default(),
+            lease_renewed_ms: Arc::default(),
         })
     }
 }

@@ -3,6 +3,8 @@
 //! published, pruning published ones after their retention, and how far
 //! behind the relay is. Reading the events is `events.rs`.
 
+use std::sync::atomic::Ordering;
+
 use sqlx::{AssertSqlSafe, Row};
 
 use super::error::StoreError;
@@ -30,29 +32,44 @@ impl UnitStore {
     /// is taken only once it has expired (by this process's clock). While
     /// this process's writes to the unit are fenced (the unit is disabled,
     /// or failing over) it neither takes nor keeps the lease.
+    ///
+    /// Renewed at most every third of `ttl_ms`: within that, the lease
+    /// this process last renewed has two thirds of its time left, so no
+    /// other holder can have taken it (the round trip, and its commit,
+    /// would be repeated every poll otherwise).
     pub async fn hold_relay_lease(&self, holder: &str, ttl_ms: i64) -> Result<bool, StoreError> {
-        if self.fenced.load(std::sync::atomic::Ordering::Acquire) {
+        if self.fenced.load(Ordering::Acquire) {
+            self.lease_renewed_ms.store(0, Ordering::Relaxed);
             return Ok(false);
         }
         let now = now_ms();
-        self.bounded(async {
-            sqlx::query(TAKE_LEASE)
-                .bind(holder)
-                .bind(now + ttl_ms)
-                .bind(holder)
-                .bind(now)
-                .execute(&self.write)
-                .await
-                .map_err(StoreError::before_commit)?;
-            // Read back: MySQL counts an update that changed nothing as no row.
-            let row = sqlx::query(LEASE_HOLDER)
-                .fetch_one(&self.write)
-                .await
-                .map_err(StoreError::before_commit)?;
-            let held: String = row.try_get("holder").map_err(StoreError::before_commit)?;
-            Ok(held == holder)
-        })
-        .await
+        if now - self.lease_renewed_ms.load(Ordering::Relaxed) < ttl_ms / 3 {
+            return Ok(true);
+        }
+        self.lease_renewed_ms.store(0, Ordering::Relaxed);
+        let held = self
+            .bounded(async {
+                sqlx::query(TAKE_LEASE)
+                    .bind(holder)
+                    .bind(now + ttl_ms)
+                    .bind(holder)
+                    .bind(now)
+                    .execute(&self.write)
+                    .await
+                    .map_err(StoreError::before_commit)?;
+                // Read back: MySQL counts an update that changed nothing as no row.
+                let row = sqlx::query(LEASE_HOLDER)
+                    .fetch_one(&self.write)
+                    .await
+                    .map_err(StoreError::before_commit)?;
+                let held: String = row.try_get("holder").map_err(StoreError::before_commit)?;
+                Ok(held == holder)
+            })
+            .await?;
+        if held {
+            self.lease_renewed_ms.store(now, Ordering::Relaxed);
+        }
+        Ok(held)
     }
 
     /// Marks the records `ids` published (after the sink took their events).

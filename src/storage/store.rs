@@ -99,6 +99,9 @@ pub struct UnitStore {
     pub(super) fenced: Arc<AtomicBool>,
     /// Orders just created, for the relay (see `created.rs`).
     pub(super) created: Arc<CreatedOrders>,
+    /// When this process last renewed the unit's relay lease (ms; 0: it
+    /// does not hold it as far as it knows).
+    pub(super) lease_renewed_ms: Arc<AtomicI64>,
 }
 
 /// A unit's connections to its primary at one moment: its pools and, on

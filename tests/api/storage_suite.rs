@@ -809,6 +809,36 @@ pub async fn a_create_batch_writes_one_record_read_as_an_event_per_order(backend
     store.close().await;
 }
 
+/// One relay holds a unit's lease at a time: another takes it only once it
+/// has expired, and the holder, which renews it at most every third of its
+/// time, learns that it lost it. A fenced store neither takes nor keeps it.
+pub async fn the_relay_lease_has_one_holder_at_a_time(backend: Backend) {
+    let (url, _dir) = fresh_url(backend).await;
+    let (a, b) = (open(&url).await, open(&url).await);
+    const TTL: i64 = 900;
+    assert!(a.hold_relay_lease("a", TTL).await.unwrap());
+    assert!(!b.hold_relay_lease("b", TTL).await.unwrap());
+    assert!(a.hold_relay_lease("a", TTL).await.unwrap(), "kept");
+    tokio::time::sleep(std::time::Duration::from_millis(TTL as u64 / 3 + 50)).await;
+    assert!(a.hold_relay_lease("a", TTL).await.unwrap(), "renewed");
+    assert!(!b.hold_relay_lease("b", TTL).await.unwrap(), "not expired");
+    tokio::time::sleep(std::time::Duration::from_millis(TTL as u64 + 50)).await;
+    assert!(
+        b.hold_relay_lease("b", TTL).await.unwrap(),
+        "taken once expired"
+    );
+    assert!(!a.hold_relay_lease("a", TTL).await.unwrap(), "lost");
+    b.fence_writes(true);
+    assert!(!b.hold_relay_lease("b", TTL).await.unwrap(), "fenced");
+    b.fence_writes(false);
+    assert!(
+        b.hold_relay_lease("b", TTL).await.unwrap(),
+        "unfenced, still b's"
+    );
+    a.close().await;
+    b.close().await;
+}
+
 pub async fn key_records_are_compare_and_set_and_fence_orders(backend: Backend) {
     let (url, _dir) = fresh_url(backend).await;
     let store = open(&url).await;
@@ -1013,5 +1043,6 @@ on_both_backends!(
     sequences_never_repeat,
     key_records_are_compare_and_set_and_fence_orders,
     a_create_batch_writes_one_record_read_as_an_event_per_order,
+    the_relay_lease_has_one_holder_at_a_time,
     sections_are_replaced_and_removed_with_the_order,
 );
