@@ -172,7 +172,7 @@ mariadb() { command mariadb -h127.0.0.1 -P"$DB_PORT" -uroot "$@"; }
 
 # MariaDB's statement and row counters (`db_work`), and `db_work_per BEFORE
 # AFTER N`: how many of each it did per create, to see where its CPU went.
-DB_WORK_VARS="Com_commit Com_insert Com_select Com_update Questions Handler_write Handler_read_key"
+DB_WORK_VARS="Com_commit Com_insert Com_select Com_update Questions Handler_write Handler_read_key Handler_read_next Handler_update Handler_delete"
 db_work() {
   local names
   names=$(printf "'%s'," $DB_WORK_VARS)
@@ -223,6 +223,7 @@ start_nats() {
   install_missing nats-server
   NATS_PORT=$(free_port)
   nats-server -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$WORK/nats" >"$WORK/nats.log" 2>&1 &
+  NATS_PID=$!
   PIDS+=($!)
   for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break; sleep 0.1; done
   export ORDERENGINE__EVENTS__NATS_URL="nats://127.0.0.1:$NATS_PORT"

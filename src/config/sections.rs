@@ -278,9 +278,10 @@ impl std::fmt::Debug for AdminSettings {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventSettings {
-    /// `false` (the default outside `config/default.toml`): nothing is
-    /// published, events wait in the outbox. Off by default until the
-    /// relay costs creates less (docs/performance.md).
+    /// `false` (the default when a file does not say; both shipped
+    /// configs turn it on): nothing is published, events wait in the
+    /// outbox. On, it cost a median 12% of the peak creates/s with the
+    /// file sink on a 2-core machine (`bench/relay.sh`, docs/performance.md).
     pub relay: bool,
     /// The JSON-lines file events are appended to (relative: to the
     /// working directory, like the embedded units' files), unless
@@ -300,7 +301,8 @@ pub struct EventSettings {
     /// Outbox records per publish.
     pub batch: u32,
     /// How long a relay's lease on a unit lasts unless renewed (it renews
-    /// every poll): a relay that dies is replaced after at most this.
+    /// at the first poll after a third of it): a relay that dies is
+    /// replaced after at most this.
     pub lease_ms: u64,
     /// Published records are deleted from the outbox after this.
     pub retain_published_ms: u64,
