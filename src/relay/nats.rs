@@ -7,11 +7,11 @@
 //! A batch counts as published once the broker has acknowledged every
 //! event. Events go out in waves: a wave holds at most one event of an
 //! order and is sent without waiting (up to `IN_FLIGHT` acks pending);
-//! the next wave waits for every ack of this one. If an event is lost (a connection cut, a broker restart), the
-//! batch fails and is published again whole; the events of other orders
-//! that did arrive are dropped as duplicates, and a later event of the
-//! same order was never sent, so each order's events reach the stream in
-//! version order.
+//! the next wave waits for every ack of this one. If an event is lost (a
+//! connection cut, a broker restart), the batch fails and is published
+//! again whole; the events of other orders that did arrive are dropped as
+//! duplicates, and a later event of the same order was never sent, so
+//! each order's events reach the stream in version order.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
