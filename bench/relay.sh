@@ -22,6 +22,7 @@ VARIANTS=${VARIANTS:-"off file"}
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
+install_missing curl
 cargo build --release -q --bin order-engine --bin order-loadgen
 start_mariadb
 case " $VARIANTS " in *" nats "*) start_nats; NATS_URL=$ORDERENGINE__EVENTS__NATS_URL ;; esac
