@@ -115,24 +115,24 @@ impl BinlogState {
     }
 }
 
+/// GTIDs in MariaDB's form, as `MASTER_GTID_WAIT` takes them: `0-1-36,1-2-7`.
+fn write_gtids(f: &mut fmt::Formatter<'_>, gtids: &[Gtid]) -> fmt::Result {
+    for (i, g) in gtids.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        write!(f, "{sep}{}-{}-{}", g.domain, g.server, g.seq)?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for BinlogState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, g) in self.0.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            write!(f, "{sep}{}-{}-{}", g.domain, g.server, g.seq)?;
-        }
-        Ok(())
+        write_gtids(f, &self.0)
     }
 }
 
 impl fmt::Display for Position {
-    /// MariaDB's form, as `MASTER_GTID_WAIT` takes it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, g) in self.0.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            write!(f, "{sep}{}-{}-{}", g.domain, g.server, g.seq)?;
-        }
-        Ok(())
+        write_gtids(f, &self.0)
     }
 }
 
