@@ -11,6 +11,8 @@
 //! it while it still holds the lock. `If-Match` is checked here
 //! ([`Order::check_version`]).
 
+use std::borrow::Cow;
+
 use super::order_id::OrderId;
 use super::values::{
     Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, SectionName, SectionValue,
@@ -184,9 +186,14 @@ impl Order {
 
 impl Order {
     /// The order as its create left it, from the order at any later
-    /// version (what its `order.created` event shows).
-    pub fn as_created(&self) -> Order {
-        Order {
+    /// version (what its `order.created` event shows): itself while no
+    /// change has followed the create (version 1), the usual case for a
+    /// relay publishing creates as they come.
+    pub fn as_created(&self) -> Cow<'_, Order> {
+        if self.version == 1 {
+            return Cow::Borrowed(self);
+        }
+        Cow::Owned(Order {
             status: OrderStatus::Created,
             paid_amount: 0,
             refunded_amount: 0,
@@ -199,7 +206,7 @@ impl Order {
                 .unwrap_or_else(|| self.sections.clone()),
             created_sections: None,
             ..self.clone()
-        }
+        })
     }
 
     /// `If-Match` semantics: refuse a change when the caller saw another version.
@@ -453,8 +460,8 @@ mod tests {
             payment_ref: None,
             ..o.clone()
         };
-        assert_eq!(gone.as_created(), created);
-        assert_eq!(created.as_created(), created);
+        assert_eq!(*gone.as_created(), created);
+        assert!(matches!(created.as_created(), Cow::Borrowed(o) if *o == created));
     }
 
     fn next(c: Change) -> Order {

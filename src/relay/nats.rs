@@ -13,9 +13,10 @@
 //! duplicates, and a later event of the same order was never sent, so
 //! each order's events reach the stream in version order.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
+use async_nats::Subject;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, message::PublishMessage, stream};
@@ -95,6 +96,9 @@ impl NatsSink {
     ) -> Result<(), String> {
         let mut rest = events;
         let mut in_flight = VecDeque::with_capacity(IN_FLIGHT.min(events.len()));
+        // A subject per event type, shared by the batch's events (a clone
+        // is a reference count).
+        let mut subjects: HashMap<&str, Subject> = HashMap::new();
         while !rest.is_empty() {
             let wave = wave_len(rest);
             for e in &rest[..wave] {
@@ -105,7 +109,10 @@ impl NatsSink {
                         in_flight.pop_front().expect("full");
                     ack.await.map_err(|err| self.failed(e, err))?;
                 }
-                let subject = format!("{}.{unit}.{}", self.prefix, e.event_type);
+                let subject = subjects
+                    .entry(e.event_type.as_str())
+                    .or_insert_with(|| format!("{}.{unit}.{}", self.prefix, e.event_type).into())
+                    .clone();
                 let message = PublishMessage::build()
                     .message_id(&e.event_id)
                     .payload(e.json.clone().into());
