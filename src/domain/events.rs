@@ -9,9 +9,10 @@
 //! exist and `new` when it no longer does, so `null` always means a JSON
 //! `null`. Objects are compared key by key and arrays of the same length
 //! element by element; anything else that differs (an array that grew, an
-//! object that became a number) is one change of the whole value. So
-//! applying a diff's changes in order to the old order gives the new one
-//! ([`apply`]).
+//! object that became a number) is one change of the whole value, and so
+//! is a value whose changes inside would take much more room than it
+//! (`WHOLE_AFTER`). So applying a diff's changes in order to the old
+//! order gives the new one ([`apply`]).
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -143,10 +144,28 @@ pub fn refund_added(refund: &Refund) -> FieldChange {
     }
 }
 
+/// How much more room (bytes of JSON) the changes inside a value may take
+/// than one change of the whole value, old and new, before they are
+/// replaced by that one change. Element by element, a 64 KiB array of
+/// small numbers rewritten would be ~1.5 MB of paths, over a broker's
+/// message limit (NATS: 1 MB by default), and its relay would retry it
+/// for good; whole, it is twice the array.
+const WHOLE_AFTER: usize = 1024;
+
 /// What changed from `old` to `new`, in path order.
 pub fn diff(old: &Value, new: &Value) -> Vec<FieldChange> {
+    diff_within(old, new, WHOLE_AFTER)
+}
+
+fn diff_within(old: &Value, new: &Value, whole_after: usize) -> Vec<FieldChange> {
     let mut out = Vec::new();
-    diff_at(&mut String::new(), Some(old), Some(new), &mut out);
+    diff_at(
+        &mut String::new(),
+        Some(old),
+        Some(new),
+        whole_after,
+        &mut out,
+    );
     out
 }
 
@@ -154,8 +173,10 @@ fn diff_at(
     path: &mut String,
     old: Option<&Value>,
     new: Option<&Value>,
+    whole_after: usize,
     out: &mut Vec<FieldChange>,
 ) {
+    let first = out.len();
     match (old, new) {
         (Some(Value::Object(a)), Some(Value::Object(b))) => {
             let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
@@ -164,7 +185,7 @@ fn diff_at(
             for key in keys {
                 let len = path.len();
                 push_key(path, key);
-                diff_at(path, a.get(key), b.get(key), out);
+                diff_at(path, a.get(key), b.get(key), whole_after, out);
                 path.truncate(len);
             }
         }
@@ -172,17 +193,58 @@ fn diff_at(
             for (i, (x, y)) in a.iter().zip(b).enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                diff_at(path, Some(x), Some(y), out);
+                diff_at(path, Some(x), Some(y), whole_after, out);
                 path.truncate(len);
             }
         }
-        (old, new) if old != new => out.push(FieldChange {
+        (old, new) if old != new => {
+            out.push(FieldChange {
+                path: path.clone(),
+                old: old.cloned(),
+                new: new.cloned(),
+            });
+            return;
+        }
+        _ => return,
+    }
+    // The order itself (the empty path) is never changed whole.
+    if path.is_empty() || out.len() - first < 2 {
+        return;
+    }
+    let inside: usize = out[first..]
+        .iter()
+        .map(|c| change_len(&c.path, c.old.as_ref(), c.new.as_ref()))
+        .sum();
+    if inside > change_len(path, old, new) + whole_after {
+        out.truncate(first);
+        out.push(FieldChange {
             path: path.clone(),
             old: old.cloned(),
             new: new.cloned(),
-        }),
-        _ => {}
+        });
     }
+}
+
+/// About how long a change is as JSON: `{"path":..,"old":..,"new":..}`.
+fn change_len(path: &str, old: Option<&Value>, new: Option<&Value>) -> usize {
+    24 + path.len() + old.map_or(0, json_len) + new.map_or(0, json_len)
+}
+
+/// How long `value` is as JSON (counted, not written).
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("a JSON value serializes");
+    count.0
 }
 
 fn push_key(path: &mut String, key: &str) {
@@ -330,16 +392,42 @@ mod tests {
         })
     }
 
+    #[test]
+    fn a_value_rewritten_throughout_is_one_change() {
+        // A section of 30,000 zeros made ones (a body under 64 KiB): one
+        // change of the whole array, not 30,000 of ~46 bytes each.
+        let old = json!({"sections": {"a": vec![0; 30_000], "b": 1}, "version": 1});
+        let new = json!({"sections": {"a": vec![1; 30_000], "b": 1}, "version": 2});
+        let changes = diff(&old, &new);
+        let paths: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["sections.a", "version"]);
+        let len = serde_json::to_string(&changes).unwrap().len();
+        assert!(len < 2 * 60_000 + 200, "{len} bytes");
+        let mut rebuilt = old.clone();
+        apply(&mut rebuilt, &changes).unwrap();
+        assert_eq!(rebuilt, new);
+
+        // A few elements of a long array stay elements.
+        let mut some = old.clone();
+        some["sections"]["a"][7] = json!(1);
+        some["sections"]["a"][29_999] = json!(2);
+        let paths: Vec<String> = diff(&old, &some).into_iter().map(|c| c.path).collect();
+        assert_eq!(paths, ["sections.a[7]", "sections.a[29999]"]);
+    }
+
     proptest! {
         /// Applying the diff of two objects to the first gives the second,
-        /// whatever their keys hold.
+        /// whatever their keys hold, and whether or not values are changed
+        /// whole.
         #[test]
         fn a_diff_rebuilds_the_new_value(a in json_value(), b in json_value()) {
             let (a, b) = (json!({"o": a}), json!({"o": b}));
-            let mut rebuilt = a.clone();
-            apply(&mut rebuilt, &diff(&a, &b)).unwrap();
-            prop_assert_eq!(rebuilt, b);
-            prop_assert!(diff(&a, &a).is_empty());
+            for whole_after in [WHOLE_AFTER, 0] {
+                let mut rebuilt = a.clone();
+                apply(&mut rebuilt, &diff_within(&a, &b, whole_after)).unwrap();
+                prop_assert_eq!(&rebuilt, &b);
+                prop_assert!(diff_within(&a, &a, whole_after).is_empty());
+            }
         }
     }
 }

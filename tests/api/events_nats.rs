@@ -460,3 +460,51 @@ async fn a_batch_past_the_clients_ack_window_is_published() {
         2 * EVENTS as u64
     );
 }
+
+/// A section rewritten throughout (30,000 elements, a 60 KB body) is
+/// published as one change of the whole section. Element by element its
+/// event would be ~1.4 MB, over the broker's 1 MB message limit: the
+/// unit's relay retried it for good, holding back every later event.
+#[tokio::test]
+async fn a_section_rewritten_throughout_is_published() {
+    let nats = Nats::start();
+    let url = shared().url(&unique_db("evbig"));
+    let units = format!("[[units]]\nid = 1\nprimary_url = \"{url}\"\n");
+    let events = format!(
+        "relay = true\npoll_ms = 50\nnats_url = \"{}\"\n",
+        nats.url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut engine = Engine::with_events(dir.path(), "a", "", &events, &units);
+    engine.ready(&client).await;
+    let base = format!("http://127.0.0.1:{}/v1/orders", engine.port);
+
+    let mut body = order_body("m-big", "k-1", "u-big", 100);
+    body["sections"] = json!({"a": vec![0; 30_000]});
+    let r = client.post(&base).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let id = r.json::<Value>().await.unwrap()["order_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let section = format!("{base}/{id}/sections/a");
+    let r = client.put(&section).json(&vec![1; 30_000]).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+
+    drained(std::slice::from_ref(&url)).await;
+    let events = tail_stream(&nats.url(), 2);
+    let changed = events
+        .iter()
+        .find(|e| e["type"] == "order.sections_changed")
+        .expect("the section's event");
+    let paths: Vec<&str> = changed["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"sections.a"), "{paths:?}");
+    let rebuilt = rebuild(&events);
+    assert_eq!(rebuilt[&id]["sections"]["a"], json!(vec![1; 30_000]));
+}
