@@ -70,10 +70,7 @@ async fn tail_file(file: &Path, from_start: bool) -> ExitCode {
         match std::fs::File::open(file) {
             Ok(mut f) => {
                 let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                if len < at {
-                    at = 0; // replaced: start over
-                    partial.clear();
-                }
+                at = resume_at(at, &mut partial, len);
                 let mut new = Vec::new();
                 let read = f
                     .seek(SeekFrom::Start(at))
@@ -98,5 +95,40 @@ async fn tail_file(file: &Path, from_start: bool) -> ExitCode {
             }
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Where to read on from when the file is `len` bytes long, having read
+/// `at` bytes of it, the last `partial` of them not yet a whole line. A
+/// file cut back within that unfinished line (the relay cuts what a failed
+/// write left) is read on from its end; one cut further was replaced, and
+/// is read from its start.
+fn resume_at(at: u64, partial: &mut Vec<u8>, len: u64) -> u64 {
+    if len >= at {
+        return at;
+    }
+    let whole = at - partial.len() as u64;
+    if len >= whole {
+        partial.truncate((len - whole) as usize);
+        len
+    } else {
+        partial.clear();
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resume_at;
+
+    #[test]
+    fn a_cut_unfinished_line_is_dropped_and_a_replaced_file_read_again() {
+        let mut partial = b"{\"half\":".to_vec();
+        assert_eq!(resume_at(100, &mut partial, 120), 100, "grown: read on");
+        assert_eq!(partial.len(), 8);
+        assert_eq!(resume_at(100, &mut partial, 95), 95);
+        assert_eq!(partial, b"{\"h");
+        assert_eq!(resume_at(95, &mut partial, 10), 0, "replaced");
+        assert!(partial.is_empty());
     }
 }
