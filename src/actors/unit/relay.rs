@@ -115,11 +115,20 @@ async fn round(store: &UnitStore, relay: &RelayOptions) -> Result<Round, String>
 
 /// Publishes up to `BATCHES_PER_ROUND` batches: how many events, and the
 /// error that stopped it early, if one did (the backlog is measured and
-/// pruned all the same).
+/// pruned all the same). The lease is kept before each batch after the
+/// first (a round trip only every third of the lease), so that a long
+/// round, a backlog draining, stops once another process may have taken
+/// the unit over, rather than publishing beside it.
 async fn publish(store: &UnitStore, relay: &RelayOptions) -> Result<u64, (u64, String)> {
     let batch = i64::from(relay.batch);
     let mut published = 0;
-    for _ in 0..BATCHES_PER_ROUND {
+    for n in 0..BATCHES_PER_ROUND {
+        if n > 0 {
+            let lease = store.hold_relay_lease(&relay.holder, relay.lease_ms as i64);
+            if !lease.await.map_err(|e| (published, e.to_string()))? {
+                break;
+            }
+        }
         let events = store
             .unpublished_events(batch)
             .await
@@ -141,4 +150,57 @@ async fn publish(store: &UnitStore, relay: &RelayOptions) -> Result<u64, (u64, S
         }
     }
     Ok(published)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::StorageSettings;
+    use crate::relay::{FileSink, Sink};
+
+    /// A round that finds its lease taken over between two batches stops
+    /// there, leaving the rest to the new holder.
+    #[tokio::test]
+    async fn a_round_stops_when_another_process_has_taken_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/unit.db", dir.path().display());
+        let settings = StorageSettings::default();
+        let a = UnitStore::open(1, &url, &[], &settings).await.unwrap();
+        let b = UnitStore::open(1, &url, &[], &settings).await.unwrap();
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        for seq in 1..=6 {
+            sqlx::query(
+                "INSERT INTO outbox (order_seq, order_version, event_type, payload, created_at_ms) \
+                 VALUES (?, 2, 'order.paid', ?, 0)",
+            )
+            .bind(seq)
+            .bind(format!(r#"{{"order_id":"o{seq}","changes":[]}}"#))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        let file = dir.path().join("events.jsonl");
+        let relay = RelayOptions {
+            sink: Arc::new(Sink::File(FileSink::new(&file))),
+            holder: "a".into(),
+            poll: Duration::from_millis(50),
+            batch: 2,
+            lease_ms: 900,
+            retain_published_ms: 3_600_000,
+        };
+        assert!(a.hold_relay_lease("a", 900).await.unwrap());
+        // a's lease runs out (a process that stalled) and b takes the unit.
+        tokio::time::sleep(Duration::from_millis(950)).await;
+        assert!(b.hold_relay_lease("b", 900).await.unwrap());
+
+        let published = publish(&a, &relay).await.unwrap();
+        assert_eq!(published, 2, "the first batch only");
+        let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+        assert_eq!(lines, 2);
+        assert_eq!(b.unpublished_events(10).await.unwrap().len(), 4);
+        pool.close().await;
+    }
 }
