@@ -286,7 +286,9 @@ pub struct CreateOrderRequest {
     #[schema(max_length = 256, example = "2 coffees")]
     pub description: Option<String>,
     /// Named JSON sections (items, shipping, ...), readable one at a time;
-    /// each is stored and returned as the JSON text it was sent in.
+    /// each is stored and returned as the JSON text it was sent in. Each
+    /// value must read back as JSON: numbers within a double's range, no
+    /// lone surrogate escape, nested at most 128 deep.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub sections: Option<SectionEntries>,

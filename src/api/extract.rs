@@ -50,14 +50,16 @@ impl FromRequest for JsonValueBody {
                     "the body is the section's value: any JSON value (null included)",
                 ));
             }
-            serde_json::from_slice(&body)
-                .map(JsonValueBody)
-                .map_err(|e| {
-                    ApiError::new(
-                        ErrorCode::MalformedJson,
-                        format!("the body is not valid JSON: {e}"),
-                    )
-                })
+            let value: SectionValue = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::new(
+                    ErrorCode::MalformedJson,
+                    format!("the body is not valid JSON: {e}"),
+                )
+            })?;
+            value
+                .check()
+                .map_err(|e| ApiError::validation("body", e.0))?;
+            Ok(JsonValueBody(value))
         })
     }
 }

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -185,12 +185,15 @@ impl<'de> Deserialize<'de> for SectionEntries {
 
 impl Sections {
     pub fn parse(entries: SectionEntries) -> Result<Self, Invalid> {
-        match entries.0.iter().find(|(k, _)| !is_identifier(k)) {
-            Some((k, _)) => Err(Invalid(format!(
+        if let Some((k, _)) = entries.0.iter().find(|(k, _)| !is_identifier(k)) {
+            return Err(Invalid(format!(
                 "section name {k:?} must be 1-{MAX_IDENTIFIER_LEN} characters of [A-Za-z0-9_.:-]"
-            ))),
-            None => Ok(Self::from_stored(entries)),
+            )));
         }
+        for (k, v) in &entries.0 {
+            readable(v).map_err(|e| Invalid(format!("section {k:?}: {e}")))?;
+        }
+        Ok(Self::from_stored(entries))
     }
 
     /// Sections read back from storage, which only ever holds validated ones.
@@ -255,12 +258,60 @@ impl Sections {
 }
 
 /// Whether two JSON texts are equal as JSON (however spaced, keys in any
-/// order).
+/// order). Texts that cannot be read as values are equal only as text.
 fn same_json(a: &RawValue, b: &RawValue) -> bool {
     fn value(raw: &RawValue) -> Option<Value> {
         serde_json::from_str(raw.get()).ok()
     }
-    a.get() == b.get() || value(a) == value(b)
+    a.get() == b.get() || matches!((value(a), value(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Checks that `raw`, which its capture checked only for syntax, reads
+/// back as a JSON value: every number within a double's range, every
+/// string whole Unicode (no lone surrogate escape), nested at most 128
+/// deep. An order's events and diffs read its sections as values, so a
+/// section that does not read back would fail every later change of the
+/// order. Read without building the value.
+fn readable(raw: &RawValue) -> Result<(), serde_json::Error> {
+    struct Readable;
+    impl<'de> Deserialize<'de> for Readable {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(Readable)
+        }
+    }
+    impl<'de> Visitor<'de> for Readable {
+        type Value = Readable;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Readable, E> {
+            Ok(Readable)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Readable, E> {
+            Ok(Readable)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Readable, E> {
+            Ok(Readable)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Readable, E> {
+            Ok(Readable)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Readable, E> {
+            Ok(Readable)
+        }
+        fn visit_unit<E>(self) -> Result<Readable, E> {
+            Ok(Readable)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Readable, A::Error> {
+            while seq.next_element::<Readable>()?.is_some() {}
+            Ok(Readable)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
+            while map.next_entry::<Readable, Readable>()?.is_some() {}
+            Ok(Readable)
+        }
+    }
+    serde_json::from_str::<Readable>(raw.get()).map(|_| ())
 }
 
 /// The name of one section (`PUT /v1/orders/{id}/sections/{name}`): an
@@ -292,6 +343,12 @@ pub struct SectionValue(Box<RawValue>);
 impl SectionValue {
     pub fn get(&self) -> &RawValue {
         &self.0
+    }
+
+    /// Checks that the value reads back as JSON (see `readable`); its
+    /// capture checked only its syntax.
+    pub fn check(&self) -> Result<(), Invalid> {
+        readable(&self.0).map_err(|e| Invalid(e.to_string()))
     }
 
     /// Whether this is, as JSON, the value `stored`.
@@ -329,6 +386,37 @@ impl PartialEq for Sections {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_section_must_read_back_as_a_json_value() {
+        let raw = |s: &str| RawValue::from_string(s.to_owned()).unwrap();
+        for good in [
+            "1",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "1e308",
+            "-0.0",
+            r#""\ud83d\ude00""#,
+            r#"{"a":[1,{"b":null}],"c":"x"}"#,
+        ] {
+            assert!(readable(&raw(good)).is_ok(), "{good}");
+        }
+        // The capture takes these as text; they do not read back.
+        for bad in ["1e400", "[-1e999]", r#""\ud800""#, r#"{"\udc00":1}"#] {
+            assert!(readable(&raw(bad)).is_err(), "{bad}");
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        if let Ok(text) = RawValue::from_string(deep) {
+            assert!(readable(&text).is_err(), "200 deep");
+        }
+        let one_bad = r#"{"ok":1,"bad":1e400}"#;
+        let entries: SectionEntries = serde_json::from_str(one_bad).unwrap();
+        let err = Sections::parse(entries).unwrap_err();
+        assert!(err.0.contains("\"bad\""), "{}", err.0);
+        // Texts that cannot be read back are equal only as text.
+        assert!(!same_json(&raw("1e400"), &raw("2e400")));
+        assert!(same_json(&raw("1e400"), &raw("1e400")));
+    }
     use proptest::prelude::*;
 
     #[test]

@@ -99,3 +99,43 @@ async fn a_section_is_replaced_and_removed_under_its_version() {
     assert_eq!(count_rows(&db, "outbox").await, 4);
     app.shutdown().await;
 }
+
+/// Section values that are JSON by syntax but do not read back as values
+/// (a number past a double's range, a lone surrogate escape) are refused
+/// on create and on `PUT`. Taken, every later change of the order failed:
+/// its event could not be built, and the unit's actor restarted each time.
+#[actix_web::test]
+async fn sections_that_do_not_read_back_are_refused() {
+    let app = spawn_app(Backend::Sqlite, 1).await;
+    for sections in [r#"{"x":1e400}"#, r#"{"x":["\ud800"]}"#] {
+        let mut body = order_body("m-r", "o-r", "u-r", 100);
+        body["sections"] = serde_json::from_str(r#"{"y":1}"#).unwrap();
+        let text = body.to_string().replace(r#"{"y":1}"#, sections);
+        let r = app
+            .send(Method::POST, "/v1/orders", Some(&text), None)
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{sections}: {}", r.body);
+        assert_eq!(r.code(), "validation_failed", "{}", r.body);
+        assert_eq!(r.body["error"]["field"], "sections", "{}", r.body);
+    }
+    let created = app.create("m-r", "o-r", "u-r", 100).await;
+    let id = created["order_id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/orders/{id}/sections/x");
+    for value in ["1e400", r#"{"a":"\udc00"}"#] {
+        let r = app.send(Method::PUT, &path, Some(value), None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{value}: {}", r.body);
+        assert_eq!(r.code(), "validation_failed", "{}", r.body);
+    }
+    // Nothing was written, and the order takes changes as before.
+    let r = app
+        .post(
+            &format!("/v1/orders/{id}/pay"),
+            &json!({"payment_ref": "p-r", "amount": 100}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["version"], 2);
+    let db = app.unit_db(1).await;
+    assert_eq!(count_rows(&db, "orders").await, 1);
+    app.shutdown().await;
+}
