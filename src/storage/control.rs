@@ -27,6 +27,9 @@ const CREATE_LOG: &str = "CREATE TABLE IF NOT EXISTS routing_changes (\
 const SCHEMA_EXISTS: &str = "SELECT 1 FROM information_schema.schemata WHERE schema_name = ?";
 const SELECT_VERSION: &str = "SELECT version FROM routing_table WHERE name = ?";
 const SELECT_TABLE: &str = "SELECT version, body FROM routing_table WHERE name = ?";
+/// The table under a shared lock: waits for a transaction still changing it.
+const SELECT_TABLE_LOCKED: &str =
+    "SELECT version, body FROM routing_table WHERE name = ? LOCK IN SHARE MODE";
 const SEED: &str = "INSERT IGNORE INTO routing_table (name, version, body) VALUES (?, ?, ?)";
 const SWAP: &str = "UPDATE routing_table SET version = ?, body = ?, changed_at = CURRENT_TIMESTAMP(6) \
      WHERE name = ? AND version = ?";
@@ -35,6 +38,8 @@ const LOG: &str = "INSERT INTO routing_changes (version, who, what) VALUES (?, ?
 /// Longest a call to the control database may take (a hung server must not
 /// hold an operator's change, or a process's poll, for longer).
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a change whose commit went unanswered is asked after.
+const SETTLE_FOR: Duration = Duration::from_secs(2);
 
 /// Why the control database did not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -188,8 +193,39 @@ impl ControlStore {
         if !swapped {
             return Ok(Swapped::Moved);
         }
-        commit(tx).await?;
+        if let Err(doubt) = commit(tx).await {
+            return self.settle(from + 1, body).await.ok_or(doubt);
+        }
         Ok(Swapped::Done)
+    }
+
+    /// Whether a change to `version` holding `body`, whose commit went
+    /// unanswered, was made: the table read under a shared lock, which
+    /// waits for the unanswered transaction to end either way (committed,
+    /// or rolled back once the server sees its connection gone). `Moved`
+    /// when it was not made (the caller builds it again on what the table
+    /// is). Asked again for up to [`SETTLE_FOR`] while the store does not
+    /// answer; `None` if it never does. Without this, the operator was told
+    /// to repeat a change that had been made: a failover repeated that way
+    /// fails over the unit's new primary.
+    async fn settle(&self, version: u64, body: &str) -> Option<Swapped> {
+        let deadline = tokio::time::Instant::now() + SETTLE_FOR;
+        loop {
+            let query = sqlx::query(SELECT_TABLE_LOCKED).bind(TABLE_NAME);
+            match bounded(query.fetch_optional(&self.pool)).await {
+                Ok(Some(row)) => {
+                    let now: u64 = row.try_get("version").ok()?;
+                    let held: String = row.try_get("body").ok()?;
+                    let made = now == version && held == body;
+                    return Some(if made { Swapped::Done } else { Swapped::Moved });
+                }
+                Ok(None) => return None,
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Closes the connections.

@@ -305,3 +305,35 @@ async fn two_processes_share_the_routing_table_through_the_control_store() {
         assert_eq!(r.status(), StatusCode::OK);
     }
 }
+
+/// A change whose `COMMIT` reached the store but whose answer was cut is
+/// settled before the caller is answered: read back under a lock, it was
+/// made. (It was answered "may have been applied: repeat the call", and a
+/// failover repeated that way failed over the unit's new primary.)
+#[tokio::test]
+async fn a_change_whose_commit_went_unanswered_is_settled() {
+    use crate::proxy::{Mode, Proxy};
+    use order_engine::storage::{ControlStore, Swapped};
+
+    let server = shared();
+    let proxy = Proxy::start(server.port()).await;
+    let db = unique_db("cs_doubt");
+    let url = format!("mysql://root@127.0.0.1:{}/{db}", proxy.port);
+    let store = ControlStore::open(&url).await.unwrap();
+    assert!(store.seed(1, r#"{"v":1}"#, "test").await.unwrap());
+
+    proxy.set(Mode::CutAfterCommit);
+    let heal = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(proxy.mode(), Mode::Refuse, "the commit was cut");
+        proxy.set(Mode::Pass);
+    };
+    let (swapped, ()) = tokio::join!(store.swap(1, r#"{"v":2}"#, "test", "v 2"), heal);
+    assert_eq!(swapped.unwrap(), Swapped::Done);
+    let (version, body) = store.load().await.unwrap().unwrap();
+    assert_eq!((version, body.as_str()), (2, r#"{"v":2}"#));
+    // A change built on the old version is refused as before.
+    let stale = store.swap(1, r#"{"v":3}"#, "test", "v 3").await.unwrap();
+    assert_eq!(stale, Swapped::Moved);
+    store.close().await;
+}
