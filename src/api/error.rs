@@ -222,6 +222,7 @@ impl From<EngineError> for ApiError {
                 RuleError::RefundExceedsPaid { .. } => ErrorCode::RefundExceedsPaid,
                 RuleError::VersionMismatch { .. } => ErrorCode::VersionMismatch,
                 RuleError::RefundIdConflict => ErrorCode::IdempotencyConflict,
+                RuleError::SectionsTooLarge { .. } => ErrorCode::ValidationFailed,
             },
             EngineError::IdempotencyConflict => ErrorCode::IdempotencyConflict,
             EngineError::NoUnitAvailable => ErrorCode::NoUnitAvailable,

@@ -49,7 +49,7 @@ async fn set(
         ("section" = String, Path),
         ("If-Match" = Option<String>, Header),
     ),
-    request_body(content = serde_json::Value, description = "The section's value: any JSON that reads back as a value (numbers within a double's range, no lone surrogate escape, nested at most 128 deep)"),
+    request_body(content = serde_json::Value, description = "The section's value: any JSON that reads back as a value (numbers within a double's range, no lone surrogate escape, nested at most 128 deep); an order's sections take at most 1 MiB of JSON in all"),
     responses(
         (status = 200, body = OrderBody, headers(("ETag" = String, description = "The order's version, quoted"), ("X-Consistency-Token" = String, description = "The write's consistency token: present it on an eventual read to see this write"))),
         (status = 400, description = "`invalid_order_id`, `validation_failed` or `malformed_json`", body = ErrorResponse),

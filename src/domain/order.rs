@@ -15,8 +15,8 @@ use std::borrow::Cow;
 
 use super::order_id::OrderId;
 use super::values::{
-    Amount, Currency, MerchantId, OutTradeNo, PaymentRef, RefundId, SectionName, SectionValue,
-    Sections, Text, UserId,
+    Amount, Currency, MAX_SECTIONS_BYTES, MerchantId, OutTradeNo, PaymentRef, RefundId,
+    SectionName, SectionValue, Sections, Text, UserId,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +158,8 @@ pub enum RuleError {
     VersionMismatch { current: i64, expected: i64 },
     #[error("refund_id is already used for a refund with a different body")]
     RefundIdConflict,
+    #[error("the order's sections would take {bytes} bytes as JSON, more than {limit}")]
+    SectionsTooLarge { bytes: usize, limit: usize },
 }
 
 /// What a change does to an order.
@@ -293,11 +295,19 @@ impl Order {
             return Ok(Change::Unchanged);
         }
         self.check_version(expected_version)?;
+        let sections = self.sections.with(name, value);
+        let bytes = sections.json_len();
+        if bytes > MAX_SECTIONS_BYTES && bytes > self.sections.json_len() {
+            return Err(RuleError::SectionsTooLarge {
+                bytes,
+                limit: MAX_SECTIONS_BYTES,
+            });
+        }
         Ok(self.next(now_ms, |o| {
             if o.created_sections.is_none() {
                 o.created_sections = Some(o.sections.clone());
             }
-            o.sections = o.sections.with(name, value);
+            o.sections = sections;
         }))
     }
 

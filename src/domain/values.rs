@@ -18,6 +18,10 @@ pub const MAX_IDENTIFIER_LEN: usize = 64;
 pub const IDENTIFIER_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,64}$";
 /// Free-text bound for `description` and refund `reason`, in characters.
 pub const MAX_TEXT_CHARS: usize = 256;
+/// The most an order's sections may take as JSON, all together: section
+/// updates add to them one body (64 KiB) at a time, and a row past this
+/// would near the database's limits (a 16 MiB column and packet).
+pub const MAX_SECTIONS_BYTES: usize = 1 << 20;
 
 /// A rule a value broke; the API adds the field name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,6 +232,16 @@ impl Sections {
         self.0.is_empty()
     }
 
+    /// How long these sections are as one JSON object ([`Self::to_json`]).
+    pub fn json_len(&self) -> usize {
+        let entries: usize = self
+            .0
+            .iter()
+            .map(|(k, v)| k.len() + 3 + v.get().len())
+            .sum();
+        2 + entries + self.0.len().saturating_sub(1)
+    }
+
     /// Keeps only the named sections; names that do not exist are ignored.
     pub fn retain_named(&mut self, names: &[String]) {
         self.0.retain(|(k, _)| names.iter().any(|n| n == k));
@@ -413,6 +427,15 @@ mod tests {
         let entries: SectionEntries = serde_json::from_str(one_bad).unwrap();
         let err = Sections::parse(entries).unwrap_err();
         assert!(err.0.contains("\"bad\""), "{}", err.0);
+        // The sections' length is their JSON's.
+        for json in [
+            r#"{}"#,
+            r#"{"a":1}"#,
+            r#"{"a":[1, 2],"bb":{"c":"d"},"e":null}"#,
+        ] {
+            let sections = Sections::from_json(json).unwrap();
+            assert_eq!(sections.json_len(), sections.to_json().len(), "{json}");
+        }
         // Texts that cannot be read back are equal only as text.
         assert!(!same_json(&raw("1e400"), &raw("2e400")));
         assert!(same_json(&raw("1e400"), &raw("1e400")));

@@ -139,3 +139,50 @@ async fn sections_that_do_not_read_back_are_refused() {
     assert_eq!(count_rows(&db, "orders").await, 1);
     app.shutdown().await;
 }
+
+/// Section updates add to an order one body at a time; past 1 MiB of
+/// sections in all the next one that adds is refused (a row that grew
+/// without end failed at the database's column and packet limits, with a
+/// 500), while one that shrinks them is still taken.
+#[actix_web::test]
+async fn an_orders_sections_are_bounded() {
+    let app = spawn_app(Backend::Sqlite, 1).await;
+    let created = app.create("m-b", "o-b", "u-b", 100).await;
+    let id = created["order_id"].as_str().unwrap().to_owned();
+    let big = format!("\"{}\"", "x".repeat(60_000));
+    let mut taken = 0;
+    let refused = loop {
+        let r = app
+            .send(
+                Method::PUT,
+                &format!("/v1/orders/{id}/sections/s{taken}"),
+                Some(&big),
+                None,
+            )
+            .await;
+        if r.status != StatusCode::OK {
+            break r;
+        }
+        taken += 1;
+        assert!(taken < 40, "never refused");
+    };
+    assert_eq!(taken, 17, "1 MiB holds 17 sections of 60,000 bytes");
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    assert_eq!(refused.code(), "validation_failed", "{}", refused.body);
+    let got = app.get(&format!("/v1/orders/{id}")).await;
+    assert_eq!(got.body["version"], 1 + taken);
+    // Smaller is still taken, and the order goes on.
+    let r = app
+        .send(
+            Method::PUT,
+            &format!("/v1/orders/{id}/sections/s0"),
+            Some("1"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let pay = json!({"payment_ref": "p-b", "amount": 100});
+    let r = app.post(&format!("/v1/orders/{id}/pay"), &pay).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    app.shutdown().await;
+}
