@@ -17,7 +17,7 @@ use crate::actors::dispatcher::{
     MerchantRoute, PartitionTable, PatchUnit, SetMerchant, SetPartition, UnitChanged,
 };
 use crate::domain::order_id::MAX_UNIT;
-use crate::domain::values::MerchantId;
+use crate::domain::values::{MerchantId, is_identifier};
 
 /// The routing table with live state: mode, health, circuit, latency, create rate.
 #[utoipa::path(
@@ -291,9 +291,16 @@ pub async fn put_partition(
     if_match: IfMatch,
     body: JsonBody<PartitionRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    if !is_identifier(&name) {
+        return Err(ApiError::validation(
+            "name",
+            "a partition name is 1-64 characters of [A-Za-z0-9_.:-]",
+        ));
+    }
     let table = state
         .tell(SetPartition {
-            name: name.into_inner(),
+            name,
             spill_to: body.0.spill_to,
             if_match: if_match.table_version(),
             who: who(&req),

@@ -359,7 +359,7 @@ async fn a_key_merchant_gets_its_own_partition_live_and_keeps_it_across_a_restar
         (
             "/admin/partitions/bad%20name",
             json!({"spill_to": []}),
-            "invalid_change",
+            "validation_failed",
             Some("name"),
         ),
         (
