@@ -403,3 +403,50 @@ async fn a_planned_failover_fences_the_other_processes_too() {
     assert!(fenced_calls > 0.0, "B never met the fence");
     assert!(refuses_writes(&old_url).await);
 }
+
+/// A failover that finds no replica to promote (its one replica does not
+/// answer) fails, and is counted failed like any other: the alert
+/// `OrderEngineFailoverFailed` watches that count (it was answered, but
+/// never counted). In a process of its own: the count is per process.
+#[tokio::test]
+async fn a_failover_with_no_replica_to_promote_is_counted_failed() {
+    use crate::mariadb::{free_port, shared};
+    use crate::process::Engine;
+
+    let dir = tempfile::tempdir().unwrap();
+    let primary = shared().url(&unique_db("fo_none"));
+    let gone = format!("mysql://root@127.0.0.1:{}/fo_none", free_port());
+    let units =
+        format!("[[units]]\nid = 1\nprimary_url = \"{primary}\"\nreplica_urls = [\"{gone}\"]\n");
+    let state = dir.path().join("routing.json");
+    let admin = format!("state_file = \"{}\"", state.display());
+    let client = reqwest::Client::new();
+    let mut engine = Engine::new(dir.path(), "fo", &admin, &units);
+    engine.ready(&client).await;
+    let body = json!({"mode": "emergency"});
+    let path = "/admin/units/1/failover";
+    let (status, answer) = engine
+        .admin(&client, Method::POST, path, Some(body), None)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert_eq!(answer["error"]["code"], "failover_failed", "{answer}");
+    let metrics = client
+        .get(format!("http://127.0.0.1:{}/metrics", engine.port))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failed = metrics.lines().find(|l| {
+        l.starts_with("orderengine_unit_failovers_total{")
+            && l.contains(r#"outcome="failed""#)
+            && l.contains(r#"unit="1""#)
+            && l.contains(r#"mode="emergency""#)
+    });
+    assert_eq!(
+        failed.map(|l| l.rsplit(' ').next().unwrap()),
+        Some("1"),
+        "{metrics}"
+    );
+}

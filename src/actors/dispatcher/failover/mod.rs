@@ -95,7 +95,17 @@ pub(super) async fn run(
         limits.step,
     )
     .await;
-    let pick = copies::pick(unit, &copies, msg.to.as_deref())?;
+    let pick = match copies::pick(unit, &copies, msg.to.as_deref()) {
+        Ok(pick) => pick,
+        Err(e) => {
+            if matches!(e, EngineError::FailoverFailed { .. }) {
+                // No replica to promote: a failed failover like any other
+                // (`OrderEngineFailoverFailed` watches the count).
+                Steps::new(unit, mode).finish("failed");
+            }
+            return Err(e);
+        }
+    };
 
     let mut steps = Steps::new(unit, mode);
     tracing::warn!(
