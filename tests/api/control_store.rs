@@ -337,3 +337,63 @@ async fn a_change_whose_commit_went_unanswered_is_settled() {
     assert_eq!(stale, Swapped::Moved);
     store.close().await;
 }
+
+/// A control store emptied under a running process (its table row
+/// deleted) is reported like an unreachable one: `table_store.reachable`
+/// false with the reason, `orderengine_routing_store_up` 0, and changes
+/// refused with `503 table_not_saved` saying why. Creates go on by the
+/// process's table. (It was taken for "nothing newer": the store looked
+/// up while every change failed with "the table kept changing".)
+#[tokio::test]
+async fn an_emptied_control_store_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = shared();
+    let control_db = unique_db("cs_empty");
+    let admin = format!(
+        "control_url = \"{}\"\ncontrol_poll_ms = 100",
+        server.url(&control_db)
+    );
+    let units = format!(
+        "[[units]]\nid = 1\nprimary_url = \"{}\"\n",
+        server.url(&unique_db("cs_empty_u1"))
+    );
+    let client = reqwest::Client::new();
+    let mut e = Engine::new(dir.path(), "e", &admin, &units);
+    e.ready(&client).await;
+    assert_eq!(e.units(&client).await["table_store"]["reachable"], true);
+
+    let pool = sqlx::MySqlPool::connect(&server.url(&control_db))
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM routing_table")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let units = loop {
+        let units = e.units(&client).await;
+        if units["table_store"]["reachable"] == false {
+            break units;
+        }
+        assert!(Instant::now() < deadline, "never noticed: {units}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = units["table_store"]["error"].as_str().unwrap();
+    assert!(error.contains("no routing table"), "{units}");
+    assert_eq!(e.metric(&client, "orderengine_routing_store_up").await, 0.0);
+    let (status, body) = e
+        .admin(
+            &client,
+            Method::PATCH,
+            "/admin/units/1",
+            Some(json!({"weight": 50})),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "table_not_saved", "{body}");
+    let said = body["error"]["message"].as_str().unwrap();
+    assert!(said.contains("no routing table"), "{body}");
+    e.create(&client, "after-empty").await;
+}

@@ -52,12 +52,20 @@ impl Keeper {
         }
     }
 
-    /// The shared table, when it is newer than `version`.
+    /// The shared table, when it is newer than `version`. A store that no
+    /// longer holds one (it was seeded before this process started) is an
+    /// error, as one that went back in time is: changes could not be kept
+    /// there, and the process says so instead of failing each change.
     pub(super) async fn newer_than(&self, version: u64) -> Result<Option<TableState>, String> {
         let Self::Control(store) = self else {
             return Ok(None);
         };
         match store.version().await.map_err(|e| e.to_string())? {
+            None => {
+                return Err(format!(
+                    "the control store holds no routing table (was it emptied?); this process routes by its own, version {version}, and refuses changes"
+                ));
+            }
             Some(v) if v > version => {}
             Some(v) if v < version => {
                 return Err(format!(
