@@ -230,3 +230,56 @@ async fn emergency_failover_stops_for_a_silent_replica_unless_told_to_skip_it() 
     let lost = app.get(&format!("/v1/orders/{only_on_first}")).await;
     assert_eq!(lost.status, StatusCode::NOT_FOUND, "{}", lost.body);
 }
+
+/// A planned failover whose replica cannot catch up goes back to the old
+/// primary; a unit disabled while it waited stays disabled and fenced in
+/// this process (the undo decided from the table as it was when the
+/// failover began, and cancelled the disabled unit's pending fence).
+#[actix_web::test]
+async fn a_failover_undone_leaves_a_unit_disabled_meanwhile_fenced() {
+    let (primary, replica) = crate::mariadb::primary_and_replica();
+    crate::mariadb::replicate(&primary, &replica).await;
+    let db = unique_db("fu");
+    let units = vec![
+        (1, primary.url(&db)),
+        (2, crate::mariadb::shared().url(&unique_db("fu2"))),
+    ];
+    let mut settings = crate::helpers::settings_for(&units, "");
+    settings.units[0].replica_urls = vec![replica.url(&db)];
+    settings.storage.failover_catch_up_ms = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    settings.admin.state_file = Some(dir.path().join("routing.json").display().to_string());
+    let app = crate::helpers::spawn_app_with(settings, dir).await;
+    order_in_unit_1(&app, "before").await;
+    // The replica receives but does not apply: it cannot catch up.
+    sql(&replica, "STOP SLAVE SQL_THREAD").await;
+    order_in_unit_1(&app, "unapplied").await;
+
+    let planned = failover(&app, json!({"mode": "planned"}));
+    let disable = async {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let r = app
+            .admin_send(
+                Method::PATCH,
+                "/admin/units/1",
+                &json!({"mode": "disabled"}),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    };
+    let (r, ()) = tokio::join!(planned, disable);
+    assert_eq!(r.code(), "failover_failed", "{}", r.body);
+    let said = r.body["error"]["message"].as_str().unwrap();
+    assert!(said.contains("catch_up"), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let unit = app.unit_status(1).await;
+        assert_eq!(unit["mode"], "disabled", "{unit}");
+        if unit["writes_fenced"] == true {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never fenced: {unit}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -175,7 +175,7 @@ pub(super) async fn run(
         Ok(p) => p,
         Err((e, give_up)) => {
             if let GiveUp::Undo { unfence_old } = give_up {
-                undo(&route, &old, &copies, unfence_old).await;
+                undo(routing, unit, &old, &copies, unfence_old).await;
             }
             steps.finish("failed");
             return Err(e);
@@ -293,8 +293,13 @@ async fn fence_here(route: &UnitRoute, on: bool) {
 }
 
 /// A failover that could not promote: the unit goes on as it was.
-async fn undo(route: &UnitRoute, old: &Server, copies: &[Candidate], unfence_old: bool) {
-    let unit = route.settings.id;
+async fn undo(
+    routing: &RoutingTable,
+    unit: u16,
+    old: &Server,
+    copies: &[Candidate],
+    unfence_old: bool,
+) {
     if unfence_old && let Err(e) = old.unfence().await {
         tracing::error!(unit, error = %e, "could not unfence the old primary");
     }
@@ -306,7 +311,12 @@ async fn undo(route: &UnitRoute, old: &Server, copies: &[Candidate], unfence_old
             tracing::error!(unit, error = %e, "could not restart replication on a replica");
         }
     }
-    if route.settings.mode != UnitMode::Disabled {
+    // As the table is now, not as it was when the failover began: a unit
+    // disabled meanwhile stays fenced here (its fence is pending).
+    let now = routing.load();
+    if let Some(route) = now.units.get(&unit)
+        && route.settings.mode != UnitMode::Disabled
+    {
         fence_here(route, false).await;
     }
 }
