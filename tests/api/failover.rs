@@ -450,3 +450,57 @@ async fn a_failover_with_no_replica_to_promote_is_counted_failed() {
         "{metrics}"
     );
 }
+
+/// An emergency failover that promotes the replica but cannot repoint the
+/// unit (its table cannot be kept) still fences the old primary once it is
+/// back: the table still names it, and other processes would write to it
+/// until the call is repeated. (Only a failover that succeeded fenced it.)
+#[actix_web::test]
+async fn an_emergency_failover_failing_after_the_promotion_still_fences_the_old_primary() {
+    let (mut primary, replica) = primary_and_replica();
+    replicate(&primary, &replica).await;
+    let db = unique_db("fl");
+    let old_url = primary.url(&db);
+    let app = engine_with_replica(&old_url, &replica.url(&db)).await;
+    order_in_unit_1(&app, "before").await;
+    primary.kill();
+    let state = app.state_file.clone().expect("the table is kept");
+    let _ = std::fs::remove_file(&state);
+    std::fs::create_dir_all(state.join("blocked")).unwrap();
+    let r = failover(&app, "emergency").await;
+    assert_eq!(r.code(), "failover_failed", "{}", r.body);
+    let said = r.body["error"]["message"].as_str().unwrap();
+    assert!(said.contains("repoint"), "{said}");
+
+    primary.restart();
+    // Fenced: marked, and its tables' writes refused by triggers. (Read,
+    // not written: the unit's probe, still sent there, holds the probe row
+    // waiting for a semi-synchronous ack no replica will give.)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(pool) = sqlx::MySqlPool::connect(&old_url).await {
+            let mark: Option<String> = sqlx::query_scalar(
+                "SELECT value FROM engine_meta WHERE name = 'replaced_by_failover'",
+            )
+            .fetch_optional(&pool)
+            .await
+            .unwrap_or(None);
+            let triggers: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM information_schema.triggers \
+                 WHERE trigger_schema = DATABASE() AND trigger_name LIKE 'oe_fence_orders_%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(0);
+            pool.close().await;
+            if mark.is_some() && triggers == 3 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the old primary is back and not fenced"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -182,6 +182,16 @@ pub(super) async fn run(
         }
     };
     let candidate = copies[promoted.to].url.clone();
+    // From here on a replica is promoted. If this call fails before the
+    // repoint, the table still names the old primary, and other processes
+    // would write to it once it answers: it is fenced in the background
+    // then, as after a failover that succeeds.
+    let fence_later = || {
+        if !promoted.fenced {
+            let old = Server::new(&old_primary, limits.step);
+            tokio::spawn(fence_when_back(old, reason.clone(), unit, route.health()));
+        }
+    };
 
     // What the promoted server logged, per server: a replica past it in
     // the old primary's history parted from it (the promoted server's own
@@ -189,6 +199,7 @@ pub(super) async fn run(
     let log = match copies[promoted.to].server.binlog_state().await {
         Ok(log) => log,
         Err(e) => {
+            fence_later();
             steps.finish("failed");
             return Err(failed(unit, "repoint_replicas", e));
         }
@@ -238,8 +249,9 @@ pub(super) async fn run(
         Ok(t) => t,
         Err(e) => {
             // The replica is promoted and the old primary fenced (or
-            // dead): the unit stays unavailable until the call is
-            // repeated, which goes on from here.
+            // dead: fenced once it answers): the unit stays unavailable
+            // until the call is repeated, which goes on from here.
+            fence_later();
             steps.finish("failed");
             let promoted = mask_url(&candidate);
             return Err(failed(
