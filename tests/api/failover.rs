@@ -430,25 +430,8 @@ async fn a_failover_with_no_replica_to_promote_is_counted_failed() {
         .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
     assert_eq!(answer["error"]["code"], "failover_failed", "{answer}");
-    let metrics = client
-        .get(format!("http://127.0.0.1:{}/metrics", engine.port))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let failed = metrics.lines().find(|l| {
-        l.starts_with("orderengine_unit_failovers_total{")
-            && l.contains(r#"outcome="failed""#)
-            && l.contains(r#"unit="1""#)
-            && l.contains(r#"mode="emergency""#)
-    });
-    assert_eq!(
-        failed.map(|l| l.rsplit(' ').next().unwrap()),
-        Some("1"),
-        "{metrics}"
-    );
+    let failed = r#"orderengine_unit_failovers_total{unit="1",mode="emergency",outcome="failed"}"#;
+    assert_eq!(engine.metric(&client, failed).await, 1.0);
 }
 
 /// An emergency failover that promotes the replica but cannot repoint the

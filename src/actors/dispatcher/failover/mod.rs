@@ -95,19 +95,15 @@ pub(super) async fn run(
         limits.step,
     )
     .await;
-    let pick = match copies::pick(unit, &copies, msg.to.as_deref()) {
-        Ok(pick) => pick,
-        Err(e) => {
-            if matches!(e, EngineError::FailoverFailed { .. }) {
-                // No replica to promote: a failed failover like any other
-                // (`OrderEngineFailoverFailed` watches the count).
-                Steps::new(unit, mode).finish("failed");
-            }
-            return Err(e);
-        }
-    };
-
     let mut steps = Steps::new(unit, mode);
+    // No replica to promote is a failed failover like any other
+    // (`OrderEngineFailoverFailed` watches the count).
+    let pick = copies::pick(unit, &copies, msg.to.as_deref()).inspect_err(|e| {
+        if matches!(e, EngineError::FailoverFailed { .. }) {
+            steps.finish("failed");
+        }
+    })?;
+
     tracing::warn!(
         unit,
         mode = mode.as_str(),
